@@ -1,0 +1,274 @@
+//! The one error type of the engine contract.
+
+use std::time::Duration;
+
+/// A boxed cause from a backend SDK, kept as a `#[source]` without exposing the SDK's type.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What went wrong, in terms a caller can act on. Every backend maps its SDK errors onto these.
+///
+/// Messages say what was tried and what to do; the underlying cause, where there is one, is
+/// available through [`std::error::Error::source`] and is not repeated in the message.
+///
+/// ```
+/// use berth_engine_core::{Error, ErrorKind};
+///
+/// let err = Error::invalid_spec("resources.memory", "must be greater than zero, got 0");
+/// assert_eq!(err.kind(), ErrorKind::InvalidSpec);
+/// assert!(err.to_string().contains("resources.memory"));
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The engine (daemon or cluster) could not be reached.
+    #[error("{backend} engine unavailable at {address}: {hint}")]
+    Unavailable {
+        /// Which backend was being contacted.
+        backend: &'static str,
+        /// The address that was tried (socket path, URL, kube context).
+        address: String,
+        /// What to do about it.
+        hint: String,
+        /// The transport error.
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// The image is not present and could not be found where it was looked for.
+    #[error("image {image} not found: {reason}")]
+    ImageNotFound {
+        /// The image reference as given.
+        image: String,
+        /// Where it was looked for, or what the registry said.
+        reason: String,
+    },
+    /// Pulling the image failed for a reason other than its absence (network, auth, disk).
+    #[error("pulling image {image} failed: {reason}")]
+    ImagePull {
+        /// The image reference as given.
+        image: String,
+        /// What the engine reported.
+        reason: String,
+    },
+    /// Building an image failed.
+    #[error("building image {tag} failed: {reason}")]
+    Build {
+        /// The tag that was being built.
+        tag: String,
+        /// The builder's error message.
+        reason: String,
+    },
+    /// The named object (environment, container, volume, path) does not exist.
+    #[error("{what} not found: {name}")]
+    NotFound {
+        /// The kind of object ("environment", "path", "volume").
+        what: &'static str,
+        /// Its name or id.
+        name: String,
+    },
+    /// The object exists in a state that forbids the operation.
+    #[error("conflict on {what} {name}: {reason}")]
+    Conflict {
+        /// The kind of object.
+        what: &'static str,
+        /// Its name or id.
+        name: String,
+        /// What the engine reported.
+        reason: String,
+    },
+    /// The scheduler cannot place the environment (no node has room for its requests, or a
+    /// volume it needs is missing); `reason` is the scheduler's message.
+    #[error("{what} cannot be scheduled: {reason}")]
+    Unschedulable {
+        /// What was being scheduled.
+        what: String,
+        /// The scheduler's message, e.g. "0/1 nodes are available: 1 Insufficient cpu."
+        reason: String,
+    },
+    /// The operation did not finish within its time limit.
+    #[error("{operation} timed out after {after:?}")]
+    Timeout {
+        /// What was being waited for.
+        operation: String,
+        /// The limit that elapsed.
+        after: Duration,
+    },
+    /// The backend genuinely cannot do this; the sentence says why and what to use instead.
+    #[error("{operation} is not supported by the {backend} backend: {reason}")]
+    Unsupported {
+        /// Which backend.
+        backend: &'static str,
+        /// The operation that was asked for.
+        operation: &'static str,
+        /// Why not, and what to use instead.
+        reason: String,
+    },
+    /// The caller's input is malformed; `field` names the offending field or argument.
+    #[error("invalid {field}: {reason}")]
+    InvalidSpec {
+        /// The field path or argument name, e.g. `resources.memory` or `argv`.
+        field: String,
+        /// What was expected.
+        reason: String,
+    },
+    /// A backend step failed in a way that fits none of the kinds above.
+    #[error("{backend} backend failed to {step}")]
+    Backend {
+        /// Which backend.
+        backend: &'static str,
+        /// The step that failed, named as a verb phrase ("create exec", "inspect container").
+        step: String,
+        /// The SDK error.
+        #[source]
+        source: BoxError,
+    },
+    /// An operation failed, and cleaning up after it failed too; both are reported.
+    #[error("{primary}; cleanup also failed: {cleanup}")]
+    CleanupFailed {
+        /// The first failure.
+        primary: Box<Error>,
+        /// The failure of the cleanup that followed.
+        cleanup: Box<Error>,
+    },
+}
+
+/// The kind of an [`Error`], for matching without caring about the details.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// See [`Error::Unavailable`].
+    Unavailable,
+    /// See [`Error::ImageNotFound`].
+    ImageNotFound,
+    /// See [`Error::ImagePull`].
+    ImagePull,
+    /// See [`Error::Build`].
+    Build,
+    /// See [`Error::NotFound`].
+    NotFound,
+    /// See [`Error::Conflict`].
+    Conflict,
+    /// See [`Error::Unschedulable`].
+    Unschedulable,
+    /// See [`Error::Timeout`].
+    Timeout,
+    /// See [`Error::Unsupported`].
+    Unsupported,
+    /// See [`Error::InvalidSpec`].
+    InvalidSpec,
+    /// See [`Error::Backend`].
+    Other,
+}
+
+impl Error {
+    /// The kind of this error. For [`Error::CleanupFailed`] it is the kind of the primary failure.
+    #[must_use]
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Unavailable { .. } => ErrorKind::Unavailable,
+            Error::ImageNotFound { .. } => ErrorKind::ImageNotFound,
+            Error::ImagePull { .. } => ErrorKind::ImagePull,
+            Error::Build { .. } => ErrorKind::Build,
+            Error::NotFound { .. } => ErrorKind::NotFound,
+            Error::Conflict { .. } => ErrorKind::Conflict,
+            Error::Unschedulable { .. } => ErrorKind::Unschedulable,
+            Error::Timeout { .. } => ErrorKind::Timeout,
+            Error::Unsupported { .. } => ErrorKind::Unsupported,
+            Error::InvalidSpec { .. } => ErrorKind::InvalidSpec,
+            Error::Backend { .. } => ErrorKind::Other,
+            Error::CleanupFailed { primary, .. } => primary.kind(),
+        }
+    }
+
+    /// Shorthand for an [`Error::InvalidSpec`].
+    pub fn invalid_spec(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::InvalidSpec {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Shorthand for an [`Error::Backend`] wrapping an SDK error.
+    pub fn backend(
+        backend: &'static str,
+        step: impl Into<String>,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        Error::Backend {
+            backend,
+            step: step.into(),
+            source: source.into(),
+        }
+    }
+
+    /// Combines a primary failure with the failure of the cleanup that followed it.
+    #[must_use]
+    pub fn with_cleanup_failure(self, cleanup: Error) -> Self {
+        Error::CleanupFailed {
+            primary: Box::new(self),
+            cleanup: Box::new(cleanup),
+        }
+    }
+
+    /// True for [`ErrorKind::NotFound`].
+    #[must_use]
+    pub fn is_not_found(&self) -> bool {
+        self.kind() == ErrorKind::NotFound
+    }
+
+    /// True for [`ErrorKind::Timeout`].
+    #[must_use]
+    pub fn is_timeout(&self) -> bool {
+        self.kind() == ErrorKind::Timeout
+    }
+
+    /// True for [`ErrorKind::Unsupported`].
+    #[must_use]
+    pub fn is_unsupported(&self) -> bool {
+        self.kind() == ErrorKind::Unsupported
+    }
+
+    /// Whether retrying the same call later may succeed: an unreachable engine, a timeout, a
+    /// failed pull. Invalid input, missing objects and unsupported operations never are.
+    #[must_use]
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self.kind(),
+            ErrorKind::Unavailable | ErrorKind::Timeout | ErrorKind::ImagePull
+        )
+    }
+}
+
+/// The result type of the engine contract.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cleanup_failure_keeps_primary_kind_and_both_messages() {
+        let primary = Error::NotFound {
+            what: "environment",
+            name: "a".into(),
+        };
+        let cleanup = Error::Timeout {
+            operation: "remove container".into(),
+            after: Duration::from_secs(1),
+        };
+        let err = primary.with_cleanup_failure(cleanup);
+        assert_eq!(err.kind(), ErrorKind::NotFound);
+        let text = err.to_string();
+        assert!(text.contains("environment not found: a"), "{text}");
+        assert!(text.contains("remove container timed out"), "{text}");
+    }
+
+    #[test]
+    fn retryable_kinds() {
+        assert!(Error::Timeout {
+            operation: "x".into(),
+            after: Duration::ZERO
+        }
+        .is_retryable());
+        assert!(!Error::invalid_spec("argv", "empty").is_retryable());
+    }
+}

@@ -1,0 +1,249 @@
+//! The berth contract: one [`ContainerEngine`] trait that every backend (Docker, Kubernetes)
+//! implements, with the specs, ids, errors and exec I/O types it speaks in.
+//!
+//! This crate knows no backend and exposes no backend SDK type. The conformance suite every
+//! backend must pass lives in [`testkit`] behind the `testkit` feature.
+//!
+//! ```no_run
+//! use berth_engine_core::{
+//!     ContainerEngine, EnvironmentSpec, ExecRequest, ImageRef, Progress, PullPolicy, SessionId,
+//! };
+//!
+//! async fn run(engine: &dyn ContainerEngine) -> berth_engine_core::Result<()> {
+//!     engine.init().await?;
+//!     let image = ImageRef::new("busybox:1.36")?;
+//!     engine.ensure_image(&image, PullPolicy::IfNotPresent, &Progress::none()).await?;
+//!     let env = engine.start(&EnvironmentSpec::new(image, SessionId::generate())).await?;
+//!     let out = engine.exec(&env, ExecRequest::shell("echo hello; exit 3")).await?;
+//!     assert_eq!(out.status.code(), 3);
+//!     assert_eq!(out.stdout_lossy(), "hello\n");
+//!     engine.stop(&env).await?;
+//!     Ok(())
+//! }
+//! ```
+
+mod error;
+mod exec;
+mod ids;
+mod image;
+mod spec;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+use std::fmt;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+pub use error::{BoxError, Error, ErrorKind, Result};
+pub use exec::{
+    kill_by_marker_script, ExecOutput, ExecProcess, ExecRequest, ExecStdin, ExitStatus,
+    OutputChunk, OutputChunks, OutputSink, OutputStream, Resizer, Stdin, TtySize,
+    DEFAULT_OUTPUT_LIMIT, EXEC_MARKER_VAR, OUTPUT_CHANNEL_CHUNKS,
+};
+pub use ids::{EnvironmentId, ImageRef, SessionId, MAX_SESSION_ID_LEN};
+pub use image::{
+    collect_tar_stream, tar_stream_from_bytes, BuildSpec, ImageInfo, Progress, ProgressEvent,
+    PullPolicy, TarStream,
+};
+pub use spec::{
+    validate_env, EnvironmentSpec, EnvironmentState, EnvironmentStatus, LabelSelector, Resources,
+    SecurityProfile, StopOutcome, Workspace, HARDENED_CAPABILITIES, LABEL_CREATED,
+    LABEL_MANAGED_BY, LABEL_NAME, LABEL_SESSION, MANAGED_BY_VALUE,
+};
+
+/// Which engine runs the environments.
+///
+/// ```
+/// use berth_engine_core::BackendKind;
+///
+/// assert_eq!("kubernetes".parse::<BackendKind>().unwrap(), BackendKind::Kubernetes);
+/// let err = "dockr".parse::<BackendKind>().unwrap_err();
+/// assert!(err.to_string().contains("expected docker or kubernetes"));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// A Docker (or Docker-API-compatible) daemon.
+    Docker,
+    /// A Kubernetes cluster: each environment is a batch/v1 Job.
+    Kubernetes,
+}
+
+impl BackendKind {
+    /// The name used in config and messages.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Docker => "docker",
+            BackendKind::Kubernetes => "kubernetes",
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for BackendKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "docker" => Ok(BackendKind::Docker),
+            "kubernetes" | "k8s" => Ok(BackendKind::Kubernetes),
+            other => Err(Error::invalid_spec(
+                "runner.backend",
+                format!("unknown backend {other:?}: expected docker or kubernetes"),
+            )),
+        }
+    }
+}
+
+/// What [`ContainerEngine::init`] learned about the engine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct EngineInfo {
+    /// The backend.
+    pub backend: BackendKind,
+    /// The address connected to (socket, URL, kube context).
+    pub endpoint: String,
+    /// The server's version ("20.10.24", "v1.30.2").
+    pub server_version: String,
+    /// The API version negotiated, when the backend has one.
+    pub api_version: Option<String>,
+}
+
+impl EngineInfo {
+    /// Info about an engine reached at `endpoint`.
+    #[must_use]
+    pub fn new(
+        backend: BackendKind,
+        endpoint: impl Into<String>,
+        server_version: impl Into<String>,
+        api_version: Option<String>,
+    ) -> Self {
+        Self {
+            backend,
+            endpoint: endpoint.into(),
+            server_version: server_version.into(),
+            api_version,
+        }
+    }
+}
+
+/// A container engine that runs isolated, long-lived environments.
+///
+/// Implementations are cheap to share (`Arc<dyn ContainerEngine>`) and safe to call
+/// concurrently. Every object an implementation creates carries the labels of
+/// [`EnvironmentSpec::object_labels`], so [`ContainerEngine::list`] (and `berth gc`) can find
+/// it after a crash.
+#[async_trait]
+pub trait ContainerEngine: Send + Sync {
+    /// Which backend this is.
+    fn backend(&self) -> BackendKind;
+
+    /// Checks connectivity and learns the server's version.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] naming the address tried and what to do.
+    async fn init(&self) -> Result<EngineInfo>;
+
+    /// Makes sure `image` is available, pulling it as `policy` says, reporting to `progress`.
+    ///
+    /// # Errors
+    /// [`Error::ImageNotFound`] when it exists nowhere it was looked for, [`Error::ImagePull`]
+    /// when pulling failed otherwise, [`Error::Unsupported`] where the backend cannot check.
+    async fn ensure_image(
+        &self,
+        image: &ImageRef,
+        policy: PullPolicy,
+        progress: &Progress,
+    ) -> Result<ImageInfo>;
+
+    /// Builds an image from a tar context.
+    ///
+    /// # Errors
+    /// [`Error::Build`] with the builder's message, [`Error::Unsupported`] where the backend
+    /// cannot build.
+    async fn build_image(&self, build: BuildSpec, progress: &Progress) -> Result<ImageInfo>;
+
+    /// Starts an environment and returns once it accepts execs.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSpec`] before any I/O when the spec is malformed;
+    /// [`Error::ImageNotFound`] when the image is not there.
+    async fn start(&self, spec: &EnvironmentSpec) -> Result<EnvironmentId>;
+
+    /// Starts a command and returns a handle streaming its I/O.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when the environment does not exist or has stopped;
+    /// [`Error::InvalidSpec`] when the request is malformed.
+    async fn exec_streaming(&self, env: &EnvironmentId, req: ExecRequest) -> Result<ExecProcess>;
+
+    /// Runs a command to completion, capturing at most [`ExecRequest::output_limit`] bytes of
+    /// each stream. A non-zero exit code is in the output, not an error.
+    ///
+    /// # Errors
+    /// As [`ContainerEngine::exec_streaming`]; [`Error::Timeout`] after killing the command when
+    /// its timeout elapsed; [`Error::InvalidSpec`] for [`Stdin::Piped`], which needs
+    /// `exec_streaming`.
+    async fn exec(&self, env: &EnvironmentId, req: ExecRequest) -> Result<ExecOutput> {
+        if req.stdin == Stdin::Piped {
+            return Err(Error::invalid_spec(
+                "stdin",
+                "Stdin::Piped needs exec_streaming; use Stdin::Bytes with exec",
+            ));
+        }
+        let limit = req.output_limit;
+        self.exec_streaming(env, req).await?.collect(limit).await
+    }
+
+    /// Runs a command as `user` (`uid`, `uid:gid` or a name); see [`ContainerEngine::exec`].
+    ///
+    /// # Errors
+    /// As [`ContainerEngine::exec`]; [`Error::Unsupported`] when the backend cannot switch
+    /// users in this image.
+    async fn exec_as_user(
+        &self,
+        env: &EnvironmentId,
+        user: &str,
+        req: ExecRequest,
+    ) -> Result<ExecOutput> {
+        self.exec(env, req.with_user(user)).await
+    }
+
+    /// Extracts a tar archive into the directory `dest`, which must exist.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] naming the environment or `dest`.
+    async fn copy_in(&self, env: &EnvironmentId, dest: &str, tar: TarStream) -> Result<()>;
+
+    /// Streams `path` (a file or a directory, as one top-level entry) out as a tar archive.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] naming the environment or `path`.
+    async fn copy_out(&self, env: &EnvironmentId, path: &str) -> Result<TarStream>;
+
+    /// Stops and removes the environment at once (no grace period); idempotent.
+    ///
+    /// # Errors
+    /// A backend error when removal failed; a missing environment is
+    /// [`StopOutcome::AlreadyGone`], not an error.
+    async fn stop(&self, env: &EnvironmentId) -> Result<StopOutcome>;
+
+    /// Lists the environments whose labels match `selector`.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when the engine cannot be reached.
+    async fn list(&self, selector: &LabelSelector) -> Result<Vec<EnvironmentStatus>>;
+
+    /// Removes a workspace volume (see [`Workspace::Volume`]); idempotent.
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] while an environment still uses it.
+    async fn remove_volume(&self, name: &str) -> Result<StopOutcome>;
+}

@@ -1,0 +1,298 @@
+//! The conformance suite: one async function per behaviour in [`cases`], run unchanged against
+//! every backend, plus the test image every backend's tests use.
+//!
+//! A backend's test file expands the whole suite with one macro call:
+//!
+//! ```no_run
+//! # mod demo {
+//! use berth_engine_core::testkit::Fixture;
+//!
+//! async fn fixture() -> Fixture {
+//!     unimplemented_engine_for_doc()
+//! }
+//! # fn unimplemented_engine_for_doc() -> Fixture { panic!() }
+//! berth_engine_core::conformance_suite!(fixture());
+//! # }
+//! ```
+//!
+//! The test image is built without a registry: a `FROM scratch` image holding the host's
+//! statically linked busybox (Debian's `busybox-static`), built with the engine's own
+//! [`ContainerEngine::build_image`](crate::ContainerEngine::build_image). See
+//! [`busybox_build_context`].
+
+pub mod cases;
+
+use std::future::Future;
+use std::io::Read;
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures_util::FutureExt;
+use tokio::sync::OnceCell;
+
+use crate::{
+    tar_stream_from_bytes, BuildSpec, ContainerEngine, EnvironmentId, EnvironmentSpec, Error,
+    ImageRef, Progress, PullPolicy, Result, SessionId,
+};
+
+/// The tag of the test image. Bump the version when [`busybox_build_context`] changes.
+pub const TEST_IMAGE: &str = "berth-test/busybox:2";
+
+/// The uid of the unprivileged user in the test image (`berth`, home `/home/berth`).
+pub const TEST_UID: u32 = 1000;
+
+/// An engine under test and the image its environments run.
+#[derive(Clone)]
+pub struct Fixture {
+    /// The engine under test.
+    pub engine: Arc<dyn ContainerEngine>,
+    /// An image with busybox's `sh`, `cat`, `head`, `id`, `sleep`, `kill`, `grep`, `tar`.
+    pub image: ImageRef,
+    /// Whatever must live as long as the fixture (a simulator, a temporary kubeconfig).
+    pub guard: Option<Arc<dyn std::any::Any + Send + Sync>>,
+}
+
+impl Fixture {
+    /// A fixture for `engine` running `image`.
+    pub fn new(engine: Arc<dyn ContainerEngine>, image: ImageRef) -> Self {
+        Self {
+            engine,
+            image,
+            guard: None,
+        }
+    }
+
+    /// Keeps `guard` alive as long as the fixture.
+    #[must_use]
+    pub fn with_guard(mut self, guard: impl std::any::Any + Send + Sync) -> Self {
+        self.guard = Some(Arc::new(guard));
+        self
+    }
+
+    /// A spec for a fresh session, with a short lifetime so that a crashed test's
+    /// environments end by themselves.
+    #[must_use]
+    pub fn spec(&self) -> EnvironmentSpec {
+        EnvironmentSpec::new(self.image.clone(), SessionId::generate())
+            .with_max_lifetime(std::time::Duration::from_secs(900))
+    }
+
+    /// Starts `spec`, runs `body`, and stops the environment whether `body` passed or
+    /// panicked.
+    ///
+    /// # Panics
+    /// When start or stop fails, or when `body` panics.
+    pub async fn with_env<F, Fut>(&self, spec: &EnvironmentSpec, body: F)
+    where
+        F: FnOnce(EnvironmentId) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let env = self
+            .engine
+            .start(spec)
+            .await
+            .unwrap_or_else(|e| panic!("start failed: {e} ({e:?})"));
+        let outcome = AssertUnwindSafe(body(env.clone())).catch_unwind().await;
+        let stopped = self.engine.stop(&env).await;
+        if let Err(panic) = outcome {
+            std::panic::resume_unwind(panic);
+        }
+        stopped.unwrap_or_else(|e| panic!("stop failed: {e}"));
+    }
+}
+
+static TEST_IMAGE_READY: OnceCell<ImageRef> = OnceCell::const_new();
+
+/// Makes sure [`TEST_IMAGE`] exists on `engine`, building it once per process with
+/// [`busybox_build_context`] when it is missing.
+///
+/// # Errors
+/// When the busybox binary is missing or dynamically linked, or the build fails.
+pub async fn ensure_test_image(engine: &dyn ContainerEngine) -> Result<ImageRef> {
+    TEST_IMAGE_READY
+        .get_or_try_init(|| async {
+            let image = ImageRef::new(TEST_IMAGE)?;
+            match engine
+                .ensure_image(&image, PullPolicy::Never, &Progress::none())
+                .await
+            {
+                Ok(_) => return Ok(image),
+                Err(e) if e.kind() == crate::ErrorKind::ImageNotFound => {}
+                Err(e) => return Err(e),
+            }
+            let context = busybox_build_context(&busybox_path())?;
+            engine
+                .build_image(
+                    BuildSpec::new(image.clone(), tar_stream_from_bytes(context)),
+                    &Progress::none(),
+                )
+                .await?;
+            Ok(image)
+        })
+        .await
+        .cloned()
+}
+
+/// The busybox binary the test image is made from: `$BERTH_BUSYBOX`, else `/bin/busybox`.
+#[must_use]
+pub fn busybox_path() -> PathBuf {
+    std::env::var_os("BERTH_BUSYBOX").map_or_else(|| PathBuf::from("/bin/busybox"), PathBuf::from)
+}
+
+/// A Docker build context (a tar archive) for the test image: `FROM scratch`, then a root
+/// filesystem with the statically linked busybox at `/bin/busybox`, a symlink for each of its
+/// applets, `/etc/passwd` with root and `berth` (uid 1000), `/tmp`, `/workspace` and
+/// `/home/berth`.
+///
+/// # Errors
+/// [`Error::InvalidSpec`] naming `busybox` when the binary is missing or dynamically linked
+/// (install Debian's `busybox-static`).
+pub fn busybox_build_context(busybox: &Path) -> Result<Vec<u8>> {
+    let missing = |why: String| {
+        Error::invalid_spec(
+            "busybox",
+            format!(
+                "{}: {why}; install Debian's busybox-static (apt-get install busybox-static) or set BERTH_BUSYBOX",
+                busybox.display()
+            ),
+        )
+    };
+    let mut binary = Vec::new();
+    std::fs::File::open(busybox)
+        .and_then(|mut f| f.read_to_end(&mut binary))
+        .map_err(|e| missing(format!("cannot read it ({e})")))?;
+    let head = &binary[..binary.len().min(8192)];
+    if head.windows(7).any(|w| w == b"ld-linu" || w == b"ld-musl") {
+        return Err(missing(
+            "it is dynamically linked and cannot run in a FROM scratch image".into(),
+        ));
+    }
+    let listing = std::process::Command::new(busybox)
+        .arg("--list-full")
+        .output()
+        .map_err(|e| missing(format!("cannot run it ({e})")))?;
+    let applets = String::from_utf8_lossy(&listing.stdout).into_owned();
+
+    let rootfs = build_rootfs_tar(&binary, &applets).map_err(|e| missing(e.to_string()))?;
+    let dockerfile = b"FROM scratch\nADD rootfs.tar /\nUSER 0\nWORKDIR /\nCMD [\"sh\"]\n";
+    let mut context = tar::Builder::new(Vec::new());
+    append_file(&mut context, "Dockerfile", 0o644, 0, dockerfile)
+        .and_then(|()| append_file(&mut context, "rootfs.tar", 0o644, 0, &rootfs))
+        .and_then(|()| context.into_inner())
+        .map_err(|e| missing(e.to_string()))
+}
+
+fn build_rootfs_tar(busybox: &[u8], applets: &str) -> std::io::Result<Vec<u8>> {
+    let mut tar = tar::Builder::new(Vec::new());
+    for (dir, mode, uid) in [
+        ("bin", 0o755, 0),
+        ("sbin", 0o755, 0),
+        ("usr", 0o755, 0),
+        ("usr/bin", 0o755, 0),
+        ("usr/sbin", 0o755, 0),
+        ("etc", 0o755, 0),
+        ("root", 0o700, 0),
+        ("home", 0o755, 0),
+        ("home/berth", 0o755, TEST_UID),
+        ("tmp", 0o1777, 0),
+        ("workspace", 0o777, 0),
+        ("proc", 0o755, 0),
+        ("sys", 0o755, 0),
+        ("dev", 0o755, 0),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(mode);
+        h.set_uid(uid.into());
+        h.set_gid(uid.into());
+        h.set_size(0);
+        tar.append_data(&mut h, format!("{dir}/"), std::io::empty())?;
+    }
+    append_file(&mut tar, "bin/busybox", 0o755, 0, busybox)?;
+    append_file(
+        &mut tar,
+        "etc/passwd",
+        0o644,
+        0,
+        b"root:x:0:0:root:/root:/bin/sh\nberth:x:1000:1000:berth:/home/berth:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+    )?;
+    append_file(
+        &mut tar,
+        "etc/group",
+        0o644,
+        0,
+        b"root:x:0:\nberth:x:1000:\nnogroup:x:65534:\n",
+    )?;
+    for applet in applets.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let applet = applet.trim_start_matches('/');
+        if applet == "bin/busybox" || !applet.contains('/') {
+            continue;
+        }
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_mode(0o777);
+        h.set_size(0);
+        tar.append_link(&mut h, applet, "/bin/busybox")?;
+    }
+    tar.into_inner()
+}
+
+fn append_file<W: std::io::Write>(
+    tar: &mut tar::Builder<W>,
+    path: &str,
+    mode: u32,
+    uid: u64,
+    data: &[u8],
+) -> std::io::Result<()> {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(mode);
+    h.set_uid(uid);
+    h.set_gid(uid);
+    h.set_size(data.len() as u64);
+    tar.append_data(&mut h, path, data)
+}
+
+/// Expands to one `#[tokio::test]` per conformance case, each calling
+/// `testkit::cases::<case>(&$fixture.await)`. The calling crate needs `tokio` with the
+/// `macros` and `rt-multi-thread` features.
+#[macro_export]
+macro_rules! conformance_suite {
+    ($fixture:expr) => {
+        $crate::conformance_suite!(@cases $fixture;
+            exit_codes,
+            stdout_and_stderr_are_kept_apart,
+            stdin_bytes_are_echoed_exactly,
+            stdin_piped_and_closed_reaches_eof,
+            tty_exec_has_a_resizable_terminal,
+            env_and_workdir,
+            exec_as_uid_1000,
+            binary_output_round_trips,
+            streaming_256_mib_keeps_memory_bounded,
+            captured_output_is_truncated_at_its_cap,
+            timeout_kills_the_process_tree,
+            copy_round_trip_keeps_symlinks_dirs_and_modes,
+            copy_errors_name_the_path,
+            host_path_workspace_persists_across_environments,
+            volume_workspace_persists_across_environments,
+            volume_sub_path_is_kept_apart_or_unsupported,
+            stop_twice_is_fine,
+            exec_in_stopped_environment_is_not_found,
+            missing_image_is_image_not_found,
+            list_finds_the_session_by_label,
+            invalid_input_is_rejected_before_io,
+            environment_ends_after_max_lifetime,
+            build_image_or_unsupported,
+        );
+    };
+    (@cases $fixture:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let fixture = $fixture.await;
+                $crate::testkit::cases::$case(&fixture).await;
+            }
+        )*
+    };
+}

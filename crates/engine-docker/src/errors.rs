@@ -1,0 +1,76 @@
+//! Mapping bollard's errors onto the engine contract's kinds.
+
+use berth_engine_core::Error;
+use bollard::errors::Error as BollardError;
+
+pub(crate) const BACKEND: &str = "docker";
+
+/// The HTTP status and message of a daemon error response.
+pub(crate) fn status(err: &BollardError) -> Option<(u16, &str)> {
+    match err {
+        BollardError::DockerResponseServerError {
+            status_code,
+            message,
+        } => Some((*status_code, message.as_str())),
+        _ => None,
+    }
+}
+
+/// Whether the error is the transport failing (socket missing, connection refused or reset,
+/// request timed out) rather than the daemon answering.
+pub(crate) fn is_transport(err: &BollardError) -> bool {
+    matches!(
+        err,
+        BollardError::SocketNotFoundError(_)
+            | BollardError::HyperLegacyError { .. }
+            | BollardError::HyperResponseError { .. }
+            | BollardError::IOError { .. }
+            | BollardError::RequestTimeoutError
+            | BollardError::HttpClientError { .. }
+    )
+}
+
+/// What to tell a user whose daemon cannot be reached.
+pub(crate) const UNAVAILABLE_HINT: &str = "is the Docker daemon running? Start it (`sudo dockerd` or `sudo systemctl start docker`), or point DOCKER_HOST / docker.host at a running one";
+
+pub(crate) fn unavailable(address: &str, err: BollardError) -> Error {
+    Error::Unavailable {
+        backend: BACKEND,
+        address: address.to_owned(),
+        hint: UNAVAILABLE_HINT.to_owned(),
+        source: Some(Box::new(err)),
+    }
+}
+
+/// Maps an error of a call about environment `env`: a missing container is `NotFound`, a
+/// stopped one too (it cannot take commands any more).
+pub(crate) fn env_call(address: &str, env: &str, step: &str, err: BollardError) -> Error {
+    if is_transport(&err) {
+        return unavailable(address, err);
+    }
+    match status(&err) {
+        Some((404, msg))
+            if msg.contains("No such container") || msg.contains("no such container") =>
+        {
+            Error::NotFound {
+                what: "environment",
+                name: env.to_owned(),
+            }
+        }
+        Some((409, msg)) if msg.contains("not running") || msg.contains("paused") => {
+            Error::NotFound {
+                what: "running environment",
+                name: env.to_owned(),
+            }
+        }
+        _ => other(address, step, err),
+    }
+}
+
+/// Any other failure of `step`.
+pub(crate) fn other(address: &str, step: &str, err: BollardError) -> Error {
+    if is_transport(&err) {
+        return unavailable(address, err);
+    }
+    Error::backend(BACKEND, step, err)
+}

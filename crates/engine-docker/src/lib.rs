@@ -1,0 +1,692 @@
+//! berth's Docker backend: [`DockerEngine`] runs each environment as a labelled container on a
+//! Docker daemon, through bollard.
+//!
+//! The container's main process is a keepalive (`sleep <max lifetime>`) under Docker's init,
+//! which reaps zombies and forwards SIGTERM, so the environment dies promptly when asked and
+//! ends by itself after its lifetime. Execs are Docker execs; copies use the archive endpoints.
+//!
+//! ```no_run
+//! use berth_engine_core::{ContainerEngine, EnvironmentSpec, ExecRequest, ImageRef, SessionId};
+//! use berth_engine_docker::{DockerConfig, DockerEngine};
+//!
+//! #[tokio::main]
+//! async fn main() -> berth_engine_core::Result<()> {
+//!     let engine = DockerEngine::connect(&DockerConfig::default()).await?;
+//!     let spec = EnvironmentSpec::new(ImageRef::new("berth-test/busybox:2")?, SessionId::generate());
+//!     let env = engine.start(&spec).await?;
+//!     let out = engine.exec(&env, ExecRequest::shell("echo hi")).await?;
+//!     print!("{}", out.stdout_lossy());
+//!     engine.stop(&env).await?;
+//!     Ok(())
+//! }
+//! ```
+
+mod errors;
+mod exec;
+
+use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use berth_engine_core::{
+    BackendKind, BuildSpec, ContainerEngine, EngineInfo, EnvironmentId, EnvironmentSpec,
+    EnvironmentState, EnvironmentStatus, Error, ExecProcess, ExecRequest, ImageInfo, ImageRef,
+    LabelSelector, Progress, ProgressEvent, PullPolicy, Resources, Result, SecurityProfile,
+    StopOutcome, TarStream, Workspace,
+};
+use bollard::models::{
+    ContainerCreateBody, ContainerSummaryStateEnum, HostConfig, Mount, MountType,
+    MountVolumeOptions, VolumeCreateRequest,
+};
+use bollard::query_parameters::{
+    BuildImageOptions, CreateContainerOptions, CreateImageOptions, DownloadFromContainerOptions,
+    ListContainersOptions, RemoveContainerOptions, RemoveVolumeOptions, UploadToContainerOptions,
+};
+use bollard::Docker;
+use futures_util::{StreamExt, TryStreamExt};
+
+use crate::errors::BACKEND;
+
+/// The daemon address used when neither [`DockerConfig::host`] nor `DOCKER_HOST` is set.
+pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
+
+/// Default pids limit of an environment when its spec sets none.
+pub const DEFAULT_PIDS_LIMIT: u64 = 4096;
+
+pub use berth_engine_core::HARDENED_CAPABILITIES;
+
+/// How to reach the daemon.
+///
+/// ```
+/// use berth_engine_docker::DockerConfig;
+///
+/// let config = DockerConfig::with_host("tcp://127.0.0.1:2375");
+/// assert_eq!(config.address(), "tcp://127.0.0.1:2375");
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DockerConfig {
+    /// `unix:///path`, `tcp://host:port`, `http://...` (or `https://` with the `tls`
+    /// feature). `None` means `DOCKER_HOST`, else [`DEFAULT_DOCKER_HOST`], like the docker CLI.
+    pub host: Option<String>,
+}
+
+impl DockerConfig {
+    /// A config for `host`.
+    #[must_use]
+    pub fn with_host(host: impl Into<String>) -> Self {
+        Self {
+            host: Some(host.into()),
+        }
+    }
+
+    /// The address that will be dialled.
+    #[must_use]
+    pub fn address(&self) -> String {
+        self.host
+            .clone()
+            .or_else(|| std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()))
+            .unwrap_or_else(|| DEFAULT_DOCKER_HOST.to_owned())
+    }
+}
+
+/// A [`ContainerEngine`] on a Docker daemon.
+#[derive(Debug, Clone)]
+pub struct DockerEngine {
+    docker: Docker,
+    address: String,
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl DockerEngine {
+    /// Connects to the daemon and negotiates the API version down to what it speaks (bollard
+    /// asks for 1.53 by default; Debian's dockerd 20.10 speaks 1.41).
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] naming the address when the daemon cannot be reached;
+    /// [`Error::InvalidSpec`] naming `docker.host` when the address is malformed.
+    pub async fn connect(config: &DockerConfig) -> Result<Self> {
+        let address = config.address();
+        let docker = Docker::connect_with_host(&address).map_err(|e| match e {
+            bollard::errors::Error::UnsupportedURISchemeError { .. } => Error::invalid_spec(
+                "docker.host",
+                format!(
+                    "{address:?} is not a daemon address: expected unix:///path, tcp://host:port or http(s)://host:port"
+                ),
+            ),
+            other => errors::unavailable(&address, other),
+        })?;
+        let docker = docker
+            .negotiate_version()
+            .await
+            .map_err(|e| errors::unavailable(&address, e))?;
+        Ok(Self { docker, address })
+    }
+
+    /// The daemon address in use.
+    #[must_use]
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    fn other(&self, step: &str) -> impl FnOnce(bollard::errors::Error) -> Error + '_ {
+        let step = step.to_owned();
+        move |e| errors::other(&self.address, &step, e)
+    }
+
+    async fn ensure_volume(&self, name: &str, labels: &HashMap<String, String>) -> Result<()> {
+        // Creating an existing volume returns it unchanged, so this is one call either way.
+        self.docker
+            .create_volume(VolumeCreateRequest {
+                name: Some(name.to_owned()),
+                labels: Some(labels.clone()),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ())
+            .map_err(self.other("create volume"))
+    }
+
+    fn container_body(
+        &self,
+        spec: &EnvironmentSpec,
+        labels: &HashMap<String, String>,
+    ) -> Result<ContainerCreateBody> {
+        let mount = match &spec.workspace {
+            Workspace::HostPath { path } => Some(Mount {
+                target: Some(spec.mount_path.clone()),
+                source: Some(path.to_string_lossy().into_owned()),
+                typ: Some(MountType::BIND),
+                ..Default::default()
+            }),
+            Workspace::Volume { name, sub_path } => {
+                if sub_path.is_some() && !self.supports_volume_subpath() {
+                    return Err(Error::Unsupported {
+                        backend: BACKEND,
+                        operation: "workspace.sub_path",
+                        reason: format!(
+                            "volume sub-paths need Docker Engine 26 (API 1.45) or newer, and the daemon at {} speaks API {}; mount the whole volume or upgrade the daemon",
+                            self.address,
+                            self.docker.client_version()
+                        ),
+                    });
+                }
+                Some(Mount {
+                    target: Some(spec.mount_path.clone()),
+                    source: Some(name.clone()),
+                    typ: Some(MountType::VOLUME),
+                    volume_options: Some(MountVolumeOptions {
+                        subpath: sub_path.clone(),
+                        labels: Some(labels.clone()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+            }
+            Workspace::Ephemeral => Some(Mount {
+                target: Some(spec.mount_path.clone()),
+                typ: Some(MountType::VOLUME),
+                volume_options: Some(MountVolumeOptions {
+                    labels: Some(labels.clone()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            _ => None,
+        };
+        let Resources {
+            cpu_millis,
+            memory_bytes,
+            pids,
+            ..
+        } = spec.resources.clone();
+        let (cap_drop, cap_add) = match spec.security {
+            SecurityProfile::Restricted => (vec!["ALL".to_owned()], vec![]),
+            _ => (
+                vec!["ALL".to_owned()],
+                HARDENED_CAPABILITIES
+                    .iter()
+                    .map(|c| (*c).to_owned())
+                    .collect(),
+            ),
+        };
+        let host_config = HostConfig {
+            init: Some(true),
+            privileged: Some(false),
+            security_opt: Some(vec!["no-new-privileges:true".to_owned()]),
+            cap_drop: Some(cap_drop),
+            cap_add: Some(cap_add),
+            pids_limit: Some(i64::try_from(pids.unwrap_or(DEFAULT_PIDS_LIMIT)).unwrap_or(i64::MAX)),
+            memory: memory_bytes.map(|m| i64::try_from(m).unwrap_or(i64::MAX)),
+            nano_cpus: cpu_millis
+                .map(|c| i64::try_from(c.saturating_mul(1_000_000)).unwrap_or(i64::MAX)),
+            network_mode: Some(if spec.network { "bridge" } else { "none" }.to_owned()),
+            mounts: mount.map(|m| vec![m]),
+            ..Default::default()
+        };
+        let env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        Ok(ContainerCreateBody {
+            image: Some(spec.image.to_string()),
+            entrypoint: Some(vec!["sleep".to_owned()]),
+            cmd: Some(vec![spec.max_lifetime.as_secs().to_string()]),
+            env: Some(env),
+            labels: Some(labels.clone()),
+            user: spec.user.clone(),
+            working_dir: spec.workdir.clone(),
+            // SIGTERM ends `sleep` at once under Docker's init; no grace period is needed.
+            stop_timeout: Some(1),
+            host_config: Some(host_config),
+            ..Default::default()
+        })
+    }
+
+    fn supports_volume_subpath(&self) -> bool {
+        let v = self.docker.client_version();
+        (v.major_version, v.minor_version) >= (1, 45)
+    }
+
+    async fn remove_container(&self, name: &str) -> Result<StopOutcome> {
+        let removed = self
+            .docker
+            .remove_container(
+                name,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    v: true,
+                    ..Default::default()
+                }),
+            )
+            .await;
+        match removed {
+            Ok(()) => Ok(StopOutcome::Stopped),
+            Err(e) => match errors::status(&e) {
+                Some((404, _)) => Ok(StopOutcome::AlreadyGone),
+                // Another stop is already removing it.
+                Some((409, msg)) if msg.contains("already in progress") => Ok(StopOutcome::Stopped),
+                _ => Err(errors::env_call(&self.address, name, "remove container", e)),
+            },
+        }
+    }
+
+    async fn inspect_image_info(&self, image: &ImageRef) -> Result<Option<ImageInfo>> {
+        match self.docker.inspect_image(image.as_str()).await {
+            Ok(inspect) => Ok(Some(ImageInfo::new(
+                image.clone(),
+                inspect.id,
+                inspect.size.and_then(|s| u64::try_from(s).ok()),
+            ))),
+            Err(e) if matches!(errors::status(&e), Some((404, _))) => Ok(None),
+            Err(e) => Err(errors::other(&self.address, "inspect image", e)),
+        }
+    }
+
+    async fn pull(&self, image: &ImageRef, progress: &Progress) -> Result<()> {
+        let (from_image, tag) = match (image.digest(), image.tag()) {
+            (Some(_), _) => (image.as_str().to_owned(), None),
+            (None, tag) => (
+                image.repository().to_owned(),
+                Some(tag.unwrap_or("latest").to_owned()),
+            ),
+        };
+        let mut stream = self.docker.create_image(
+            Some(CreateImageOptions {
+                from_image: Some(from_image),
+                tag,
+                ..Default::default()
+            }),
+            None,
+            None,
+        );
+        while let Some(item) = stream.next().await {
+            let info = item.map_err(|e| self.pull_error(image, e))?;
+            if let Some(detail) = info.error_detail {
+                let reason = detail.message.unwrap_or_else(|| "unknown error".into());
+                return Err(classify_pull_failure(image, reason));
+            }
+            if let Some(status) = info.status {
+                let (current, total) = info
+                    .progress_detail
+                    .map(|d| {
+                        (
+                            d.current.and_then(|c| u64::try_from(c).ok()),
+                            d.total.and_then(|t| u64::try_from(t).ok()),
+                        )
+                    })
+                    .unwrap_or_default();
+                progress.emit(&ProgressEvent::status(info.id, status).with_counts(current, total));
+            }
+        }
+        Ok(())
+    }
+
+    fn pull_error(&self, image: &ImageRef, e: bollard::errors::Error) -> Error {
+        if errors::is_transport(&e) {
+            return errors::unavailable(&self.address, e);
+        }
+        let reason = match &e {
+            bollard::errors::Error::DockerResponseServerError { message, .. } => message.clone(),
+            bollard::errors::Error::DockerStreamError { error } => error.clone(),
+            other => other.to_string(),
+        };
+        classify_pull_failure(image, reason)
+    }
+}
+
+fn classify_pull_failure(image: &ImageRef, reason: String) -> Error {
+    let lower = reason.to_lowercase();
+    if lower.contains("not found")
+        || lower.contains("manifest unknown")
+        || lower.contains("pull access denied")
+        || lower.contains("does not exist")
+    {
+        Error::ImageNotFound {
+            image: image.to_string(),
+            reason,
+        }
+    } else {
+        Error::ImagePull {
+            image: image.to_string(),
+            reason,
+        }
+    }
+}
+
+fn labels_map(spec: &EnvironmentSpec) -> HashMap<String, String> {
+    spec.object_labels(now_unix()).into_iter().collect()
+}
+
+fn container_name(spec: &EnvironmentSpec) -> String {
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..5];
+    format!(
+        "{}-{}-{}-{suffix}",
+        spec.name_prefix, spec.session, spec.name
+    )
+}
+
+#[async_trait]
+impl ContainerEngine for DockerEngine {
+    fn backend(&self) -> BackendKind {
+        BackendKind::Docker
+    }
+
+    async fn init(&self) -> Result<EngineInfo> {
+        let version = self
+            .docker
+            .version()
+            .await
+            .map_err(|e| errors::unavailable(&self.address, e))?;
+        Ok(EngineInfo::new(
+            BackendKind::Docker,
+            self.address.clone(),
+            version.version.unwrap_or_default(),
+            Some(self.docker.client_version().to_string()),
+        ))
+    }
+
+    async fn ensure_image(
+        &self,
+        image: &ImageRef,
+        policy: PullPolicy,
+        progress: &Progress,
+    ) -> Result<ImageInfo> {
+        if policy != PullPolicy::Always {
+            if let Some(info) = self.inspect_image_info(image).await? {
+                return Ok(info);
+            }
+            if policy == PullPolicy::Never {
+                return Err(Error::ImageNotFound {
+                    image: image.to_string(),
+                    reason: format!(
+                        "it is not on the Docker daemon at {} and the pull policy is never; build it, load it, or allow pulling",
+                        self.address
+                    ),
+                });
+            }
+        }
+        self.pull(image, progress).await?;
+        self.inspect_image_info(image)
+            .await?
+            .ok_or_else(|| Error::ImageNotFound {
+                image: image.to_string(),
+                reason: "the pull finished but the daemon does not have the image".into(),
+            })
+    }
+
+    async fn build_image(&self, build: BuildSpec, progress: &Progress) -> Result<ImageInfo> {
+        build.validate()?;
+        let tag = build.tag.clone();
+        let options = BuildImageOptions {
+            dockerfile: build.dockerfile.clone(),
+            t: Some(tag.to_string()),
+            buildargs: Some(build.build_args.clone().into_iter().collect()),
+            labels: Some(build.labels.clone().into_iter().collect()),
+            pull: build.pull.then(|| "1".to_owned()),
+            rm: true,
+            forcerm: true,
+            ..Default::default()
+        };
+        let body = bollard::body_try_stream(build.context);
+        let mut stream = self.docker.build_image(options, None, Some(body));
+        let build_failed = |reason: String| Error::Build {
+            tag: tag.to_string(),
+            reason,
+        };
+        while let Some(item) = stream.next().await {
+            let info = match item {
+                Ok(info) => info,
+                Err(e) if errors::is_transport(&e) => {
+                    return Err(errors::unavailable(&self.address, e))
+                }
+                Err(bollard::errors::Error::DockerStreamError { error }) => {
+                    return Err(build_failed(error))
+                }
+                Err(bollard::errors::Error::DockerResponseServerError { message, .. }) => {
+                    return Err(build_failed(message))
+                }
+                Err(e) => return Err(errors::other(&self.address, "build image", e)),
+            };
+            if let Some(detail) = info.error_detail {
+                return Err(build_failed(detail.message.unwrap_or_default()));
+            }
+            if let Some(line) = info
+                .stream
+                .as_deref()
+                .map(str::trim_end)
+                .filter(|l| !l.is_empty())
+            {
+                progress.emit(&ProgressEvent::status(None, line));
+            }
+            if let Some(status) = info.status {
+                progress.emit(&ProgressEvent::status(info.id, status));
+            }
+        }
+        self.inspect_image_info(&tag).await?.ok_or_else(|| {
+            build_failed("the build finished but the daemon has no image with that tag".into())
+        })
+    }
+
+    async fn start(&self, spec: &EnvironmentSpec) -> Result<EnvironmentId> {
+        spec.validate()?;
+        let labels = labels_map(spec);
+        let body = self.container_body(spec, &labels)?;
+        if let Workspace::Volume { name, .. } = &spec.workspace {
+            self.ensure_volume(name, &labels).await?;
+        }
+        let name = container_name(spec);
+        self.docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(name.clone()),
+                    ..Default::default()
+                }),
+                body,
+            )
+            .await
+            .map_err(|e| match errors::status(&e) {
+                Some((404, msg)) if msg.contains("image") => Error::ImageNotFound {
+                    image: spec.image.to_string(),
+                    reason: format!(
+                        "it is not on the Docker daemon at {}; build or pull it first (berth image ensure)",
+                        self.address
+                    ),
+                },
+                Some((400, msg)) if msg.contains("bind source path does not exist") => {
+                    Error::invalid_spec("workspace.host_path", msg.to_owned())
+                }
+                _ => errors::other(&self.address, "create container", e),
+            })?;
+        let id = EnvironmentId::new(name.clone())?;
+        if let Err(e) = self.docker.start_container(&name, None).await {
+            let err = match errors::status(&e) {
+                Some((_, msg))
+                    if msg.contains("executable file not found")
+                        || msg.contains("no such file or directory") =>
+                {
+                    Error::invalid_spec(
+                        "image",
+                        format!(
+                            "{} has no `sleep` on its PATH, which berth's keepalive needs ({msg})",
+                            spec.image
+                        ),
+                    )
+                }
+                _ => errors::other(&self.address, "start container", e),
+            };
+            return match self.remove_container(&name).await {
+                Ok(_) => Err(err),
+                Err(cleanup) => Err(err.with_cleanup_failure(cleanup)),
+            };
+        }
+        tracing::debug!(env = %id, image = %spec.image, "started environment");
+        Ok(id)
+    }
+
+    async fn exec_streaming(&self, env: &EnvironmentId, req: ExecRequest) -> Result<ExecProcess> {
+        exec::exec_streaming(&self.docker, &self.address, env, req).await
+    }
+
+    async fn copy_in(&self, env: &EnvironmentId, dest: &str, tar: TarStream) -> Result<()> {
+        if !dest.starts_with('/') {
+            return Err(Error::invalid_spec(
+                "dest",
+                format!("must be an absolute path, got {dest:?}"),
+            ));
+        }
+        self.docker
+            .upload_to_container(
+                env.as_str(),
+                Some(UploadToContainerOptions {
+                    path: dest.to_owned(),
+                    ..Default::default()
+                }),
+                bollard::body_try_stream(tar),
+            )
+            .await
+            .map_err(|e| self.path_error(env, dest, "copy into container", e))
+    }
+
+    async fn copy_out(&self, env: &EnvironmentId, path: &str) -> Result<TarStream> {
+        if !path.starts_with('/') {
+            return Err(Error::invalid_spec(
+                "path",
+                format!("must be an absolute path, got {path:?}"),
+            ));
+        }
+        let mut stream = self.docker.download_from_container(
+            env.as_str(),
+            Some(DownloadFromContainerOptions {
+                path: path.to_owned(),
+            }),
+        );
+        // The daemon reports a missing path in its response head, which arrives with the
+        // first item: surface it here, not half-way through the caller's read.
+        let first = match stream.next().await {
+            Some(Ok(bytes)) => bytes,
+            Some(Err(e)) => return Err(self.path_error(env, path, "copy out of container", e)),
+            None => bytes::Bytes::new(),
+        };
+        let address = self.address.clone();
+        let rest = stream.map_err(move |e| {
+            std::io::Error::other(errors::other(&address, "copy out of container", e))
+        });
+        Ok(Box::pin(
+            futures_util::stream::iter([Ok(first)]).chain(rest),
+        ))
+    }
+
+    async fn stop(&self, env: &EnvironmentId) -> Result<StopOutcome> {
+        let outcome = self.remove_container(env.as_str()).await?;
+        tracing::debug!(env = %env, ?outcome, "stopped environment");
+        Ok(outcome)
+    }
+
+    async fn list(&self, selector: &LabelSelector) -> Result<Vec<EnvironmentStatus>> {
+        let filters: HashMap<String, Vec<String>> = [(
+            "label".to_owned(),
+            selector
+                .requirements()
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect(),
+        )]
+        .into_iter()
+        .collect();
+        let containers = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
+            .map_err(self.other("list containers"))?;
+        let mut out = Vec::with_capacity(containers.len());
+        for c in containers {
+            let Some(name) = c
+                .names
+                .as_ref()
+                .and_then(|n| n.first())
+                .map(|n| n.trim_start_matches('/').to_owned())
+            else {
+                continue;
+            };
+            let labels: std::collections::BTreeMap<String, String> =
+                c.labels.unwrap_or_default().into_iter().collect();
+            if !selector.matches(&labels) {
+                continue;
+            }
+            let state = match c.state {
+                Some(ContainerSummaryStateEnum::RUNNING) => EnvironmentState::Running,
+                Some(
+                    ContainerSummaryStateEnum::CREATED | ContainerSummaryStateEnum::RESTARTING,
+                ) => EnvironmentState::Pending,
+                Some(
+                    ContainerSummaryStateEnum::EXITED
+                    | ContainerSummaryStateEnum::DEAD
+                    | ContainerSummaryStateEnum::REMOVING
+                    | ContainerSummaryStateEnum::STOPPING,
+                ) => EnvironmentState::Exited,
+                _ => EnvironmentState::Unknown,
+            };
+            let mut status = EnvironmentStatus::new(
+                EnvironmentId::new(name)?,
+                c.image.unwrap_or_default(),
+                state,
+                labels,
+            );
+            if status.created_unix_secs.is_none() {
+                status.created_unix_secs = c.created.and_then(|t| u64::try_from(t).ok());
+            }
+            out.push(status);
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    async fn remove_volume(&self, name: &str) -> Result<StopOutcome> {
+        match self
+            .docker
+            .remove_volume(name, None::<RemoveVolumeOptions>)
+            .await
+        {
+            Ok(()) => Ok(StopOutcome::Stopped),
+            Err(e) => match errors::status(&e) {
+                Some((404, _)) => Ok(StopOutcome::AlreadyGone),
+                Some((409, msg)) => Err(Error::Conflict {
+                    what: "volume",
+                    name: name.to_owned(),
+                    reason: msg.to_owned(),
+                }),
+                _ => Err(errors::other(&self.address, "remove volume", e)),
+            },
+        }
+    }
+}
+
+impl DockerEngine {
+    fn path_error(
+        &self,
+        env: &EnvironmentId,
+        path: &str,
+        step: &str,
+        e: bollard::errors::Error,
+    ) -> Error {
+        match errors::status(&e) {
+            Some((404, msg)) if !msg.to_lowercase().contains("no such container") => {
+                Error::NotFound {
+                    what: "path",
+                    name: format!("{path} in {env}"),
+                }
+            }
+            Some((400, msg)) if msg.contains("not a directory") => {
+                Error::invalid_spec("dest", format!("{path} in {env} is not a directory"))
+            }
+            _ => errors::env_call(&self.address, env.as_str(), step, e),
+        }
+    }
+}

@@ -1,0 +1,603 @@
+//! Exec over the pod exec websocket, and what Kubernetes exec lacks made up inside the pod:
+//! env, workdir and user by wrapping the argv; timeouts by killing the marked process tree;
+//! copies as tar streams through `tar`.
+
+use std::time::Duration;
+
+use berth_engine_core::{
+    kill_by_marker_script, EnvironmentId, Error, ExecProcess, ExecRequest, ExecStdin, ExitStatus,
+    OutputChunk, OutputSink, Result, Stdin, TarStream, TtySize, EXEC_MARKER_VAR,
+};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status as ApiStatus;
+use kube::api::{AttachParams, AttachedProcess, TerminalSize};
+use kube::Api;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+
+use crate::errors::{self, BACKEND};
+use crate::manifest::CONTAINER;
+use crate::KubernetesEngine;
+
+/// How an image lets a root exec become another user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UserTool {
+    /// util-linux `setpriv --reuid --regid` (Debian, Ubuntu, Fedora images).
+    Setpriv,
+    /// `su -p -s /bin/sh NAME` (busybox, Alpine); needs the user in /etc/passwd.
+    Su,
+    /// Neither.
+    None,
+}
+
+/// Pipe size between kube's websocket task and our reader: large enough for throughput.
+const PIPE: usize = 256 * 1024;
+
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Exit code our wrappers use for "the thing berth needs is missing".
+const EXIT_BERTH_MISSING: i32 = 44;
+
+fn wrap_user(tool: UserTool, user: &str, inner: Vec<String>) -> Result<Vec<String>> {
+    let (uid, gid) = user.split_once(':').unwrap_or((user, ""));
+    match tool {
+        UserTool::Setpriv => {
+            let mut argv = vec![
+                "setpriv".to_owned(),
+                format!("--reuid={uid}"),
+                format!("--regid={}", if gid.is_empty() { uid } else { gid }),
+                "--clear-groups".to_owned(),
+                "--".to_owned(),
+            ];
+            argv.extend(inner);
+            Ok(argv)
+        }
+        UserTool::Su => {
+            // su takes a name: resolve a numeric uid through /etc/passwd first.
+            let script = format!(
+                "u=\"$1\"; shift; case \"$u\" in *[!0-9]*) n=\"$u\";; *) n=$(awk -F: -v u=\"$u\" '$3==u {{print $1; exit}}' /etc/passwd);; esac; \
+                 if [ -z \"$n\" ]; then echo \"berth: uid $u has no /etc/passwd entry, which su needs\" >&2; exit {EXIT_BERTH_MISSING}; fi; \
+                 exec su -p -s /bin/sh \"$n\" -c 'exec \"$@\"' -- sh \"$@\""
+            );
+            let mut argv = vec!["sh".to_owned(), "-c".to_owned(), script, "sh".to_owned(), uid.to_owned()];
+            argv.extend(inner);
+            Ok(argv)
+        }
+        UserTool::None => Err(Error::Unsupported {
+            backend: BACKEND,
+            operation: "exec as user",
+            reason: format!(
+                "Kubernetes exec has no user field, so berth switches users inside the pod, and this image has neither util-linux setpriv nor su; add one to the image, or run the environment as {user} (EnvironmentSpec::user)"
+            ),
+        }),
+    }
+}
+
+/// The argv that runs `req` with its env, workdir and the kill marker.
+fn wrap(req: &ExecRequest, marker: &str, tool: Option<UserTool>) -> Result<Vec<String>> {
+    let mut inner = vec!["env".to_owned(), format!("{EXEC_MARKER_VAR}={marker}")];
+    inner.extend(req.env.iter().map(|(k, v)| format!("{k}={v}")));
+    inner.extend(req.argv.iter().cloned());
+    if let Some(dir) = &req.workdir {
+        let mut argv = vec![
+            "sh".to_owned(),
+            "-c".to_owned(),
+            "cd \"$1\" || exit 126; shift; exec \"$@\"".to_owned(),
+            "sh".to_owned(),
+            dir.clone(),
+        ];
+        argv.extend(inner);
+        inner = argv;
+    }
+    match (&req.user, tool) {
+        (Some(user), Some(tool)) => wrap_user(tool, user, inner),
+        _ => Ok(inner),
+    }
+}
+
+async fn user_tool(engine: &KubernetesEngine, env: &EnvironmentId, pod: &str) -> Result<UserTool> {
+    if let Some(t) = engine
+        .user_tools
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(pod)
+    {
+        return Ok(*t);
+    }
+    let probe = ExecRequest::shell(
+        "if setpriv --help 2>&1 | grep -q -- --reuid; then echo setpriv; \
+         elif command -v su >/dev/null 2>&1; then echo su; else echo none; fi",
+    );
+    let out = run_raw(
+        engine,
+        env,
+        pod,
+        vec!["sh".into(), "-c".into(), probe.argv[2].clone()],
+    )
+    .await?;
+    let tool = match String::from_utf8_lossy(&out.1).trim() {
+        "setpriv" => UserTool::Setpriv,
+        "su" => UserTool::Su,
+        _ => UserTool::None,
+    };
+    engine
+        .user_tools
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(pod.to_owned(), tool);
+    Ok(tool)
+}
+
+fn attach_error(engine: &KubernetesEngine, env: &EnvironmentId, e: kube::Error) -> Error {
+    let text = e.to_string();
+    if errors::is_not_found(&e)
+        || text.contains("not found")
+        || text.contains("not running")
+        || text.contains("container not found")
+    {
+        engine.forget_pod(env);
+        return Error::NotFound {
+            what: "running environment",
+            name: env.to_string(),
+        };
+    }
+    errors::api(&engine.address, "exec in pod", e)
+}
+
+async fn attach(
+    engine: &KubernetesEngine,
+    env: &EnvironmentId,
+    pod: &str,
+    argv: Vec<String>,
+    stdin: bool,
+    tty: bool,
+) -> Result<AttachedProcess> {
+    let pods: Api<Pod> = engine.pod_api();
+    let mut params = AttachParams::default()
+        .container(CONTAINER)
+        .stdin(stdin)
+        .stdout(true)
+        .stderr(!tty)
+        .tty(tty);
+    params.max_stdin_buf_size = Some(PIPE);
+    params.max_stdout_buf_size = Some(PIPE);
+    params.max_stderr_buf_size = Some(PIPE);
+    pods.exec(pod, argv, &params)
+        .await
+        .map_err(|e| attach_error(engine, env, e))
+}
+
+/// The exit status from the status channel; a stream without one is an unknown outcome.
+fn exit_status(status: Option<ApiStatus>, env: &EnvironmentId) -> Result<ExitStatus> {
+    let Some(status) = status else {
+        return Err(Error::backend(
+            BACKEND,
+            "learn the exit status of an exec",
+            format!("the exec stream in {env} ended without a status, so its outcome is unknown"),
+        ));
+    };
+    if status.status.as_deref() == Some("Success") {
+        return Ok(ExitStatus(0));
+    }
+    if status.reason.as_deref() == Some("NonZeroExitCode") {
+        let code = status
+            .details
+            .as_ref()
+            .and_then(|d| d.causes.as_ref())
+            .and_then(|causes| {
+                causes
+                    .iter()
+                    .find(|c| c.reason.as_deref() == Some("ExitCode"))
+            })
+            .and_then(|c| c.message.as_deref())
+            .and_then(|m| m.parse().ok());
+        if let Some(code) = code {
+            return Ok(ExitStatus(code));
+        }
+    }
+    let message = status.message.unwrap_or_default();
+    if message.contains("executable file not found") || message.contains("no such file") {
+        return Ok(ExitStatus(127));
+    }
+    Err(Error::backend(
+        BACKEND,
+        "exec in pod",
+        format!("the exec in {env} failed: {message}"),
+    ))
+}
+
+/// Runs `argv` to completion without wrapping; returns (status, stdout, stderr), capped.
+async fn run_raw(
+    engine: &KubernetesEngine,
+    env: &EnvironmentId,
+    pod: &str,
+    argv: Vec<String>,
+) -> Result<(ExitStatus, Vec<u8>, Vec<u8>)> {
+    let mut attached = attach(engine, env, pod, argv, false, false).await?;
+    let status = attached.take_status().expect("status is taken once");
+    let out = read_capped(attached.stdout(), 1 << 20);
+    let err = read_capped(attached.stderr(), 1 << 20);
+    let (out, err, status) = tokio::join!(out, err, status);
+    Ok((exit_status(status, env)?, out, err))
+}
+
+async fn read_capped(reader: Option<impl AsyncRead + Unpin>, cap: usize) -> Vec<u8> {
+    let mut buf = Vec::new();
+    if let Some(mut r) = reader {
+        let mut chunk = vec![0u8; READ_CHUNK];
+        while let Ok(n) = r.read(&mut chunk).await {
+            if n == 0 {
+                break;
+            }
+            if buf.len() < cap {
+                buf.extend_from_slice(&chunk[..n.min(cap - buf.len())]);
+            }
+        }
+    }
+    buf
+}
+
+async fn pump(reader: Option<impl AsyncRead + Unpin>, sink: &OutputSink, stderr: bool) {
+    let Some(mut r) = reader else {
+        return;
+    };
+    let mut chunk = vec![0u8; READ_CHUNK];
+    loop {
+        match r.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let bytes = Bytes::copy_from_slice(&chunk[..n]);
+                sink.send(if stderr {
+                    OutputChunk::Stderr(bytes)
+                } else {
+                    OutputChunk::Stdout(bytes)
+                })
+                .await;
+            }
+        }
+    }
+}
+
+pub(crate) async fn exec_streaming(
+    engine: &KubernetesEngine,
+    env: &EnvironmentId,
+    req: ExecRequest,
+) -> Result<ExecProcess> {
+    req.validate()?;
+    let pod = engine.pod_of(env).await?;
+    let tool = match &req.user {
+        Some(_) => Some(user_tool(engine, env, &pod).await?),
+        None => None,
+    };
+    let marker = uuid::Uuid::new_v4().simple().to_string();
+    let argv = wrap(&req, &marker, tool)?;
+    let tty = req.tty;
+    let mut attached = attach(
+        engine,
+        env,
+        &pod,
+        argv,
+        req.stdin != Stdin::Null,
+        tty.is_some(),
+    )
+    .await?;
+    let resize_tx = attached.terminal_size();
+    if let (Some(size), Some(tx)) = (tty, resize_tx.as_ref()) {
+        let _ = tx.clone().try_send(TerminalSize {
+            width: size.cols,
+            height: size.rows,
+        });
+    }
+    let stdin_writer = attached.stdin();
+    let (stdin_handle, stdin_bytes) = match (req.stdin.clone(), stdin_writer) {
+        (Stdin::Piped, Some(w)) => (Some(ExecStdin::new(Box::pin(w))), None),
+        (Stdin::Bytes(b), Some(w)) => (None, Some((b, w))),
+        _ => (None, None),
+    };
+    let status = attached.take_status().expect("status is taken once");
+    let stdout = attached.stdout();
+    let stderr = attached.stderr();
+    let kill = Killer {
+        engine_pods: engine.pod_api(),
+        pod: pod.clone(),
+        argv: wrap(
+            &ExecRequest::new(["sh", "-c", kill_by_marker_script(&marker).as_str()])
+                .with_output_limit(1),
+            &marker,
+            tool,
+        )
+        .map(|mut v| {
+            // The killer must not carry the marker itself: drop `env MARKER=..` from its argv.
+            if let Some(i) = v.iter().position(|a| a.starts_with(EXEC_MARKER_VAR)) {
+                v.remove(i);
+                if i > 0 && v[i - 1] == "env" {
+                    v.remove(i - 1);
+                }
+            }
+            v
+        })?,
+    };
+    let env_id = env.clone();
+    let timeout = req.timeout;
+    let process = ExecProcess::spawn(stdin_handle, move |sink| async move {
+        // Keep the attached process (its websocket task) alive for the whole exec.
+        let attached = attached;
+        let write = async move {
+            if let Some((bytes, mut w)) = stdin_bytes {
+                let _ = w.write_all(&bytes).await;
+                let _ = w.shutdown().await;
+            }
+        };
+        let read = async {
+            tokio::join!(pump(stdout, &sink, false), pump(stderr, &sink, true));
+        };
+        let work = async {
+            let ((), ()) = tokio::join!(write, read);
+            status.await
+        };
+        let status = match timeout {
+            None => work.await,
+            Some(limit) => match tokio::time::timeout(limit, work).await {
+                Ok(s) => s,
+                Err(_) => {
+                    kill.run().await;
+                    drop(attached);
+                    return Err(Error::Timeout {
+                        operation: format!("exec in {env_id}"),
+                        after: limit,
+                    });
+                }
+            },
+        };
+        drop(attached);
+        exit_status(status, &env_id)
+    });
+    Ok(match resize_tx {
+        Some(tx) => process.with_resizer(Box::new(move |size: TtySize| {
+            let tx = tx.clone();
+            Box::pin(async move {
+                let mut tx = tx;
+                futures_util::SinkExt::send(
+                    &mut tx,
+                    TerminalSize {
+                        width: size.cols,
+                        height: size.rows,
+                    },
+                )
+                .await
+                .map_err(|e| Error::backend(BACKEND, "resize the exec terminal", e))
+            })
+        })),
+        None => process,
+    })
+}
+
+struct Killer {
+    engine_pods: Api<Pod>,
+    pod: String,
+    argv: Vec<String>,
+}
+
+impl Killer {
+    async fn run(&self) {
+        let params = AttachParams::default().container(CONTAINER).stderr(true);
+        let result = async {
+            let mut attached = self
+                .engine_pods
+                .exec(&self.pod, self.argv.clone(), &params)
+                .await?;
+            let status = attached.take_status().expect("status");
+            let out = read_capped(attached.stdout(), 4096);
+            let err = read_capped(attached.stderr(), 4096);
+            let (_, _, status) = tokio::join!(out, err, status);
+            Ok::<_, kube::Error>(status)
+        };
+        match tokio::time::timeout(Duration::from_secs(10), result).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(pod = %self.pod, error = %e, "killing a timed-out exec failed")
+            }
+            Err(_) => tracing::warn!(pod = %self.pod, "killing a timed-out exec took over 10 s"),
+        }
+    }
+}
+
+/// Extracts `tar` into `dest` with `tar -x` in the pod. Completeness is checked twice: tar
+/// fails on an archive cut short, and the exit status must arrive on the status channel (a
+/// stream that ends without one is an error, never a success: the `kubectl cp` truncation).
+pub(crate) async fn copy_in(
+    engine: &KubernetesEngine,
+    env: &EnvironmentId,
+    dest: &str,
+    mut tar: TarStream,
+) -> Result<()> {
+    if !dest.starts_with('/') {
+        return Err(Error::invalid_spec(
+            "dest",
+            format!("must be an absolute path, got {dest:?}"),
+        ));
+    }
+    let pod = engine.pod_of(env).await?;
+    let script = format!(
+        "test -d \"$1\" || {{ echo \"berth: no directory $1\" >&2; exit {EXIT_BERTH_MISSING}; }}; \
+         exec tar -xf - -C \"$1\""
+    );
+    let argv = vec![
+        "sh".into(),
+        "-c".into(),
+        script,
+        "sh".into(),
+        dest.to_owned(),
+    ];
+    let mut attached = attach(engine, env, &pod, argv, true, false).await?;
+    let mut stdin = attached.stdin().expect("stdin requested");
+    let status = attached.take_status().expect("status");
+    let out = read_capped(attached.stdout(), 4096);
+    let err = read_capped(attached.stderr(), 64 * 1024);
+    let write = async move {
+        while let Some(chunk) = tar.next().await {
+            let chunk =
+                chunk.map_err(|e| Error::backend(BACKEND, "read the archive to copy in", e))?;
+            stdin
+                .write_all(&chunk)
+                .await
+                .map_err(|e| Error::backend(BACKEND, "send the archive into the pod", e))?;
+        }
+        stdin
+            .shutdown()
+            .await
+            .map_err(|e| Error::backend(BACKEND, "close the archive stream", e))?;
+        Ok::<(), Error>(())
+    };
+    let (written, _, err, status) = tokio::join!(write, out, err, status);
+    let status = exit_status(status, env)?;
+    let err = String::from_utf8_lossy(&err).into_owned();
+    if status.code() == EXIT_BERTH_MISSING {
+        return Err(Error::NotFound {
+            what: "path",
+            name: format!("{dest} in {env}"),
+        });
+    }
+    if !status.success() {
+        return Err(Error::backend(
+            BACKEND,
+            "extract an archive in the pod",
+            format!("tar exited with {status}: {}", err.trim()),
+        ));
+    }
+    written
+}
+
+/// Streams `path` out of the pod as a tar archive made by `tar -c`.
+pub(crate) async fn copy_out(
+    engine: &KubernetesEngine,
+    env: &EnvironmentId,
+    path: &str,
+) -> Result<TarStream> {
+    if !path.starts_with('/') {
+        return Err(Error::invalid_spec(
+            "path",
+            format!("must be an absolute path, got {path:?}"),
+        ));
+    }
+    let pod = engine.pod_of(env).await?;
+    let script = format!(
+        "test -e \"$1\" || test -L \"$1\" || {{ echo \"berth: no such path $1\" >&2; exit {EXIT_BERTH_MISSING}; }}; \
+         cd \"$(dirname \"$1\")\" && exec tar -cf - \"$(basename \"$1\")\""
+    );
+    let argv = vec![
+        "sh".into(),
+        "-c".into(),
+        script,
+        "sh".into(),
+        path.to_owned(),
+    ];
+    let mut attached = attach(engine, env, &pod, argv, false, false).await?;
+    let status = attached.take_status().expect("status");
+    let mut stdout = attached.stdout().expect("stdout");
+    let stderr = read_capped(attached.stderr(), 64 * 1024);
+    // Read the first piece before returning, so a missing path is an error here, not half-way
+    // through the caller's read.
+    let mut first = vec![0u8; READ_CHUNK];
+    let n = stdout
+        .read(&mut first)
+        .await
+        .map_err(|e| Error::backend(BACKEND, "read the archive from the pod", e))?;
+    first.truncate(n);
+    let env = env.clone();
+    let path = path.to_owned();
+    if n == 0 {
+        let (err, status) = tokio::join!(stderr, status);
+        let status = exit_status(status, &env)?;
+        if status.code() == EXIT_BERTH_MISSING {
+            return Err(Error::NotFound {
+                what: "path",
+                name: format!("{path} in {env}"),
+            });
+        }
+        return Err(Error::backend(
+            BACKEND,
+            "archive a path in the pod",
+            format!(
+                "tar exited with {status}: {}",
+                String::from_utf8_lossy(&err).trim()
+            ),
+        ));
+    }
+    let state = (Some(attached), stdout, Some((status, stderr)), env);
+    let rest =
+        futures_util::stream::unfold(state, |(attached, mut stdout, finish, env)| async move {
+            let mut buf = vec![0u8; READ_CHUNK];
+            match stdout.read(&mut buf).await {
+                Ok(0) => {
+                    let (status, stderr) = finish?;
+                    let (err, status) = tokio::join!(stderr, status);
+                    drop(attached);
+                    match exit_status(status, &env) {
+                        Ok(s) if s.success() => None,
+                        Ok(s) => Some((
+                            Err(std::io::Error::other(format!(
+                                "tar in {env} exited with {s}: {}",
+                                String::from_utf8_lossy(&err).trim()
+                            ))),
+                            (None, stdout, None, env),
+                        )),
+                        Err(e) => Some((Err(std::io::Error::other(e)), (None, stdout, None, env))),
+                    }
+                }
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((Ok(Bytes::from(buf)), (attached, stdout, finish, env)))
+                }
+                Err(e) => Some((Err(e), (None, stdout, None, env))),
+            }
+        });
+    Ok(Box::pin(
+        futures_util::stream::iter([Ok(Bytes::from(first))]).chain(rest),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrapping_puts_the_marker_env_and_workdir_inside_the_user_switch() {
+        let req = ExecRequest::new(["id", "-u"])
+            .with_env("A", "1")
+            .with_workdir("/tmp")
+            .with_user("1000:1001");
+        let argv = wrap(&req, "m1", Some(UserTool::Setpriv)).unwrap();
+        assert_eq!(
+            &argv[..5],
+            [
+                "setpriv",
+                "--reuid=1000",
+                "--regid=1001",
+                "--clear-groups",
+                "--"
+            ]
+        );
+        assert_eq!(&argv[5..7], ["sh", "-c"]);
+        let tail = &argv[argv.len() - 5..];
+        assert_eq!(tail, ["env", "BERTH_EXEC_ID=m1", "A=1", "id", "-u"]);
+        let argv = wrap(&req, "m1", Some(UserTool::Su)).unwrap();
+        assert_eq!(&argv[..2], ["sh", "-c"]);
+        assert_eq!(argv[4], "1000");
+        let plain = wrap(&ExecRequest::new(["true"]), "m2", None).unwrap();
+        assert_eq!(plain, ["env", "BERTH_EXEC_ID=m2", "true"]);
+    }
+
+    #[test]
+    fn no_user_tool_is_unsupported_with_a_reason() {
+        let req = ExecRequest::new(["id"]).with_user("1000");
+        let err = wrap(&req, "m", Some(UserTool::None)).unwrap_err();
+        assert_eq!(err.kind(), berth_engine_core::ErrorKind::Unsupported);
+        assert!(
+            err.to_string()
+                .contains("neither util-linux setpriv nor su"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,608 @@
+//! berth's Kubernetes backend: [`KubernetesEngine`] runs each environment as a batch/v1 Job
+//! whose one container sleeps for the environment's lifetime, mounts the workspace (a PVC, a
+//! hostPath on local clusters, or an emptyDir), and takes commands over the pod exec
+//! websocket (`v5.channel.k8s.io`, so stdin end-of-file reaches the command).
+//!
+//! ```no_run
+//! use berth_engine_core::{ContainerEngine, EnvironmentSpec, ExecRequest, ImageRef, SessionId};
+//! use berth_engine_k8s::{KubernetesConfig, KubernetesEngine};
+//!
+//! #[tokio::main]
+//! async fn main() -> berth_engine_core::Result<()> {
+//!     let mut config = KubernetesConfig::default();
+//!     config.namespace = "berth-agents".into();
+//!     let engine = KubernetesEngine::connect(config).await?;
+//!     let spec = EnvironmentSpec::new(ImageRef::new("busybox:1.36")?, SessionId::generate());
+//!     let env = engine.start(&spec).await?;
+//!     let out = engine.exec(&env, ExecRequest::shell("echo hi")).await?;
+//!     print!("{}", out.stdout_lossy());
+//!     engine.stop(&env).await?;
+//!     Ok(())
+//! }
+//! ```
+
+mod errors;
+mod exec;
+pub mod manifest;
+mod wait;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use berth_engine_core::{
+    BackendKind, BuildSpec, ContainerEngine, EngineInfo, EnvironmentId, EnvironmentSpec,
+    EnvironmentState, EnvironmentStatus, Error, ExecProcess, ExecRequest, ImageInfo, ImageRef,
+    LabelSelector, Progress, PullPolicy, Resources, Result, StopOutcome, TarStream, Workspace,
+    LABEL_MANAGED_BY, MANAGED_BY_VALUE,
+};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use kube::api::{DeleteParams, ListParams, PostParams, PropagationPolicy};
+use kube::Api;
+
+use crate::errors::BACKEND;
+
+/// How to reach the cluster and what every environment's pod gets.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct KubernetesConfig {
+    /// Kubeconfig file; `None` means `KUBECONFIG`, else `~/.kube/config`, else the in-cluster
+    /// service account, like kubectl.
+    pub kubeconfig: Option<PathBuf>,
+    /// Context in the kubeconfig; `None` means its current context.
+    pub context: Option<String>,
+    /// Namespace of the Jobs and claims.
+    pub namespace: String,
+    /// Service account of the pods (its token is never mounted).
+    pub service_account: Option<String>,
+    /// Resource requests of the environment container.
+    pub requests: Resources,
+    /// Resource limits (an environment spec's own limits win).
+    pub limits: Resources,
+    /// `imagePullPolicy` of the container; `None` leaves the cluster default.
+    pub image_pull_policy: Option<String>,
+    /// How long `start` waits for the pod to run.
+    pub start_timeout: Duration,
+    /// `ttlSecondsAfterFinished` of the Jobs.
+    pub ttl_seconds_after_finished: i32,
+    /// Storage request of workspace claims berth creates.
+    pub workspace_size: String,
+    /// Create a workspace claim ([`Workspace::Volume`]) when it is missing; otherwise a
+    /// missing claim is an error at start.
+    pub create_missing_claims: bool,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        Self {
+            kubeconfig: None,
+            context: None,
+            namespace: "default".into(),
+            service_account: None,
+            requests: Resources::default(),
+            limits: Resources::default(),
+            image_pull_policy: None,
+            start_timeout: Duration::from_secs(300),
+            ttl_seconds_after_finished: 600,
+            workspace_size: "1Gi".into(),
+            create_missing_claims: false,
+        }
+    }
+}
+
+/// A [`ContainerEngine`] on a Kubernetes cluster.
+pub struct KubernetesEngine {
+    client: kube::Client,
+    config: KubernetesConfig,
+    address: String,
+    /// Environment (Job) → its pod, learned at start or on first use.
+    pods: Mutex<HashMap<EnvironmentId, String>>,
+    /// Pod → how this image switches users (probed once).
+    user_tools: Mutex<HashMap<String, exec::UserTool>>,
+}
+
+impl std::fmt::Debug for KubernetesEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubernetesEngine")
+            .field("address", &self.address)
+            .field("namespace", &self.config.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl KubernetesEngine {
+    /// Builds a client from the kubeconfig (or in-cluster config) and checks nothing yet; call
+    /// [`ContainerEngine::init`] to reach the API server.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when no usable configuration is found; [`Error::InvalidSpec`]
+    /// for a bad namespace.
+    pub async fn connect(config: KubernetesConfig) -> Result<Self> {
+        manifest::validate_config(&config)?;
+        let options = kube::config::KubeConfigOptions {
+            context: config.context.clone(),
+            ..Default::default()
+        };
+        let where_ = config.kubeconfig.as_ref().map_or_else(
+            || "KUBECONFIG / ~/.kube/config / in-cluster".to_owned(),
+            |p| p.display().to_string(),
+        );
+        let kube_config = match &config.kubeconfig {
+            Some(path) => {
+                let file = kube::config::Kubeconfig::read_from(path)
+                    .map_err(|e| errors::unavailable(&where_, "cannot read the kubeconfig", e))?;
+                kube::Config::from_custom_kubeconfig(file, &options).await
+            }
+            None if config.context.is_some() => kube::Config::from_kubeconfig(&options).await,
+            None => kube::Config::infer()
+                .await
+                .map_err(|e| kube::config::KubeconfigError::LoadContext(e.to_string())),
+        }
+        .map_err(|e| errors::unavailable(&where_, "no usable cluster configuration", e))?;
+        let address = format!(
+            "{} (context {})",
+            kube_config.cluster_url,
+            config.context.as_deref().unwrap_or("current")
+        );
+        let client = kube::Client::try_from(kube_config)
+            .map_err(|e| errors::unavailable(&address, "cannot build a client", e))?;
+        Ok(Self {
+            client,
+            config,
+            address,
+            pods: Mutex::new(HashMap::new()),
+            user_tools: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The configuration in use.
+    #[must_use]
+    pub fn config(&self) -> &KubernetesConfig {
+        &self.config
+    }
+
+    fn jobs(&self) -> Api<Job> {
+        Api::namespaced(self.client.clone(), &self.config.namespace)
+    }
+
+    fn pod_api(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), &self.config.namespace)
+    }
+
+    fn claims(&self) -> Api<PersistentVolumeClaim> {
+        Api::namespaced(self.client.clone(), &self.config.namespace)
+    }
+
+    /// The objects `start` would create for `spec`, without creating them (`berth render`).
+    ///
+    /// # Errors
+    /// [`Error::InvalidSpec`] when the spec is invalid.
+    pub fn render(&self, spec: &EnvironmentSpec) -> Result<Vec<serde_json::Value>> {
+        render(spec, &self.config)
+    }
+
+    /// What `berth doctor` checks on a cluster beyond reachability: the namespace, the
+    /// workspace claim, and whether this identity may create Jobs and exec into pods
+    /// (SelfSubjectAccessReview; skipped with a reason where the server does not serve it).
+    /// Each entry is (check, ok, detail).
+    pub async fn checks(&self, claim: Option<&str>) -> Vec<(String, bool, String)> {
+        let mut out = Vec::new();
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
+        out.push(match namespaces.get_opt(&self.config.namespace).await {
+            Ok(Some(_)) => (
+                "namespace".into(),
+                true,
+                format!("{} exists", self.config.namespace),
+            ),
+            Ok(None) => (
+                "namespace".into(),
+                false,
+                format!(
+                    "{} does not exist (kubectl create namespace {})",
+                    self.config.namespace, self.config.namespace
+                ),
+            ),
+            Err(e) => ("namespace".into(), false, e.to_string()),
+        });
+        if let Some(claim) = claim {
+            out.push(match self.claims().get_opt(claim).await {
+                Ok(Some(c)) => {
+                    let phase = c
+                        .status
+                        .and_then(|s| s.phase)
+                        .unwrap_or_else(|| "unknown".into());
+                    (
+                        "pvc".into(),
+                        phase == "Bound",
+                        format!("{claim} is {phase}"),
+                    )
+                }
+                Ok(None) if self.config.create_missing_claims => (
+                    "pvc".into(),
+                    true,
+                    format!("{claim} is missing; berth will create it"),
+                ),
+                Ok(None) => (
+                    "pvc".into(),
+                    false,
+                    format!(
+                        "{claim} does not exist in {}; create it or set kubernetes.create_pvc",
+                        self.config.namespace
+                    ),
+                ),
+                Err(e) => ("pvc".into(), false, e.to_string()),
+            });
+        }
+        for (verb, resource, subresource, group) in [
+            ("create", "jobs", None, "batch"),
+            ("create", "pods", Some("exec"), ""),
+            ("delete", "jobs", None, "batch"),
+        ] {
+            let name = format!(
+                "rbac: {verb} {resource}{}",
+                subresource.map(|s| format!("/{s}")).unwrap_or_default()
+            );
+            out.push(match self.can_i(verb, resource, subresource, group).await {
+                Ok(Some(true)) => (name, true, format!("allowed in {}", self.config.namespace)),
+                Ok(Some(false)) => (
+                    name,
+                    false,
+                    format!(
+                        "forbidden in {}: grant it with a Role and RoleBinding",
+                        self.config.namespace
+                    ),
+                ),
+                Ok(None) => (
+                    name,
+                    true,
+                    "skipped: the API server does not serve SelfSubjectAccessReview".into(),
+                ),
+                Err(e) => (name, false, e.to_string()),
+            });
+        }
+        out
+    }
+
+    async fn can_i(
+        &self,
+        verb: &str,
+        resource: &str,
+        subresource: Option<&str>,
+        group: &str,
+    ) -> Result<Option<bool>> {
+        use k8s_openapi::api::authorization::v1::{
+            ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+        };
+        let review = SelfSubjectAccessReview {
+            spec: SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    namespace: Some(self.config.namespace.clone()),
+                    verb: Some(verb.into()),
+                    resource: Some(resource.into()),
+                    subresource: subresource.map(Into::into),
+                    group: Some(group.into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let api: Api<SelfSubjectAccessReview> = Api::all(self.client.clone());
+        match api.create(&PostParams::default(), &review).await {
+            Ok(r) => Ok(Some(r.status.is_some_and(|s| s.allowed))),
+            Err(e) if errors::is_not_found(&e) => Ok(None),
+            Err(e) => Err(errors::api(&self.address, "review access", e)),
+        }
+    }
+
+    fn forget_pod(&self, env: &EnvironmentId) {
+        self.pods
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(env);
+    }
+
+    /// The running pod of `env`, checked afresh on every call: a pod being deleted (stopped,
+    /// or past its deadline) must not take commands.
+    async fn pod_of(&self, env: &EnvironmentId) -> Result<String> {
+        let cached = self
+            .pods
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(env)
+            .cloned();
+        let live = |p: &Pod| {
+            p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                && p.metadata.deletion_timestamp.is_none()
+        };
+        let not_found = || Error::NotFound {
+            what: "running environment",
+            name: env.to_string(),
+        };
+        if let Some(name) = cached {
+            return match self.pod_api().get_opt(&name).await {
+                Ok(Some(pod)) if live(&pod) => Ok(name),
+                Ok(_) => {
+                    self.forget_pod(env);
+                    Err(not_found())
+                }
+                Err(e) => Err(errors::api(&self.address, "get pod", e)),
+            };
+        }
+        let pods = self
+            .pod_api()
+            .list(&ListParams::default().labels(&format!("job-name={env}")))
+            .await
+            .map_err(|e| errors::api(&self.address, "list pods", e))?;
+        match pods
+            .items
+            .into_iter()
+            .find(live)
+            .and_then(|p| p.metadata.name)
+        {
+            Some(name) => {
+                self.pods
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(env.clone(), name.clone());
+                Ok(name)
+            }
+            None => Err(not_found()),
+        }
+    }
+
+    async fn delete_job(&self, name: &str) -> Result<StopOutcome> {
+        let params = DeleteParams {
+            propagation_policy: Some(PropagationPolicy::Background),
+            grace_period_seconds: Some(0),
+            ..DeleteParams::default()
+        };
+        let outcome = match self.jobs().delete(name, &params).await {
+            Ok(_) => StopOutcome::Stopped,
+            Err(e) if errors::is_not_found(&e) => StopOutcome::AlreadyGone,
+            Err(e) => return Err(errors::api(&self.address, "delete job", e)),
+        };
+        // Background propagation leaves the pods to the garbage collector; remove them now so
+        // the environment's processes end at once.
+        let pods = self
+            .pod_api()
+            .delete_collection(
+                &DeleteParams {
+                    grace_period_seconds: Some(0),
+                    ..DeleteParams::default()
+                },
+                &ListParams::default().labels(&format!("job-name={name}")),
+            )
+            .await;
+        if let Err(e) = pods {
+            if !errors::is_not_found(&e) {
+                tracing::debug!(job = name, error = %e, "deleting the job's pods failed; the garbage collector will");
+            }
+        }
+        Ok(outcome)
+    }
+
+    async fn ensure_claim(&self, name: &str, spec: &EnvironmentSpec) -> Result<()> {
+        match self.claims().get_opt(name).await {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => {
+                let claim =
+                    manifest::workspace_claim(name, &self.config, spec.object_labels(now_unix()));
+                match self.claims().create(&PostParams::default(), &claim).await {
+                    Ok(_) => Ok(()),
+                    Err(e) if errors::is_conflict(&e) => Ok(()),
+                    Err(e) => Err(errors::api(
+                        &self.address,
+                        "create persistent volume claim",
+                        e,
+                    )),
+                }
+            }
+            Err(e) => Err(errors::api(&self.address, "get persistent volume claim", e)),
+        }
+    }
+}
+
+/// The Job (and claim) `start` would create for `spec` under `config`, as JSON objects.
+///
+/// # Errors
+/// [`Error::InvalidSpec`] when the spec is invalid.
+pub fn render(spec: &EnvironmentSpec, config: &KubernetesConfig) -> Result<Vec<serde_json::Value>> {
+    let name = manifest::job_name(spec);
+    let mut out = Vec::new();
+    if let (Workspace::Volume { name: claim, .. }, true) =
+        (&spec.workspace, config.create_missing_claims)
+    {
+        let pvc = manifest::workspace_claim(claim, config, spec.object_labels(now_unix()));
+        out.push(to_json("v1", "PersistentVolumeClaim", &pvc)?);
+    }
+    let job = manifest::job(spec, config, &name, now_unix())?;
+    out.push(to_json("batch/v1", "Job", &job)?);
+    Ok(out)
+}
+
+fn to_json<T: serde::Serialize>(
+    api_version: &str,
+    kind: &str,
+    obj: &T,
+) -> Result<serde_json::Value> {
+    let mut v = serde_json::to_value(obj).map_err(|e| Error::backend(BACKEND, "render", e))?;
+    if let Some(map) = v.as_object_mut() {
+        map.insert("apiVersion".into(), api_version.into());
+        map.insert("kind".into(), kind.into());
+    }
+    Ok(v)
+}
+
+#[async_trait]
+impl ContainerEngine for KubernetesEngine {
+    fn backend(&self) -> BackendKind {
+        BackendKind::Kubernetes
+    }
+
+    async fn init(&self) -> Result<EngineInfo> {
+        let version =
+            self.client.apiserver_version().await.map_err(|e| {
+                errors::unavailable(&self.address, "the API server did not answer", e)
+            })?;
+        Ok(EngineInfo::new(
+            BackendKind::Kubernetes,
+            self.address.clone(),
+            version.git_version,
+            Some(format!("{}.{}", version.major, version.minor)),
+        ))
+    }
+
+    async fn ensure_image(
+        &self,
+        image: &ImageRef,
+        policy: PullPolicy,
+        _progress: &Progress,
+    ) -> Result<ImageInfo> {
+        wait::check_image(self, image, policy).await?;
+        Ok(ImageInfo::new(image.clone(), None, None))
+    }
+
+    async fn build_image(&self, build: BuildSpec, _progress: &Progress) -> Result<ImageInfo> {
+        Err(Error::Unsupported {
+            backend: BACKEND,
+            operation: "build_image",
+            reason: format!(
+                "a cluster has no image builder berth can drive; build {} with the Docker backend (or a remote builder such as BuildKit or kaniko) and push it to a registry the cluster pulls from",
+                build.tag
+            ),
+        })
+    }
+
+    async fn start(&self, spec: &EnvironmentSpec) -> Result<EnvironmentId> {
+        spec.validate()?;
+        let mut job_name = manifest::job_name(spec);
+        let mut job = manifest::job(spec, &self.config, &job_name, now_unix())?;
+        if let Workspace::Volume { name, .. } = &spec.workspace {
+            if self.config.create_missing_claims {
+                self.ensure_claim(name, spec).await?;
+            }
+        }
+        let mut attempts = 0;
+        loop {
+            match self.jobs().create(&PostParams::default(), &job).await {
+                Ok(_) => break,
+                // A name collision (5 random hex digits): pick another.
+                Err(e) if errors::is_conflict(&e) && attempts < 3 => {
+                    attempts += 1;
+                    job_name = manifest::job_name(spec);
+                    job.metadata.name = Some(job_name.clone());
+                }
+                Err(e) => return Err(errors::api(&self.address, "create job", e)),
+            }
+        }
+        let id = EnvironmentId::new(job_name.clone())?;
+        match wait::until_running(self, &job_name, &spec.image).await {
+            Ok(pod) => {
+                self.pods
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(id.clone(), pod);
+                tracing::debug!(env = %id, "environment running");
+                Ok(id)
+            }
+            Err(err) => match self.delete_job(&job_name).await {
+                Ok(_) => Err(err),
+                Err(cleanup) => Err(err.with_cleanup_failure(cleanup)),
+            },
+        }
+    }
+
+    async fn exec_streaming(&self, env: &EnvironmentId, req: ExecRequest) -> Result<ExecProcess> {
+        exec::exec_streaming(self, env, req).await
+    }
+
+    async fn copy_in(&self, env: &EnvironmentId, dest: &str, tar: TarStream) -> Result<()> {
+        exec::copy_in(self, env, dest, tar).await
+    }
+
+    async fn copy_out(&self, env: &EnvironmentId, path: &str) -> Result<TarStream> {
+        exec::copy_out(self, env, path).await
+    }
+
+    async fn stop(&self, env: &EnvironmentId) -> Result<StopOutcome> {
+        self.forget_pod(env);
+        let outcome = self.delete_job(env.as_str()).await?;
+        tracing::debug!(env = %env, ?outcome, "stopped environment");
+        Ok(outcome)
+    }
+
+    async fn list(&self, selector: &LabelSelector) -> Result<Vec<EnvironmentStatus>> {
+        let mut requirements = selector.requirements().clone();
+        requirements.insert(LABEL_MANAGED_BY.into(), MANAGED_BY_VALUE.into());
+        let label_selector = requirements
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let jobs = self
+            .jobs()
+            .list(&ListParams::default().labels(&label_selector))
+            .await
+            .map_err(|e| errors::api(&self.address, "list jobs", e))?;
+        let mut out = Vec::new();
+        for job in jobs.items {
+            let Some(name) = job.metadata.name.clone() else {
+                continue;
+            };
+            if job.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let labels: BTreeMap<String, String> = job.metadata.labels.clone().unwrap_or_default();
+            let status = job.status.clone().unwrap_or_default();
+            let finished = status.conditions.unwrap_or_default().iter().any(|c| {
+                matches!(c.type_.as_str(), "Complete" | "Failed" | "FailureTarget")
+                    && c.status == "True"
+            }) || status.failed.unwrap_or(0) > 0
+                || status.succeeded.unwrap_or(0) > 0;
+            let state = if finished {
+                EnvironmentState::Exited
+            } else if status.ready.unwrap_or(0) > 0 || status.active.unwrap_or(0) > 0 {
+                EnvironmentState::Running
+            } else {
+                EnvironmentState::Pending
+            };
+            let image = job
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.spec.as_ref())
+                .and_then(|p| p.containers.first())
+                .and_then(|c| c.image.clone())
+                .unwrap_or_default();
+            out.push(EnvironmentStatus::new(
+                EnvironmentId::new(name)?,
+                image,
+                state,
+                labels,
+            ));
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    async fn remove_volume(&self, name: &str) -> Result<StopOutcome> {
+        match self.claims().delete(name, &DeleteParams::default()).await {
+            Ok(_) => Ok(StopOutcome::Stopped),
+            Err(e) if errors::is_not_found(&e) => Ok(StopOutcome::AlreadyGone),
+            Err(e) => Err(errors::api(
+                &self.address,
+                "delete persistent volume claim",
+                e,
+            )),
+        }
+    }
+}

@@ -1,0 +1,364 @@
+//! The objects an environment is made of: a batch/v1 Job (and, when asked, its workspace PVC),
+//! built from an [`EnvironmentSpec`] without any I/O so they can be rendered and unit-tested.
+
+use std::collections::BTreeMap;
+
+use berth_engine_core::{EnvironmentSpec, Error, Result, SecurityProfile, Workspace};
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, EmptyDirVolumeSource, EnvVar, HostPathVolumeSource,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
+    PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile,
+    SecurityContext, Volume, VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::KubernetesConfig;
+
+/// The name of the environment's container inside its pod.
+pub const CONTAINER: &str = "env";
+
+pub use berth_engine_core::HARDENED_CAPABILITIES;
+
+/// `<prefix>-<session>-<name>` cut to fit, plus a random suffix: unique, at most 63 characters,
+/// a DNS label.
+#[must_use]
+pub fn job_name(spec: &EnvironmentSpec) -> String {
+    let mut base = format!("{}-{}-{}", spec.name_prefix, spec.session, spec.name);
+    base.truncate(57);
+    let base = base.trim_end_matches('-');
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..5];
+    format!("{base}-{suffix}")
+}
+
+fn quantity_cpu(millis: u64) -> Quantity {
+    Quantity(format!("{millis}m"))
+}
+
+fn quantity_memory(bytes: u64) -> Quantity {
+    Quantity(bytes.to_string())
+}
+
+fn resources(spec: &EnvironmentSpec, config: &KubernetesConfig) -> Option<ResourceRequirements> {
+    let mut limits = BTreeMap::new();
+    let mut requests = BTreeMap::new();
+    let cpu_limit = spec.resources.cpu_millis.or(config.limits.cpu_millis);
+    let memory_limit = spec.resources.memory_bytes.or(config.limits.memory_bytes);
+    if let Some(c) = cpu_limit {
+        limits.insert("cpu".to_owned(), quantity_cpu(c));
+    }
+    if let Some(m) = memory_limit {
+        limits.insert("memory".to_owned(), quantity_memory(m));
+    }
+    if let Some(c) = config.requests.cpu_millis {
+        requests.insert("cpu".to_owned(), quantity_cpu(c));
+    }
+    if let Some(m) = config.requests.memory_bytes {
+        requests.insert("memory".to_owned(), quantity_memory(m));
+    }
+    if limits.is_empty() && requests.is_empty() {
+        return None;
+    }
+    Some(ResourceRequirements {
+        limits: (!limits.is_empty()).then_some(limits),
+        requests: (!requests.is_empty()).then_some(requests),
+        ..Default::default()
+    })
+}
+
+fn numeric_user(user: Option<&str>) -> (Option<i64>, Option<i64>) {
+    let Some(user) = user else {
+        return (None, None);
+    };
+    let mut parts = user.split(':');
+    let uid = parts.next().and_then(|u| u.parse().ok());
+    let gid = parts.next().and_then(|g| g.parse().ok());
+    (uid, gid)
+}
+
+/// The workspace volume and its mount, if the spec has one.
+fn workspace(spec: &EnvironmentSpec) -> Option<(Volume, VolumeMount)> {
+    let name = "workspace".to_owned();
+    let mount = |sub_path: Option<String>| VolumeMount {
+        name: name.clone(),
+        mount_path: spec.mount_path.clone(),
+        sub_path,
+        ..Default::default()
+    };
+    match &spec.workspace {
+        Workspace::HostPath { path } => Some((
+            Volume {
+                name: name.clone(),
+                host_path: Some(HostPathVolumeSource {
+                    path: path.to_string_lossy().into_owned(),
+                    type_: Some("DirectoryOrCreate".into()),
+                }),
+                ..Default::default()
+            },
+            mount(None),
+        )),
+        Workspace::Volume {
+            name: claim,
+            sub_path,
+        } => Some((
+            Volume {
+                name: name.clone(),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: claim.clone(),
+                    read_only: None,
+                }),
+                ..Default::default()
+            },
+            mount(sub_path.clone()),
+        )),
+        Workspace::Ephemeral => Some((
+            Volume {
+                name: name.clone(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Default::default()
+            },
+            mount(None),
+        )),
+        _ => None,
+    }
+}
+
+/// The Job of an environment: one container sleeping for the lifetime, `restartPolicy: Never`,
+/// `backoffLimit: 0`, `activeDeadlineSeconds` = lifetime, `ttlSecondsAfterFinished`, no service
+/// account token, berth's labels on the Job and the pod template.
+///
+/// # Errors
+/// [`Error::InvalidSpec`] when the spec is invalid.
+pub fn job(
+    spec: &EnvironmentSpec,
+    config: &KubernetesConfig,
+    name: &str,
+    created_unix_secs: u64,
+) -> Result<Job> {
+    spec.validate()?;
+    let labels = spec.object_labels(created_unix_secs);
+    let lifetime = i64::try_from(spec.max_lifetime.as_secs()).unwrap_or(i64::MAX);
+    let (uid, gid) = numeric_user(spec.user.as_deref());
+    let restricted = spec.security == SecurityProfile::Restricted;
+    let container_security = SecurityContext {
+        allow_privilege_escalation: Some(false),
+        privileged: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: (!restricted).then(|| {
+                HARDENED_CAPABILITIES
+                    .iter()
+                    .map(|c| (*c).to_owned())
+                    .collect()
+            }),
+        }),
+        run_as_non_root: restricted.then_some(true),
+        run_as_user: uid,
+        run_as_group: gid,
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            localhost_profile: None,
+        }),
+        ..Default::default()
+    };
+    let (volumes, mounts) = match workspace(spec) {
+        Some((v, m)) => (Some(vec![v]), Some(vec![m])),
+        None => (None, None),
+    };
+    let env: Vec<EnvVar> = spec
+        .env
+        .iter()
+        .map(|(k, v)| EnvVar {
+            name: k.clone(),
+            value: Some(v.clone()),
+            value_from: None,
+        })
+        .collect();
+    let container = Container {
+        name: CONTAINER.into(),
+        image: Some(spec.image.to_string()),
+        image_pull_policy: config.image_pull_policy.clone(),
+        command: Some(vec!["sleep".into(), lifetime.to_string()]),
+        env: (!env.is_empty()).then_some(env),
+        working_dir: spec.workdir.clone(),
+        resources: resources(spec, config),
+        security_context: Some(container_security),
+        volume_mounts: mounts,
+        ..Default::default()
+    };
+    let pod = PodSpec {
+        containers: vec![container],
+        restart_policy: Some("Never".into()),
+        automount_service_account_token: Some(false),
+        service_account_name: config.service_account.clone(),
+        // `sleep` dies at once on SIGTERM; a stop needs no grace period.
+        termination_grace_period_seconds: Some(1),
+        enable_service_links: Some(false),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: restricted.then_some(true),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                localhost_profile: None,
+            }),
+            ..Default::default()
+        }),
+        volumes,
+        ..Default::default()
+    };
+    Ok(Job {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(config.namespace.clone()),
+            labels: Some(labels.clone()),
+            ..Default::default()
+        },
+        spec: Some(JobSpec {
+            backoff_limit: Some(0),
+            active_deadline_seconds: Some(lifetime),
+            ttl_seconds_after_finished: Some(config.ttl_seconds_after_finished),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..Default::default()
+                }),
+                spec: Some(pod),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+/// A claim for a workspace volume berth creates when it is missing.
+#[must_use]
+pub fn workspace_claim(
+    name: &str,
+    config: &KubernetesConfig,
+    labels: BTreeMap<String, String>,
+) -> PersistentVolumeClaim {
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(config.namespace.clone()),
+            labels: Some(labels),
+            ..Default::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_owned(),
+                    Quantity(config.workspace_size.clone()),
+                )])),
+                limits: None,
+            }),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// Checks the config's quantities before any I/O.
+pub(crate) fn validate_config(config: &KubernetesConfig) -> Result<()> {
+    if config.namespace.is_empty() {
+        return Err(Error::invalid_spec(
+            "kubernetes.namespace",
+            "must not be empty",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_engine_core::{ImageRef, SessionId};
+
+    fn spec() -> EnvironmentSpec {
+        EnvironmentSpec::new(
+            ImageRef::new("busybox:1.36").unwrap(),
+            SessionId::new("s1").unwrap(),
+        )
+    }
+
+    #[test]
+    fn job_names_are_unique_dns_labels() {
+        let mut s = spec();
+        s.name = "a".repeat(20);
+        s.session = SessionId::new("b".repeat(24)).unwrap();
+        let a = job_name(&s);
+        let b = job_name(&s);
+        assert_ne!(a, b);
+        assert!(a.len() <= 63, "{a}");
+        assert!(a
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-'));
+    }
+
+    #[test]
+    fn job_has_the_keepalive_and_the_lifecycle_bounds() {
+        let config = KubernetesConfig::default();
+        let job = job(&spec(), &config, "berth-s1-main-abcde", 42).unwrap();
+        let job_spec = job.spec.unwrap();
+        assert_eq!(job_spec.backoff_limit, Some(0));
+        assert_eq!(job_spec.active_deadline_seconds, Some(86400));
+        assert!(job_spec.ttl_seconds_after_finished.is_some());
+        let pod = job_spec.template.spec.unwrap();
+        assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        let c = &pod.containers[0];
+        assert_eq!(c.command.as_ref().unwrap(), &["sleep", "86400"]);
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(
+            sc.capabilities.as_ref().unwrap().drop.as_ref().unwrap(),
+            &["ALL"]
+        );
+        let labels = job.metadata.labels.unwrap();
+        assert_eq!(labels["app.kubernetes.io/managed-by"], "berth");
+        assert_eq!(labels["berth.dev/session"], "s1");
+        assert_eq!(labels["berth.dev/created"], "42");
+    }
+
+    #[test]
+    fn restricted_profile_passes_the_restricted_pod_security_standard() {
+        let mut s = spec();
+        s.security = SecurityProfile::Restricted;
+        s.user = Some("1000".into());
+        let job = job(&s, &KubernetesConfig::default(), "x", 0).unwrap();
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        let psc = pod.security_context.unwrap();
+        assert_eq!(psc.run_as_non_root, Some(true));
+        assert_eq!(psc.seccomp_profile.unwrap().type_, "RuntimeDefault");
+        let sc = pod.containers[0].security_context.clone().unwrap();
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(sc.run_as_user, Some(1000));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        let caps = sc.capabilities.unwrap();
+        assert_eq!(caps.drop.unwrap(), vec!["ALL".to_owned()]);
+        assert!(caps.add.is_none());
+    }
+
+    #[test]
+    fn workspace_kinds_map_to_volumes() {
+        let mut s = spec();
+        s.workspace = Workspace::Volume {
+            name: "ws".into(),
+            sub_path: Some("agent-a".into()),
+        };
+        let job = job(&s, &KubernetesConfig::default(), "x", 0).unwrap();
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        assert_eq!(
+            pod.volumes.unwrap()[0]
+                .persistent_volume_claim
+                .as_ref()
+                .unwrap()
+                .claim_name,
+            "ws"
+        );
+        let mount = &pod.containers[0].volume_mounts.as_ref().unwrap()[0];
+        assert_eq!(mount.sub_path.as_deref(), Some("agent-a"));
+        assert_eq!(mount.mount_path, "/workspace");
+    }
+}

@@ -1,0 +1,183 @@
+//! Kubernetes-only behaviour against the simulator: failing fast with the scheduler's reason,
+//! a missing claim, many environments at once, and what `render` produces.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use berth_engine_core::{
+    ContainerEngine, EnvironmentSpec, ErrorKind, ExecRequest, ImageRef, LabelSelector, SessionId,
+    Workspace,
+};
+use berth_engine_k8s::{KubernetesConfig, KubernetesEngine};
+
+struct Cluster {
+    engine: Arc<KubernetesEngine>,
+    image: ImageRef,
+    _guard: common::SimGuard,
+}
+
+async fn cluster(adjust: impl FnOnce(&mut KubernetesConfig)) -> Cluster {
+    let (engine, image, guard) = common::sim_engine(adjust).await;
+    Cluster {
+        engine: Arc::new(engine),
+        image,
+        _guard: guard,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_request_is_unschedulable_with_the_schedulers_message() {
+    let c = cluster(|config| config.requests.cpu_millis = Some(1_000_000)).await;
+    let spec = EnvironmentSpec::new(c.image.clone(), SessionId::generate());
+    let started = Instant::now();
+    let err = c.engine.start(&spec).await.expect_err("cannot fit");
+    assert_eq!(err.kind(), ErrorKind::Unschedulable, "{err}");
+    assert!(err.to_string().contains("Insufficient cpu"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "fails fast, not at the timeout"
+    );
+    let left = c
+        .engine
+        .list(&LabelSelector::session(&spec.session))
+        .await
+        .expect("list");
+    assert!(left.is_empty(), "a failed start leaves no Job: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_claim_is_a_clear_error() {
+    let c = cluster(|_| {}).await;
+    let spec = EnvironmentSpec::new(c.image.clone(), SessionId::generate()).with_workspace(
+        Workspace::Volume {
+            name: "no-such-claim".into(),
+            sub_path: None,
+        },
+    );
+    let err = c.engine.start(&spec).await.expect_err("no claim");
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    assert!(err.to_string().contains("no-such-claim"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_environments_at_once_all_exec_and_all_go() {
+    let c = cluster(|_| {}).await;
+    let session = SessionId::generate();
+    let specs: Vec<EnvironmentSpec> = (0..10)
+        .map(|i| {
+            let mut s = EnvironmentSpec::new(c.image.clone(), session.clone())
+                .with_name(format!("agent{i}"));
+            s.max_lifetime = Duration::from_secs(600);
+            s
+        })
+        .collect();
+    let started = futures_util::future::join_all(specs.iter().map(|s| c.engine.start(s))).await;
+    let ids: Vec<_> = started
+        .iter()
+        .filter_map(|r| r.as_ref().ok().cloned())
+        .collect();
+    let execs = futures_util::future::join_all(ids.iter().map(|id| {
+        c.engine
+            .exec(id, ExecRequest::shell("echo $BERTH_EXEC_ID | wc -c"))
+    }))
+    .await;
+    for id in &ids {
+        c.engine.stop(id).await.expect("stop");
+    }
+    for r in started {
+        r.expect("start");
+    }
+    for out in execs {
+        let out = out.expect("exec");
+        assert!(out.status.success());
+        assert_eq!(
+            out.stdout_lossy().trim(),
+            "33",
+            "the marker is set: {out:?}"
+        );
+    }
+    let left = c
+        .engine
+        .list(&LabelSelector::session(&session))
+        .await
+        .expect("list");
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn render_shows_the_job_and_claim_without_creating_them() {
+    let c = cluster(|config| {
+        config.namespace = "berth-agents".into();
+        config.create_missing_claims = true;
+    })
+    .await;
+    let spec = EnvironmentSpec::new(c.image.clone(), SessionId::generate()).with_workspace(
+        Workspace::Volume {
+            name: "ws".into(),
+            sub_path: None,
+        },
+    );
+    let objects = c.engine.render(&spec).expect("render");
+    assert_eq!(objects.len(), 2);
+    assert_eq!(objects[0]["kind"], "PersistentVolumeClaim");
+    assert_eq!(objects[1]["kind"], "Job");
+    assert_eq!(objects[1]["apiVersion"], "batch/v1");
+    assert_eq!(objects[1]["metadata"]["namespace"], "berth-agents");
+    assert_eq!(
+        objects[1]["spec"]["template"]["spec"]["automountServiceAccountToken"],
+        false
+    );
+    let listed = c
+        .engine
+        .list(&LabelSelector::session(&spec.session))
+        .await
+        .expect("list");
+    assert!(listed.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_deleted_mid_exec_is_an_error_not_a_success() {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{DeleteParams, ListParams};
+
+    let c = cluster(|_| {}).await;
+    let spec = EnvironmentSpec::new(c.image.clone(), SessionId::generate());
+    let env = c.engine.start(&spec).await.expect("start");
+    let process = c
+        .engine
+        .exec_streaming(&env, ExecRequest::new(["sleep", "60"]))
+        .await
+        .expect("exec");
+    let kubeconfig = kube::config::Kubeconfig::read_from(
+        c.engine.config().kubeconfig.as_ref().expect("kubeconfig"),
+    )
+    .expect("read kubeconfig");
+    let client = kube::Client::try_from(
+        kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .expect("config"),
+    )
+    .expect("client");
+    let pods: kube::Api<Pod> = kube::Api::namespaced(client, "default");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    pods.delete_collection(
+        &DeleteParams::default(),
+        &ListParams::default().labels(&format!("job-name={env}")),
+    )
+    .await
+    .expect("delete the pod");
+    let outcome = tokio::time::timeout(Duration::from_secs(60), process.wait())
+        .await
+        .expect("the exec ends when its pod goes");
+    c.engine.stop(&env).await.expect("stop");
+    eprintln!("exec whose pod was deleted: {outcome:?}");
+    match outcome {
+        Ok(status) => assert!(
+            !status.success(),
+            "a killed exec must not look successful: {status}"
+        ),
+        Err(e) => assert_ne!(e.kind(), ErrorKind::InvalidSpec, "{e}"),
+    }
+}

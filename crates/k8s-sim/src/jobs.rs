@@ -1,0 +1,504 @@
+//! The controllers: jobs (pods, status, deadlines, TTL), garbage collection of pods whose job
+//! is gone, foreground deletion, and namespace termination.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::api::Propagation;
+use crate::errors::ApiError;
+use crate::store::Res;
+use crate::{kubelet, meta, Inner};
+
+fn s(v: &Value) -> &str {
+    v.as_str().unwrap_or("")
+}
+
+/// Runs the controllers until the runtime stops: on every store change and every half second.
+pub(crate) async fn run(inner: Arc<Inner>) {
+    let mut changes = inner.store.subscribe_changes();
+    loop {
+        reconcile(&inner);
+        let _ = tokio::time::timeout(Duration::from_millis(500), changes.changed()).await;
+    }
+}
+
+/// Validates a job and fills its defaults.
+pub(crate) fn default_job(mut job: Value, name: &str) -> Result<Value, ApiError> {
+    let template = &mut job["spec"]["template"];
+    if !template.is_object() {
+        return Err(ApiError::invalid(
+            Res::Job,
+            name,
+            "spec.template",
+            "FieldValueRequired",
+            "Required value",
+        ));
+    }
+    let spec = &mut template["spec"];
+    if spec["containers"].as_array().is_none_or(Vec::is_empty) {
+        return Err(ApiError::invalid(
+            Res::Job,
+            name,
+            "spec.template.spec.containers",
+            "FieldValueRequired",
+            "Required value",
+        ));
+    }
+    kubelet::default_pod_spec(spec);
+    let policy = s(&spec["restartPolicy"]).to_owned();
+    if policy != "Never" && policy != "OnFailure" {
+        return Err(ApiError::invalid(
+            Res::Job,
+            name,
+            "spec.template.spec.restartPolicy",
+            "FieldValueNotSupported",
+            &format!("Unsupported value: \"{policy}\": supported values: \"OnFailure\", \"Never\""),
+        ));
+    }
+    let spec = &mut job["spec"];
+    for (k, v) in [
+        ("parallelism", json!(1)),
+        ("completions", json!(1)),
+        ("backoffLimit", json!(6)),
+        ("completionMode", json!("NonIndexed")),
+        ("suspend", json!(false)),
+        ("podReplacementPolicy", json!("TerminatingOrFailed")),
+        ("manualSelector", Value::Null),
+    ] {
+        if spec[k].is_null() && !v.is_null() {
+            spec[k] = v;
+        }
+    }
+    job["status"] = json!({});
+    Ok(job)
+}
+
+/// Sets the selector and the pod template's labels from the job's name and uid.
+pub(crate) fn label_template(job: &mut Value, name: &str, uid: &str) {
+    let labels = json!({
+        "batch.kubernetes.io/controller-uid": uid,
+        "batch.kubernetes.io/job-name": name,
+        "controller-uid": uid,
+        "job-name": name,
+    });
+    if job["spec"]["selector"].is_null() {
+        job["spec"]["selector"] =
+            json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}});
+    }
+    let tl = &mut job["spec"]["template"]["metadata"]["labels"];
+    for (k, v) in labels.as_object().into_iter().flatten() {
+        tl[k] = v.clone();
+    }
+    // Like batch/v1 defaulting: a job without labels gets its template's.
+    let template_labels = job["spec"]["template"]["metadata"]["labels"].clone();
+    let jl = &mut job["metadata"]["labels"];
+    if jl.as_object().is_none_or(serde_json::Map::is_empty) {
+        *jl = template_labels;
+    }
+}
+
+fn controller_uid(pod: &Value) -> Option<&str> {
+    pod["metadata"]["ownerReferences"]
+        .as_array()?
+        .iter()
+        .find(|o| o["controller"].as_bool() == Some(true) && o["kind"] == "Job")
+        .and_then(|o| o["uid"].as_str())
+}
+
+fn has_condition(job: &Value, typ: &str) -> bool {
+    job["status"]["conditions"]
+        .as_array()
+        .is_some_and(|cs| cs.iter().any(|c| c["type"] == typ && c["status"] == "True"))
+}
+
+fn job_condition(typ: &str, reason: &str, message: &str) -> Value {
+    let now = meta::now_rfc3339();
+    json!({"type": typ, "status": "True", "lastProbeTime": now, "lastTransitionTime": now,
+        "reason": reason, "message": message})
+}
+
+fn is_terminal(pod: &Value) -> bool {
+    matches!(s(&pod["status"]["phase"]), "Succeeded" | "Failed")
+}
+
+fn pod_ready(pod: &Value) -> bool {
+    pod["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    })
+}
+
+/// Deletes a job with `policy`.
+pub(crate) fn delete_job(
+    inner: &Arc<Inner>,
+    ns: &str,
+    name: &str,
+    policy: Propagation,
+) -> Result<Value, ApiError> {
+    let job = inner
+        .store
+        .get(Res::Job, ns, name)
+        .ok_or_else(|| ApiError::not_found(Res::Job, name))?;
+    let uid = s(&job["metadata"]["uid"]).to_owned();
+    let result = match policy {
+        Propagation::Foreground => inner.store.update(Res::Job, ns, name, None, |j| {
+            if j["metadata"]["deletionTimestamp"].is_null() {
+                j["metadata"]["deletionTimestamp"] = json!(meta::now_rfc3339());
+                j["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+            }
+            let finalizers = &mut j["metadata"]["finalizers"];
+            if !finalizers.is_array() {
+                *finalizers = json!([]);
+            }
+            if let Some(f) = finalizers.as_array_mut() {
+                if !f.iter().any(|x| x == "foregroundDeletion") {
+                    f.push(json!("foregroundDeletion"));
+                }
+            }
+            Ok(())
+        }),
+        Propagation::Orphan => {
+            let (pods, _) = inner.store.list(Res::Pod, Some(ns));
+            for pod in pods
+                .iter()
+                .filter(|p| controller_uid(p) == Some(uid.as_str()))
+            {
+                let _ = inner
+                    .store
+                    .update(Res::Pod, ns, s(&pod["metadata"]["name"]), None, |p| {
+                        if let Some(md) = p["metadata"].as_object_mut() {
+                            md.remove("ownerReferences");
+                        }
+                        Ok(())
+                    });
+            }
+            inner
+                .store
+                .remove(Res::Job, ns, name)
+                .ok_or_else(|| ApiError::not_found(Res::Job, name))
+        }
+        Propagation::Background => inner
+            .store
+            .remove(Res::Job, ns, name)
+            .ok_or_else(|| ApiError::not_found(Res::Job, name)),
+    };
+    reconcile(inner);
+    result
+}
+
+/// One pass of every controller.
+pub(crate) fn reconcile(inner: &Arc<Inner>) {
+    if inner.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
+    terminate_namespaces(inner);
+    let (jobs, _) = inner.store.list(Res::Job, None);
+    let (pods, _) = inner.store.list(Res::Pod, None);
+    let mut live = HashSet::new();
+    for job in &jobs {
+        live.insert(s(&job["metadata"]["uid"]).to_owned());
+        reconcile_job(inner, job, &pods);
+    }
+    // Garbage collection: pods whose controlling job is gone.
+    for pod in &pods {
+        if let Some(uid) = controller_uid(pod) {
+            if !live.contains(uid) && pod["metadata"]["deletionTimestamp"].is_null() {
+                let _ = kubelet::delete_pod(
+                    inner,
+                    s(&pod["metadata"]["namespace"]),
+                    s(&pod["metadata"]["name"]),
+                );
+            }
+        }
+    }
+    kubelet::ensure_workers(inner);
+}
+
+fn terminate_namespaces(inner: &Arc<Inner>) {
+    let (namespaces, _) = inner.store.list(Res::Namespace, None);
+    for ns in namespaces
+        .iter()
+        .filter(|n| !n["metadata"]["deletionTimestamp"].is_null())
+    {
+        let name = s(&ns["metadata"]["name"]);
+        let mut remaining = 0;
+        for res in [Res::Job, Res::Pod, Res::Pvc, Res::Event] {
+            let (items, _) = inner.store.list(res, Some(name));
+            remaining += items.len();
+            for item in items {
+                let n = s(&item["metadata"]["name"]);
+                match res {
+                    Res::Job => {
+                        let _ = inner.store.remove(Res::Job, name, n);
+                    }
+                    Res::Pod => {
+                        if item["metadata"]["deletionTimestamp"].is_null() {
+                            let _ = kubelet::delete_pod(inner, name, n);
+                        }
+                    }
+                    Res::Event => {
+                        let _ = inner.store.remove(Res::Event, name, n);
+                    }
+                    _ => {
+                        if let Some(pvc) = inner.store.remove(Res::Pvc, name, n) {
+                            kubelet::remove_claim_volume(inner, &pvc);
+                        }
+                    }
+                }
+            }
+        }
+        if remaining == 0 {
+            inner.store.remove(Res::Namespace, "", name);
+        }
+    }
+}
+
+fn create_pod(inner: &Arc<Inner>, job: &Value) {
+    let md = &job["metadata"];
+    let (ns, name, uid) = (s(&md["namespace"]), s(&md["name"]), s(&md["uid"]));
+    let template = &job["spec"]["template"];
+    let mut annotations = template["metadata"]["annotations"].clone();
+    if !annotations.is_object() {
+        annotations = json!({});
+    }
+    annotations["batch.kubernetes.io/job-tracking"] = json!("");
+    let pod = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "generateName": format!("{name}-"),
+            "namespace": ns,
+            "labels": template["metadata"]["labels"],
+            "annotations": annotations,
+            "ownerReferences": [{
+                "apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": uid,
+                "controller": true, "blockOwnerDeletion": true,
+            }],
+        },
+        "spec": template["spec"],
+    });
+    match kubelet::default_pod(pod, "") {
+        Ok(pod) => match inner.store.create(Res::Pod, ns, pod) {
+            Ok(pod) => {
+                let msg = format!("Created pod: {}", s(&pod["metadata"]["name"]));
+                kubelet::record_event(
+                    inner,
+                    job,
+                    "Normal",
+                    "SuccessfulCreate",
+                    &msg,
+                    "job-controller",
+                );
+            }
+            Err(e) => {
+                tracing::warn!(job = name, error = %e.message, "creating a job's pod failed");
+            }
+        },
+        Err(e) => tracing::warn!(job = name, error = %e.message, "a job's pod is invalid"),
+    }
+}
+
+#[allow(clippy::too_many_lines)]
+fn reconcile_job(inner: &Arc<Inner>, job: &Value, pods: &[Value]) {
+    let md = &job["metadata"];
+    let (ns, name, uid) = (s(&md["namespace"]), s(&md["name"]), s(&md["uid"]));
+    let owned: Vec<&Value> = pods
+        .iter()
+        .filter(|p| controller_uid(p) == Some(uid))
+        .collect();
+    let now = meta::now_secs();
+    if !md["deletionTimestamp"].is_null() {
+        let foreground = md["finalizers"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|x| x == "foregroundDeletion"));
+        if foreground {
+            for p in &owned {
+                if p["metadata"]["deletionTimestamp"].is_null() {
+                    let _ = kubelet::delete_pod(inner, ns, s(&p["metadata"]["name"]));
+                }
+            }
+            if owned.is_empty() {
+                inner.store.remove(Res::Job, ns, name);
+            }
+        }
+        return;
+    }
+    let finished = has_condition(job, "Complete") || has_condition(job, "Failed");
+    if finished {
+        if let Some(ttl) = job["spec"]["ttlSecondsAfterFinished"].as_i64() {
+            let done = job["status"]["completionTime"]
+                .as_str()
+                .or_else(|| {
+                    job["status"]["conditions"].as_array().and_then(|cs| {
+                        cs.iter()
+                            .find(|c| c["type"] == "Failed")
+                            .and_then(|c| c["lastTransitionTime"].as_str())
+                    })
+                })
+                .and_then(meta::parse_rfc3339)
+                .unwrap_or(now);
+            if now >= done + ttl {
+                let _ = inner.store.remove(Res::Job, ns, name);
+            }
+        }
+        return;
+    }
+    let deleting = |p: &&&Value| p["metadata"]["deletionTimestamp"].is_null();
+    let active: Vec<&&Value> = owned
+        .iter()
+        .filter(|p| !is_terminal(p))
+        .filter(deleting)
+        .collect();
+    let succeeded_now = owned
+        .iter()
+        .filter(|p| s(&p["status"]["phase"]) == "Succeeded")
+        .count();
+    // With restartPolicy OnFailure a failure is a container restart, not a failed pod.
+    let restarts: usize = owned
+        .iter()
+        .flat_map(|p| {
+            p["status"]["containerStatuses"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .map(|c| usize::try_from(c["restartCount"].as_u64().unwrap_or(0)).unwrap_or(0))
+        .sum();
+    let failed_now = owned
+        .iter()
+        .filter(|p| s(&p["status"]["phase"]) == "Failed")
+        .count()
+        + restarts;
+    let prev =
+        |k: &str| usize::try_from(job["status"][k].as_u64().unwrap_or(0)).unwrap_or(usize::MAX);
+    let succeeded = succeeded_now.max(prev("succeeded"));
+    let failed = failed_now.max(prev("failed"));
+    let ready = active.iter().filter(|p| pod_ready(p)).count();
+    let as_usize = |k: &str, d: u64| {
+        usize::try_from(job["spec"][k].as_u64().unwrap_or(d)).unwrap_or(usize::MAX)
+    };
+    let completions = as_usize("completions", 1);
+    let parallelism = as_usize("parallelism", 1);
+    let backoff_limit = as_usize("backoffLimit", 6);
+    let start = job["status"]["startTime"]
+        .as_str()
+        .and_then(meta::parse_rfc3339);
+    let suspended = job["spec"]["suspend"].as_bool() == Some(true);
+
+    let mut terminal: Option<(&str, &str, &str)> = None;
+    let mut complete = false;
+    if let (Some(deadline), Some(start)) = (job["spec"]["activeDeadlineSeconds"].as_i64(), start) {
+        if now - start >= deadline {
+            terminal = Some((
+                "DeadlineExceeded",
+                "Job was active longer than specified deadline",
+                "FailureTarget",
+            ));
+        }
+    }
+    if terminal.is_none() && succeeded >= completions {
+        complete = true;
+    } else if terminal.is_none() && failed > backoff_limit {
+        terminal = Some((
+            "BackoffLimitExceeded",
+            "Job has reached the specified backoff limit",
+            "FailureTarget",
+        ));
+    }
+    let kill_active = terminal.is_some() || complete || suspended;
+    if kill_active {
+        for p in &active {
+            let _ = kubelet::delete_pod(inner, ns, s(&p["metadata"]["name"]));
+        }
+    } else {
+        let remaining = completions.saturating_sub(succeeded);
+        let want = parallelism.min(remaining);
+        for _ in active.len()..want {
+            create_pod(inner, job);
+        }
+    }
+    let active_count = if kill_active {
+        0
+    } else {
+        let (pods, _) = inner.store.list(Res::Pod, Some(ns));
+        pods.iter()
+            .filter(|p| controller_uid(p) == Some(uid) && !is_terminal(p))
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .count()
+    };
+    if complete {
+        kubelet::record_event(
+            inner,
+            job,
+            "Normal",
+            "Completed",
+            "Job completed",
+            "job-controller",
+        );
+    } else if let Some((reason, message, _)) = terminal {
+        kubelet::record_event(inner, job, "Warning", reason, message, "job-controller");
+    }
+    let _ = inner.store.update(Res::Job, ns, name, None, |j| {
+        let st = &mut j["status"];
+        if !st.is_object() {
+            *st = json!({});
+        }
+        if st["startTime"].is_null() && !suspended {
+            st["startTime"] = json!(meta::now_rfc3339());
+        }
+        st["active"] = json!(active_count);
+        st["ready"] = json!(if kill_active { 0 } else { ready });
+        st["succeeded"] = json!(succeeded);
+        st["failed"] = json!(failed);
+        st["terminating"] = json!(0);
+        st["uncountedTerminatedPods"] = json!({});
+        for k in ["active", "succeeded", "failed"] {
+            if st[k] == json!(0) {
+                if let Some(m) = st.as_object_mut() {
+                    m.remove(k);
+                }
+            }
+        }
+        let mut conditions = st["conditions"].as_array().cloned().unwrap_or_default();
+        if complete {
+            conditions.push(job_condition(
+                "SuccessCriteriaMet",
+                "CompletionsReached",
+                "Reached expected number of succeeded pods",
+            ));
+            conditions.push(job_condition(
+                "Complete",
+                "CompletionsReached",
+                "Reached expected number of succeeded pods",
+            ));
+            st["completionTime"] = json!(meta::now_rfc3339());
+        } else if let Some((reason, message, target)) = terminal {
+            conditions.push(job_condition(target, reason, message));
+            conditions.push(job_condition("Failed", reason, message));
+        } else if suspended {
+            if !conditions
+                .iter()
+                .any(|c| c["type"] == "Suspended" && c["status"] == "True")
+            {
+                conditions.retain(|c| c["type"] != "Suspended");
+                conditions.push(job_condition("Suspended", "JobSuspended", "Job suspended"));
+            }
+        } else {
+            for c in &mut conditions {
+                if c["type"] == "Suspended" && c["status"] == "True" {
+                    let now = meta::now_rfc3339();
+                    *c = json!({"type": "Suspended", "status": "False", "reason": "JobResumed",
+                        "message": "Job resumed", "lastProbeTime": now,
+                        "lastTransitionTime": now});
+                }
+            }
+        }
+        if !conditions.is_empty() {
+            st["conditions"] = json!(conditions);
+        }
+        Ok(())
+    });
+}

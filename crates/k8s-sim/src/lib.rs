@@ -1,0 +1,569 @@
+//! A Docker-backed Kubernetes API simulator, for tests.
+//!
+//! [`Sim::start`] runs a single-node API server on `127.0.0.1` (a random port, plain HTTP, no
+//! authentication) that speaks enough of the real HTTP API for `kubectl` and kube-rs:
+//! discovery, namespaces, core/v1 pods (with `log` and websocket `exec`), persistent volume
+//! claims and batch/v1 jobs, with list, watch, label and field selectors and `Status` errors.
+//! Every pod is a real Docker container, every claim a Docker volume, and a job controller
+//! creates the pods of jobs. Everything the simulator creates in Docker carries the label
+//! [`INSTANCE_LABEL`] and is removed when the [`Sim`] is dropped or shut down, even when a test
+//! panics. Objects left by a process that was killed outright ([`PID_LABEL`] names a process
+//! of this pid namespace that is gone) are removed when the next simulator starts.
+//!
+//! The simulator runs on a runtime of its own (two worker threads), so a test may block on a
+//! child process such as `kubectl` without stalling it.
+//!
+//! # The node
+//!
+//! One node, [`NODE_NAME`], whose allocatable CPU and memory are the host's
+//! ([`NodeSize::of_host`]: available parallelism, `MemTotal`), or what
+//! [`Sim::start_with_node`] says. A pod whose requests (limits where requests are missing) do
+//! not fit beside the requests of the other bound, unfinished pods stays Pending with the
+//! scheduler's `Unschedulable` condition; so does a pod naming a missing claim.
+//!
+//! # How a pod maps to Docker
+//!
+//! One container per pod container, named `k8s-sim-<instance>-<pod>-<uid8>-<container>`,
+//! labelled with [`INSTANCE_LABEL`], the pod's own labels, and `io.kubernetes.*` names:
+//! `image` as is (never pulled), `command` → Entrypoint, `args` → Cmd, `env` (values and
+//! `fieldRef`), `workingDir`, `runAsUser`/`runAsGroup` → User, `fsGroup` and
+//! `supplementalGroups` → GroupAdd, `limits.memory` → Memory (no swap), `limits.cpu` →
+//! NanoCpus, `capabilities` → CapAdd/CapDrop, `allowPrivilegeEscalation: false` →
+//! `no-new-privileges`, `readOnlyRootFilesystem`, `privileged`, `tty`/`stdin`, and Docker's
+//! init. `runAsNonRoot` with a root user is CreateContainerConfigError, as on a kubelet.
+//!
+//! # How it differs from a real API server (knowingly)
+//!
+//! - JSON only: no protobuf, CBOR or YAML bodies (answered with 415). kubectl 1.32+ sends
+//!   protobuf for its built-in generators (`kubectl create namespace|secret|configmap ...`);
+//!   use `kubectl create -f` instead. Server-side apply is a plain merge patch (kubectl
+//!   sends it as JSON): no field managers, no conflicts, no creation of a missing object.
+//!   kubectl before 1.30 execs over SPDY, which is refused.
+//! - No authentication or authorization, no admission, no defaulting beyond the fields
+//!   listed in the code, and light validation (names, containers, images, a job's
+//!   restartPolicy, a claim's size and access modes). `fieldValidation=Strict` is accepted and
+//!   ignored; the OpenAPI v3 documents only declare that parameter (kubectl reads it to pick
+//!   server-side validation), they have no schemas; `/openapi/v2` is 404.
+//! - Discovery is the unaggregated kind (`/api`, `/apis`, resource lists); kubectl and
+//!   kube-rs fall back to it.
+//! - Resources: namespaces, nodes (one, read-mostly), pods (`log`, `exec`, `status`), events,
+//!   persistentvolumeclaims, jobs (`status`). Nothing else (no services, secrets, configmaps,
+//!   deployments, ...). `limit`/`continue` are ignored: lists come whole.
+//! - Watches: history of the last 20 000 changes for resourceVersion resumes (older is 410
+//!   Expired; the real server keeps about 5 minutes). As on the real server, a change that
+//!   moves an object into or out of a watch's selectors arrives as ADDED or DELETED. With
+//!   `allowWatchBookmarks=true` a bookmark comes every 10 s, and `sendInitialEvents=true` gets
+//!   the initial-events-end bookmark; `timeoutSeconds` is honoured, otherwise a watch lasts
+//!   until the client leaves. `resourceVersionMatch` is ignored.
+//! - PATCH applies JSON merge patches (strategic merge patches too, so lists are replaced, not
+//!   merged) and a subset of JSON patch.
+//! - Pods: a restart (`restartPolicy` Always, or OnFailure after a failure) is a new Docker
+//!   container after a back-off of 1, 2, 4, 8, then 16 s (the kubelet's starts at 10 s and
+//!   caps at 5 min), shown as CrashLoopBackOff meanwhile; the last dead one is kept for
+//!   `logs --previous`. A job with OnFailure counts container restarts as failures against
+//!   its backoffLimit. A pod's own `activeDeadlineSeconds` kills it (Failed,
+//!   DeadlineExceeded). No init containers, probes, ephemeral containers or readiness gates;
+//!   deletion removes the containers at once (`docker rm -f`, no grace period) and then the object; images are
+//!   never pulled (a missing image is ErrImagePull, then ImagePullBackOff, retried with a
+//!   back-off capped at 16 s); only `persistentVolumeClaim`, `emptyDir` and `hostPath`
+//!   volumes (others are CreateContainerConfigError), and env `valueFrom` only for
+//!   `fieldRef` (secrets and config maps are "not found"). `subPath` binds the sub-directory
+//!   of the volume's directory on the host (Docker 20.10 has no volume subpath), so the
+//!   daemon must be local and the simulator must be able to create directories there (root).
+//!   `fsGroup` chowns the volume's directory (not recursively) and adds the group.
+//!   The pod IP is the container's bridge address; `hostIP` is 127.0.0.1.
+//! - Exec: websocket only (`v5.channel.k8s.io`, `v4.channel.k8s.io`); SPDY upgrades and the
+//!   base64 protocols are refused. Attach and port-forward are not served.
+//! - Jobs: the first pod is created inside the create request (a real controller is a moment
+//!   later), so `kubectl wait -l job-name=...` right after `kubectl create` finds it; no pod
+//!   failure backoff delay (a failed pod is replaced at once); no indexed jobs,
+//!   `podFailurePolicy`, `successPolicy` or pod-tracking finalizers. Jobs default to orphaning
+//!   their pods when deleted without a propagation policy, as batch/v1 does.
+//! - Claims bind at once to a Docker volume (no storage classes, no PersistentVolume
+//!   objects); deleting a claim removes it at once (no `pvc-protection` finalizer) and its
+//!   volume as soon as no container uses it.
+//! - Namespace deletion removes the namespace's jobs, pods, claims and events, then the
+//!   namespace; `default`, `kube-system` and `kube-public` cannot be deleted (403).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), berth_k8s_sim::SimError> {
+//! let sim = berth_k8s_sim::Sim::start().await?;
+//! let kubeconfig = std::env::temp_dir().join("sim-kubeconfig");
+//! sim.write_kubeconfig(&kubeconfig)?;
+//! // KUBECONFIG=... kubectl get pods
+//! sim.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+mod api;
+mod errors;
+mod exec;
+mod jobs;
+mod kubelet;
+mod meta;
+mod openapi;
+mod store;
+mod tables;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bollard::query_parameters::{
+    ListContainersOptions, ListVolumesOptions, RemoveContainerOptions, RemoveVolumeOptions,
+};
+use bollard::Docker;
+use serde_json::json;
+
+/// The Docker label every container and volume of a simulator instance carries; its value is
+/// the instance id ([`Sim::instance_id`]).
+pub const INSTANCE_LABEL: &str = "berth.dev/k8s-sim";
+
+/// The Docker label naming the process that ran the simulator: objects of processes that are
+/// gone (killed before they could clean up) are removed when the next simulator starts.
+pub const PID_LABEL: &str = "berth.dev/k8s-sim-pid";
+
+/// The name of the simulator's only node.
+pub const NODE_NAME: &str = "berth-sim-node";
+
+/// An error starting the simulator or writing its kubeconfig.
+#[derive(Debug)]
+pub struct SimError(String);
+
+impl std::fmt::Display for SimError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SimError {}
+
+impl From<std::io::Error> for SimError {
+    fn from(e: std::io::Error) -> Self {
+        Self(e.to_string())
+    }
+}
+
+/// The node's allocatable resources: CPU in cores and memory in bytes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NodeSize {
+    /// Allocatable CPU, in cores (the host's available parallelism).
+    pub cpu: f64,
+    /// Allocatable memory, in bytes (the host's `MemTotal`).
+    pub memory: f64,
+}
+
+impl NodeSize {
+    /// The size of this host: `cpu` = available parallelism, `memory` = `MemTotal` from
+    /// `/proc/meminfo` (8 GiB when unreadable).
+    #[must_use]
+    pub fn of_host() -> Self {
+        let cpu = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        let memory = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines()
+                    .find_map(|l| l.strip_prefix("MemTotal:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            })
+            .map_or(8.0 * 1024.0 * 1024.0 * 1024.0, |kb| kb * 1024.0);
+        #[allow(clippy::cast_precision_loss)]
+        Self {
+            cpu: cpu as f64,
+            memory,
+        }
+    }
+}
+
+/// The node object: capacity = allocatable = [`NodeSize`], always Ready.
+fn node_object(node: &NodeSize, runtime_version: &str) -> serde_json::Value {
+    let memory_kib = (node.memory / 1024.0).floor();
+    let resources = json!({
+        "cpu": format!("{}", node.cpu),
+        "memory": format!("{memory_kib}Ki"),
+        "pods": "110",
+        "ephemeral-storage": "100Gi",
+    });
+    let now = meta::now_rfc3339();
+    json!({
+        "metadata": {"name": NODE_NAME, "labels": {
+            "kubernetes.io/hostname": NODE_NAME,
+            "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
+            "node-role.kubernetes.io/control-plane": "",
+        }},
+        "spec": {},
+        "status": {
+            "capacity": resources,
+            "allocatable": resources,
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                "message": "kubelet is posting ready status",
+                "lastHeartbeatTime": now, "lastTransitionTime": now}],
+            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"},
+                {"type": "Hostname", "address": NODE_NAME}],
+            "nodeInfo": {
+                "kubeletVersion": "v1.32.0",
+                "containerRuntimeVersion": format!("docker://{runtime_version}"),
+                "osImage": "berth k8s-sim",
+                "kernelVersion": "",
+                "operatingSystem": "linux",
+                "architecture": std::env::consts::ARCH,
+            },
+        },
+    })
+}
+
+/// State shared by the server, the controllers and the pod workers.
+pub(crate) struct Inner {
+    pub(crate) id: String,
+    pub(crate) store: store::Store,
+    pub(crate) docker: Docker,
+    pub(crate) node: NodeSize,
+    pub(crate) addr: SocketAddr,
+    /// Uids of pods that have a worker.
+    pub(crate) kubelets: Mutex<HashSet<String>>,
+    pub(crate) stopping: AtomicBool,
+}
+
+impl Inner {
+    /// Labels for a Docker object of this instance.
+    pub(crate) fn docker_labels(
+        &self,
+        own: Option<&serde_json::Value>,
+    ) -> std::collections::HashMap<String, String> {
+        let mut labels: std::collections::HashMap<String, String> = own
+            .and_then(serde_json::Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        labels.insert(INSTANCE_LABEL.to_owned(), self.id.clone());
+        labels.insert(PID_LABEL.to_owned(), pid_label());
+        labels
+    }
+}
+
+/// A running simulator. Dropping it stops the server and removes every Docker container and
+/// volume it created.
+pub struct Sim {
+    inner: Arc<Inner>,
+    runtime: Option<tokio::runtime::Runtime>,
+    base_url: String,
+}
+
+impl std::fmt::Debug for Sim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sim")
+            .field("id", &self.inner.id)
+            .field("base_url", &self.base_url)
+            .finish_non_exhaustive()
+    }
+}
+
+fn docker_address() -> String {
+    std::env::var("DOCKER_HOST")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unix:///var/run/docker.sock".to_owned())
+}
+
+async fn connect_docker() -> Result<Docker, SimError> {
+    let address = docker_address();
+    let docker = Docker::connect_with_host(&address)
+        .map_err(|e| SimError(format!("cannot reach Docker at {address}: {e}")))?;
+    docker
+        .negotiate_version()
+        .await
+        .map_err(|e| SimError(format!("cannot reach Docker at {address}: {e}")))
+}
+
+impl Sim {
+    /// Starts a simulator: connects to Docker (`DOCKER_HOST`, else the default socket), binds a
+    /// random port on `127.0.0.1` and creates the `default` namespace.
+    ///
+    /// # Errors
+    /// When Docker cannot be reached or the port cannot be bound.
+    pub async fn start() -> Result<Self, SimError> {
+        Self::start_with_node(NodeSize::of_host()).await
+    }
+
+    /// Like [`Sim::start`] with a node of the given size.
+    ///
+    /// # Errors
+    /// When Docker cannot be reached or the port cannot be bound.
+    pub async fn start_with_node(node: NodeSize) -> Result<Self, SimError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("k8s-sim")
+            .enable_all()
+            .build()?;
+        let started = runtime.spawn(async move {
+            let docker = connect_docker().await?;
+            remove_orphans(&docker).await;
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let addr = listener.local_addr()?;
+            let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+            let inner = Arc::new(Inner {
+                id,
+                store: store::Store::new(),
+                docker,
+                node,
+                addr,
+                kubelets: Mutex::new(HashSet::new()),
+                stopping: AtomicBool::new(false),
+            });
+            for ns in ["default", "kube-system", "kube-public"] {
+                inner
+                    .store
+                    .create(
+                        store::Res::Namespace,
+                        "",
+                        api::default_namespace(json!({"metadata": {"name": ns}})),
+                    )
+                    .map_err(|e| SimError(e.message))?;
+            }
+            let runtime_version = inner
+                .docker
+                .version()
+                .await
+                .ok()
+                .and_then(|v| v.version)
+                .unwrap_or_default();
+            inner
+                .store
+                .create(store::Res::Node, "", node_object(&node, &runtime_version))
+                .map_err(|e| SimError(e.message))?;
+            tokio::spawn(api::serve(inner.clone(), listener));
+            tokio::spawn(jobs::run(inner.clone()));
+            Ok::<_, SimError>(inner)
+        });
+        let inner = match started.await {
+            Ok(Ok(inner)) => inner,
+            Ok(Err(e)) => {
+                runtime.shutdown_background();
+                return Err(e);
+            }
+            Err(e) => {
+                runtime.shutdown_background();
+                return Err(SimError(format!("the simulator failed to start: {e}")));
+            }
+        };
+        let base_url = format!("http://{}", inner.addr);
+        Ok(Self {
+            inner,
+            runtime: Some(runtime),
+            base_url,
+        })
+    }
+
+    /// The API server's base URL, e.g. `http://127.0.0.1:40123`.
+    #[must_use]
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// The instance id: the value of [`INSTANCE_LABEL`] on this instance's Docker objects.
+    #[must_use]
+    pub fn instance_id(&self) -> &str {
+        &self.inner.id
+    }
+
+    /// The node's allocatable resources.
+    #[must_use]
+    pub fn node_size(&self) -> NodeSize {
+        self.inner.node
+    }
+
+    /// A kubeconfig (as JSON, which is valid YAML) for this simulator: one cluster on
+    /// [`Sim::base_url`], no credentials, context `berth-sim`, namespace `default`.
+    #[must_use]
+    pub fn kubeconfig(&self) -> String {
+        let config = json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "berth-sim", "cluster": {"server": self.base_url}}],
+            "users": [{"name": "berth-sim", "user": {}}],
+            "contexts": [{"name": "berth-sim", "context": {
+                "cluster": "berth-sim", "user": "berth-sim", "namespace": "default"}}],
+            "current-context": "berth-sim",
+            "preferences": {},
+        });
+        serde_json::to_string_pretty(&config).unwrap_or_default()
+    }
+
+    /// Writes [`Sim::kubeconfig`] to `path`.
+    ///
+    /// # Errors
+    /// When the file cannot be written.
+    pub fn write_kubeconfig(&self, path: &Path) -> Result<(), SimError> {
+        std::fs::write(path, self.kubeconfig()).map_err(SimError::from)
+    }
+
+    /// Stops the simulator and removes every container and volume it created.
+    pub async fn shutdown(mut self) {
+        let inner = self.inner.clone();
+        if let Some(runtime) = self.runtime.take() {
+            let (done, finished) = tokio::sync::oneshot::channel();
+            std::thread::spawn(move || {
+                stop(runtime, &inner);
+                let _ = done.send(());
+            });
+            let _ = finished.await;
+        }
+    }
+}
+
+fn stop(runtime: tokio::runtime::Runtime, inner: &Inner) {
+    inner
+        .stopping
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    let id = inner.id.clone();
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    rt.block_on(async move {
+        let Ok(docker) = connect_docker().await else {
+            return;
+        };
+        for _ in 0..2 {
+            remove_docker_objects(&docker, &id).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            let inner = self.inner.clone();
+            // A thread of its own: dropping a runtime inside another one's context panics.
+            let _ = std::thread::spawn(move || stop(runtime, &inner)).join();
+        }
+    }
+}
+
+/// Whether process `pid` exists and is not a zombie.
+fn process_alive(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let state = stat
+            .rsplit_once(')')
+            .map_or("", |(_, rest)| rest.trim_start());
+        !state.starts_with('Z') && !state.starts_with('X')
+    })
+}
+
+/// `<pid>@<pid namespace>`: which process ran the simulator, in which pid namespace.
+fn pid_label() -> String {
+    format!("{}@{}", std::process::id(), pid_namespace())
+}
+
+fn pid_namespace() -> String {
+    std::fs::read_link("/proc/self/ns/pid")
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default()
+        .replace(|c: char| !c.is_ascii_alphanumeric(), "")
+}
+
+/// Removes the containers and volumes of simulators whose process is gone: only those started
+/// in this pid namespace, where `/proc` can tell.
+async fn remove_orphans(docker: &Docker) {
+    let filter =
+        std::collections::HashMap::from([("label".to_owned(), vec![PID_LABEL.to_owned()])]);
+    let alive = |labels: Option<&std::collections::HashMap<String, String>>| {
+        labels.and_then(|l| l.get(PID_LABEL)).is_none_or(|label| {
+            let ns = pid_namespace();
+            match label.split_once('@') {
+                Some((pid, their_ns)) if !ns.is_empty() && their_ns == ns => process_alive(pid),
+                // Another pid namespace (or an unknown one): not ours to judge.
+                _ => true,
+            }
+        })
+    };
+    let mut dead = std::collections::HashSet::new();
+    if let Ok(containers) = docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(filter.clone()),
+            ..Default::default()
+        }))
+        .await
+    {
+        for c in containers {
+            if !alive(c.labels.as_ref()) {
+                if let Some(id) = c.labels.as_ref().and_then(|l| l.get(INSTANCE_LABEL)) {
+                    dead.insert(id.clone());
+                }
+            }
+        }
+    }
+    if let Ok(volumes) = docker
+        .list_volumes(Some(ListVolumesOptions {
+            filters: Some(filter),
+        }))
+        .await
+    {
+        for v in volumes.volumes.unwrap_or_default() {
+            if !alive(Some(&v.labels)) {
+                if let Some(id) = v.labels.get(INSTANCE_LABEL) {
+                    dead.insert(id.clone());
+                }
+            }
+        }
+    }
+    for id in dead {
+        tracing::info!(instance = %id, "removing the Docker objects of a simulator whose process is gone");
+        remove_docker_objects(docker, &id).await;
+    }
+}
+
+/// Removes every container and volume labelled with instance `id`.
+async fn remove_docker_objects(docker: &Docker, id: &str) {
+    let filter = std::collections::HashMap::from([(
+        "label".to_owned(),
+        vec![format!("{INSTANCE_LABEL}={id}")],
+    )]);
+    if let Ok(containers) = docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(filter.clone()),
+            ..Default::default()
+        }))
+        .await
+    {
+        for c in containers {
+            if let Some(cid) = c.id {
+                let _ = docker
+                    .remove_container(
+                        &cid,
+                        Some(RemoveContainerOptions {
+                            force: true,
+                            v: true,
+                            ..Default::default()
+                        }),
+                    )
+                    .await;
+            }
+        }
+    }
+    if let Ok(volumes) = docker
+        .list_volumes(Some(ListVolumesOptions {
+            filters: Some(filter),
+        }))
+        .await
+    {
+        for v in volumes.volumes.unwrap_or_default() {
+            let _ = docker
+                .remove_volume(&v.name, Some(RemoveVolumeOptions { force: true }))
+                .await;
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! Minimal OpenAPI v3 documents: one PATCH operation per kind that declares the
+//! `fieldValidation` parameter, which is what kubectl reads to choose server-side validation
+//! (so it needs no schemas). The simulator accepts `fieldValidation` and ignores it.
+
+use serde_json::{json, Map, Value};
+
+use crate::store::Res;
+
+const HASH: &str = "B3C4A5D6E7F8";
+
+/// `GET /openapi/v3`: the index of group-version documents.
+pub(crate) fn index() -> Value {
+    json!({"paths": {
+        "api/v1": {"serverRelativeURL": format!("/openapi/v3/api/v1?hash={HASH}")},
+        "apis/batch/v1": {"serverRelativeURL": format!("/openapi/v3/apis/batch/v1?hash={HASH}")},
+    }})
+}
+
+/// The document of one group-version (`""` or `"batch"`).
+pub(crate) fn group_version(group: &str) -> Value {
+    let mut paths = Map::new();
+    for res in Res::ALL.into_iter().filter(|r| r.group() == group) {
+        let prefix = if group.is_empty() {
+            "/api/v1".to_owned()
+        } else {
+            format!("/apis/{group}/v1")
+        };
+        let path = if res.namespaced() {
+            format!(
+                "{prefix}/namespaces/{{namespace}}/{}/{{name}}",
+                res.plural()
+            )
+        } else {
+            format!("{prefix}/{}/{{name}}", res.plural())
+        };
+        let op = json!({
+            "operationId": format!("patch{}", res.kind()),
+            "x-kubernetes-action": "patch",
+            "x-kubernetes-group-version-kind": {"group": group, "version": "v1", "kind": res.kind()},
+            "parameters": [
+                {"name": "dryRun", "in": "query", "schema": {"type": "string"}},
+                {"name": "fieldManager", "in": "query", "schema": {"type": "string"}},
+                {"name": "fieldValidation", "in": "query", "schema": {"type": "string"}},
+                {"name": "force", "in": "query", "schema": {"type": "boolean"}},
+            ],
+            "responses": {"200": {"description": "OK"}},
+        });
+        paths.insert(path, json!({"patch": op}));
+    }
+    json!({
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes", "version": "v1.32.0"},
+        "paths": paths,
+        "components": {"schemas": {}},
+    })
+}

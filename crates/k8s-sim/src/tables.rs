@@ -1,0 +1,333 @@
+//! Server-side printing: `meta.k8s.io/v1` `Table` objects with the columns the real API server
+//! prints for each resource (what `kubectl get` shows).
+
+use serde_json::{json, Value};
+
+use crate::meta;
+use crate::store::Res;
+
+fn column(name: &str, typ: &str, format: &str, priority: u8, description: &str) -> Value {
+    json!({"name": name, "type": typ, "format": format, "description": description,
+        "priority": priority})
+}
+
+fn columns(res: Res) -> Vec<Value> {
+    let name = column(
+        "Name",
+        "string",
+        "name",
+        0,
+        "Name must be unique within a namespace.",
+    );
+    let age = column(
+        "Age",
+        "string",
+        "",
+        0,
+        "CreationTimestamp is a timestamp representing the server time when this object was created.",
+    );
+    match res {
+        Res::Pod => vec![
+            name,
+            column("Ready", "string", "", 0, "The aggregate readiness state of this pod for accepting traffic."),
+            column("Status", "string", "", 0, "The aggregate status of the containers in this pod."),
+            column("Restarts", "string", "", 0, "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted."),
+            age,
+            column("IP", "string", "", 1, "IP address allocated to the pod. Routable at least within the cluster. Empty if not yet allocated."),
+            column("Node", "string", "", 1, "NodeName is a request to schedule this pod onto a specific node."),
+            column("Nominated Node", "string", "", 1, "nominatedNodeName is set when this pod preempts other pods on the node."),
+            column("Readiness Gates", "string", "", 1, "If specified, all readiness gates will be evaluated for pod readiness."),
+        ],
+        Res::Job => vec![
+            name,
+            column("Status", "string", "", 0, "Status of the job."),
+            column("Completions", "string", "", 0, "The completion status of the job."),
+            column("Duration", "string", "", 0, "Time required to complete the job."),
+            age,
+            column("Containers", "string", "", 1, "Names of each container in the template."),
+            column("Images", "string", "", 1, "Images referenced by each container in the template."),
+            column("Selector", "string", "", 1, "A label query over pods that should match the pod count."),
+        ],
+        Res::Node => vec![
+            name,
+            column("Status", "string", "", 0, "The status of the node"),
+            column("Roles", "string", "", 0, "The roles of the node"),
+            age,
+            column("Version", "string", "", 0, "Kubelet Version reported by the node."),
+            column("Internal-IP", "string", "", 1, "List of addresses reachable to the node. Queried from cloud provider, if available."),
+            column("External-IP", "string", "", 1, "List of addresses reachable to the node. Queried from cloud provider, if available."),
+            column("OS-Image", "string", "", 1, "OS Image reported by the node from /etc/os-release (e.g. Debian GNU/Linux 7 (wheezy))."),
+            column("Kernel-Version", "string", "", 1, "Kernel Version reported by the node from 'uname -r' (e.g. 3.16.0-0.bpo.4-amd64)."),
+            column("Container-Runtime", "string", "", 1, "ContainerRuntime Version reported by the node through runtime remote API (e.g. containerd://1.4.2)."),
+        ],
+        Res::Event => vec![
+            column("Last Seen", "string", "", 0, "Time of the last occurrence."),
+            column("Type", "string", "", 0, "Type of this event (Normal, Warning)."),
+            column("Reason", "string", "", 0, "Why the action was taken."),
+            column("Object", "string", "", 0, "The object this Event is about."),
+            column("Message", "string", "", 0, "A human-readable description of the status of this operation."),
+            name,
+        ],
+        Res::Namespace => vec![
+            name,
+            column("Status", "string", "", 0, "The status of the namespace"),
+            age,
+        ],
+        Res::Pvc => vec![
+            name,
+            column("Status", "string", "", 0, "Phase represents the current phase of PersistentVolumeClaim."),
+            column("Volume", "string", "", 0, "VolumeName is the binding reference to the PersistentVolume backing this claim."),
+            column("Capacity", "string", "", 0, "Capacity represents the actual resources of the underlying volume."),
+            column("Access Modes", "string", "", 0, "AccessModes contains the desired access modes the volume should have."),
+            column("StorageClass", "string", "", 0, "StorageClassName is the name of the StorageClass required by the claim."),
+            column("VolumeAttributesClass", "string", "", 0, "The VolumeAttributesClass used by this claim."),
+            age,
+            column("VolumeMode", "string", "", 1, "volumeMode defines what type of volume is required by the claim."),
+        ],
+    }
+}
+
+fn s(v: &Value) -> String {
+    v.as_str().unwrap_or("").to_owned()
+}
+
+fn or_none(v: String) -> String {
+    if v.is_empty() {
+        "<none>".to_owned()
+    } else {
+        v
+    }
+}
+
+/// The pod STATUS column, computed the way kubectl's printer does.
+pub(crate) fn pod_status_reason(pod: &Value) -> (String, usize, usize, i64) {
+    let status = &pod["status"];
+    let mut reason = s(&status["reason"]);
+    if reason.is_empty() {
+        reason = s(&status["phase"]);
+    }
+    let total = pod["spec"]["containers"].as_array().map_or(0, Vec::len);
+    let mut ready = 0;
+    let mut restarts = 0;
+    let mut has_running = false;
+    let statuses = status["containerStatuses"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for cs in statuses.iter().rev() {
+        restarts += cs["restartCount"].as_i64().unwrap_or(0);
+        let state = &cs["state"];
+        if let Some(r) = state["waiting"]["reason"]
+            .as_str()
+            .filter(|r| !r.is_empty())
+        {
+            reason = r.to_owned();
+        } else if let Some(r) = state["terminated"]["reason"]
+            .as_str()
+            .filter(|r| !r.is_empty())
+        {
+            reason = r.to_owned();
+        } else if state["terminated"].is_object() {
+            let signal = state["terminated"]["signal"].as_i64().unwrap_or(0);
+            reason = if signal != 0 {
+                format!("Signal:{signal}")
+            } else {
+                format!(
+                    "ExitCode:{}",
+                    state["terminated"]["exitCode"].as_i64().unwrap_or(0)
+                )
+            };
+        } else if cs["ready"].as_bool() == Some(true) && state["running"].is_object() {
+            has_running = true;
+            ready += 1;
+        }
+    }
+    if reason == "Completed" && has_running {
+        let pod_ready = status["conditions"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        });
+        reason = if pod_ready { "Running" } else { "NotReady" }.to_owned();
+    }
+    if !pod["metadata"]["deletionTimestamp"].is_null() {
+        reason = "Terminating".to_owned();
+    }
+    (reason, ready, total, restarts)
+}
+
+fn job_status(job: &Value) -> String {
+    if !job["metadata"]["deletionTimestamp"].is_null() {
+        return "Terminating".to_owned();
+    }
+    let conds = job["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let has = |t: &str| {
+        conds
+            .iter()
+            .any(|c| c["type"] == t && c["status"] == "True")
+    };
+    for t in [
+        "Failed",
+        "Complete",
+        "Suspended",
+        "FailureTarget",
+        "SuccessCriteriaMet",
+    ] {
+        if has(t) {
+            return t.to_owned();
+        }
+    }
+    "Running".to_owned()
+}
+
+fn cells(res: Res, obj: &Value) -> Vec<Value> {
+    let md = &obj["metadata"];
+    let name = s(&md["name"]);
+    let age = meta::age(md["creationTimestamp"].as_str());
+    match res {
+        Res::Pod => {
+            let (reason, ready, total, restarts) = pod_status_reason(obj);
+            vec![
+                json!(name),
+                json!(format!("{ready}/{total}")),
+                json!(reason),
+                json!(restarts.to_string()),
+                json!(age),
+                json!(or_none(s(&obj["status"]["podIP"]))),
+                json!(or_none(s(&obj["spec"]["nodeName"]))),
+                json!("<none>"),
+                json!("<none>"),
+            ]
+        }
+        Res::Job => {
+            let completions = obj["spec"]["completions"].as_i64().unwrap_or(1);
+            let succeeded = obj["status"]["succeeded"].as_i64().unwrap_or(0);
+            let start = obj["status"]["startTime"]
+                .as_str()
+                .and_then(meta::parse_rfc3339);
+            let end = obj["status"]["completionTime"]
+                .as_str()
+                .and_then(meta::parse_rfc3339)
+                .unwrap_or_else(meta::now_secs);
+            let duration = start.map_or_else(String::new, |s| meta::human_duration(end - s));
+            let containers = obj["spec"]["template"]["spec"]["containers"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let names: Vec<String> = containers.iter().map(|c| s(&c["name"])).collect();
+            let images: Vec<String> = containers.iter().map(|c| s(&c["image"])).collect();
+            let selector = obj["spec"]["selector"]["matchLabels"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default();
+            vec![
+                json!(name),
+                json!(job_status(obj)),
+                json!(format!("{succeeded}/{completions}")),
+                json!(duration),
+                json!(age),
+                json!(names.join(",")),
+                json!(images.join(",")),
+                json!(selector),
+            ]
+        }
+        Res::Namespace => vec![json!(name), json!(s(&obj["status"]["phase"])), json!(age)],
+        Res::Node => vec![
+            json!(name),
+            json!("Ready"),
+            json!("control-plane"),
+            json!(age),
+            json!(s(&obj["status"]["nodeInfo"]["kubeletVersion"])),
+            json!("127.0.0.1"),
+            json!("<none>"),
+            json!(s(&obj["status"]["nodeInfo"]["osImage"])),
+            json!(s(&obj["status"]["nodeInfo"]["kernelVersion"])),
+            json!(s(&obj["status"]["nodeInfo"]["containerRuntimeVersion"])),
+        ],
+        Res::Event => {
+            let seen = obj["lastTimestamp"]
+                .as_str()
+                .or_else(|| obj["eventTime"].as_str());
+            let io = &obj["involvedObject"];
+            vec![
+                json!(meta::age(seen)),
+                json!(s(&obj["type"])),
+                json!(s(&obj["reason"])),
+                json!(format!(
+                    "{}/{}",
+                    s(&io["kind"]).to_lowercase(),
+                    s(&io["name"])
+                )),
+                json!(s(&obj["message"])),
+                json!(name),
+            ]
+        }
+        Res::Pvc => {
+            let modes: Vec<String> = obj["status"]["accessModes"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|m| match m.as_str().unwrap_or("") {
+                    "ReadWriteOnce" => "RWO".to_owned(),
+                    "ReadOnlyMany" => "ROX".to_owned(),
+                    "ReadWriteMany" => "RWX".to_owned(),
+                    "ReadWriteOncePod" => "RWOP".to_owned(),
+                    other => other.to_owned(),
+                })
+                .collect();
+            vec![
+                json!(name),
+                json!(s(&obj["status"]["phase"])),
+                json!(s(&obj["spec"]["volumeName"])),
+                json!(s(&obj["status"]["capacity"]["storage"])),
+                json!(modes.join(",")),
+                json!(or_none(s(&obj["spec"]["storageClassName"]))),
+                json!("<unset>"),
+                json!(age),
+                json!(s(&obj["spec"]["volumeMode"])),
+            ]
+        }
+    }
+}
+
+/// A table of `objects`. `include` is the `includeObject` parameter: `None`, `Object` or
+/// `PartialObjectMetadata` (the default).
+pub(crate) fn table(res: Res, objects: &[Value], include: &str, rv: Option<u64>) -> Value {
+    let rows: Vec<Value> = objects
+        .iter()
+        .map(|obj| {
+            let mut row = json!({"cells": cells(res, obj)});
+            match include {
+                "None" => {}
+                "Object" => row["object"] = obj.clone(),
+                _ => {
+                    row["object"] = json!({
+                        "kind": "PartialObjectMetadata",
+                        "apiVersion": "meta.k8s.io/v1",
+                        "metadata": obj["metadata"],
+                    });
+                }
+            }
+            row
+        })
+        .collect();
+    let mut md = json!({});
+    if let Some(rv) = rv {
+        md["resourceVersion"] = json!(rv.to_string());
+    }
+    json!({
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": md,
+        "columnDefinitions": columns(res),
+        "rows": rows,
+    })
+}

@@ -1,0 +1,183 @@
+//! The simulator through kube-rs: typed create, watcher, await_condition, list, exec over
+//! websocket (v5, stdin close), logs, Status errors and foreground deletion.
+
+use std::time::Duration;
+
+use berth_engine_core::testkit::ensure_test_image;
+use berth_engine_docker::{DockerConfig, DockerEngine};
+use berth_k8s_sim::Sim;
+use futures_util::{StreamExt, TryStreamExt};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, AttachParams, DeleteParams, ListParams, LogParams, PostParams};
+use kube::runtime::{conditions, wait::await_condition, watcher, WatchStreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn client(sim: &Sim) -> kube::Client {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("kubeconfig");
+    sim.write_kubeconfig(&path).expect("kubeconfig");
+    let kubeconfig = kube::config::Kubeconfig::read_from(&path).expect("parse kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("config");
+    kube::Client::try_from(config).expect("client")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_rs_round_trip() {
+    let engine = DockerEngine::connect(&DockerConfig::default())
+        .await
+        .unwrap_or_else(|e| panic!("these tests need a running Docker daemon: {e}"));
+    ensure_test_image(&engine).await.expect("test image");
+    let sim = Sim::start().await.expect("the simulator starts");
+    let client = client(&sim).await;
+    let version = client.apiserver_version().await.expect("version");
+    assert_eq!(version.major, "1");
+
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let job: Job = serde_json::from_value(serde_json::json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": "kr", "labels": {"app.kubernetes.io/managed-by": "berth"}},
+        "spec": {"backoffLimit": 0, "template": {
+            "metadata": {"labels": {"app.kubernetes.io/managed-by": "berth"}},
+            "spec": {"restartPolicy": "Never", "containers": [{
+                "name": "main", "image": berth_engine_core::testkit::TEST_IMAGE,
+                "command": ["sh", "-c", "echo hello; sleep 600"]}]}}},
+    }))
+    .expect("job");
+    let created = jobs
+        .create(&PostParams::default(), &job)
+        .await
+        .expect("create job");
+    assert!(created.metadata.uid.is_some());
+
+    // A watcher sees the pod go Running.
+    let mut stream = watcher(
+        pods.clone(),
+        watcher::Config::default().labels("job-name=kr"),
+    )
+    .applied_objects()
+    .boxed();
+    let pod = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let p = stream
+                .try_next()
+                .await
+                .expect("watch")
+                .expect("watch ended");
+            if p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") {
+                return p;
+            }
+        }
+    })
+    .await
+    .expect("the pod runs");
+    let name = pod.metadata.name.clone().expect("name");
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        await_condition(pods.clone(), &name, conditions::is_pod_running()),
+    )
+    .await
+    .expect("in time")
+    .expect("condition");
+    // A streaming-list watcher (sendInitialEvents) sees it too.
+    let mut streaming = watcher(
+        pods.clone(),
+        watcher::Config::default()
+            .labels("job-name=kr")
+            .streaming_lists(),
+    )
+    .applied_objects()
+    .boxed();
+    let first = tokio::time::timeout(Duration::from_secs(20), streaming.try_next())
+        .await
+        .expect("in time")
+        .expect("watch")
+        .expect("an object");
+    assert_eq!(first.metadata.name.as_deref(), Some(name.as_str()));
+    drop(streaming);
+    let list = pods
+        .list(&ListParams::default().labels("job-name=kr"))
+        .await
+        .expect("list");
+    assert_eq!(list.items.len(), 1);
+    assert!(list.metadata.resource_version.is_some());
+
+    // exec with stdin: closing the writer ends cat's input (v5 close signal).
+    let mut attached = pods
+        .exec(
+            &name,
+            vec!["cat"],
+            &AttachParams::default().stdin(true).stderr(false),
+        )
+        .await
+        .expect("exec");
+    let mut stdin = attached.stdin().expect("stdin");
+    let mut stdout = attached.stdout().expect("stdout");
+    stdin.write_all(b"through kube-rs\n").await.expect("write");
+    stdin.shutdown().await.expect("close stdin");
+    drop(stdin);
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(20), stdout.read_to_string(&mut out))
+        .await
+        .expect("cat ends")
+        .expect("read");
+    assert_eq!(out, "through kube-rs\n");
+    let status = attached
+        .take_status()
+        .expect("status")
+        .await
+        .expect("status");
+    assert_eq!(status.status.as_deref(), Some("Success"));
+    attached.join().await.expect("join");
+
+    let mut attached = pods
+        .exec(
+            &name,
+            vec!["sh", "-c", "exit 4"],
+            &AttachParams::default().stderr(false),
+        )
+        .await
+        .expect("exec");
+    let status = attached
+        .take_status()
+        .expect("status")
+        .await
+        .expect("status");
+    assert_eq!(status.reason.as_deref(), Some("NonZeroExitCode"));
+    let causes = status.details.and_then(|d| d.causes).unwrap_or_default();
+    assert_eq!(causes[0].reason.as_deref(), Some("ExitCode"));
+    assert_eq!(causes[0].message.as_deref(), Some("4"));
+
+    let logs = pods.logs(&name, &LogParams::default()).await.expect("logs");
+    assert_eq!(logs, "hello\n");
+
+    match pods.get("nope").await {
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 404);
+            assert_eq!(status.reason, "NotFound");
+        }
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+
+    let uid = created.metadata.uid.clone().expect("uid");
+    jobs.delete("kr", &DeleteParams::foreground())
+        .await
+        .expect("delete");
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        await_condition(jobs.clone(), "kr", conditions::is_deleted(&uid)),
+    )
+    .await
+    .expect("deleted in time")
+    .expect("condition");
+    assert!(pods
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items
+        .is_empty());
+    sim.shutdown().await;
+}

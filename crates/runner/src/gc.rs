@@ -1,0 +1,124 @@
+//! Garbage collection: find what berth left behind (a crashed process's environments, expired
+//! ones, old ones) by label, and remove it.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use berth_engine_core::{
+    ContainerEngine, EnvironmentId, EnvironmentState, LabelSelector, Result, SessionId,
+};
+use serde::Serialize;
+
+use crate::owner::Owner;
+use crate::state::StateDir;
+
+/// What `gc` looks at and whether it removes anything.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct GcOptions {
+    /// Also remove anything older than this, whoever owns it.
+    pub older_than: Option<Duration>,
+    /// Report only.
+    pub dry_run: bool,
+    /// Only this session's environments.
+    pub session: Option<SessionId>,
+}
+
+/// One environment gc decided about.
+#[derive(Debug, Clone, Serialize)]
+pub struct GcItem {
+    /// The environment.
+    pub id: EnvironmentId,
+    /// Its session.
+    pub session: Option<SessionId>,
+    /// Why it is garbage.
+    pub reason: String,
+    /// Whether it was removed (false on a dry run).
+    pub removed: bool,
+}
+
+/// What gc did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GcReport {
+    /// The garbage found.
+    pub garbage: Vec<GcItem>,
+    /// How many environments were kept.
+    pub kept: usize,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Finds and (unless `dry_run`) removes berth's leftovers: environments that have exited,
+/// whose owning process on this host is gone without detaching them, or that are older than
+/// `older_than`. Anonymous workspace volumes go with their environment.
+///
+/// # Errors
+/// The engine's error when listing fails; removal failures are reported per item.
+pub async fn collect_garbage(
+    engine: &dyn ContainerEngine,
+    state: &StateDir,
+    options: &GcOptions,
+) -> Result<GcReport> {
+    let selector = match &options.session {
+        Some(s) => LabelSelector::session(s),
+        None => LabelSelector::all(),
+    };
+    let found = engine.list(&selector).await?;
+    let mut report = GcReport::default();
+    for env in &found {
+        let age = env.created_unix_secs.map(|c| now().saturating_sub(c));
+        let owner = Owner::from_labels(&env.labels);
+        let reason = if env.state == EnvironmentState::Exited {
+            Some("its keepalive has exited (lifetime over or killed)".to_owned())
+        } else if let (Some(limit), Some(age)) = (options.older_than, age) {
+            (age > limit.as_secs()).then(|| format!("older than {}s ({age}s)", limit.as_secs()))
+        } else {
+            None
+        };
+        let reason = reason.or_else(|| {
+            let owner = owner.as_ref()?;
+            (owner.is_alive() == Some(false) && !state.is_detached(&env.id)).then(|| {
+                format!(
+                    "its owner, process {} on {}, is gone",
+                    owner.pid, owner.host
+                )
+            })
+        });
+        match reason {
+            Some(reason) => {
+                let removed = if options.dry_run {
+                    false
+                } else {
+                    match engine.stop(&env.id).await {
+                        Ok(_) => {
+                            state.forget(&env.id);
+                            true
+                        }
+                        Err(e) => {
+                            tracing::warn!(env = %env.id, error = %e, "gc could not remove");
+                            false
+                        }
+                    }
+                };
+                report.garbage.push(GcItem {
+                    id: env.id.clone(),
+                    session: env.session.clone(),
+                    reason,
+                    removed,
+                });
+            }
+            None => report.kept += 1,
+        }
+    }
+    if !options.dry_run && options.session.is_none() {
+        for marker in state.detached() {
+            if !found.iter().any(|e| e.id == marker) {
+                state.forget(&marker);
+            }
+        }
+    }
+    Ok(report)
+}

@@ -1,0 +1,68 @@
+//! The `berth` binary: thin glue between the command line and the runner library.
+
+mod cli;
+mod commands;
+mod terminal;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use berth_engine_core::ErrorKind;
+use clap::Parser;
+
+use crate::cli::Cli;
+
+/// Exit code for berth's own failures, as docker uses.
+pub(crate) const EXIT_BERTH_FAILED: u8 = 125;
+/// Exit code when the command's timeout killed it, as timeout(1) uses.
+pub(crate) const EXIT_TIMED_OUT: u8 = 124;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("berth: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_BERTH_FAILED);
+        }
+    };
+    let result = runtime.block_on(commands::dispatch(cli));
+    // A blocked read of our stdin must not keep the process alive.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("berth: {e:#}");
+            let timed_out = e
+                .chain()
+                .filter_map(|c| c.downcast_ref::<berth_engine_core::Error>())
+                .any(|e| e.kind() == ErrorKind::Timeout);
+            ExitCode::from(if timed_out {
+                EXIT_TIMED_OUT
+            } else {
+                EXIT_BERTH_FAILED
+            })
+        }
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => {
+            "info,berth=debug,berth_runner=debug,berth_engine_docker=debug,berth_engine_core=debug"
+        }
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,182 @@
+//! A [`Session`]: one engine and any number of named environments (multi-agent), all stopped
+//! together.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use berth_engine_core::{
+    ContainerEngine, EnvironmentId, EnvironmentSpec, Error, ExecOutput, ExecRequest, Result,
+    SessionId, StopOutcome,
+};
+use futures_util::future::join_all;
+
+use crate::owner::Owner;
+
+/// One engine and the environments a session started on it.
+///
+/// Every environment carries the session id, a creation time and this process as its owner in
+/// its labels. [`Session::shutdown`] stops them all; dropping the session inside a Tokio
+/// runtime stops them too (best effort — call `shutdown` to learn the outcome), unless
+/// [`Session::detach`] handed them over.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use berth_engine_core::{ContainerEngine, EnvironmentSpec, ExecRequest, ImageRef, SessionId};
+/// use berth_runner::session::Session;
+///
+/// async fn agents(engine: Arc<dyn ContainerEngine>) -> berth_engine_core::Result<()> {
+///     let template = EnvironmentSpec::new(ImageRef::new("busybox:1.36")?, SessionId::generate());
+///     let session = Session::new(engine, template);
+///     session.start_many(&["planner", "coder", "tester"]).await?;
+///     let out = session.exec("coder", ExecRequest::shell("echo hi")).await?;
+///     assert_eq!(out.stdout_lossy(), "hi\n");
+///     session.shutdown().await
+/// }
+/// ```
+pub struct Session {
+    engine: Arc<dyn ContainerEngine>,
+    template: EnvironmentSpec,
+    envs: Mutex<BTreeMap<String, EnvironmentId>>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.template.session)
+            .field("envs", &self.envs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// A session on `engine`; environments are made from `template` (its session id is the
+    /// session's) with the owner labels of this process added.
+    #[must_use]
+    pub fn new(engine: Arc<dyn ContainerEngine>, mut template: EnvironmentSpec) -> Self {
+        template.labels.extend(Owner::current().labels());
+        Self {
+            engine,
+            template,
+            envs: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The session id.
+    #[must_use]
+    pub fn id(&self) -> &SessionId {
+        &self.template.session
+    }
+
+    /// The engine.
+    #[must_use]
+    pub fn engine(&self) -> &Arc<dyn ContainerEngine> {
+        &self.engine
+    }
+
+    fn envs(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, EnvironmentId>> {
+        self.envs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Starts the environment `name`.
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] when the session already has an environment of that name; the
+    /// engine's error otherwise.
+    pub async fn start(&self, name: &str) -> Result<EnvironmentId> {
+        if self.envs().contains_key(name) {
+            return Err(Error::Conflict {
+                what: "environment",
+                name: name.to_owned(),
+                reason: format!("session {} already has one of that name", self.id()),
+            });
+        }
+        let spec = self.template.clone().with_name(name);
+        let id = self.engine.start(&spec).await?;
+        self.envs().insert(name.to_owned(), id.clone());
+        Ok(id)
+    }
+
+    /// Starts several environments concurrently. Those that started stay in the session (and
+    /// are stopped with it) even when another failed.
+    ///
+    /// # Errors
+    /// The first failure.
+    pub async fn start_many(&self, names: &[&str]) -> Result<Vec<EnvironmentId>> {
+        join_all(names.iter().map(|n| self.start(n)))
+            .await
+            .into_iter()
+            .collect()
+    }
+
+    /// The environment called `name`.
+    #[must_use]
+    pub fn get(&self, name: &str) -> Option<EnvironmentId> {
+        self.envs().get(name).cloned()
+    }
+
+    /// Every environment, by name.
+    #[must_use]
+    pub fn environments(&self) -> BTreeMap<String, EnvironmentId> {
+        self.envs().clone()
+    }
+
+    /// Runs a command in the environment called `name`.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown name; the engine's error otherwise.
+    pub async fn exec(&self, name: &str, req: ExecRequest) -> Result<ExecOutput> {
+        let env = self.get(name).ok_or_else(|| Error::NotFound {
+            what: "environment",
+            name: format!("{name} in session {}", self.id()),
+        })?;
+        self.engine.exec(&env, req).await
+    }
+
+    /// Stops the environment called `name`.
+    ///
+    /// # Errors
+    /// The engine's error.
+    pub async fn stop(&self, name: &str) -> Result<StopOutcome> {
+        let Some(env) = self.envs().remove(name) else {
+            return Ok(StopOutcome::AlreadyGone);
+        };
+        self.engine.stop(&env).await
+    }
+
+    /// Stops every environment concurrently.
+    ///
+    /// # Errors
+    /// The first failure (every stop is attempted).
+    pub async fn shutdown(&self) -> Result<()> {
+        let envs: Vec<EnvironmentId> = std::mem::take(&mut *self.envs()).into_values().collect();
+        let results = join_all(envs.iter().map(|e| self.engine.stop(e))).await;
+        results
+            .into_iter()
+            .find_map(Result::err)
+            .map_or(Ok(()), Err)
+    }
+
+    /// Hands the environments over to the caller: the session no longer stops them.
+    #[must_use]
+    pub fn detach(&self) -> BTreeMap<String, EnvironmentId> {
+        std::mem::take(&mut *self.envs())
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let envs: Vec<EnvironmentId> = std::mem::take(&mut *self.envs()).into_values().collect();
+        if envs.is_empty() {
+            return;
+        }
+        tracing::warn!(session = %self.id(), count = envs.len(), "session dropped without shutdown; stopping its environments");
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let engine = self.engine.clone();
+            handle.spawn(async move {
+                join_all(envs.iter().map(|e| engine.stop(e))).await;
+            });
+        }
+    }
+}

@@ -1,0 +1,814 @@
+//! End-to-end tests of the `berth` binary against the real Docker daemon.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use berth_engine_core::testkit::{ensure_test_image, TEST_IMAGE};
+use berth_engine_core::SessionId;
+use berth_engine_docker::{DockerConfig, DockerEngine};
+
+async fn test_image() {
+    let engine = DockerEngine::connect(&DockerConfig::default())
+        .await
+        .unwrap_or_else(|e| panic!("these tests need a running Docker daemon: {e}"));
+    ensure_test_image(&engine).await.expect("test image");
+}
+
+fn berth(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+    cmd.args(args)
+        .current_dir(env!("CARGO_TARGET_TMPDIR"))
+        .env("BERTH_STATE_DIR", state_dir())
+        .env_remove("RUST_LOG");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("BERTH_") && k.contains("__") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+/// One state directory for every test of this binary, as one user's machine would have.
+fn state_dir() -> String {
+    format!("{}/berth-state", env!("CARGO_TARGET_TMPDIR"))
+}
+
+fn json_of(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {} / {}",
+            text(&out.stdout),
+            text(&out.stderr)
+        )
+    })
+}
+
+fn volumes_of(session: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args([
+            "volume",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("label=berth.dev/session={session}"),
+        ])
+        .output()
+        .expect("docker CLI");
+    text(&out.stdout).lines().map(str::to_owned).collect()
+}
+
+/// Removes a session's containers with the docker CLI when a test ends, pass or fail.
+struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for id in containers_of(&self.0) {
+            let _ = Command::new("docker")
+                .args(["rm", "-f", "-v", &id])
+                .output();
+        }
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Containers labelled with `session`, via the docker CLI (a client berth did not write).
+fn containers_of(session: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=berth.dev/session={session}"),
+        ])
+        .output()
+        .expect("docker CLI");
+    text(&out.stdout).lines().map(str::to_owned).collect()
+}
+
+#[tokio::test]
+async fn run_forwards_streams_and_exit_code_and_leaves_nothing() {
+    test_image().await;
+    let session = SessionId::generate().to_string();
+    let out: Output = berth(&[
+        "run",
+        "--image",
+        TEST_IMAGE,
+        "--session",
+        &session,
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    ])
+    .output()
+    .expect("run berth");
+    assert_eq!(out.status.code(), Some(3), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "out\n");
+    assert_eq!(text(&out.stderr), "err\n");
+    assert!(containers_of(&session).is_empty(), "left behind");
+}
+
+#[tokio::test]
+async fn run_passes_stdin_env_workdir_and_user() {
+    test_image().await;
+    let mut child = berth(&[
+        "run",
+        "--image",
+        TEST_IMAGE,
+        "-i",
+        "-e",
+        "GREETING=hi there",
+        "-w",
+        "/tmp",
+        "-u",
+        "1000",
+        "--",
+        "sh",
+        "-c",
+        "echo \"$GREETING\"; pwd; id -u; cat",
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("spawn berth");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"from stdin\n")
+        .expect("write");
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "hi there\n/tmp\n1000\nfrom stdin\n");
+}
+
+#[tokio::test]
+async fn run_timeout_exits_124() {
+    test_image().await;
+    let out = berth(&[
+        "run",
+        "--image",
+        TEST_IMAGE,
+        "--timeout",
+        "1",
+        "--",
+        "sleep",
+        "600",
+    ])
+    .output()
+    .expect("run berth");
+    assert_eq!(
+        out.status.code(),
+        Some(124),
+        "stderr: {}",
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stderr).contains("timed out"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn missing_image_exits_125_naming_it() {
+    let out = berth(&["run", "--image", "berth-test/absent:0", "--", "true"])
+        .env("BERTH_RUNNER__PULL_POLICY", "never")
+        .output()
+        .expect("run berth");
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        text(&out.stderr).contains("berth-test/absent:0"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn bad_input_is_a_clear_error_not_a_panic() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["run", "--image", "Bad Image!", "--", "true"], "image"),
+        (
+            &["run", "--image", TEST_IMAGE, "-e", "NOEQUALS", "--", "true"],
+            "--env",
+        ),
+        (
+            &["run", "--image", TEST_IMAGE, "-e", "=x", "--", "true"],
+            "env",
+        ),
+        (&["run", "--image", TEST_IMAGE, "--", ""], "argv"),
+        (
+            &[
+                "run",
+                "--image",
+                TEST_IMAGE,
+                "--session",
+                "Not_Valid",
+                "--",
+                "true",
+            ],
+            "session",
+        ),
+    ];
+    for (args, needle) in cases {
+        let out = berth(args).output().expect("run berth");
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn config_errors_name_file_and_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, body: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, body).expect("write config");
+        path.to_string_lossy().into_owned()
+    };
+    let cases = [
+        (
+            write("backend.yaml", "runner:\n  backend: dockr\n"),
+            "runner.backend",
+            "expected docker or kubernetes",
+        ),
+        (
+            write("memory.yaml", "runner:\n  resources:\n    memory: 4 gigs\n"),
+            "runner.resources.memory",
+            "4 gigs",
+        ),
+        (
+            write("zero.yaml", "runner:\n  resources:\n    memory: \"0\"\n"),
+            "runner.resources.memory",
+            "positive",
+        ),
+        (
+            write("unknown.yaml", "runner:\n  imgae: x\n"),
+            "imgae",
+            "image",
+        ),
+    ];
+    for (path, key, expected) in &cases {
+        let out = berth(&["--config", path, "run", "--image", TEST_IMAGE, "--", "true"])
+            .output()
+            .expect("run berth");
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "{stderr}");
+        assert!(stderr.contains(path.as_str()), "names the file: {stderr}");
+        assert!(stderr.contains(key), "names {key}: {stderr}");
+        assert!(stderr.contains(expected), "says {expected}: {stderr}");
+    }
+    let out = berth(&["--config", "/no/such.yaml", "run", "--", "true"])
+        .output()
+        .expect("run berth");
+    assert_eq!(out.status.code(), Some(125));
+    assert!(text(&out.stderr).contains("/no/such.yaml"));
+}
+
+#[test]
+fn kubernetes_without_a_cluster_is_a_clear_error() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let out = berth(&["run", "--image", TEST_IMAGE, "--", "true"])
+        .env("BERTH_RUNNER__BACKEND", "kubernetes")
+        .env("HOME", home.path())
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .output()
+        .expect("run berth");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{stderr}");
+    assert!(stderr.contains("kubernetes engine unavailable"), "{stderr}");
+    assert!(
+        stderr.contains("/nonexistent/kubeconfig"),
+        "names what it tried: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[tokio::test]
+async fn up_exec_ls_cp_down_with_json() {
+    test_image().await;
+    let session = SessionId::generate().to_string();
+    let _cleanup = Cleanup(session.clone());
+    let out = berth(&[
+        "--json",
+        "up",
+        "--image",
+        TEST_IMAGE,
+        "--session",
+        &session,
+        "--name",
+        "agent",
+    ])
+    .output()
+    .expect("up");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let up = json_of(&out);
+    let id = up["id"].as_str().expect("id").to_owned();
+    assert_eq!(up["session"], session.as_str());
+    assert_eq!(up["name"], "agent");
+
+    let out = berth(&[
+        "exec",
+        "-e",
+        "X=1",
+        "-w",
+        "/tmp",
+        &id,
+        "--",
+        "sh",
+        "-c",
+        "echo $X; pwd; exit 5",
+    ])
+    .output()
+    .expect("exec");
+    assert_eq!(out.status.code(), Some(5));
+    assert_eq!(text(&out.stdout), "1\n/tmp\n");
+
+    let out = berth(&[
+        "--json",
+        "exec",
+        "-u",
+        "1000",
+        &id,
+        "--",
+        "sh",
+        "-c",
+        "id -u; echo e >&2",
+    ])
+    .output()
+    .expect("exec --json");
+    let result = json_of(&out);
+    assert_eq!(result["exit_code"], 0);
+    assert_eq!(result["stdout"], "1000\n");
+    assert_eq!(result["stderr"], "e\n");
+
+    let out = berth(&["--json", "ls", "--session", &session])
+        .output()
+        .expect("ls");
+    let listed = json_of(&out);
+    let listed = listed.as_array().expect("array");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["id"], id.as_str());
+    assert_eq!(listed[0]["state"], "running");
+    let out = berth(&["ls", "--session", &session]).output().expect("ls");
+    assert!(text(&out.stdout).contains(&id));
+
+    // cp in: a tree with a symlink and an executable; then out again.
+    let local = tempfile::tempdir().expect("tempdir");
+    let src = local.path().join("tree");
+    std::fs::create_dir_all(src.join("empty")).expect("mkdir");
+    std::fs::write(src.join("run.sh"), "#!/bin/sh\necho ran\n").expect("write");
+    std::fs::set_permissions(
+        src.join("run.sh"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    std::os::unix::fs::symlink("run.sh", src.join("link")).expect("symlink");
+    let dest = format!("{id}:/tmp");
+    let out = berth(&["cp", src.to_str().expect("utf8"), &dest])
+        .output()
+        .expect("cp in");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = berth(&["exec", &id, "--", "/tmp/tree/link"])
+        .output()
+        .expect("run copied");
+    assert_eq!(text(&out.stdout), "ran\n");
+    let back = local.path().join("back");
+    std::fs::create_dir(&back).expect("mkdir");
+    let from = format!("{id}:/tmp/tree");
+    let out = berth(&["cp", &from, back.to_str().expect("utf8")])
+        .output()
+        .expect("cp out");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        std::fs::read_link(back.join("tree/link")).expect("symlink kept"),
+        std::path::PathBuf::from("run.sh")
+    );
+    assert!(back.join("tree/empty").is_dir());
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(back.join("tree/run.sh"))
+            .expect("meta")
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o755);
+    let out = berth(&[
+        "cp",
+        &format!("{id}:/no/such"),
+        back.to_str().expect("utf8"),
+    ])
+    .output()
+    .expect("cp missing");
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        text(&out.stderr).contains("/no/such"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = berth(&["--json", "down", &id]).output().expect("down");
+    assert_eq!(json_of(&out)[0]["outcome"], "stopped");
+    let out = berth(&["down", &id]).output().expect("down again");
+    assert!(text(&out.stdout).contains("already gone"));
+    assert!(containers_of(&session).is_empty());
+}
+
+#[tokio::test]
+async fn down_by_session_stops_all_of_it() {
+    test_image().await;
+    let session = SessionId::generate().to_string();
+    let _cleanup = Cleanup(session.clone());
+    for name in ["a", "b"] {
+        let out = berth(&[
+            "up",
+            "--image",
+            TEST_IMAGE,
+            "--session",
+            &session,
+            "--name",
+            name,
+        ])
+        .output()
+        .expect("up");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    assert_eq!(containers_of(&session).len(), 2);
+    let out = berth(&["down", "--session", &session])
+        .output()
+        .expect("down");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(containers_of(&session).is_empty());
+}
+
+#[tokio::test]
+async fn shell_runs_under_a_pty() {
+    test_image().await;
+    // `script` gives berth a real pseudo-terminal, as a person's terminal would.
+    let cmd = format!("{} shell --image {TEST_IMAGE}", env!("CARGO_BIN_EXE_berth"));
+    let mut child = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("BERTH_STATE_DIR", state_dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script (bsdutils)");
+    let mut stdin = child.stdin.take().expect("stdin");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    stdin
+        .write_all(b"test -t 0 && echo tty-$((6*7)); exit 7\r")
+        .expect("type");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    drop(stdin);
+    let out = child.wait_with_output().expect("wait");
+    let screen = text(&out.stdout);
+    assert!(screen.contains("tty-42"), "{screen}");
+    assert_eq!(out.status.code(), Some(7), "{screen} {}", text(&out.stderr));
+}
+
+fn wait_for_container(session: &str, child: &mut std::process::Child) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        if !containers_of(session).is_empty() {
+            return true;
+        }
+        if child.try_wait().expect("try_wait").is_some() {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    false
+}
+
+fn kill9(child: &mut std::process::Child) {
+    Command::new("kill")
+        .args(["-9", &child.id().to_string()])
+        .status()
+        .expect("kill -9");
+    let _ = child.wait();
+}
+
+fn gc_session(session: &str) -> serde_json::Value {
+    let out = berth(&["--json", "gc", "--session", session])
+        .output()
+        .expect("gc");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    json_of(&out)
+}
+
+#[tokio::test]
+async fn kill_9_of_run_then_gc_leaves_nothing() {
+    test_image().await;
+    let session = SessionId::generate().to_string();
+    let _cleanup = Cleanup(session.clone());
+    let mut child = berth(&[
+        "run",
+        "--image",
+        TEST_IMAGE,
+        "--session",
+        &session,
+        "--",
+        "sleep",
+        "600",
+    ])
+    .env("BERTH_RUNNER__WORKSPACE", "ephemeral")
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("spawn run");
+    assert!(
+        wait_for_container(&session, &mut child),
+        "run never started a container"
+    );
+    kill9(&mut child);
+    assert_eq!(
+        containers_of(&session).len(),
+        1,
+        "the crash leaves the container"
+    );
+    assert_eq!(
+        volumes_of(&session).len(),
+        1,
+        "and its labelled workspace volume"
+    );
+    let report = gc_session(&session);
+    assert_eq!(
+        report["garbage"].as_array().expect("garbage").len(),
+        1,
+        "{report}"
+    );
+    assert!(
+        report["garbage"][0]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("is gone"),
+        "{report}"
+    );
+    assert!(containers_of(&session).is_empty());
+    assert!(volumes_of(&session).is_empty());
+}
+
+#[tokio::test]
+async fn kill_9_of_up_then_gc_leaves_nothing_but_detached_ones_stay() {
+    test_image().await;
+    let session = SessionId::generate().to_string();
+    let _cleanup = Cleanup(session.clone());
+    // Kill `berth up` while it starts; if it finished first (it takes well under a second),
+    // try again with a fresh environment name.
+    let mut crashed = false;
+    for attempt in 0..10 {
+        let name = format!("try{attempt}");
+        let mut child = berth(&[
+            "up",
+            "--image",
+            TEST_IMAGE,
+            "--session",
+            &session,
+            "--name",
+            &name,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn up");
+        let appeared = wait_for_container(&session, &mut child);
+        if appeared && child.try_wait().expect("try_wait").is_none() {
+            kill9(&mut child);
+            crashed = true;
+            break;
+        }
+        let _ = child.wait();
+        let out = berth(&["down", "--session", &session])
+            .output()
+            .expect("down");
+        assert!(out.status.success());
+    }
+    assert!(crashed, "never caught berth up mid-start in 10 tries");
+    // A completed `up` in the same session is detached on purpose and must survive gc.
+    let out = berth(&[
+        "up",
+        "--image",
+        TEST_IMAGE,
+        "--session",
+        &session,
+        "--name",
+        "kept",
+    ])
+    .output()
+    .expect("up");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let kept = text(&out.stdout).trim().to_owned();
+    let report = gc_session(&session);
+    let garbage = report["garbage"].as_array().expect("garbage");
+    assert_eq!(garbage.len(), 1, "{report}");
+    assert_eq!(report["kept"], 1, "{report}");
+    assert_eq!(containers_of(&session).len(), 1);
+    let out = berth(&["down", &kept]).output().expect("down");
+    assert!(out.status.success());
+    assert!(containers_of(&session).is_empty());
+}
+
+#[tokio::test]
+async fn gc_older_than_and_dry_run() {
+    test_image().await;
+    let session = SessionId::generate().to_string();
+    let _cleanup = Cleanup(session.clone());
+    let out = berth(&["up", "--image", TEST_IMAGE, "--session", &session])
+        .output()
+        .expect("up");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let out = berth(&[
+        "--json",
+        "gc",
+        "--session",
+        &session,
+        "--older-than",
+        "1s",
+        "--dry-run",
+    ])
+    .output()
+    .expect("gc dry run");
+    let report = json_of(&out);
+    assert_eq!(report["garbage"][0]["removed"], false, "{report}");
+    assert_eq!(
+        containers_of(&session).len(),
+        1,
+        "a dry run removes nothing"
+    );
+    let out = berth(&["gc", "--session", &session, "--older-than", "1h"])
+        .output()
+        .expect("gc");
+    assert!(
+        text(&out.stdout).contains("0 garbage, 1 kept"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = berth(&["gc", "--session", &session, "--older-than", "1s"])
+        .output()
+        .expect("gc");
+    assert!(
+        text(&out.stdout).contains("removed"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(containers_of(&session).is_empty());
+}
+
+#[tokio::test]
+async fn doctor_and_image_commands() {
+    test_image().await;
+    let out = berth(&["--json", "doctor", "--image", TEST_IMAGE])
+        .output()
+        .expect("doctor");
+    let report = json_of(&out);
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(out.status.code(), Some(0));
+    let out = berth(&["doctor", "--image", "berth-test/absent:0"])
+        .output()
+        .expect("doctor");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stdout).contains("FAIL image"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = berth(&["doctor", "--docker-host", "unix:///nonexistent.sock"])
+        .output()
+        .expect("doctor");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stdout).contains("/nonexistent.sock"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let out = berth(&["--json", "image", "ensure", TEST_IMAGE, "--pull", "never"])
+        .output()
+        .expect("ensure");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(json_of(&out)["reference"], TEST_IMAGE);
+    let out = berth(&["image", "ensure", "berth-test/absent:0", "--pull", "never"])
+        .output()
+        .expect("ensure missing");
+    assert_eq!(out.status.code(), Some(125));
+
+    let context = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        context.path().join("Dockerfile"),
+        format!("FROM {TEST_IMAGE}\nARG WHO\nCOPY hello.txt /hello.txt\nRUN echo \"$WHO\" >> /hello.txt\n"),
+    )
+    .expect("dockerfile");
+    std::fs::write(context.path().join("hello.txt"), "hello\n").expect("file");
+    let out = berth(&[
+        "--json",
+        "image",
+        "build",
+        "-t",
+        "berth-test/cli-build:1",
+        "--build-arg",
+        "WHO=cli",
+        context.path().to_str().expect("utf8"),
+    ])
+    .output()
+    .expect("build");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(json_of(&out)["reference"], "berth-test/cli-build:1");
+    let out = berth(&[
+        "run",
+        "--image",
+        "berth-test/cli-build:1",
+        "--",
+        "cat",
+        "/hello.txt",
+    ])
+    .output()
+    .expect("run built");
+    assert_eq!(text(&out.stdout), "hello\ncli\n");
+    std::fs::write(
+        context.path().join("Dockerfile"),
+        "FROM scratch\nRUN false\n",
+    )
+    .expect("write");
+    let out = berth(&[
+        "image",
+        "build",
+        "-t",
+        "berth-test/cli-broken:1",
+        context.path().to_str().expect("utf8"),
+    ])
+    .output()
+    .expect("broken build");
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        text(&out.stderr).contains("berth-test/cli-broken:1"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn config_layers_env_over_file_and_flag_over_env() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("berth.yaml");
+    std::fs::write(&file, "docker:\n  host: unix:///from-file.sock\n").expect("write");
+    let file = file.to_str().expect("utf8");
+    // doctor reports the address it tried, which shows which layer won.
+    let out = berth(&["--config", file, "doctor"])
+        .output()
+        .expect("doctor");
+    assert!(
+        text(&out.stdout).contains("/from-file.sock"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = berth(&["--config", file, "doctor"])
+        .env("BERTH_DOCKER__HOST", "unix:///from-env.sock")
+        .output()
+        .expect("doctor");
+    assert!(
+        text(&out.stdout).contains("/from-env.sock"),
+        "env wins over file: {}",
+        text(&out.stdout)
+    );
+    let out = berth(&[
+        "--config",
+        file,
+        "--docker-host",
+        "unix:///from-flag.sock",
+        "doctor",
+    ])
+    .env("BERTH_DOCKER__HOST", "unix:///from-env.sock")
+    .output()
+    .expect("doctor");
+    assert!(
+        text(&out.stdout).contains("/from-flag.sock"),
+        "flag wins over env: {}",
+        text(&out.stdout)
+    );
+    // A config file in the working directory is found without --config.
+    let out = berth(&["doctor"])
+        .current_dir(dir.path())
+        .output()
+        .expect("doctor");
+    assert!(
+        text(&out.stdout).contains("/from-file.sock"),
+        "{}",
+        text(&out.stdout)
+    );
+    // An unknown env key is named with its suggestion.
+    let out = berth(&["doctor"])
+        .env("BERTH_RUNNER__IMGAE", "x")
+        .output()
+        .expect("doctor");
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        text(&out.stderr).contains("did you mean runner.image"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -1,0 +1,307 @@
+//! The `berth` binary with `runner.backend: kubernetes`, end to end against the simulator:
+//! the same commands as on Docker, switched by configuration alone.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use berth_engine_core::testkit::{ensure_test_image, TEST_IMAGE};
+use berth_engine_core::SessionId;
+use berth_engine_docker::{DockerConfig, DockerEngine};
+use berth_k8s_sim::Sim;
+
+struct Cluster {
+    _sim: Sim,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn start() -> Self {
+        let docker = DockerEngine::connect(&DockerConfig::default())
+            .await
+            .unwrap_or_else(|e| panic!("these tests need a running Docker daemon: {e}"));
+        ensure_test_image(&docker).await.expect("test image");
+        let sim = Sim::start().await.expect("simulator");
+        let dir = tempfile::tempdir().expect("tempdir");
+        sim.write_kubeconfig(&dir.path().join("kubeconfig"))
+            .expect("kubeconfig");
+        Self { _sim: sim, dir }
+    }
+
+    fn berth(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+        cmd.args(args)
+            .current_dir(self.dir.path())
+            .env("BERTH_STATE_DIR", self.dir.path().join("state"))
+            .env("BERTH_RUNNER__BACKEND", "kubernetes")
+            .env("BERTH_RUNNER__IMAGE", TEST_IMAGE)
+            .env(
+                "BERTH_KUBERNETES__KUBECONFIG",
+                self.dir.path().join("kubeconfig"),
+            )
+            .env_remove("RUST_LOG");
+        cmd
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn json_of(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {} / {}",
+            text(&out.stdout),
+            text(&out.stderr)
+        )
+    })
+}
+
+#[tokio::test]
+async fn run_and_doctor_on_kubernetes() {
+    let c = Cluster::start().await;
+    let out = c
+        .berth(&["run", "--", "sh", "-c", "echo out; echo err >&2; exit 3"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "out\n");
+    assert_eq!(text(&out.stderr), "err\n");
+
+    let out = c.berth(&["--json", "doctor"]).output().expect("doctor");
+    let report = json_of(&out);
+    assert_eq!(report["ok"], true, "{report}");
+    let checks: Vec<String> = report["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .map(|c| c["check"].as_str().unwrap_or("").to_owned())
+        .collect();
+    for want in [
+        "engine",
+        "namespace",
+        "rbac: create jobs",
+        "rbac: create pods/exec",
+    ] {
+        assert!(
+            checks.iter().any(|c| c == want),
+            "{want} missing: {checks:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn up_exec_cp_ls_down_on_kubernetes() {
+    let c = Cluster::start().await;
+    let session = SessionId::generate().to_string();
+    let out = c
+        .berth(&["--json", "up", "--session", &session])
+        .output()
+        .expect("up");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let id = json_of(&out)["id"].as_str().expect("id").to_owned();
+
+    let mut child = c
+        .berth(&[
+            "exec",
+            "-i",
+            "-u",
+            "1000",
+            &id,
+            "--",
+            "sh",
+            "-c",
+            "id -u; cat",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("exec");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"piped in\n")
+        .expect("write");
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "1000\npiped in\n");
+
+    let local = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(local.path().join("tree")).expect("mkdir");
+    std::fs::write(local.path().join("tree/file"), "content\n").expect("write");
+    let src = local.path().join("tree");
+    let out = c
+        .berth(&["cp", src.to_str().expect("utf8"), &format!("{id}:/tmp")])
+        .output()
+        .expect("cp in");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let back = local.path().join("back");
+    std::fs::create_dir(&back).expect("mkdir");
+    let out = c
+        .berth(&[
+            "cp",
+            &format!("{id}:/tmp/tree"),
+            back.to_str().expect("utf8"),
+        ])
+        .output()
+        .expect("cp out");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        std::fs::read_to_string(back.join("tree/file")).expect("copied"),
+        "content\n"
+    );
+
+    let out = c
+        .berth(&["--json", "ls", "--session", &session])
+        .output()
+        .expect("ls");
+    assert_eq!(json_of(&out)[0]["id"], id.as_str());
+    let out = c.berth(&["down", &id]).output().expect("down");
+    assert!(
+        text(&out.stdout).contains("stopped"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = c
+        .berth(&["--json", "ls", "--session", &session])
+        .output()
+        .expect("ls");
+    assert_eq!(json_of(&out), serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn kill_9_then_gc_on_kubernetes() {
+    let c = Cluster::start().await;
+    let session = SessionId::generate().to_string();
+    let mut child = c
+        .berth(&["run", "--session", &session, "--", "sleep", "600"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let out = c
+            .berth(&["--json", "ls", "--session", &session])
+            .output()
+            .expect("ls");
+        let listed = json_of(&out);
+        if listed
+            .as_array()
+            .is_some_and(|a| a.iter().any(|e| e["state"] == "running"))
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never running");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // Let the exec start, then crash.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    Command::new("kill")
+        .args(["-9", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    let _ = child.wait();
+    let out = c
+        .berth(&["--json", "gc", "--session", &session])
+        .output()
+        .expect("gc");
+    let report = json_of(&out);
+    assert_eq!(
+        report["garbage"].as_array().map(Vec::len),
+        Some(1),
+        "{report}"
+    );
+    let out = c
+        .berth(&["--json", "ls", "--session", &session])
+        .output()
+        .expect("ls");
+    assert_eq!(json_of(&out), serde_json::json!([]));
+}
+
+#[test]
+fn render_shows_the_claim_at_the_sessions_sub_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("berth.yaml");
+    std::fs::write(
+        &config,
+        "runner:\n  backend: kubernetes\n  image: busybox:1.36\nkubernetes:\n  namespace: agents\n  pvc_name: shared\n  per_session_sub_path: true\n  security: restricted\n  run_as_user: \"1000\"\n",
+    )
+    .expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args([
+            "--config",
+            config.to_str().expect("utf8"),
+            "render",
+            "--session",
+            "s42",
+        ])
+        .output()
+        .expect("render");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let yaml = text(&out.stdout);
+    for want in [
+        "kind: Job",
+        "namespace: agents",
+        "claimName: shared",
+        "subPath: s42",
+        "runAsNonRoot: true",
+        "runAsUser: 1000",
+        "automountServiceAccountToken: false",
+    ] {
+        assert!(yaml.contains(want), "{want} missing:\n{yaml}");
+    }
+}
+
+#[tokio::test]
+async fn rendered_yaml_is_accepted_by_kubectl_create() {
+    let c = Cluster::start().await;
+    let session = SessionId::generate().to_string();
+    let out = c
+        .berth(&["render", "--session", &session])
+        .output()
+        .expect("render");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut kubectl = Command::new("kubectl")
+        .args(["create", "-f", "-", "-o", "name"])
+        .env("KUBECONFIG", c.dir.path().join("kubeconfig"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl");
+    kubectl
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(&out.stdout)
+        .expect("write");
+    let created = kubectl.wait_with_output().expect("kubectl");
+    assert!(
+        created.status.success(),
+        "kubectl refused berth render's YAML: {}",
+        text(&created.stderr)
+    );
+    let name = text(&created.stdout)
+        .trim()
+        .trim_start_matches("job.batch/")
+        .to_owned();
+    assert!(
+        name.starts_with(&format!("berth-{session}-main-")),
+        "{name}"
+    );
+    // berth sees the Job kubectl created, as one of its own, and removes it.
+    let out = c
+        .berth(&["--json", "ls", "--session", &session])
+        .output()
+        .expect("ls");
+    assert_eq!(json_of(&out)[0]["id"], name.as_str());
+    let out = c.berth(&["down", &name]).output().expect("down");
+    assert!(
+        text(&out.stdout).contains("stopped"),
+        "{}",
+        text(&out.stdout)
+    );
+}

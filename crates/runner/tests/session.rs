@@ -1,0 +1,95 @@
+//! The library's `Session` against the real Docker daemon: many named environments, started
+//! concurrently, all stopped together.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use berth_engine_core::testkit::ensure_test_image;
+use berth_engine_core::{
+    ContainerEngine, EnvironmentSpec, ErrorKind, ExecRequest, LabelSelector, SessionId,
+};
+use berth_engine_docker::{DockerConfig, DockerEngine};
+use berth_runner::owner::Owner;
+use berth_runner::session::Session;
+
+async fn engine() -> (Arc<dyn ContainerEngine>, EnvironmentSpec) {
+    let engine = DockerEngine::connect(&DockerConfig::default())
+        .await
+        .unwrap_or_else(|e| panic!("these tests need a running Docker daemon: {e}"));
+    let image = ensure_test_image(&engine).await.expect("test image");
+    (
+        Arc::new(engine),
+        EnvironmentSpec::new(image, SessionId::generate()),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_named_environments_start_together_and_stop_together() {
+    let (engine, template) = engine().await;
+    let selector = LabelSelector::session(&template.session);
+    let session = Session::new(engine.clone(), template);
+    let names = ["planner", "coder", "tester", "reviewer"];
+    let started = session.start_many(&names).await;
+    let check = async {
+        let ids = started.expect("start_many");
+        assert_eq!(ids.len(), names.len());
+        for name in names {
+            let out = session
+                .exec(name, ExecRequest::shell("echo $HOSTNAME"))
+                .await
+                .expect("exec");
+            assert!(out.status.success());
+        }
+        let dup = session.start("coder").await.expect_err("duplicate name");
+        assert_eq!(dup.kind(), ErrorKind::Conflict);
+        let unknown = session
+            .exec("nobody", ExecRequest::new(["true"]))
+            .await
+            .expect_err("unknown name");
+        assert_eq!(unknown.kind(), ErrorKind::NotFound);
+        let listed = engine.list(&selector).await.expect("list");
+        assert_eq!(listed.len(), names.len());
+        for env in &listed {
+            assert_eq!(Owner::from_labels(&env.labels), Some(Owner::current()));
+        }
+    };
+    let outcome = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(check)).await;
+    session.shutdown().await.expect("shutdown");
+    if let Err(p) = outcome {
+        std::panic::resume_unwind(p);
+    }
+    assert!(engine.list(&selector).await.expect("list").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_session_stops_its_environments() {
+    let (engine, template) = engine().await;
+    let selector = LabelSelector::session(&template.session);
+    {
+        let session = Session::new(engine.clone(), template);
+        session.start_many(&["a", "b"]).await.expect("start");
+        assert_eq!(engine.list(&selector).await.expect("list").len(), 2);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !engine.list(&selector).await.expect("list").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "still running 30 s after the drop"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detached_environments_outlive_the_session() {
+    let (engine, template) = engine().await;
+    let session = Session::new(engine.clone(), template);
+    let id = session.start("kept").await.expect("start");
+    let detached = session.detach();
+    drop(session);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let out = engine.exec(&id, ExecRequest::new(["true"])).await;
+    engine.stop(&id).await.expect("stop");
+    assert_eq!(detached.get("kept"), Some(&id));
+    assert!(out.expect("still running").status.success());
+}
