@@ -311,11 +311,23 @@ pub type OutputChunks = Pin<Box<dyn Stream<Item = Result<OutputChunk>> + Send>>;
 /// Where a read failure of a direct output stream is kept for [`ExecProcess::wait`].
 type FailureSlot = Arc<Mutex<Option<Error>>>;
 
+/// Where a direct output stream dropped before its end is handed back, so that
+/// [`ExecProcess::wait`] can drain it instead of closing the backend's connection (which, on
+/// Docker, makes the daemon signal the command and report exit code 126).
+type LeftoverSlot = Arc<Mutex<Option<OutputChunks>>>;
+
+fn lock<T>(slot: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    slot.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 enum Source {
     Channel(mpsc::Receiver<OutputChunk>),
     Direct {
-        stream: OutputChunks,
+        /// `None` once the stream has ended (or been handed back on drop).
+        stream: Option<OutputChunks>,
         failure: FailureSlot,
+        leftover: LeftoverSlot,
     },
 }
 
@@ -346,17 +358,41 @@ impl Stream for OutputStream {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<OutputChunk>> {
         match &mut self.source {
             Source::Channel(rx) => rx.poll_recv(cx),
-            Source::Direct { stream, failure } => match stream.as_mut().poll_next(cx) {
-                Poll::Ready(Some(Err(e))) => {
-                    *failure
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
-                    Poll::Ready(None)
+            Source::Direct {
+                stream: slot,
+                failure,
+                ..
+            } => {
+                let Some(stream) = slot.as_mut() else {
+                    return Poll::Ready(None);
+                };
+                match stream.as_mut().poll_next(cx) {
+                    Poll::Ready(Some(Ok(chunk))) => Poll::Ready(Some(chunk)),
+                    Poll::Ready(Some(Err(e))) => {
+                        *lock(failure) = Some(e);
+                        *slot = None;
+                        Poll::Ready(None)
+                    }
+                    Poll::Ready(None) => {
+                        *slot = None;
+                        Poll::Ready(None)
+                    }
+                    Poll::Pending => Poll::Pending,
                 }
-                Poll::Ready(Some(Ok(chunk))) => Poll::Ready(Some(chunk)),
-                Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-            },
+            }
+        }
+    }
+}
+
+impl Drop for OutputStream {
+    fn drop(&mut self) {
+        if let Source::Direct {
+            stream, leftover, ..
+        } = &mut self.source
+        {
+            if let Some(rest) = stream.take() {
+                *lock(leftover) = Some(rest);
+            }
         }
     }
 }
@@ -491,6 +527,7 @@ pub struct ExecProcess {
     status: Option<Status>,
     task: Option<JoinHandle<()>>,
     failure: Option<FailureSlot>,
+    leftover: Option<LeftoverSlot>,
     started: Instant,
     resizer: Option<Resizer>,
 }
@@ -531,6 +568,7 @@ impl ExecProcess {
             status: Some(Status::Task(status_rx)),
             task: Some(task),
             failure: None,
+            leftover: None,
             started: Instant::now(),
             resizer: None,
         }
@@ -550,17 +588,20 @@ impl ExecProcess {
         F: Future<Output = Result<ExitStatus>> + Send + 'static,
     {
         let failure = FailureSlot::default();
+        let leftover = LeftoverSlot::default();
         Self {
             stdin,
             output: Some(OutputStream {
                 source: Source::Direct {
-                    stream: output,
+                    stream: Some(output),
                     failure: failure.clone(),
+                    leftover: leftover.clone(),
                 },
             }),
             status: Some(Status::Future(Box::pin(finish))),
             task: helper,
             failure: Some(failure),
+            leftover: Some(leftover),
             started: Instant::now(),
             resizer: None,
         }
@@ -598,11 +639,11 @@ impl ExecProcess {
         self.output.take()
     }
 
-    /// Waits for the command to end. Output not taken is drained and dropped; stdin not taken
-    /// is closed first.
+    /// Waits for the command to end. Output not taken, or taken and dropped before its end, is
+    /// drained and discarded; stdin not taken is closed first.
     ///
     /// # Caveats
-    /// When the output was taken, keep reading it: a full output buffer pauses the command.
+    /// While the output is held, keep reading it: a full output buffer pauses the command.
     ///
     /// # Errors
     /// [`Error::Timeout`] when the request's timeout killed the command; a backend error when
@@ -611,22 +652,25 @@ impl ExecProcess {
         if let Some(mut stdin) = self.stdin.take() {
             let _ = stdin.close().await;
         }
-        if let Some(mut output) = self.output.take() {
-            // A channel's task drains by itself once the receiver is gone; a direct stream
-            // is read only here.
-            if matches!(output.source, Source::Direct { .. }) {
-                while output.next_chunk().await.is_some() {}
-            }
+        // A channel's task drains by itself once the receiver is gone; a direct stream is read
+        // only by its consumer, so what is left of it is read here.
+        drop(self.output.take());
+        let rest = self.leftover.as_ref().and_then(|slot| lock(slot).take());
+        if let (Some(rest), Some(failure)) = (rest, self.failure.clone()) {
+            let mut output = OutputStream {
+                source: Source::Direct {
+                    stream: Some(rest),
+                    failure,
+                    leftover: LeftoverSlot::default(),
+                },
+            };
+            while output.next_chunk().await.is_some() {}
         }
         self.status_result().await
     }
 
     async fn status_result(&mut self) -> Result<ExitStatus> {
-        let failed = self.failure.as_ref().and_then(|slot| {
-            slot.lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .take()
-        });
+        let failed = self.failure.as_ref().and_then(|slot| lock(slot).take());
         if let Some(e) = failed {
             return Err(e);
         }
@@ -707,6 +751,7 @@ impl CappedBuffer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::StreamExt as _;
 
     #[test]
     fn argv_validation() {
@@ -760,5 +805,41 @@ mod tests {
             Ok(ExitStatus(0))
         });
         assert!(process.wait().await.unwrap().success());
+    }
+
+    /// A direct stream dropped before its end goes back to the process, and `wait` reads it
+    /// to the end before asking for the status (a backend whose connection closed early would
+    /// report a signalled command instead).
+    #[tokio::test]
+    async fn wait_drains_a_direct_stream_dropped_part_way() {
+        let read = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = read.clone();
+        let chunks = futures_util::stream::iter(0..10).map(move |_| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(OutputChunk::Stdout(Bytes::from_static(b"x")))
+        });
+        let seen = read.clone();
+        let finish = async move {
+            let n = seen.load(std::sync::atomic::Ordering::SeqCst);
+            Ok(ExitStatus(if n == 10 { 0 } else { 100 + n as i32 }))
+        };
+        let mut process = ExecProcess::direct(None, Box::pin(chunks), finish, None);
+        let mut output = process.take_output().unwrap();
+        assert!(output.next_chunk().await.is_some());
+        drop(output);
+        assert_eq!(process.wait().await.unwrap().code(), 0);
+        assert_eq!(read.load(std::sync::atomic::Ordering::SeqCst), 10);
+    }
+
+    #[tokio::test]
+    async fn a_failed_direct_read_is_reported_by_wait() {
+        let chunks = futures_util::stream::iter([
+            Ok(OutputChunk::Stdout(Bytes::from_static(b"x"))),
+            Err(Error::backend("test", "read output", "connection reset")),
+        ]);
+        let process =
+            ExecProcess::direct(None, Box::pin(chunks), async { Ok(ExitStatus(0)) }, None);
+        let err = process.wait().await.unwrap_err();
+        assert!(format!("{err:?}").contains("connection reset"), "{err:?}");
     }
 }

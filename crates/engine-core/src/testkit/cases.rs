@@ -257,6 +257,26 @@ pub async fn exec_as_uid_1000(fx: &Fixture) {
     .await;
 }
 
+/// Dropping the output stream part way, then waiting, still gives the command's own exit
+/// code: what is left of the output is drained, and the command is neither blocked nor
+/// signalled. (Docker signals an exec whose attach connection closes and reports 126.)
+pub async fn wait_after_dropping_output_gives_the_exit_code(fx: &Fixture) {
+    fx.with_env(&fx.spec(), |env| async move {
+        // 4 MiB is more than every pipe and socket buffer between here and the command.
+        let req = ExecRequest::shell("head -c 4194304 /dev/zero; sleep 0.3; echo end >&2; exit 7");
+        let mut process = fx.engine.exec_streaming(&env, req).await.expect("exec");
+        let mut output = process.take_output().expect("output");
+        assert!(output.next_chunk().await.is_some(), "some output");
+        drop(output);
+        let status = tokio::time::timeout(Duration::from_secs(60), process.wait())
+            .await
+            .expect("wait within 60 s")
+            .expect("wait");
+        assert_eq!(status.code(), 7, "{status}");
+    })
+    .await;
+}
+
 /// All 256 byte values survive stdin, stdout and stderr.
 pub async fn binary_output_round_trips(fx: &Fixture) {
     fx.with_env(&fx.spec(), |env| async move {

@@ -269,6 +269,7 @@ macro_rules! conformance_suite {
             env_and_workdir,
             exec_as_uid_1000,
             binary_output_round_trips,
+            wait_after_dropping_output_gives_the_exit_code,
             streaming_256_mib_keeps_memory_bounded,
             captured_output_is_truncated_at_its_cap,
             timeout_kills_the_process_tree,
