@@ -49,7 +49,7 @@ pub use image::{
 };
 pub use spec::{
     validate_env, EnvironmentSpec, EnvironmentState, EnvironmentStatus, LabelSelector, Resources,
-    SecurityProfile, StopOutcome, Workspace, HARDENED_CAPABILITIES, LABEL_CREATED,
+    SecurityProfile, StopOutcome, VolumeStatus, Workspace, HARDENED_CAPABILITIES, LABEL_CREATED,
     LABEL_MANAGED_BY, LABEL_NAME, LABEL_SESSION, MANAGED_BY_VALUE,
 };
 
@@ -240,6 +240,14 @@ pub trait ContainerEngine: Send + Sync {
     /// # Errors
     /// [`Error::Unavailable`] when the engine cannot be reached.
     async fn list(&self, selector: &LabelSelector) -> Result<Vec<EnvironmentStatus>>;
+
+    /// Lists the workspace volumes berth created (Docker volumes, Kubernetes claims) whose
+    /// labels match `selector`. Volumes and claims berth did not create carry no berth labels
+    /// and are never listed.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when the engine cannot be reached.
+    async fn list_volumes(&self, selector: &LabelSelector) -> Result<Vec<VolumeStatus>>;
 
     /// Removes a workspace volume (see [`Workspace::Volume`]); idempotent.
     ///

@@ -475,6 +475,52 @@ impl EnvironmentStatus {
     }
 }
 
+/// What an engine reports about one workspace volume berth created (a Docker volume, a
+/// Kubernetes PersistentVolumeClaim): see
+/// [`ContainerEngine::list_volumes`](crate::ContainerEngine::list_volumes).
+///
+/// ```
+/// use std::collections::BTreeMap;
+/// use berth_engine_core::{VolumeStatus, LABEL_SESSION};
+///
+/// let labels = BTreeMap::from([(LABEL_SESSION.to_owned(), "s1".to_owned())]);
+/// let volume = VolumeStatus::new("agent-workspace", labels, false);
+/// assert_eq!(volume.session.unwrap().as_str(), "s1");
+/// assert!(!volume.in_use);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct VolumeStatus {
+    /// The volume's (or claim's) name, as in [`Workspace::Volume`].
+    pub name: String,
+    /// The session that created it, when labelled.
+    pub session: Option<SessionId>,
+    /// All of its labels.
+    pub labels: BTreeMap<String, String>,
+    /// Creation time, seconds since the Unix epoch, when known.
+    pub created_unix_secs: Option<u64>,
+    /// Whether an environment (running, or still being removed) mounts it.
+    pub in_use: bool,
+}
+
+impl VolumeStatus {
+    /// A status; the session and creation time are read from berth's labels.
+    #[must_use]
+    pub fn new(name: impl Into<String>, labels: BTreeMap<String, String>, in_use: bool) -> Self {
+        let session = labels
+            .get(LABEL_SESSION)
+            .and_then(|s| SessionId::new(s.clone()).ok());
+        let created_unix_secs = labels.get(LABEL_CREATED).and_then(|v| v.parse().ok());
+        Self {
+            name: name.into(),
+            session,
+            labels,
+            created_unix_secs,
+            in_use,
+        }
+    }
+}
+
 /// The coarse state of an environment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

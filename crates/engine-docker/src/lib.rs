@@ -32,7 +32,7 @@ use berth_engine_core::{
     BackendKind, BuildSpec, ContainerEngine, EngineInfo, EnvironmentId, EnvironmentSpec,
     EnvironmentState, EnvironmentStatus, Error, ExecProcess, ExecRequest, ImageInfo, ImageRef,
     LabelSelector, Progress, ProgressEvent, PullPolicy, Resources, Result, SecurityProfile,
-    StopOutcome, TarStream, Workspace,
+    StopOutcome, TarStream, VolumeStatus, Workspace,
 };
 use bollard::models::{
     ContainerCreateBody, ContainerSummaryStateEnum, HostConfig, Mount, MountType,
@@ -40,7 +40,8 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     BuildImageOptions, CreateContainerOptions, CreateImageOptions, DownloadFromContainerOptions,
-    ListContainersOptions, RemoveContainerOptions, RemoveVolumeOptions, UploadToContainerOptions,
+    ListContainersOptions, ListVolumesOptions, RemoveContainerOptions, RemoveVolumeOptions,
+    UploadToContainerOptions,
 };
 use bollard::Docker;
 use futures_util::{StreamExt, TryStreamExt};
@@ -356,6 +357,16 @@ fn classify_pull_failure(image: &ImageRef, reason: String) -> Error {
     }
 }
 
+/// Docker's `label=key=value` filters for `selector` (the daemon ANDs them).
+fn label_filters(selector: &LabelSelector) -> HashMap<String, Vec<String>> {
+    let labels = selector
+        .requirements()
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    HashMap::from([("label".to_owned(), labels)])
+}
+
 fn labels_map(spec: &EnvironmentSpec) -> HashMap<String, String> {
     spec.object_labels(now_unix()).into_iter().collect()
 }
@@ -586,16 +597,7 @@ impl ContainerEngine for DockerEngine {
     }
 
     async fn list(&self, selector: &LabelSelector) -> Result<Vec<EnvironmentStatus>> {
-        let filters: HashMap<String, Vec<String>> = [(
-            "label".to_owned(),
-            selector
-                .requirements()
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect(),
-        )]
-        .into_iter()
-        .collect();
+        let filters = label_filters(selector);
         let containers = self
             .docker
             .list_containers(Some(ListContainersOptions {
@@ -645,6 +647,43 @@ impl ContainerEngine for DockerEngine {
             out.push(status);
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    async fn list_volumes(&self, selector: &LabelSelector) -> Result<Vec<VolumeStatus>> {
+        let list = |dangling: bool| {
+            let mut filters = label_filters(selector);
+            if dangling {
+                // Dangling: referenced by no container, running or not.
+                filters.insert("dangling".into(), vec!["true".into()]);
+            }
+            self.docker.list_volumes(Some(ListVolumesOptions {
+                filters: Some(filters),
+            }))
+        };
+        let listed = list(false).await.map_err(self.other("list volumes"))?;
+        let unused: std::collections::HashSet<String> = list(true)
+            .await
+            .map_err(self.other("list unused volumes"))?
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| v.name)
+            .collect();
+        let mut out: Vec<VolumeStatus> = listed
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|v| {
+                let labels: std::collections::BTreeMap<String, String> =
+                    v.labels.into_iter().collect();
+                let in_use = !unused.contains(&v.name);
+                selector
+                    .matches(&labels)
+                    .then(|| VolumeStatus::new(v.name, labels, in_use))
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
 

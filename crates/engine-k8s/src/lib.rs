@@ -35,8 +35,8 @@ use async_trait::async_trait;
 use berth_engine_core::{
     BackendKind, BuildSpec, ContainerEngine, EngineInfo, EnvironmentId, EnvironmentSpec,
     EnvironmentState, EnvironmentStatus, Error, ExecProcess, ExecRequest, ImageInfo, ImageRef,
-    LabelSelector, Progress, PullPolicy, Resources, Result, StopOutcome, TarStream, Workspace,
-    LABEL_MANAGED_BY, MANAGED_BY_VALUE,
+    LabelSelector, Progress, PullPolicy, Resources, Result, StopOutcome, TarStream, VolumeStatus,
+    Workspace, LABEL_MANAGED_BY, MANAGED_BY_VALUE,
 };
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
@@ -412,6 +412,18 @@ impl KubernetesEngine {
     }
 }
 
+/// A Kubernetes label selector (`k=v,k=v`) for `selector`, always requiring berth's
+/// managed-by label.
+fn label_selector(selector: &LabelSelector) -> String {
+    let mut requirements = selector.requirements().clone();
+    requirements.insert(LABEL_MANAGED_BY.into(), MANAGED_BY_VALUE.into());
+    requirements
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// The Job (and claim) `start` would create for `spec` under `config`, as JSON objects.
 ///
 /// # Errors
@@ -542,16 +554,9 @@ impl ContainerEngine for KubernetesEngine {
     }
 
     async fn list(&self, selector: &LabelSelector) -> Result<Vec<EnvironmentStatus>> {
-        let mut requirements = selector.requirements().clone();
-        requirements.insert(LABEL_MANAGED_BY.into(), MANAGED_BY_VALUE.into());
-        let label_selector = requirements
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(",");
         let jobs = self
             .jobs()
-            .list(&ListParams::default().labels(&label_selector))
+            .list(&ListParams::default().labels(&label_selector(selector)))
             .await
             .map_err(|e| errors::api(&self.address, "list jobs", e))?;
         let mut out = Vec::new();
@@ -591,6 +596,51 @@ impl ContainerEngine for KubernetesEngine {
             ));
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    async fn list_volumes(&self, selector: &LabelSelector) -> Result<Vec<VolumeStatus>> {
+        let claims = self
+            .claims()
+            .list(&ListParams::default().labels(&label_selector(selector)))
+            .await
+            .map_err(|e| errors::api(&self.address, "list persistent volume claims", e))?;
+        // In use, as the pvc-protection controller judges it: named by a pod that has not
+        // terminated (a pod being deleted still mounts it).
+        let pods = self
+            .pod_api()
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| errors::api(&self.address, "list pods", e))?;
+        let mounted: std::collections::HashSet<String> = pods
+            .items
+            .into_iter()
+            .filter(|p| {
+                let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+                !matches!(phase, Some("Succeeded" | "Failed"))
+            })
+            .flat_map(|p| p.spec.and_then(|s| s.volumes).unwrap_or_default())
+            .filter_map(|v| v.persistent_volume_claim.map(|c| c.claim_name))
+            .collect();
+        let mut out: Vec<VolumeStatus> = claims
+            .items
+            .into_iter()
+            .filter(|c| c.metadata.deletion_timestamp.is_none())
+            .filter_map(|c| {
+                let name = c.metadata.name?;
+                let labels = c.metadata.labels.unwrap_or_default();
+                let in_use = mounted.contains(&name);
+                let mut status = VolumeStatus::new(name, labels, in_use);
+                if status.created_unix_secs.is_none() {
+                    status.created_unix_secs = c
+                        .metadata
+                        .creation_timestamp
+                        .and_then(|t| u64::try_from(t.0.as_second()).ok());
+                }
+                Some(status)
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
 

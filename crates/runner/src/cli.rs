@@ -210,9 +210,13 @@ pub struct GcArgs {
     /// Only report what would be removed.
     #[arg(long)]
     pub dry_run: bool,
-    /// Only this session's environments.
+    /// Only this session's environments (and volumes).
     #[arg(long, value_name = "ID")]
     pub session: Option<String>,
+    /// Also remove workspace volumes (Kubernetes: claims) berth created that no environment
+    /// uses; with --older-than, only older ones.
+    #[arg(long)]
+    pub volumes: bool,
 }
 
 /// `berth image`.

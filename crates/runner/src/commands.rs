@@ -658,6 +658,7 @@ async fn gc(ctx: &Ctx, args: GcArgs) -> anyhow::Result<ExitCode> {
         .transpose()
         .map_err(|e| anyhow!("invalid --older-than: {e}"))?;
     options.session = args.session.as_deref().map(session_id).transpose()?;
+    options.volumes = args.volumes;
     let engine = ctx.engine().await?;
     let report = collect_garbage(engine.as_ref(), &StateDir::from_env(), &options).await?;
     if ctx.json {
@@ -673,20 +674,37 @@ async fn gc(ctx: &Ctx, args: GcArgs) -> anyhow::Result<ExitCode> {
             };
             println!("{verb} {}: {}", item.id, item.reason);
         }
+        for item in &report.volumes {
+            let verb = if item.removed {
+                "removed"
+            } else if args.dry_run {
+                "would remove"
+            } else {
+                "FAILED to remove"
+            };
+            println!("{verb} volume {}: {}", item.name, item.reason);
+        }
         println!(
-            "{} garbage, {} kept{}",
+            "{} garbage, {} kept; volumes: {} garbage, {} kept{}{}",
             report.garbage.len(),
             report.kept,
+            report.volumes.len(),
+            report.volumes_kept,
+            if args.volumes || report.volumes_kept == 0 {
+                ""
+            } else {
+                " (--volumes removes unused ones)"
+            },
             if args.dry_run { " (dry run)" } else { "" }
         );
     }
-    Ok(
-        if report.garbage.iter().all(|i| i.removed || args.dry_run) {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::from(1)
-        },
-    )
+    let all_removed =
+        report.garbage.iter().all(|i| i.removed) && report.volumes.iter().all(|i| i.removed);
+    Ok(if all_removed || args.dry_run {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// A progress spinner on stderr for pulls and builds, drawn from the first event on (so a

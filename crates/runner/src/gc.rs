@@ -19,8 +19,12 @@ pub struct GcOptions {
     pub older_than: Option<Duration>,
     /// Report only.
     pub dry_run: bool,
-    /// Only this session's environments.
+    /// Only this session's environments (and volumes).
     pub session: Option<SessionId>,
+    /// Also remove the workspace volumes berth created that no environment uses (only those
+    /// older than `older_than`, when it is set). Off by default: workspaces outlive sessions
+    /// on purpose.
+    pub volumes: bool,
 }
 
 /// One environment gc decided about.
@@ -36,6 +40,19 @@ pub struct GcItem {
     pub removed: bool,
 }
 
+/// One workspace volume gc decided about.
+#[derive(Debug, Clone, Serialize)]
+pub struct GcVolumeItem {
+    /// The volume (or claim).
+    pub name: String,
+    /// The session that created it.
+    pub session: Option<SessionId>,
+    /// Why it is garbage.
+    pub reason: String,
+    /// Whether it was removed (false on a dry run).
+    pub removed: bool,
+}
+
 /// What gc did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct GcReport {
@@ -43,6 +60,10 @@ pub struct GcReport {
     pub garbage: Vec<GcItem>,
     /// How many environments were kept.
     pub kept: usize,
+    /// The workspace volumes removed (with [`GcOptions::volumes`]).
+    pub volumes: Vec<GcVolumeItem>,
+    /// How many workspace volumes were kept: in use, young, or not asked for.
+    pub volumes_kept: usize,
 }
 
 fn now() -> u64 {
@@ -53,7 +74,9 @@ fn now() -> u64 {
 
 /// Finds and (unless `dry_run`) removes berth's leftovers: environments that have exited,
 /// whose owning process on this host is gone without detaching them, or that are older than
-/// `older_than`. Anonymous workspace volumes go with their environment.
+/// `older_than`. Anonymous workspace volumes go with their environment; named ones (Docker
+/// volumes, Kubernetes claims berth created) only with [`GcOptions::volumes`], and only once
+/// no environment uses them.
 ///
 /// # Errors
 /// The engine's error when listing fails; removal failures are reported per item.
@@ -113,6 +136,7 @@ pub async fn collect_garbage(
             None => report.kept += 1,
         }
     }
+    collect_volumes(engine, &selector, options, &mut report).await?;
     if !options.dry_run && options.session.is_none() {
         for marker in state.detached() {
             if !found.iter().any(|e| e.id == marker) {
@@ -121,4 +145,49 @@ pub async fn collect_garbage(
         }
     }
     Ok(report)
+}
+
+/// The volume half of [`collect_garbage`], run after the environments are gone so that a
+/// volume they held is free.
+async fn collect_volumes(
+    engine: &dyn ContainerEngine,
+    selector: &LabelSelector,
+    options: &GcOptions,
+    report: &mut GcReport,
+) -> Result<()> {
+    let volumes = engine.list_volumes(selector).await?;
+    for volume in volumes {
+        let age = volume.created_unix_secs.map(|c| now().saturating_sub(c));
+        let reason = match (options.volumes, volume.in_use, options.older_than, age) {
+            (false, ..) | (true, true, ..) => None,
+            (true, false, None, _) => Some("no environment uses it".to_owned()),
+            (true, false, Some(limit), Some(age)) if age > limit.as_secs() => Some(format!(
+                "no environment uses it, and it is older than {}s ({age}s)",
+                limit.as_secs()
+            )),
+            (true, false, Some(_), _) => None,
+        };
+        let Some(reason) = reason else {
+            report.volumes_kept += 1;
+            continue;
+        };
+        let removed = if options.dry_run {
+            false
+        } else {
+            match engine.remove_volume(&volume.name).await {
+                Ok(_) => true,
+                Err(e) => {
+                    tracing::warn!(volume = %volume.name, error = %e, "gc could not remove");
+                    false
+                }
+            }
+        };
+        report.volumes.push(GcVolumeItem {
+            name: volume.name,
+            session: volume.session,
+            reason,
+            removed,
+        });
+    }
+    Ok(())
 }

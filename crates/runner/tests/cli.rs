@@ -57,7 +57,8 @@ fn volumes_of(session: &str) -> Vec<String> {
     text(&out.stdout).lines().map(str::to_owned).collect()
 }
 
-/// Removes a session's containers with the docker CLI when a test ends, pass or fail.
+/// Removes a session's containers and volumes with the docker CLI when a test ends, pass or
+/// fail.
 struct Cleanup(String);
 
 impl Drop for Cleanup {
@@ -65,6 +66,11 @@ impl Drop for Cleanup {
         for id in containers_of(&self.0) {
             let _ = Command::new("docker")
                 .args(["rm", "-f", "-v", &id])
+                .output();
+        }
+        for volume in volumes_of(&self.0) {
+            let _ = Command::new("docker")
+                .args(["volume", "rm", "-f", &volume])
                 .output();
         }
     }
@@ -657,6 +663,66 @@ async fn gc_older_than_and_dry_run() {
         text(&out.stdout)
     );
     assert!(containers_of(&session).is_empty());
+}
+
+#[tokio::test]
+async fn gc_volumes_removes_unused_workspace_volumes_only_when_asked() {
+    test_image().await;
+    let session = SessionId::generate().to_string();
+    let _cleanup = Cleanup(session.clone());
+    let volume = format!("berth-test-{session}");
+    let out = berth(&["up", "--image", TEST_IMAGE, "--session", &session])
+        .env("BERTH_RUNNER__WORKSPACE__VOLUME", &volume)
+        .output()
+        .expect("up");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let env = text(&out.stdout).trim().to_owned();
+    assert_eq!(volumes_of(&session), [volume.as_str()]);
+    // In use: kept even when asked.
+    let out = berth(&["--json", "gc", "--session", &session, "--volumes"])
+        .output()
+        .expect("gc");
+    let report = json_of(&out);
+    assert_eq!(report["volumes"], serde_json::json!([]), "{report}");
+    assert_eq!(report["volumes_kept"], 1, "{report}");
+    let out = berth(&["down", &env]).output().expect("down");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // Unused, but not asked for: kept, and the summary says how to remove it.
+    let out = berth(&["gc", "--session", &session]).output().expect("gc");
+    assert!(
+        text(&out.stdout).contains("--volumes removes unused ones"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(volumes_of(&session), [volume.as_str()]);
+    let out = berth(&[
+        "--json",
+        "gc",
+        "--session",
+        &session,
+        "--volumes",
+        "--dry-run",
+    ])
+    .output()
+    .expect("gc dry run");
+    let report = json_of(&out);
+    assert_eq!(report["volumes"][0]["name"], volume.as_str(), "{report}");
+    assert_eq!(report["volumes"][0]["removed"], false, "{report}");
+    assert_eq!(
+        volumes_of(&session),
+        [volume.as_str()],
+        "a dry run removes nothing"
+    );
+    let out = berth(&["gc", "--session", &session, "--volumes"])
+        .output()
+        .expect("gc");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains(&format!("removed volume {volume}")),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(volumes_of(&session).is_empty());
 }
 
 #[tokio::test]

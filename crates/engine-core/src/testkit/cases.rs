@@ -626,6 +626,76 @@ pub async fn volume_workspace_persists_across_environments(fx: &Fixture) {
     );
 }
 
+/// A volume berth creates for a workspace carries the session's labels, so `list_volumes`
+/// (and `berth gc --volumes`) finds it after its environments are gone, and stops listing it
+/// once it is removed.
+pub async fn list_volumes_finds_workspace_volumes_by_label(fx: &Fixture) {
+    let name = format!("berth-test-{}", SessionId::generate());
+    let spec = fx.spec().with_workspace(Workspace::Volume {
+        name: name.clone(),
+        sub_path: None,
+    });
+    let selector = LabelSelector::session(&spec.session);
+    let (selector, wanted) = (&selector, name.as_str());
+    let outcome = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(async {
+        fx.with_env(&spec, |_env| async move {
+            let found = fx
+                .engine
+                .list_volumes(selector)
+                .await
+                .expect("list_volumes");
+            let names: Vec<&str> = found.iter().map(|v| v.name.as_str()).collect();
+            assert_eq!(names, [wanted], "the session's volumes");
+            assert!(
+                found[0].in_use,
+                "mounted by a running environment: {:?}",
+                found[0]
+            );
+        })
+        .await;
+        // An environment being removed may hold its volume a moment longer.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let found = loop {
+            let found = fx
+                .engine
+                .list_volumes(selector)
+                .await
+                .expect("list_volumes");
+            if found.iter().all(|v| !v.in_use) || Instant::now() > deadline {
+                break found;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let names: Vec<&str> = found.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(names, [wanted], "still listed once its environment is gone");
+        assert!(
+            !found[0].in_use,
+            "no environment mounts it now: {:?}",
+            found[0]
+        );
+        assert_eq!(found[0].session.as_ref(), Some(&spec.session));
+        assert!(found[0].created_unix_secs.is_some(), "{:?}", found[0]);
+        let other = LabelSelector::session(&SessionId::generate());
+        let none = fx.engine.list_volumes(&other).await.expect("list_volumes");
+        assert!(
+            none.is_empty(),
+            "another session's selector matched {none:?}"
+        );
+    }))
+    .await;
+    let removed = fx.engine.remove_volume(&name).await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+    assert_eq!(removed.expect("remove_volume"), StopOutcome::Stopped);
+    let left = fx
+        .engine
+        .list_volumes(selector)
+        .await
+        .expect("list_volumes");
+    assert!(left.is_empty(), "still listed after removal: {left:?}");
+}
+
 /// A volume workspace mounted at a sub-path keeps each sub-path apart (or the backend says
 /// it cannot, with a reason).
 pub async fn volume_sub_path_is_kept_apart_or_unsupported(fx: &Fixture) {

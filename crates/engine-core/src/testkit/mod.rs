@@ -278,6 +278,7 @@ macro_rules! conformance_suite {
             host_path_workspace_persists_across_environments,
             volume_workspace_persists_across_environments,
             volume_sub_path_is_kept_apart_or_unsupported,
+            list_volumes_finds_workspace_volumes_by_label,
             stop_twice_is_fine,
             exec_in_stopped_environment_is_not_found,
             missing_image_is_image_not_found,
