@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use crate::errors::ApiError;
 use crate::meta::{self, FieldSelector, LabelSelector};
 use crate::store::{Event, EventType, Res};
-use crate::{exec, jobs, kubelet, openapi, tables, Inner};
+use crate::{authz, exec, jobs, kubelet, openapi, tables, Inner};
 
 /// A response body: whole or streamed.
 pub(crate) type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -84,7 +84,7 @@ pub(crate) fn streaming(content_type: &'static str) -> (mpsc::Sender<Bytes>, Res
 }
 
 /// Request parameters that the handlers read.
-pub(crate) struct Params(Vec<(String, String)>);
+pub(crate) struct Params(pub(crate) Vec<(String, String)>);
 
 impl Params {
     pub(crate) fn get(&self, key: &str) -> Option<&str> {
@@ -107,7 +107,7 @@ impl Params {
     }
 }
 
-async fn read_body(req: Request<Incoming>) -> Result<Value, ApiError> {
+pub(crate) async fn read_body(req: Request<Incoming>) -> Result<Value, ApiError> {
     let content_type = req
         .headers()
         .get(hyper::header::CONTENT_TYPE)
@@ -177,8 +177,16 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
         ["api", "v1"] => Ok(json_response(200, &core_resources())),
         ["apis"] => Ok(json_response(
             200,
-            &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [batch_group()]}),
+            &json!({"kind": "APIGroupList", "apiVersion": "v1",
+                "groups": [authz::group(), batch_group()]}),
         )),
+        ["apis", authz::GROUP] => {
+            let mut g = authz::group();
+            g["kind"] = json!("APIGroup");
+            g["apiVersion"] = json!("v1");
+            Ok(json_response(200, &g))
+        }
+        ["apis", authz::GROUP, "v1"] => Ok(json_response(200, &authz::resources())),
         ["apis", "batch"] => {
             let mut g = batch_group();
             g["kind"] = json!("APIGroup");
@@ -191,8 +199,12 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
         ["openapi", "v3", "apis", "batch", "v1"] => {
             Ok(json_response(200, &openapi::group_version("batch")))
         }
+        ["openapi", "v3", "apis", authz::GROUP, "v1"] => {
+            Ok(json_response(200, &openapi::group_version(authz::GROUP)))
+        }
         ["api", "v1", rest @ ..] => resource(&inner, "", rest, params, req).await,
         ["apis", "batch", "v1", rest @ ..] => resource(&inner, "batch", rest, params, req).await,
+        ["apis", authz::GROUP, "v1", rest @ ..] => authz::serve(&inner, rest, &params, req).await,
         _ => Err(ApiError::new(
             404,
             "NotFound",
@@ -274,7 +286,7 @@ fn batch_resources() -> Value {
     })
 }
 
-fn unknown_resource() -> ApiError {
+pub(crate) fn unknown_resource() -> ApiError {
     ApiError::new(
         404,
         "NotFound",
@@ -291,6 +303,11 @@ async fn resource(
 ) -> Result<Response<Body>, ApiError> {
     let lookup = |plural: &str| Res::from_plural(group, plural).ok_or_else(unknown_resource);
     let method = req.method().clone();
+    // Authorization comes before routing, as in the API server's filter chain; a path that
+    // names no served resource stays a 404.
+    if let Some(attrs) = authz::Attributes::of_request(group, rest, &method, &params) {
+        inner.authorize(&attrs)?;
+    }
     match rest {
         [plural] => {
             let res = lookup(plural)?;

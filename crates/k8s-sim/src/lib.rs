@@ -4,6 +4,8 @@
 //! authentication) that speaks enough of the real HTTP API for `kubectl` and kube-rs:
 //! discovery, namespaces, core/v1 pods (with `log` and websocket `exec`), persistent volume
 //! claims and batch/v1 jobs, with list, watch, label and field selectors and `Status` errors.
+//! Everything is allowed unless a test denies it: [`Sim::deny`] makes a verb on a resource
+//! answer the API server's 403 and `SelfSubjectAccessReview`s (`kubectl auth can-i`) say no.
 //! Every pod is a real Docker container, every claim a Docker volume, and a job controller
 //! creates the pods of jobs. Everything the simulator creates in Docker carries the label
 //! [`INSTANCE_LABEL`] and is removed when the [`Sim`] is dropped or shut down, even when a test
@@ -36,19 +38,23 @@
 //!
 //! - JSON only: no protobuf, CBOR or YAML bodies (answered with 415). kubectl 1.32+ sends
 //!   protobuf for its built-in generators (`kubectl create namespace|secret|configmap ...`);
-//!   use `kubectl create -f` instead. Server-side apply is a plain merge patch (kubectl
+//!   use `kubectl create -f` instead. The exception is a `SelfSubjectAccessReview`, which is
+//!   also read from protobuf (`kubectl auth can-i` 1.32+ sends one) and answered in JSON. Server-side apply is a plain merge patch (kubectl
 //!   sends it as JSON): no field managers, no conflicts, no creation of a missing object.
 //!   kubectl before 1.30 execs over SPDY, which is refused.
-//! - No authentication or authorization, no admission, no defaulting beyond the fields
-//!   listed in the code, and light validation (names, containers, images, a job's
-//!   restartPolicy, a claim's size and access modes). `fieldValidation=Strict` is accepted and
+//! - No authentication: every request is `system:anonymous`. Authorization allows
+//!   everything except what [`Sim::deny`] lists (exact verb and resource, no wildcards, no
+//!   roles or bindings); `SelfSubjectAccessReview` is the only authorization API (no
+//!   `SelfSubjectRulesReview`, so `kubectl auth can-i --list` fails). No admission, no
+//!   defaulting beyond the fields listed in the code, and light validation (names,
+//!   containers, images, a job's restartPolicy, a claim's size and access modes). `fieldValidation=Strict` is accepted and
 //!   ignored; the OpenAPI v3 documents only declare that parameter (kubectl reads it to pick
 //!   server-side validation), they have no schemas; `/openapi/v2` is 404.
 //! - Discovery is the unaggregated kind (`/api`, `/apis`, resource lists); kubectl and
 //!   kube-rs fall back to it.
 //! - Resources: namespaces, nodes (one, read-mostly), pods (`log`, `exec`, `status`), events,
-//!   persistentvolumeclaims, jobs (`status`). Nothing else (no services, secrets, configmaps,
-//!   deployments, ...). `limit`/`continue` are ignored: lists come whole.
+//!   persistentvolumeclaims, jobs (`status`), selfsubjectaccessreviews. Nothing else (no
+//!   services, secrets, configmaps, deployments, ...). `limit`/`continue` are ignored: lists come whole.
 //! - Watches: history of the last 20 000 changes for resourceVersion resumes (older is 410
 //!   Expired; the real server keeps about 5 minutes). As on the real server, a change that
 //!   moves an object into or out of a watch's selectors arrives as ADDED or DELETED. With
@@ -96,6 +102,7 @@
 //! ```
 
 mod api;
+mod authz;
 mod errors;
 mod exec;
 mod jobs;
@@ -225,6 +232,8 @@ pub(crate) struct Inner {
     pub(crate) addr: SocketAddr,
     /// Uids of pods that have a worker.
     pub(crate) kubelets: Mutex<HashSet<String>>,
+    /// The deny list: `(verb, resource[/subresource])` pairs ([`Sim::deny`]).
+    pub(crate) denied: Mutex<HashSet<(String, String)>>,
     pub(crate) stopping: AtomicBool,
 }
 
@@ -315,6 +324,7 @@ impl Sim {
                 node,
                 addr,
                 kubelets: Mutex::new(HashSet::new()),
+                denied: Mutex::new(HashSet::new()),
                 stopping: AtomicBool::new(false),
             });
             for ns in ["default", "kube-system", "kube-public"] {
@@ -402,6 +412,58 @@ impl Sim {
     /// When the file cannot be written.
     pub fn write_kubeconfig(&self, path: &Path) -> Result<(), SimError> {
         std::fs::write(path, self.kubeconfig()).map_err(SimError::from)
+    }
+
+    /// From now on, refuses requests with `verb` on `resource` with the API server's 403
+    /// `Forbidden` `Status`, as RBAC does when nothing grants them; `SelfSubjectAccessReview`s
+    /// (`kubectl auth can-i`) answer no.
+    ///
+    /// `verb` is an authorization verb: `get`, `list`, `watch`, `create`, `update`, `patch`,
+    /// `delete` or `deletecollection` (a GET of a collection is `list`, or `watch` with
+    /// `watch=true`; a DELETE of one is `deletecollection`). `resource` is the plural,
+    /// optionally with a subresource: `jobs`, `pods`, `pods/exec`, `pods/log`, `jobs/status`,
+    /// `persistentvolumeclaims`, `namespaces`. The API group follows from the resource (`jobs`
+    /// is `batch`, the others are core). A websocket exec is a `get` of `pods/exec` that must
+    /// also be allowed to `create` it, as on Kubernetes 1.35 and later; denying
+    /// `create` on `pods/exec` refuses every exec.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), berth_k8s_sim::SimError> {
+    /// let sim = berth_k8s_sim::Sim::start().await?;
+    /// sim.deny("create", "jobs");
+    /// sim.deny("create", "pods/exec");
+    /// // kubectl create -f job.yaml: Error from server (Forbidden): ... jobs.batch is forbidden:
+    /// // User "system:anonymous" cannot create resource "jobs" in API group "batch" in the
+    /// // namespace "default"
+    /// sim.allow("create", "jobs");
+    /// # Ok(()) }
+    /// ```
+    pub fn deny(&self, verb: &str, resource: &str) {
+        self.inner
+            .denied
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert((verb.to_owned(), resource.to_owned()));
+    }
+
+    /// Takes `verb` on `resource` off the deny list again (see [`Sim::deny`]); nothing
+    /// happens when it is not on it.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), berth_k8s_sim::SimError> {
+    /// let sim = berth_k8s_sim::Sim::start().await?;
+    /// sim.deny("list", "pods");
+    /// // GET /api/v1/namespaces/default/pods is 403 Forbidden
+    /// sim.allow("list", "pods");
+    /// // ... and 200 again
+    /// # Ok(()) }
+    /// ```
+    pub fn allow(&self, verb: &str, resource: &str) {
+        self.inner
+            .denied
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&(verb.to_owned(), resource.to_owned()));
     }
 
     /// Stops the simulator and removes every container and volume it created.

@@ -12,13 +12,34 @@ const HASH: &str = "B3C4A5D6E7F8";
 pub(crate) fn index() -> Value {
     json!({"paths": {
         "api/v1": {"serverRelativeURL": format!("/openapi/v3/api/v1?hash={HASH}")},
+        "apis/authorization.k8s.io/v1": {"serverRelativeURL":
+            format!("/openapi/v3/apis/authorization.k8s.io/v1?hash={HASH}")},
         "apis/batch/v1": {"serverRelativeURL": format!("/openapi/v3/apis/batch/v1?hash={HASH}")},
     }})
 }
 
-/// The document of one group-version (`""` or `"batch"`).
+/// The document of one group-version (`""`, `"batch"` or `"authorization.k8s.io"`).
 pub(crate) fn group_version(group: &str) -> Value {
     let mut paths = Map::new();
+    if group == crate::authz::GROUP {
+        // SelfSubjectAccessReview is create-only: one POST.
+        let op = json!({
+            "operationId": "createAuthorizationV1SelfSubjectAccessReview",
+            "x-kubernetes-action": "post",
+            "x-kubernetes-group-version-kind":
+                {"group": group, "version": "v1", "kind": "SelfSubjectAccessReview"},
+            "parameters": [
+                {"name": "dryRun", "in": "query", "schema": {"type": "string"}},
+                {"name": "fieldManager", "in": "query", "schema": {"type": "string"}},
+                {"name": "fieldValidation", "in": "query", "schema": {"type": "string"}},
+            ],
+            "responses": {"201": {"description": "Created"}},
+        });
+        paths.insert(
+            format!("/apis/{group}/v1/selfsubjectaccessreviews"),
+            json!({"post": op}),
+        );
+    }
     for res in Res::ALL.into_iter().filter(|r| r.group() == group) {
         let prefix = if group.is_empty() {
             "/api/v1".to_owned()

@@ -1,5 +1,6 @@
 //! The simulator through kube-rs: typed create, watcher, await_condition, list, exec over
-//! websocket (v5, stdin close), logs, Status errors and foreground deletion.
+//! websocket (v5, stdin close), logs, Status errors and foreground deletion; the deny list's
+//! 403s and SelfSubjectAccessReview.
 
 use std::time::Duration;
 
@@ -7,6 +8,9 @@ use berth_engine_core::testkit::ensure_test_image;
 use berth_engine_docker::{DockerConfig, DockerEngine};
 use berth_k8s_sim::Sim;
 use futures_util::{StreamExt, TryStreamExt};
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, AttachParams, DeleteParams, ListParams, LogParams, PostParams};
@@ -179,5 +183,81 @@ async fn kube_rs_round_trip() {
         .expect("list")
         .items
         .is_empty());
+    sim.shutdown().await;
+}
+
+/// A denied create is a 403 Forbidden `kube::Error::Api`; a SelfSubjectAccessReview says
+/// whether the deny list allows a verb.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_rs_authorization() {
+    let sim = Sim::start().await.expect("the simulator starts");
+    let client = client(&sim).await;
+    let reviews: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+    let can_create_jobs = || async {
+        let review = SelfSubjectAccessReview {
+            spec: SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    namespace: Some("default".to_owned()),
+                    verb: Some("create".to_owned()),
+                    group: Some("batch".to_owned()),
+                    resource: Some("jobs".to_owned()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let answered = reviews
+            .create(&PostParams::default(), &review)
+            .await
+            .expect("create SelfSubjectAccessReview");
+        let status = answered.status.expect("status");
+        (status.allowed, status.denied, status.reason)
+    };
+    assert_eq!(can_create_jobs().await, (true, None, None));
+
+    sim.deny("create", "jobs");
+    let (allowed, denied, reason) = can_create_jobs().await;
+    assert!(!allowed);
+    assert_eq!(denied, Some(true));
+    assert!(reason.is_some());
+
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
+    let job: Job = serde_json::from_value(serde_json::json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": "refused"},
+        "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{
+            "name": "main", "image": berth_engine_core::testkit::TEST_IMAGE,
+            "command": ["true"]}]}}},
+    }))
+    .expect("job");
+    match jobs.create(&PostParams::default(), &job).await {
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 403, "{status:?}");
+            assert_eq!(status.reason, "Forbidden", "{status:?}");
+            assert_eq!(
+                status.message,
+                r#"jobs.batch is forbidden: User "system:anonymous" cannot create resource "jobs" in API group "batch" in the namespace "default""#
+            );
+        }
+        other => panic!("expected Forbidden, got {other:?}"),
+    }
+    // Reading is still allowed, and nothing was created.
+    assert!(jobs
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items
+        .is_empty());
+
+    sim.allow("create", "jobs");
+    assert_eq!(can_create_jobs().await, (true, None, None));
+    let dry_run = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    jobs.create(&dry_run, &job)
+        .await
+        .expect("create allowed again");
     sim.shutdown().await;
 }

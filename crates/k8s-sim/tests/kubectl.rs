@@ -498,6 +498,59 @@ spec:
     );
 }
 
+/// `kubectl auth can-i` answers from the deny list, and a denied create fails with the API
+/// server's Forbidden message.
+async fn authorization(minor: u32) {
+    let c = cluster(minor).await;
+    let can_i = |args: &[&str]| {
+        let mut all = vec!["auth", "can-i"];
+        all.extend_from_slice(args);
+        let out = c.run(&all);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), stdout, stderr)
+    };
+    let (code, out, err) = can_i(&["create", "jobs"]);
+    assert_eq!((code, out.as_str()), (Some(0), "yes\n"), "{err}");
+    let (code, out, err) = can_i(&["create", "pods", "--subresource=exec"]);
+    assert_eq!((code, out.as_str()), (Some(0), "yes\n"), "{err}");
+
+    c.sim.deny("create", "jobs");
+    let (code, out, err) = can_i(&["create", "jobs"]);
+    assert_eq!(code, Some(1), "{out} {err}");
+    assert!(out.starts_with("no"), "{out} {err}");
+    // Only jobs: other verbs and resources stay allowed.
+    let (code, out, _) = can_i(&["get", "jobs"]);
+    assert_eq!((code, out.as_str()), (Some(0), "yes\n"));
+    let (code, out, _) = can_i(&["create", "pods"]);
+    assert_eq!((code, out.as_str()), (Some(0), "yes\n"));
+    let manifest = c.dir.path().join("denied.yaml");
+    std::fs::write(&manifest, job_yaml("denied", IMAGE, "true")).expect("manifest");
+    let manifest = manifest.to_str().expect("utf-8 path");
+    let out = c.run(&["create", "-f", manifest]);
+    assert!(!out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(r#"is forbidden: User "system:anonymous" cannot create resource "jobs" in API group "batch""#),
+        "{err}"
+    );
+    assert!(err.contains("Forbidden"), "{err}");
+    assert_eq!(c.ok(&["get", "jobs", "-o", "name"]), "");
+
+    c.sim.deny("create", "pods/exec");
+    let (code, out, err) = can_i(&["create", "pods", "--subresource=exec"]);
+    assert_eq!(code, Some(1), "{out} {err}");
+    assert!(out.starts_with("no"), "{out} {err}");
+
+    c.sim.allow("create", "jobs");
+    c.sim.allow("create", "pods/exec");
+    let (code, out, err) = can_i(&["create", "jobs"]);
+    assert_eq!((code, out.as_str()), (Some(0), "yes\n"), "{err}");
+    let (code, out, err) = can_i(&["create", "pods", "--subresource=exec"]);
+    assert_eq!((code, out.as_str()), (Some(0), "yes\n"), "{err}");
+    c.ok(&["create", "-f", manifest, "--dry-run=server"]);
+}
+
 macro_rules! per_version {
     ($($module:ident => $minor:expr),* $(,)?) => {$(
         mod $module {
@@ -519,6 +572,11 @@ macro_rules! per_version {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn failure_states() {
                 super::failure_states($minor).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn authorization() {
+                super::authorization($minor).await;
             }
         }
     )*};
@@ -629,6 +687,194 @@ fn status_of(body: &str) -> serde_json::Value {
     assert_eq!(v["apiVersion"], "v1", "{v}");
     assert_eq!(v["status"], "Failure", "{v}");
     v
+}
+
+/// The deny list over plain HTTP: the verb each request is authorized as, the Status bodies
+/// of the 403s, SelfSubjectAccessReview and its discovery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deny_list() {
+    let c = cluster(32).await;
+    let url = c.sim.base_url().to_owned();
+    let forbidden = |method: &str, path: &str, body: Option<&str>| {
+        let (code, body) = raw_http(&url, method, path, body);
+        assert_eq!(code, 403, "{method} {path}: {body}");
+        let s = status_of(&body);
+        assert_eq!(s["reason"], "Forbidden", "{s}");
+        assert_eq!(s["code"], 403, "{s}");
+        s
+    };
+    let pods = "/api/v1/namespaces/default/pods";
+
+    // Cluster scope.
+    c.sim.deny("list", "namespaces");
+    let s = forbidden("GET", "/api/v1/namespaces", None);
+    assert_eq!(
+        s["message"],
+        r#"namespaces is forbidden: User "system:anonymous" cannot list resource "namespaces" in API group "" at the cluster scope"#
+    );
+    assert_eq!(s["details"], serde_json::json!({"kind": "namespaces"}));
+    // A namespace is its own namespace (get is not list).
+    assert_eq!(
+        raw_http(&url, "GET", "/api/v1/namespaces/default", None).0,
+        200
+    );
+    c.sim.deny("get", "namespaces");
+    let s = forbidden("GET", "/api/v1/namespaces/default", None);
+    assert_eq!(
+        s["message"],
+        r#"namespaces "default" is forbidden: User "system:anonymous" cannot get resource "namespaces" in API group "" in the namespace "default""#
+    );
+    c.sim.allow("list", "namespaces");
+    assert_eq!(raw_http(&url, "GET", "/api/v1/namespaces", None).0, 200);
+
+    // list and watch are different verbs; so are delete and deletecollection.
+    c.sim.deny("watch", "pods");
+    assert_eq!(raw_http(&url, "GET", pods, None).0, 200);
+    forbidden("GET", &format!("{pods}?watch=1"), None);
+    let s = forbidden("GET", "/api/v1/pods?watch=true", None);
+    assert!(
+        s["message"]
+            .as_str()
+            .unwrap_or("")
+            .ends_with(r#"cannot watch resource "pods" in API group "" at the cluster scope"#),
+        "{s}"
+    );
+    c.sim.deny("deletecollection", "persistentvolumeclaims");
+    forbidden(
+        "DELETE",
+        "/api/v1/namespaces/default/persistentvolumeclaims",
+        None,
+    );
+    assert_eq!(
+        raw_http(
+            &url,
+            "DELETE",
+            "/api/v1/namespaces/default/persistentvolumeclaims/nope",
+            None
+        )
+        .0,
+        404
+    );
+
+    // A named object and a subresource: exec is a get of pods/exec that must also be allowed to
+    // create it.
+    c.sim.deny("create", "pods/exec");
+    let s = forbidden(
+        "GET",
+        &format!("{pods}/p1/exec?command=true&stdout=1"),
+        None,
+    );
+    assert_eq!(
+        s["message"],
+        r#"pods "p1" is forbidden: User "system:anonymous" cannot create resource "pods/exec" in API group "" in the namespace "default""#
+    );
+    assert_eq!(
+        s["details"],
+        serde_json::json!({"name": "p1", "kind": "pods"})
+    );
+    c.sim.deny("get", "pods/log");
+    let s = forbidden("GET", &format!("{pods}/p1/log"), None);
+    assert!(
+        s["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains(r#"cannot get resource "pods/log""#),
+        "{s}"
+    );
+    assert_eq!(raw_http(&url, "GET", &format!("{pods}/p1"), None).0, 404);
+    c.sim.deny("patch", "jobs/status");
+    let s = forbidden(
+        "PATCH",
+        "/apis/batch/v1/namespaces/default/jobs/j1/status",
+        Some("{}"),
+    );
+    assert_eq!(
+        s["message"],
+        r#"jobs.batch "j1" is forbidden: User "system:anonymous" cannot patch resource "jobs/status" in API group "batch" in the namespace "default""#
+    );
+    assert_eq!(
+        s["details"],
+        serde_json::json!({"name": "j1", "group": "batch", "kind": "jobs"})
+    );
+    // Unknown resources stay 404.
+    c.sim.deny("list", "services");
+    assert_eq!(
+        raw_http(&url, "GET", "/api/v1/namespaces/default/services", None).0,
+        404
+    );
+
+    // SelfSubjectAccessReview, as kubectl sends it.
+    let review = |verb: &str, group: &str, resource: &str, sub: &str| {
+        let body = serde_json::json!({
+            "kind": "SelfSubjectAccessReview", "apiVersion": "authorization.k8s.io/v1",
+            "metadata": {"creationTimestamp": null},
+            "spec": {"resourceAttributes": {"namespace": "default", "verb": verb,
+                "group": group, "resource": resource, "subresource": sub}},
+            "status": {"allowed": false},
+        });
+        let (code, body) = raw_http(
+            &url,
+            "POST",
+            "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+            Some(&body.to_string()),
+        );
+        assert_eq!(code, 201, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(v["kind"], "SelfSubjectAccessReview");
+        assert_eq!(v["spec"]["resourceAttributes"]["verb"], verb);
+        v["status"].clone()
+    };
+    assert_eq!(review("create", "", "pods", "exec")["allowed"], false);
+    assert_eq!(review("create", "", "pods", "exec")["denied"], true);
+    assert_eq!(review("create", "", "pods", "")["allowed"], true);
+    assert_eq!(review("get", "", "pods", "exec")["allowed"], true);
+    // The group matters: jobs are batch.
+    c.sim.deny("create", "jobs");
+    assert_eq!(review("create", "batch", "jobs", "")["allowed"], false);
+    assert_eq!(review("create", "", "jobs", "")["allowed"], true);
+    c.sim.allow("create", "jobs");
+    assert_eq!(review("create", "batch", "jobs", "")["allowed"], true);
+    let (code, body) = raw_http(
+        &url,
+        "POST",
+        "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+        Some(r#"{"spec":{}}"#),
+    );
+    assert_eq!(code, 422, "{body}");
+    assert_eq!(status_of(&body)["reason"], "Invalid");
+    let (code, _) = raw_http(
+        &url,
+        "GET",
+        "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+        None,
+    );
+    assert_eq!(code, 405);
+
+    // Discovery.
+    let (_, body) = raw_http(&url, "GET", "/apis", None);
+    let groups: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert!(
+        groups["groups"]
+            .as_array()
+            .expect("groups")
+            .iter()
+            .any(|g| g["name"] == "authorization.k8s.io"
+                && g["preferredVersion"]["groupVersion"] == "authorization.k8s.io/v1"),
+        "{groups}"
+    );
+    let (code, body) = raw_http(&url, "GET", "/apis/authorization.k8s.io", None);
+    assert_eq!(code, 200, "{body}");
+    let (_, body) = raw_http(&url, "GET", "/apis/authorization.k8s.io/v1", None);
+    let list: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(list["resources"][0]["name"], "selfsubjectaccessreviews");
+    assert_eq!(list["resources"][0]["kind"], "SelfSubjectAccessReview");
+    assert_eq!(list["resources"][0]["namespaced"], false);
+    assert_eq!(list["resources"][0]["verbs"], serde_json::json!(["create"]));
+    let api_resources = c.ok(&["api-resources", "--api-group=authorization.k8s.io"]);
+    assert!(
+        api_resources.contains("selfsubjectaccessreviews"),
+        "{api_resources}"
+    );
 }
 
 /// Status bodies for NotFound, AlreadyExists, Conflict, Invalid and Forbidden; selectors;
