@@ -75,6 +75,19 @@ pub enum Error {
         /// What the engine reported.
         reason: String,
     },
+    /// The engine refused the caller's identity this operation (Kubernetes RBAC, a Docker
+    /// authorization plugin). Retrying does not help; granting the permission does.
+    #[error("{backend} engine at {address} forbids {action}: {reason}")]
+    Forbidden {
+        /// Which backend.
+        backend: &'static str,
+        /// The address (API server URL and namespace, daemon socket).
+        address: String,
+        /// What was refused, as a verb phrase ("create job").
+        action: String,
+        /// The engine's message and what to grant.
+        reason: String,
+    },
     /// The scheduler cannot place the environment (no node has room for its requests, or a
     /// volume it needs is missing); `reason` is the scheduler's message.
     #[error("{what} cannot be scheduled: {reason}")]
@@ -147,6 +160,8 @@ pub enum ErrorKind {
     NotFound,
     /// See [`Error::Conflict`].
     Conflict,
+    /// See [`Error::Forbidden`].
+    Forbidden,
     /// See [`Error::Unschedulable`].
     Unschedulable,
     /// See [`Error::Timeout`].
@@ -170,6 +185,7 @@ impl Error {
             Error::Build { .. } => ErrorKind::Build,
             Error::NotFound { .. } => ErrorKind::NotFound,
             Error::Conflict { .. } => ErrorKind::Conflict,
+            Error::Forbidden { .. } => ErrorKind::Forbidden,
             Error::Unschedulable { .. } => ErrorKind::Unschedulable,
             Error::Timeout { .. } => ErrorKind::Timeout,
             Error::Unsupported { .. } => ErrorKind::Unsupported,
@@ -270,5 +286,17 @@ mod tests {
         }
         .is_retryable());
         assert!(!Error::invalid_spec("argv", "empty").is_retryable());
+        let forbidden = Error::Forbidden {
+            backend: "kubernetes",
+            address: "https://api:6443 (namespace ci)".into(),
+            action: "create job".into(),
+            reason: "jobs.batch is forbidden".into(),
+        };
+        assert_eq!(forbidden.kind(), ErrorKind::Forbidden);
+        assert!(!forbidden.is_retryable(), "a refusal is not retried");
+        assert!(
+            forbidden.to_string().contains("forbids create job"),
+            "{forbidden}"
+        );
     }
 }

@@ -72,5 +72,14 @@ pub(crate) fn other(address: &str, step: &str, err: BollardError) -> Error {
     if is_transport(&err) {
         return unavailable(address, err);
     }
+    if let Some((403, msg)) = status(&err) {
+        // An authorization plugin refused it.
+        return Error::Forbidden {
+            backend: BACKEND,
+            address: address.to_owned(),
+            action: step.to_owned(),
+            reason: format!("{msg}; ask the daemon's administrator to allow it"),
+        };
+    }
     Error::backend(BACKEND, step, err)
 }

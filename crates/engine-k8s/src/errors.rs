@@ -37,18 +37,19 @@ pub(crate) fn is_conflict(err: &kube::Error) -> bool {
 /// Maps an API error of `step` in `address`'s namespace.
 pub(crate) fn api(address: &str, step: &str, err: kube::Error) -> Error {
     match status(&err) {
-        Some(s) if s.code == 403 => Error::Unavailable {
+        Some(s) if s.code == 403 => Error::Forbidden {
             backend: BACKEND,
             address: address.to_owned(),
-            hint: format!(
-                "forbidden to {step}: {}; grant the service account or user RBAC for it (kubectl auth can-i)",
+            action: step.to_owned(),
+            reason: format!(
+                "{}; grant the service account or user RBAC for it (kubectl auth can-i)",
                 s.message
             ),
-            source: None,
         },
-        Some(s) if s.code == 422 || s.code == 400 => {
-            Error::invalid_spec("kubernetes", format!("the API server refused to {step}: {}", s.message))
-        }
+        Some(s) if s.code == 422 || s.code == 400 => Error::invalid_spec(
+            "kubernetes",
+            format!("the API server refused to {step}: {}", s.message),
+        ),
         Some(s) if s.code == 404 => Error::NotFound {
             what: "object",
             name: format!("{step}: {}", s.message),

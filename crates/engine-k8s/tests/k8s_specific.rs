@@ -15,7 +15,7 @@ use berth_engine_k8s::{KubernetesConfig, KubernetesEngine};
 struct Cluster {
     engine: Arc<KubernetesEngine>,
     image: ImageRef,
-    _guard: common::SimGuard,
+    guard: common::SimGuard,
 }
 
 async fn cluster(adjust: impl FnOnce(&mut KubernetesConfig)) -> Cluster {
@@ -23,7 +23,7 @@ async fn cluster(adjust: impl FnOnce(&mut KubernetesConfig)) -> Cluster {
     Cluster {
         engine: Arc::new(engine),
         image,
-        _guard: guard,
+        guard,
     }
 }
 
@@ -45,6 +45,55 @@ async fn oversized_request_is_unschedulable_with_the_schedulers_message() {
         .await
         .expect("list");
     assert!(left.is_empty(), "a failed start leaves no Job: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rbac_refusals_are_forbidden_named_and_not_retried() {
+    let c = cluster(|_| {}).await;
+    let rbac = |checks: Vec<(String, bool, String)>| -> Vec<(String, bool, String)> {
+        checks
+            .into_iter()
+            .filter(|(name, ..)| name.starts_with("rbac:"))
+            .collect()
+    };
+    let before = rbac(c.engine.checks(None).await);
+    assert_eq!(before.len(), 3, "{before:?}");
+    assert!(before.iter().all(|(_, ok, _)| *ok), "{before:?}");
+
+    c.guard.sim.deny("create", "jobs");
+    let spec = EnvironmentSpec::new(c.image.clone(), SessionId::generate());
+    let err = c
+        .engine
+        .start(&spec)
+        .await
+        .expect_err("creating a Job is denied");
+    assert_eq!(err.kind(), ErrorKind::Forbidden, "{err}");
+    assert!(!err.is_retryable(), "a refusal is not retried: {err}");
+    let text = err.to_string();
+    assert!(text.contains("create job"), "names the action: {text}");
+    assert!(
+        text.contains(r#"cannot create resource "jobs" in API group "batch""#),
+        "carries the server's message: {text}"
+    );
+    let denied = rbac(c.engine.checks(None).await);
+    let create_jobs = denied
+        .iter()
+        .find(|(name, ..)| name == "rbac: create jobs")
+        .expect("a create jobs check");
+    assert!(!create_jobs.1, "{create_jobs:?}");
+    assert!(create_jobs.2.contains("forbidden"), "{create_jobs:?}");
+
+    c.guard.sim.allow("create", "jobs");
+    c.guard.sim.deny("create", "pods/exec");
+    let env = c.engine.start(&spec).await.expect("start once allowed");
+    let err = c
+        .engine
+        .exec(&env, ExecRequest::new(["true"]))
+        .await
+        .expect_err("exec is denied");
+    c.engine.stop(&env).await.expect("stop");
+    assert_eq!(err.kind(), ErrorKind::Forbidden, "{err}");
+    assert!(err.to_string().contains("pods/exec"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,7 @@ use berth_engine_docker::{DockerConfig, DockerEngine};
 use berth_k8s_sim::Sim;
 
 struct Cluster {
-    _sim: Sim,
+    sim: Sim,
     dir: tempfile::TempDir,
 }
 
@@ -24,7 +24,7 @@ impl Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         sim.write_kubeconfig(&dir.path().join("kubeconfig"))
             .expect("kubeconfig");
-        Self { _sim: sim, dir }
+        Self { sim, dir }
     }
 
     fn berth(&self, args: &[&str]) -> Command {
@@ -88,6 +88,27 @@ async fn run_and_doctor_on_kubernetes() {
             "{want} missing: {checks:?}"
         );
     }
+
+    // An identity that may not exec: doctor says which permission is missing, and fails.
+    c.sim.deny("create", "pods/exec");
+    let out = c.berth(&["--json", "doctor"]).output().expect("doctor");
+    let report = json_of(&out);
+    assert_eq!(report["ok"], false, "{report}");
+    assert_eq!(out.status.code(), Some(1));
+    let exec = report["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["check"] == "rbac: create pods/exec")
+        .expect("the exec check");
+    assert_eq!(exec["ok"], false, "{exec}");
+    let jobs = report["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["check"] == "rbac: create jobs")
+        .expect("the jobs check");
+    assert_eq!(jobs["ok"], true, "{jobs}");
 }
 
 #[tokio::test]

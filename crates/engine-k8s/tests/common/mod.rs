@@ -10,7 +10,9 @@ use berth_k8s_sim::Sim;
 
 /// A running simulator and the kubeconfig file pointing at it; both go when it is dropped.
 pub struct SimGuard {
-    _sim: Sim,
+    /// The simulator, for tests that change it (`Sim::deny`).
+    #[allow(dead_code)] // not every test file reaches into the simulator
+    pub sim: Sim,
     _dir: tempfile::TempDir,
 }
 
@@ -32,12 +34,5 @@ pub async fn sim_engine(
     config.start_timeout = Duration::from_secs(60);
     adjust(&mut config);
     let engine = KubernetesEngine::connect(config).await.expect("connect");
-    (
-        engine,
-        image,
-        SimGuard {
-            _sim: sim,
-            _dir: dir,
-        },
-    )
+    (engine, image, SimGuard { sim, _dir: dir })
 }
