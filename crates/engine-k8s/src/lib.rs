@@ -24,6 +24,7 @@
 mod errors;
 mod exec;
 pub mod manifest;
+mod retry;
 mod wait;
 
 use std::collections::{BTreeMap, HashMap};
@@ -153,7 +154,7 @@ impl KubernetesEngine {
             kube_config.cluster_url,
             config.context.as_deref().unwrap_or("current")
         );
-        let client = kube::Client::try_from(kube_config)
+        let client = client(kube_config)
             .map_err(|e| errors::unavailable(&address, "cannot build a client", e))?;
         Ok(Self {
             client,
@@ -410,6 +411,19 @@ impl KubernetesEngine {
             Err(e) => Err(errors::api(&self.address, "get persistent volume claim", e)),
         }
     }
+}
+
+/// A client for `config` whose requests are retried by [`retry::ApiRetry`] instead of kube's
+/// default policy.
+fn client(mut config: kube::Config) -> kube::Result<kube::Client> {
+    config.default_retry = false;
+    let retry = tower::ServiceBuilder::new()
+        .layer(tower::retry::RetryLayer::new(retry::ApiRetry::default()))
+        // Retry needs a cloneable service; the buffer makes kube's boxed stack one.
+        .layer(tower::buffer::BufferLayer::new(1024));
+    Ok(kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&retry)
+        .build())
 }
 
 /// A Kubernetes label selector (`k=v,k=v`) for `selector`, always requiring berth's
