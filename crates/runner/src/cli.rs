@@ -189,6 +189,9 @@ pub struct LsArgs {
     /// Only this session's environments.
     #[arg(long, value_name = "ID")]
     pub session: Option<String>,
+    /// List the workspace volumes (Kubernetes: claims) berth created instead.
+    #[arg(long)]
+    pub volumes: bool,
 }
 
 /// `berth down`.

@@ -573,6 +573,24 @@ async fn ls(ctx: &Ctx, args: LsArgs) -> anyhow::Result<ExitCode> {
         None => LabelSelector::all(),
     };
     let engine = ctx.engine().await?;
+    if args.volumes {
+        let volumes = engine.list_volumes(&selector).await?;
+        if ctx.json {
+            ctx.print_json(&serde_json::to_value(&volumes)?);
+        } else {
+            println!("{:<40} {:<14} {:<7} AGE", "VOLUME", "SESSION", "IN USE");
+            for v in &volumes {
+                println!(
+                    "{:<40} {:<14} {:<7} {}",
+                    v.name,
+                    v.session.as_ref().map_or("-", |s| s.as_str()),
+                    if v.in_use { "yes" } else { "no" },
+                    age(v.created_unix_secs),
+                );
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let envs = engine.list(&selector).await?;
     if ctx.json {
         ctx.print_json(&serde_json::to_value(&envs)?);

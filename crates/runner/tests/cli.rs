@@ -678,6 +678,13 @@ async fn gc_volumes_removes_unused_workspace_volumes_only_when_asked() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let env = text(&out.stdout).trim().to_owned();
     assert_eq!(volumes_of(&session), [volume.as_str()]);
+    let out = berth(&["--json", "ls", "--volumes", "--session", &session])
+        .output()
+        .expect("ls --volumes");
+    let listed = json_of(&out);
+    assert_eq!(listed[0]["name"], volume.as_str(), "{listed}");
+    assert_eq!(listed[0]["in_use"], true, "{listed}");
+    assert_eq!(listed[0]["session"], session.as_str(), "{listed}");
     // In use: kept even when asked.
     let out = berth(&["--json", "gc", "--session", &session, "--volumes"])
         .output()
@@ -695,6 +702,12 @@ async fn gc_volumes_removes_unused_workspace_volumes_only_when_asked() {
         text(&out.stdout)
     );
     assert_eq!(volumes_of(&session), [volume.as_str()]);
+    let out = berth(&["ls", "--volumes", "--session", &session])
+        .output()
+        .expect("ls --volumes");
+    let table = text(&out.stdout);
+    let row = table.lines().find(|l| l.starts_with(&volume)).unwrap_or("");
+    assert!(row.contains(" no "), "not in use once down: {table}");
     let out = berth(&[
         "--json",
         "gc",
