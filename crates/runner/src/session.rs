@@ -15,9 +15,9 @@ use crate::owner::Owner;
 /// One engine and the environments a session started on it.
 ///
 /// Every environment carries the session id, a creation time and this process as its owner in
-/// its labels. [`Session::shutdown`] stops them all; dropping the session inside a Tokio
-/// runtime stops them too (best effort — call `shutdown` to learn the outcome), unless
-/// [`Session::detach`] handed them over.
+/// its labels. [`Session::shutdown`] stops them all and reports the outcome; dropping the
+/// session stops them too (inside a multi-thread Tokio runtime, before the drop returns),
+/// unless [`Session::detach`] handed them over.
 ///
 /// ```no_run
 /// use std::sync::Arc;
@@ -165,18 +165,49 @@ impl Session {
     }
 }
 
+/// How long dropping a [`Session`] waits for its environments to stop.
+const DROP_STOP_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl Drop for Session {
+    /// Stops the environments before returning where it can: inside a multi-thread Tokio
+    /// runtime it blocks this thread (not the runtime) until every stop is done or
+    /// [`DROP_STOP_LIMIT`] passes, so nothing outlives the session even when the runtime
+    /// ends right after. On a current-thread runtime it can only spawn the stops; without a
+    /// runtime it cannot stop anything. Either way `berth gc` finds what is left.
     fn drop(&mut self) {
         let envs: Vec<EnvironmentId> = std::mem::take(&mut *self.envs()).into_values().collect();
         if envs.is_empty() {
             return;
         }
-        tracing::warn!(session = %self.id(), count = envs.len(), "session dropped without shutdown; stopping its environments");
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            let engine = self.engine.clone();
-            handle.spawn(async move {
-                join_all(envs.iter().map(|e| engine.stop(e))).await;
-            });
+        let session = self.id().clone();
+        tracing::warn!(%session, count = envs.len(), "session dropped without shutdown; stopping its environments");
+        let engine = self.engine.clone();
+        let stop_all = async move {
+            let stops = join_all(envs.iter().map(|e| engine.stop(e)));
+            match tokio::time::timeout(DROP_STOP_LIMIT, stops).await {
+                Ok(results) => {
+                    for (env, result) in envs.iter().zip(results) {
+                        if let Err(e) = result {
+                            tracing::warn!(%env, error = %e, "could not stop a dropped session's environment; berth gc will find it");
+                        }
+                    }
+                }
+                Err(_) => tracing::warn!(
+                    "a dropped session's environments did not stop within {DROP_STOP_LIMIT:?}; berth gc will find them"
+                ),
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(|| handle.block_on(stop_all));
+            }
+            Ok(handle) => {
+                tracing::warn!(%session, "on a current-thread runtime the stops run in the background; call Session::shutdown to wait for them");
+                handle.spawn(stop_all);
+            }
+            Err(_) => {
+                tracing::warn!(%session, "dropped outside a Tokio runtime: its environments keep running until berth gc")
+            }
         }
     }
 }

@@ -2,7 +2,7 @@
 //! concurrently, all stopped together.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use berth_engine_core::testkit::ensure_test_image;
 use berth_engine_core::{
@@ -62,7 +62,7 @@ async fn many_named_environments_start_together_and_stop_together() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dropping_a_session_stops_its_environments() {
+async fn dropping_a_session_stops_its_environments_before_the_drop_returns() {
     let (engine, template) = engine().await;
     let selector = LabelSelector::session(&template.session);
     {
@@ -70,14 +70,37 @@ async fn dropping_a_session_stops_its_environments() {
         session.start_many(&["a", "b"]).await.expect("start");
         assert_eq!(engine.list(&selector).await.expect("list").len(), 2);
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !engine.list(&selector).await.expect("list").is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "still running 30 s after the drop"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let left = engine.list(&selector).await.expect("list");
+    assert!(left.is_empty(), "still there after the drop: {left:?}");
+}
+
+/// The runtime ends right after the session is dropped (a `main` returning): nothing is left
+/// behind, because the drop itself waited for the stops.
+#[test]
+fn a_session_dropped_as_its_runtime_ends_leaves_nothing() {
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime")
+    };
+    let selector = runtime().block_on(async {
+        let (engine, template) = engine().await;
+        let selector = LabelSelector::session(&template.session);
+        let session = Session::new(engine, template);
+        session.start("short-lived").await.expect("start");
+        selector
+        // The session drops here, and the runtime is dropped right after.
+    });
+    runtime().block_on(async {
+        let (engine, _) = engine().await;
+        let left = engine.list(&selector).await.expect("list");
+        for env in &left {
+            let _ = engine.stop(&env.id).await;
+        }
+        assert!(left.is_empty(), "left running: {left:?}");
+    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
