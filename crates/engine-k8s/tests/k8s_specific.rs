@@ -96,6 +96,50 @@ async fn rbac_refusals_are_forbidden_named_and_not_retried() {
     assert!(err.to_string().contains("pods/exec"), "{err}");
 }
 
+/// An image with neither `sh`, util-linux `setpriv` nor `su` (a distroless-like image):
+/// commands still run, and running as another user is `Unsupported` with a sentence saying
+/// what the image lacks, not a backend failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_as_user_without_a_user_tool_is_unsupported_with_a_reason() {
+    use berth_engine_core::testkit::{busybox_build_context_with_applets, busybox_path};
+    use berth_engine_core::{tar_stream_from_bytes, BuildSpec, Progress};
+    use berth_engine_docker::{DockerConfig, DockerEngine};
+
+    let c = cluster(|_| {}).await;
+    let docker = DockerEngine::connect(&DockerConfig::default())
+        .await
+        .expect("docker");
+    let image = ImageRef::new("berth-test/busybox-no-shell:1").expect("ref");
+    let context = busybox_build_context_with_applets(
+        &busybox_path(),
+        &["/bin/sleep", "/usr/bin/env", "/usr/bin/id", "/bin/cat"],
+    )
+    .expect("build context");
+    docker
+        .build_image(
+            BuildSpec::new(image.clone(), tar_stream_from_bytes(context)),
+            &Progress::none(),
+        )
+        .await
+        .expect("build the image");
+    let spec = EnvironmentSpec::new(image, SessionId::generate());
+    let env = c.engine.start(&spec).await.expect("start");
+    let plain = c.engine.exec(&env, ExecRequest::new(["id", "-u"])).await;
+    let as_user = c
+        .engine
+        .exec_as_user(&env, "1000", ExecRequest::new(["id", "-u"]))
+        .await;
+    c.engine.stop(&env).await.expect("stop");
+    assert_eq!(plain.expect("plain exec").stdout_lossy(), "0\n");
+    let err = as_user.expect_err("no way to switch users");
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err} ({err:?})");
+    assert!(
+        err.to_string()
+            .contains("neither util-linux setpriv nor su"),
+        "{err}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_claim_is_a_clear_error() {
     let c = cluster(|_| {}).await;

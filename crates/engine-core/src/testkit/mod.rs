@@ -149,6 +149,20 @@ pub fn busybox_path() -> PathBuf {
 /// [`Error::InvalidSpec`] naming `busybox` when the binary is missing or dynamically linked
 /// (install Debian's `busybox-static`).
 pub fn busybox_build_context(busybox: &Path) -> Result<Vec<u8>> {
+    busybox_context(busybox, None)
+}
+
+/// Like [`busybox_build_context`], with symlinks for the given applet paths only (for
+/// example `["/bin/sleep", "/usr/bin/env"]`): an image lacking tools berth would otherwise
+/// use (no `sh`, no `su`), to test how a backend copes.
+///
+/// # Errors
+/// As [`busybox_build_context`].
+pub fn busybox_build_context_with_applets(busybox: &Path, applets: &[&str]) -> Result<Vec<u8>> {
+    busybox_context(busybox, Some(applets))
+}
+
+fn busybox_context(busybox: &Path, only: Option<&[&str]>) -> Result<Vec<u8>> {
     let missing = |why: String| {
         Error::invalid_spec(
             "busybox",
@@ -172,7 +186,10 @@ pub fn busybox_build_context(busybox: &Path) -> Result<Vec<u8>> {
         .arg("--list-full")
         .output()
         .map_err(|e| missing(format!("cannot run it ({e})")))?;
-    let applets = String::from_utf8_lossy(&listing.stdout).into_owned();
+    let mut applets = String::from_utf8_lossy(&listing.stdout).into_owned();
+    if let Some(only) = only {
+        applets = only.join("\n");
+    }
 
     let rootfs = build_rootfs_tar(&binary, &applets).map_err(|e| missing(e.to_string()))?;
     let dockerfile = b"FROM scratch\nADD rootfs.tar /\nUSER 0\nWORKDIR /\nCMD [\"sh\"]\n";
