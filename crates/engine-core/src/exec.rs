@@ -530,6 +530,10 @@ pub struct ExecProcess {
     leftover: Option<LeftoverSlot>,
     started: Instant,
     resizer: Option<Resizer>,
+    /// Run (spawned) when the process is dropped before its outcome was learned.
+    kill_on_drop: Option<futures_util::future::BoxFuture<'static, ()>>,
+    /// Whether `wait` or `collect` learned the outcome.
+    finished: bool,
 }
 
 enum Status {
@@ -571,6 +575,8 @@ impl ExecProcess {
             leftover: None,
             started: Instant::now(),
             resizer: None,
+            kill_on_drop: None,
+            finished: false,
         }
     }
 
@@ -604,6 +610,8 @@ impl ExecProcess {
             leftover: Some(leftover),
             started: Instant::now(),
             resizer: None,
+            kill_on_drop: None,
+            finished: false,
         }
     }
 
@@ -611,6 +619,16 @@ impl ExecProcess {
     #[must_use]
     pub fn with_resizer(mut self, resizer: Resizer) -> Self {
         self.resizer = Some(resizer);
+        self
+    }
+
+    /// For backends: what ends the command and its children when the process is dropped
+    /// before [`ExecProcess::wait`] or [`ExecProcess::collect`] learned its outcome (a
+    /// cancelled command must not keep running in a long-lived environment). It is spawned on
+    /// the current Tokio runtime, if there is one.
+    #[must_use]
+    pub fn with_kill_on_drop(mut self, kill: impl Future<Output = ()> + Send + 'static) -> Self {
+        self.kill_on_drop = Some(Box::pin(kill));
         self
     }
 
@@ -672,9 +690,10 @@ impl ExecProcess {
     async fn status_result(&mut self) -> Result<ExitStatus> {
         let failed = self.failure.as_ref().and_then(|slot| lock(slot).take());
         if let Some(e) = failed {
+            self.finished = true;
             return Err(e);
         }
-        match self.status.take().expect("status is taken only here") {
+        let result = match self.status.take().expect("status is taken only here") {
             Status::Future(finish) => finish.await,
             Status::Task(rx) => match rx.await {
                 Ok(result) => result,
@@ -684,7 +703,9 @@ impl ExecProcess {
                     "the exec I/O task ended without a status (it panicked or was aborted)",
                 )),
             },
-        }
+        };
+        self.finished = true;
+        result
     }
 
     /// Reads all output, keeping at most `limit` bytes of each stream, then waits.
@@ -720,6 +741,11 @@ impl Drop for ExecProcess {
     fn drop(&mut self) {
         if let Some(task) = &self.task {
             task.abort();
+        }
+        if let (false, Some(kill)) = (self.finished, self.kill_on_drop.take()) {
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(kill);
+            }
         }
     }
 }
@@ -829,6 +855,36 @@ mod tests {
         drop(output);
         assert_eq!(process.wait().await.unwrap().code(), 0);
         assert_eq!(read.load(std::sync::atomic::Ordering::SeqCst), 10);
+    }
+
+    #[tokio::test]
+    async fn kill_on_drop_runs_only_for_an_unfinished_process() {
+        let (killed_tx, killed_rx) = oneshot::channel::<()>();
+        let process = ExecProcess::spawn(None, |_sink| std::future::pending()).with_kill_on_drop(
+            async move {
+                let _ = killed_tx.send(());
+            },
+        );
+        drop(process);
+        tokio::time::timeout(Duration::from_secs(5), killed_rx)
+            .await
+            .expect("the kill ran")
+            .expect("sent");
+
+        let (killed_tx, mut killed_rx) = oneshot::channel::<()>();
+        let process = ExecProcess::spawn(None, |_sink| async { Ok(ExitStatus(0)) })
+            .with_kill_on_drop(async move {
+                let _ = killed_tx.send(());
+            });
+        assert!(process.wait().await.unwrap().success());
+        tokio::task::yield_now().await;
+        assert!(
+            matches!(
+                killed_rx.try_recv(),
+                Err(oneshot::error::TryRecvError::Closed)
+            ),
+            "a waited process is not killed"
+        );
     }
 
     #[tokio::test]

@@ -160,6 +160,7 @@ async fn exec_streaming_inner(
         })
         .take_until(stopped);
     let timeout = req.timeout;
+    let killer = io.clone();
     let finish = async move {
         match (io.timed_out.load(Ordering::SeqCst), timeout) {
             (true, Some(after)) => Err(Error::Timeout {
@@ -169,7 +170,8 @@ async fn exec_streaming_inner(
             _ => io.exit_status().await,
         }
     };
-    let process = ExecProcess::direct(stdin_handle, Box::pin(chunks), finish, helper);
+    let process = ExecProcess::direct(stdin_handle, Box::pin(chunks), finish, helper)
+        .with_kill_on_drop(async move { killer.kill_tree().await });
     Ok(match resizer {
         Some(r) => process.with_resizer(r),
         None => process,
@@ -253,10 +255,10 @@ impl ExecIo {
         match result {
             Ok(status) if status.success() => {}
             Ok(status) => {
-                tracing::warn!(env = %self.env, %status, "killing a timed-out exec failed; the image needs sh, grep and kill")
+                tracing::warn!(env = %self.env, %status, "killing an exec's processes failed; the image needs sh, grep and kill")
             }
             Err(e) => {
-                tracing::warn!(env = %self.env, error = %e, "killing a timed-out exec failed")
+                tracing::warn!(env = %self.env, error = %e, "killing an exec's processes failed")
             }
         }
     }

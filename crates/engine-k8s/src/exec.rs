@@ -320,6 +320,7 @@ pub(crate) async fn exec_streaming(
     };
     let env_id = env.clone();
     let timeout = req.timeout;
+    let kill_on_drop = kill.clone();
     let process = ExecProcess::spawn(stdin_handle, move |sink| async move {
         // Keep the attached process (its websocket task) alive for the whole exec.
         let attached = attached;
@@ -353,6 +354,7 @@ pub(crate) async fn exec_streaming(
         drop(attached);
         exit_status(status, &env_id)
     });
+    let process = process.with_kill_on_drop(async move { kill_on_drop.run().await });
     Ok(match resize_tx {
         Some(tx) => process.with_resizer(Box::new(move |size: TtySize| {
             let tx = tx.clone();
@@ -373,6 +375,7 @@ pub(crate) async fn exec_streaming(
     })
 }
 
+#[derive(Clone)]
 struct Killer {
     engine_pods: Api<Pod>,
     pod: String,
@@ -396,9 +399,9 @@ impl Killer {
         match tokio::time::timeout(Duration::from_secs(10), result).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
-                tracing::warn!(pod = %self.pod, error = %e, "killing a timed-out exec failed")
+                tracing::warn!(pod = %self.pod, error = %e, "killing an exec's processes failed")
             }
-            Err(_) => tracing::warn!(pod = %self.pod, "killing a timed-out exec took over 10 s"),
+            Err(_) => tracing::warn!(pod = %self.pod, "killing an exec's processes took over 10 s"),
         }
     }
 }

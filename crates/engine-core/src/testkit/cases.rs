@@ -421,6 +421,46 @@ pub async fn timeout_kills_the_process_tree(fx: &Fixture) {
     .await;
 }
 
+/// Dropping an exec that was never waited for (a cancelled agent command) ends it and its
+/// children: nothing keeps running in the long-lived environment.
+pub async fn dropping_an_unfinished_exec_kills_its_process_tree(fx: &Fixture) {
+    fx.with_env(&fx.spec(), |env| async move {
+        let sleepers = |lines: Vec<String>| -> Vec<String> {
+            lines
+                .into_iter()
+                .filter(|l| l.contains("sleep 787") || l.contains("sleep 788"))
+                .collect()
+        };
+        let process = fx
+            .engine
+            .exec_streaming(
+                &env,
+                ExecRequest::shell("sleep 787 & sleep 788; echo never"),
+            )
+            .await
+            .expect("exec");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while sleepers(process_lines(fx, &env).await).len() < 2 {
+            assert!(Instant::now() < deadline, "the sleeps never started");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        drop(process);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let survivors = sleepers(process_lines(fx, &env).await);
+            if survivors.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still running 30 s after the drop: {survivors:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+}
+
 #[derive(Debug, PartialEq, Eq)]
 enum Node {
     File { mode: u32, data: Vec<u8> },

@@ -290,6 +290,7 @@ macro_rules! conformance_suite {
             streaming_256_mib_keeps_memory_bounded,
             captured_output_is_truncated_at_its_cap,
             timeout_kills_the_process_tree,
+            dropping_an_unfinished_exec_kills_its_process_tree,
             copy_round_trip_keeps_symlinks_dirs_and_modes,
             copy_errors_name_the_path,
             host_path_workspace_persists_across_environments,
