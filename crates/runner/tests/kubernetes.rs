@@ -326,3 +326,66 @@ async fn rendered_yaml_is_accepted_by_kubectl_create() {
         text(&out.stdout)
     );
 }
+
+/// A claim berth created (`kubernetes.create_pvc`) is listed, kept while a pod mounts it or
+/// when not asked, and removed by `gc --volumes` once nothing uses it.
+#[tokio::test]
+async fn gc_volumes_removes_an_unused_claim_on_kubernetes() {
+    let c = Cluster::start().await;
+    let session = SessionId::generate().to_string();
+    let claim = format!("ws-{session}");
+    let berth = |args: &[&str]| {
+        let mut cmd = c.berth(args);
+        cmd.env("BERTH_KUBERNETES__PVC_NAME", &claim)
+            .env("BERTH_KUBERNETES__CREATE_PVC", "true");
+        cmd
+    };
+    let out = berth(&["--json", "up", "--session", &session])
+        .output()
+        .expect("up");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let id = json_of(&out)["id"].as_str().expect("id").to_owned();
+    let listed = json_of(
+        &berth(&["--json", "ls", "--volumes", "--session", &session])
+            .output()
+            .expect("ls --volumes"),
+    );
+    assert_eq!(listed[0]["name"], claim.as_str(), "{listed}");
+    assert_eq!(listed[0]["in_use"], true, "{listed}");
+    let report = json_of(
+        &berth(&["--json", "gc", "--session", &session, "--volumes"])
+            .output()
+            .expect("gc"),
+    );
+    assert_eq!(report["volumes"], serde_json::json!([]), "in use: {report}");
+
+    let out = berth(&["down", &id]).output().expect("down");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report = json_of(
+        &berth(&["--json", "gc", "--session", &session])
+            .output()
+            .expect("gc"),
+    );
+    assert_eq!(report["volumes_kept"], 1, "not asked: {report}");
+    // The pod may take a moment to go after its Job.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let report = loop {
+        let report = json_of(
+            &berth(&["--json", "gc", "--session", &session, "--volumes"])
+                .output()
+                .expect("gc"),
+        );
+        if report["volumes"][0]["removed"] == true || std::time::Instant::now() > deadline {
+            break report;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    assert_eq!(report["volumes"][0]["name"], claim.as_str(), "{report}");
+    assert_eq!(report["volumes"][0]["removed"], true, "{report}");
+    let listed = json_of(
+        &berth(&["--json", "ls", "--volumes", "--session", &session])
+            .output()
+            .expect("ls --volumes"),
+    );
+    assert_eq!(listed, serde_json::json!([]));
+}
