@@ -682,25 +682,21 @@ async fn gc(ctx: &Ctx, args: GcArgs) -> anyhow::Result<ExitCode> {
     if ctx.json {
         ctx.print_json(&serde_json::to_value(&report)?);
     } else {
+        let verb = |removed: bool| match (removed, args.dry_run) {
+            (true, _) => "removed",
+            (false, true) => "would remove",
+            (false, false) => "FAILED to remove",
+        };
         for item in &report.garbage {
-            let verb = if item.removed {
-                "removed"
-            } else if args.dry_run {
-                "would remove"
-            } else {
-                "FAILED to remove"
-            };
-            println!("{verb} {}: {}", item.id, item.reason);
+            println!("{} {}: {}", verb(item.removed), item.id, item.reason);
         }
         for item in &report.volumes {
-            let verb = if item.removed {
-                "removed"
-            } else if args.dry_run {
-                "would remove"
-            } else {
-                "FAILED to remove"
-            };
-            println!("{verb} volume {}: {}", item.name, item.reason);
+            println!(
+                "{} volume {}: {}",
+                verb(item.removed),
+                item.name,
+                item.reason
+            );
         }
         println!(
             "{} garbage, {} kept; volumes: {} garbage, {} kept{}{}",
