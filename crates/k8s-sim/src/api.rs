@@ -107,6 +107,16 @@ impl Params {
     }
 }
 
+/// The request's whole body, whatever its content type.
+pub(crate) async fn body_bytes(req: Request<Incoming>) -> Result<Bytes, ApiError> {
+    Ok(req
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?
+        .to_bytes())
+}
+
 pub(crate) async fn read_body(req: Request<Incoming>) -> Result<Value, ApiError> {
     let content_type = req
         .headers()
@@ -121,12 +131,7 @@ pub(crate) async fn read_body(req: Request<Incoming>) -> Result<Value, ApiError>
             format!("the body of the request was in an unknown format - accepted media types include: application/json, application/merge-patch+json, application/strategic-merge-patch+json, application/json-patch+json (got {content_type})"),
         ));
     }
-    let bytes = req
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?
-        .to_bytes();
+    let bytes = body_bytes(req).await?;
     if bytes.is_empty() {
         return Ok(Value::Null);
     }

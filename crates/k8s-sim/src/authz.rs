@@ -7,7 +7,6 @@
 
 use std::sync::Arc;
 
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
 use serde_json::{json, Value};
@@ -253,13 +252,7 @@ pub(crate) async fn serve(
         .is_some_and(|t| t.contains("protobuf"));
     let body = if protobuf {
         // kubectl 1.32+ sends its typed requests as protobuf; it accepts JSON back.
-        let bytes = req
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?
-            .to_bytes();
-        review_from_protobuf(&bytes)?
+        review_from_protobuf(&api::body_bytes(req).await?)?
     } else {
         api::read_body(req).await?
     };
