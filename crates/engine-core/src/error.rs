@@ -105,6 +105,19 @@ pub enum Error {
         /// The limit that elapsed.
         after: Duration,
     },
+    /// A command timed out and its process tree was killed, but processes that may have come
+    /// from it outlived the kill: they left the tree (cleared `BERTH_EXEC_ID`, called `setsid`
+    /// and were re-parented to PID 1) or could not be signalled. Its kind is
+    /// [`ErrorKind::Timeout`]; end the environment to be sure nothing of the command runs.
+    #[error("{operation} timed out after {after:?}; its process tree was killed, but {} may have escaped the kill: {}", processes.len(), processes.join(", "))]
+    TimeoutLeftProcesses {
+        /// What timed out.
+        operation: String,
+        /// The limit that elapsed.
+        after: Duration,
+        /// The processes still running, as `pid (name): why`.
+        processes: Vec<String>,
+    },
     /// The backend genuinely cannot do this; the sentence says why and what to use instead.
     #[error("{operation} is not supported by the {backend} backend: {reason}")]
     Unsupported {
@@ -187,7 +200,7 @@ impl Error {
             Error::Conflict { .. } => ErrorKind::Conflict,
             Error::Forbidden { .. } => ErrorKind::Forbidden,
             Error::Unschedulable { .. } => ErrorKind::Unschedulable,
-            Error::Timeout { .. } => ErrorKind::Timeout,
+            Error::Timeout { .. } | Error::TimeoutLeftProcesses { .. } => ErrorKind::Timeout,
             Error::Unsupported { .. } => ErrorKind::Unsupported,
             Error::InvalidSpec { .. } => ErrorKind::InvalidSpec,
             Error::Backend { .. } => ErrorKind::Other,

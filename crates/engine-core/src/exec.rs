@@ -30,20 +30,6 @@ pub const OUTPUT_CHANNEL_CHUNKS: usize = 16;
 /// environment: neither Docker nor Kubernetes kills an exec when its stream is abandoned.
 pub const EXEC_MARKER_VAR: &str = "BERTH_EXEC_ID";
 
-/// A `sh` script that SIGKILLs every process whose environment holds
-/// `EXEC_MARKER_VAR=<marker>` (two passes, for children forked during the first). It needs
-/// `sh`, `grep` and `kill` in the image, and must run as the exec's user (reading another
-/// user's `/proc/PID/environ` needs CAP_SYS_PTRACE, which berth drops).
-#[must_use]
-pub fn kill_by_marker_script(marker: &str) -> String {
-    let needle = format!("{EXEC_MARKER_VAR}={marker}");
-    format!(
-        "for pass in 1 2; do for p in /proc/[0-9]*; do \
-         if grep -q '{needle}' \"$p/environ\" 2>/dev/null; then kill -9 \"${{p#/proc/}}\" 2>/dev/null; fi; \
-         done; done; exit 0"
-    )
-}
-
 /// What the command reads on its standard input.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]

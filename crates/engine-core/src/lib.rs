@@ -26,6 +26,7 @@ mod error;
 mod exec;
 mod ids;
 mod image;
+mod kill;
 mod spec;
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -38,15 +39,16 @@ use serde::{Deserialize, Serialize};
 
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use exec::{
-    kill_by_marker_script, ExecOutput, ExecProcess, ExecRequest, ExecStdin, ExitStatus,
-    OutputChunk, OutputChunks, OutputSink, OutputStream, Resizer, Stdin, TtySize,
-    DEFAULT_OUTPUT_LIMIT, EXEC_MARKER_VAR, OUTPUT_CHANNEL_CHUNKS,
+    ExecOutput, ExecProcess, ExecRequest, ExecStdin, ExitStatus, OutputChunk, OutputChunks,
+    OutputSink, OutputStream, Resizer, Stdin, TtySize, DEFAULT_OUTPUT_LIMIT, EXEC_MARKER_VAR,
+    OUTPUT_CHANNEL_CHUNKS,
 };
 pub use ids::{EnvironmentId, ImageRef, SessionId, MAX_SESSION_ID_LEN};
 pub use image::{
     collect_tar_stream, tar_stream_from_bytes, BuildSpec, ImageInfo, Progress, ProgressEvent,
     PullPolicy, TarStream,
 };
+pub use kill::{sweep_argv, watchdog_argv, SweepReport};
 pub use spec::{
     validate_env, EnvironmentSpec, EnvironmentState, EnvironmentStatus, LabelSelector, Resources,
     SecurityProfile, StopOutcome, VolumeStatus, Workspace, HARDENED_CAPABILITIES, LABEL_CREATED,

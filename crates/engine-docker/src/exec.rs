@@ -3,13 +3,13 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use berth_engine_core::{
     EnvironmentId, Error, ExecProcess, ExecRequest, ExecStdin, ExitStatus, OutputChunk, Result,
-    Stdin, TtySize, EXEC_MARKER_VAR,
+    Stdin, SweepReport, TtySize, EXEC_MARKER_VAR,
 };
 use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, ResizeExecOptions, StartExecOptions, StartExecResults};
@@ -21,6 +21,13 @@ use crate::errors::{self, BACKEND};
 
 /// How much the demultiplexer reads at once from the daemon.
 const READ_CAPACITY: usize = 64 * 1024;
+
+/// How long after its deadline a timed-out exec may take to end (its in-container watchdog
+/// fires at the same deadline, rounded up to a whole second) before the sweep runs anyway.
+const KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// How long the sweep after a timeout or a drop may take.
+const SWEEP_LIMIT: Duration = Duration::from_secs(30);
 
 /// Boxed with an explicit `Send` bound: an exec's own I/O future can start a second exec (the
 /// timeout kill), so the future type is recursive.
@@ -40,6 +47,7 @@ async fn exec_streaming_inner(
     req: ExecRequest,
 ) -> Result<ExecProcess> {
     req.validate()?;
+    let started_at = Instant::now();
     let marker = uuid::Uuid::new_v4().simple().to_string();
     let mut vars: Vec<String> = req.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     vars.push(format!("{EXEC_MARKER_VAR}={marker}"));
@@ -53,7 +61,13 @@ async fn exec_streaming_inner(
                 attach_stderr: Some(true),
                 tty: Some(req.tty.is_some()),
                 env: Some(vars),
-                cmd: Some(req.argv.clone()),
+                // A timed exec runs under the watchdog, which kills its tree from inside at the
+                // deadline without forking (a fork bomb cannot disarm it). A terminal's
+                // foreground job must stay the command itself, so tty execs rely on the sweep.
+                cmd: Some(match (req.timeout, req.tty) {
+                    (Some(limit), None) => berth_engine_core::watchdog_argv(limit, &req.argv),
+                    _ => req.argv.clone(),
+                }),
                 user: req.user.clone(),
                 working_dir: req.workdir.clone(),
                 ..Default::default()
@@ -112,6 +126,8 @@ async fn exec_streaming_inner(
         marker,
         user: req.user,
         timed_out: AtomicBool::new(false),
+        started_at,
+        report: watch::channel(None).0,
     });
     // The output is read by the consumer's own task (no task or channel in between: that hop
     // cost 12% of streaming throughput). A helper task feeds stdin bytes and watches the
@@ -130,9 +146,11 @@ async fn exec_streaming_inner(
             };
             let watchdog = async move {
                 if let Some(limit) = timeout {
-                    tokio::time::sleep(limit).await;
+                    tokio::time::sleep_until((io.started_at + limit).into()).await;
                     io.timed_out.store(true, Ordering::SeqCst);
-                    io.kill_tree().await;
+                    io.wait_until_ended(KILL_GRACE).await;
+                    let report = io.sweep().await.unwrap_or_default();
+                    io.report.send_replace(Some(report));
                     let _ = stop_tx.send(());
                 }
             };
@@ -162,13 +180,18 @@ async fn exec_streaming_inner(
     let timeout = req.timeout;
     let killer = io.clone();
     let finish = async move {
-        match (io.timed_out.load(Ordering::SeqCst), timeout) {
-            (true, Some(after)) => Err(Error::Timeout {
-                operation: format!("exec in {}", io.env),
-                after,
-            }),
-            _ => io.exit_status().await,
+        let Some(limit) = timeout else {
+            return io.exit_status().await;
+        };
+        if !io.timed_out.load(Ordering::SeqCst) {
+            let status = io.exit_status().await;
+            // Past the limit, the watchdog ended it an instant before our own timer fired.
+            if io.started_at.elapsed() < limit {
+                return status;
+            }
         }
+        let report = io.timeout_report().await;
+        Err(report.timeout_error(format!("exec in {}", io.env), limit))
     };
     let process = ExecProcess::direct(stdin_handle, Box::pin(chunks), finish, helper)
         .with_kill_on_drop(async move { killer.kill_tree().await });
@@ -205,6 +228,10 @@ struct ExecIo {
     marker: String,
     user: Option<String>,
     timed_out: AtomicBool,
+    /// Taken before the exec was created: the deadline counts from here.
+    started_at: Instant,
+    /// The sweep's findings after a timeout, once the helper has them.
+    report: watch::Sender<Option<SweepReport>>,
 }
 
 impl ExecIo {
@@ -235,30 +262,84 @@ impl ExecIo {
         ))
     }
 
-    /// Kills every process whose environment carries this exec's marker, as the exec's own
-    /// user (so it may read their environ and signal them even with every capability dropped).
-    async fn kill_tree(&self) {
-        let script = berth_engine_core::kill_by_marker_script(&self.marker);
-        let req = ExecRequest::new(["sh", "-c", script.as_str()]);
+    /// Waits (at most `limit`) until the daemon reports the exec no longer running.
+    async fn wait_until_ended(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            match self.docker.inspect_exec(&self.exec_id).await {
+                Ok(inspect) if inspect.running == Some(true) => {}
+                _ => return,
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// What the sweep after this exec's timeout found (the helper runs it at the deadline).
+    async fn timeout_report(&self) -> SweepReport {
+        let mut rx = self.report.subscribe();
+        let limit = KILL_GRACE + SWEEP_LIMIT + Duration::from_secs(5);
+        let found = tokio::time::timeout(limit, async {
+            rx.wait_for(Option::is_some)
+                .await
+                .ok()
+                .and_then(|r| r.clone())
+        })
+        .await;
+        found.ok().flatten().unwrap_or_default()
+    }
+
+    /// Kills what is left of this exec's tree from a new exec, as the exec's own user (so it
+    /// may read their environ and signal them even with every capability dropped), and
+    /// reports what outlived it. `None` when the sweep could not run; that is worth a warning
+    /// only while the environment still runs (a removed environment has nothing left).
+    async fn sweep(&self) -> Option<SweepReport> {
+        let req = ExecRequest::new(berth_engine_core::sweep_argv(
+            &self.marker,
+            self.started_at.elapsed(),
+        ))
+        .with_output_limit(64 * 1024);
         let req = match &self.user {
             Some(user) => req.with_user(user.clone()),
             None => req,
         };
-        let killer = exec_streaming(&self.docker, &self.address, &self.env, req).await;
-        let result = match killer {
-            Ok(process) => tokio::time::timeout(Duration::from_secs(10), process.wait())
+        let limit = req.output_limit;
+        let result = match exec_streaming(&self.docker, &self.address, &self.env, req).await {
+            Ok(process) => tokio::time::timeout(SWEEP_LIMIT, process.collect(limit))
                 .await
-                .map_err(|_| "the kill exec did not finish in 10 s".to_owned())
+                .map_err(|_| format!("the sweep did not finish in {SWEEP_LIMIT:?}"))
                 .and_then(|r| r.map_err(|e| e.to_string())),
             Err(e) => Err(e.to_string()),
         };
-        match result {
-            Ok(status) if status.success() => {}
-            Ok(status) => {
-                tracing::warn!(env = %self.env, %status, "killing an exec's processes failed; the image needs sh, grep and kill")
+        let failure = match result {
+            Ok(out) if out.status.success() => {
+                return Some(SweepReport::parse(&out.stdout_lossy()));
             }
-            Err(e) => {
-                tracing::warn!(env = %self.env, error = %e, "killing an exec's processes failed")
+            Ok(out) => format!("{}: {}", out.status, out.stderr_lossy().trim()),
+            Err(e) => e,
+        };
+        if self.environment_running().await {
+            tracing::warn!(env = %self.env, error = %failure, "killing an exec's processes failed; the image needs sh");
+        } else {
+            tracing::debug!(env = %self.env, error = %failure, "the environment ended before the sweep");
+        }
+        None
+    }
+
+    async fn environment_running(&self) -> bool {
+        self.docker
+            .inspect_container(
+                self.env.as_str(),
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+            .is_ok_and(|c| c.state.and_then(|s| s.running) == Some(true))
+    }
+
+    /// Ends a dropped exec's tree, warning when something outlived the kill.
+    async fn kill_tree(&self) {
+        if let Some(report) = self.sweep().await {
+            if !report.is_clean() {
+                tracing::warn!(env = %self.env, processes = ?report.processes(), "processes of a cancelled exec outlived the kill");
             }
         }
     }

@@ -2,11 +2,12 @@
 //! env, workdir and user by wrapping the argv; timeouts by killing the marked process tree;
 //! copies as tar streams through `tar`.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use berth_engine_core::{
-    kill_by_marker_script, EnvironmentId, Error, ExecProcess, ExecRequest, ExecStdin, ExitStatus,
-    OutputChunk, OutputSink, Result, Stdin, TarStream, TtySize, EXEC_MARKER_VAR,
+    sweep_argv, watchdog_argv, EnvironmentId, Error, ExecProcess, ExecRequest, ExecStdin,
+    ExitStatus, OutputChunk, OutputSink, Result, Stdin, SweepReport, TarStream, TtySize,
+    EXEC_MARKER_VAR,
 };
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -35,6 +36,13 @@ pub(crate) enum UserTool {
 const PIPE: usize = 256 * 1024;
 
 const READ_CHUNK: usize = 64 * 1024;
+
+/// How long after its deadline a timed-out exec may take to end (its in-pod watchdog fires at
+/// the same deadline, rounded up to a whole second) before the sweep runs anyway.
+const KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// How long the sweep after a timeout or a drop may take.
+const SWEEP_LIMIT: Duration = Duration::from_secs(30);
 
 /// Exit code our wrappers use for "the thing berth needs is missing".
 const EXIT_BERTH_MISSING: i32 = 44;
@@ -271,7 +279,18 @@ pub(crate) async fn exec_streaming(
         None => None,
     };
     let marker = uuid::Uuid::new_v4().simple().to_string();
-    let argv = wrap(&req, &marker, tool)?;
+    let started_at = Instant::now();
+    let argv = match (req.timeout, req.tty) {
+        // A timed exec runs under the watchdog, which kills its tree from inside at the
+        // deadline without forking (a fork bomb cannot disarm it). A terminal's foreground
+        // job must stay the command itself, so tty execs rely on the sweep.
+        (Some(limit), None) => {
+            let mut watched = req.clone();
+            watched.argv = watchdog_argv(limit, &req.argv);
+            wrap(&watched, &marker, tool)?
+        }
+        _ => wrap(&req, &marker, tool)?,
+    };
     let tty = req.tty;
     let mut attached = attach(
         engine,
@@ -301,23 +320,13 @@ pub(crate) async fn exec_streaming(
     let kill = Killer {
         engine_pods: engine.pod_api(),
         pod: pod.clone(),
-        argv: wrap(
-            &ExecRequest::new(["sh", "-c", kill_by_marker_script(&marker).as_str()])
-                .with_output_limit(1),
-            &marker,
-            tool,
-        )
-        .map(|mut v| {
-            // The killer must not carry the marker itself: drop `env MARKER=..` from its argv.
-            if let Some(i) = v.iter().position(|a| a.starts_with(EXEC_MARKER_VAR)) {
-                v.remove(i);
-                if i > 0 && v[i - 1] == "env" {
-                    v.remove(i - 1);
-                }
-            }
-            v
-        })?,
+        marker,
+        user: req.user.clone(),
+        tool,
+        started_at,
     };
+    // Checked now, so that a sweep that cannot be built fails the exec, not the kill.
+    kill.argv()?;
     let env_id = env.clone();
     let timeout = req.timeout;
     let kill_on_drop = kill.clone();
@@ -339,17 +348,27 @@ pub(crate) async fn exec_streaming(
         };
         let status = match timeout {
             None => work.await,
-            Some(limit) => match tokio::time::timeout(limit, work).await {
-                Ok(s) => s,
-                Err(_) => {
-                    kill.run().await;
-                    drop(attached);
-                    return Err(Error::Timeout {
-                        operation: format!("exec in {env_id}"),
-                        after: limit,
-                    });
+            Some(limit) => {
+                tokio::pin!(work);
+                let deadline = tokio::time::sleep_until((started_at + limit).into());
+                let ended = tokio::select! {
+                    s = &mut work => Some(s),
+                    () = deadline => None,
+                };
+                match ended {
+                    // Past the limit, the watchdog ended it an instant before our own timer.
+                    Some(s) if started_at.elapsed() < limit => s,
+                    ended => {
+                        if ended.is_none() {
+                            // The watchdog kills the tree at this same deadline.
+                            let _ = tokio::time::timeout(KILL_GRACE, &mut work).await;
+                        }
+                        let report = kill.sweep().await.unwrap_or_default();
+                        drop(attached);
+                        return Err(report.timeout_error(format!("exec in {env_id}"), limit));
+                    }
                 }
-            },
+            }
         };
         drop(attached);
         exit_status(status, &env_id)
@@ -375,33 +394,83 @@ pub(crate) async fn exec_streaming(
     })
 }
 
+/// Sweeps what is left of an exec's tree from a new exec in the pod (see
+/// [`berth_engine_core::sweep_argv`]), as the exec's own user.
 #[derive(Clone)]
 struct Killer {
     engine_pods: Api<Pod>,
     pod: String,
-    argv: Vec<String>,
+    marker: String,
+    user: Option<String>,
+    tool: Option<UserTool>,
+    started_at: Instant,
 }
 
 impl Killer {
-    async fn run(&self) {
+    fn argv(&self) -> Result<Vec<String>> {
+        let mut req = ExecRequest::new(sweep_argv(&self.marker, self.started_at.elapsed()));
+        req.user.clone_from(&self.user);
+        let mut argv = wrap(&req, &self.marker, self.tool)?;
+        // The sweep must not carry the marker itself: drop `env MARKER=..` from its argv.
+        if let Some(i) = argv.iter().position(|a| a.starts_with(EXEC_MARKER_VAR)) {
+            argv.remove(i);
+            if i > 0 && argv[i - 1] == "env" {
+                argv.remove(i - 1);
+            }
+        }
+        Ok(argv)
+    }
+
+    /// Kills what is left and reports what outlived the kill; `None` when the sweep could not
+    /// run, which is worth a warning only while the pod still runs.
+    async fn sweep(&self) -> Option<SweepReport> {
         let params = AttachParams::default().container(CONTAINER).stderr(true);
         let result = async {
+            let argv = self.argv().map_err(|e| e.to_string())?;
             let mut attached = self
                 .engine_pods
-                .exec(&self.pod, self.argv.clone(), &params)
-                .await?;
+                .exec(&self.pod, argv, &params)
+                .await
+                .map_err(|e| e.to_string())?;
             let status = attached.take_status().expect("status");
-            let out = read_capped(attached.stdout(), 4096);
+            let out = read_capped(attached.stdout(), 64 * 1024);
             let err = read_capped(attached.stderr(), 4096);
-            let (_, _, status) = tokio::join!(out, err, status);
-            Ok::<_, kube::Error>(status)
-        };
-        match tokio::time::timeout(Duration::from_secs(10), result).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(pod = %self.pod, error = %e, "killing an exec's processes failed")
+            let (out, err, status) = tokio::join!(out, err, status);
+            match status {
+                Some(s) if s.status.as_deref() == Some("Success") => {
+                    Ok(SweepReport::parse(&String::from_utf8_lossy(&out)))
+                }
+                s => Err(format!(
+                    "{}: {}",
+                    s.and_then(|s| s.message).unwrap_or_default(),
+                    String::from_utf8_lossy(&err).trim()
+                )),
             }
-            Err(_) => tracing::warn!(pod = %self.pod, "killing an exec's processes took over 10 s"),
+        };
+        let failure = match tokio::time::timeout(SWEEP_LIMIT, result).await {
+            Ok(Ok(report)) => return Some(report),
+            Ok(Err(e)) => e,
+            Err(_) => format!("the sweep did not finish in {SWEEP_LIMIT:?}"),
+        };
+        let running = self.engine_pods.get_opt(&self.pod).await.is_ok_and(|p| {
+            p.and_then(|p| p.status)
+                .and_then(|s| s.phase)
+                .is_some_and(|phase| phase == "Running")
+        });
+        if running {
+            tracing::warn!(pod = %self.pod, error = %failure, "killing an exec's processes failed; the image needs sh");
+        } else {
+            tracing::debug!(pod = %self.pod, error = %failure, "the pod ended before the sweep");
+        }
+        None
+    }
+
+    /// Ends a dropped exec's tree, warning when something outlived the kill.
+    async fn run(&self) {
+        if let Some(report) = self.sweep().await {
+            if !report.is_clean() {
+                tracing::warn!(pod = %self.pod, processes = ?report.processes(), "processes of a cancelled exec outlived the kill");
+            }
         }
     }
 }

@@ -21,6 +21,10 @@ use crate::meta;
 use crate::store::Res;
 use crate::{Inner, INSTANCE_LABEL, NODE_NAME};
 
+/// The pids limit of every pod container, as a kubelet's `podPidsLimit` sets it (Kubernetes
+/// has no per-pod field for it).
+pub(crate) const POD_PIDS_LIMIT: i64 = 512;
+
 /// The Docker label naming the pod uid a container or emptyDir volume belongs to.
 const POD_UID_LABEL: &str = "berth.dev/k8s-sim-pod-uid";
 
@@ -1262,6 +1266,8 @@ impl Worker {
                 // No swap, as on a kubelet: a container over its limit is OOM-killed.
                 memory_swap: memory,
                 nano_cpus,
+                // A kubelet's podPidsLimit: a fork bomb in one pod cannot exhaust the node.
+                pids_limit: Some(POD_PIDS_LIMIT),
                 cap_add: caps("add"),
                 cap_drop: caps("drop"),
                 privileged: sc["privileged"].as_bool(),

@@ -32,7 +32,7 @@
 //! `supplementalGroups` → GroupAdd, `limits.memory` → Memory (no swap), `limits.cpu` →
 //! NanoCpus, `capabilities` → CapAdd/CapDrop, `allowPrivilegeEscalation: false` →
 //! `no-new-privileges`, `readOnlyRootFilesystem`, `privileged`, `tty`/`stdin`, and Docker's
-//! init. `runAsNonRoot` with a root user is CreateContainerConfigError, as on a kubelet.
+//! init; every container gets a pids limit of 512, as a kubelet's `podPidsLimit` would. `runAsNonRoot` with a root user is CreateContainerConfigError, as on a kubelet.
 //!
 //! # How it differs from a real API server (knowingly)
 //!

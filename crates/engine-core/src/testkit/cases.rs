@@ -15,9 +15,11 @@ use crate::{
     SessionId, Stdin, StopOutcome, TtySize, Workspace,
 };
 
+pub use super::cases_kill::*;
+
 const MIB: usize = 1024 * 1024;
 
-async fn run(fx: &Fixture, env: &EnvironmentId, req: ExecRequest) -> crate::ExecOutput {
+pub(super) async fn run(fx: &Fixture, env: &EnvironmentId, req: ExecRequest) -> crate::ExecOutput {
     let what = format!("{:?}", req.argv);
     fx.engine
         .exec(env, req)
@@ -381,7 +383,7 @@ pub async fn captured_output_is_truncated_at_its_cap(fx: &Fixture) {
     .await;
 }
 
-async fn process_lines(fx: &Fixture, env: &EnvironmentId) -> Vec<String> {
+pub(super) async fn process_lines(fx: &Fixture, env: &EnvironmentId) -> Vec<String> {
     let out = run(
         fx,
         env,

@@ -21,6 +21,7 @@
 //! [`busybox_build_context`].
 
 pub mod cases;
+pub mod cases_kill;
 
 use std::future::Future;
 use std::io::Read;
@@ -291,6 +292,10 @@ macro_rules! conformance_suite {
             captured_output_is_truncated_at_its_cap,
             timeout_kills_the_process_tree,
             dropping_an_unfinished_exec_kills_its_process_tree,
+            timeout_kills_a_child_that_cleared_the_marker,
+            no_statement_runs_after_the_timeout,
+            timeout_kills_a_fork_bomb_at_the_pids_limit,
+            timeout_reports_a_process_that_escaped,
             copy_round_trip_keeps_symlinks_dirs_and_modes,
             copy_errors_name_the_path,
             host_path_workspace_persists_across_environments,
