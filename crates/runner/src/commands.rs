@@ -430,9 +430,27 @@ async fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
         sig = shutdown_signal() => Err(anyhow!("interrupted by {sig}; stopped the session's environments")),
     };
     let stopped = session.shutdown().await;
+    // `run` owns its environment: a timeout ends all of it, so processes that escaped the
+    // in-environment kill ended with it and the outcome is a plain timeout.
+    let outcome = match outcome {
+        Err(e) if stopped.is_ok() => Err(ended_escapes(e)),
+        other => other,
+    };
     let code = outcome?;
     stopped.context("failed to stop the environment")?;
     Ok(code)
+}
+
+/// A timeout that left processes behind, once their environment has been removed.
+fn ended_escapes(e: anyhow::Error) -> anyhow::Error {
+    match e.downcast::<berth_engine_core::Error>() {
+        Ok(berth_engine_core::Error::TimeoutLeftProcesses {
+            operation, after, ..
+        }) => anyhow::Error::new(berth_engine_core::Error::Timeout { operation, after })
+            .context("ended the environment with everything the command started"),
+        Ok(other) => other.into(),
+        Err(e) => e,
+    }
 }
 
 async fn shell(ctx: &Ctx, args: ShellArgs) -> anyhow::Result<ExitCode> {

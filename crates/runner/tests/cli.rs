@@ -180,6 +180,45 @@ async fn run_timeout_exits_124() {
     );
 }
 
+/// `berth run --timeout` ends its whole environment: nothing runs after the deadline (no
+/// `done`), a daemon that escaped the in-environment kill ends with it, and no warning about
+/// a failed kill is printed when nothing survived.
+#[tokio::test]
+async fn run_timeout_ends_the_environment_without_a_spurious_warning() {
+    test_image().await;
+    let session = SessionId::generate().to_string();
+    let _cleanup = Cleanup(session.clone());
+    let out = berth(&[
+        "run",
+        "--image",
+        TEST_IMAGE,
+        "--session",
+        &session,
+        "--timeout",
+        "2",
+        "--",
+        "sh",
+        "-c",
+        "(env -u BERTH_EXEC_ID setsid sleep 1003 &); sleep 30; echo done",
+    ])
+    .output()
+    .expect("run berth");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(124), "stderr: {stderr}");
+    assert!(
+        !text(&out.stdout).contains("done"),
+        "ran after the deadline"
+    );
+    assert!(stderr.contains("timed out"), "{stderr}");
+    assert!(stderr.contains("ended the environment"), "{stderr}");
+    assert!(!stderr.contains("killing an exec"), "{stderr}");
+    assert!(!stderr.contains("may have escaped"), "{stderr}");
+    assert!(
+        containers_of(&session).is_empty(),
+        "the environment is left"
+    );
+}
+
 #[test]
 fn missing_image_exits_125_naming_it() {
     let out = berth(&["run", "--image", "berth-test/absent:0", "--", "true"])
