@@ -99,7 +99,9 @@ self() {
 }
 "#;
 
-/// `sh -c WATCHDOG berth-watchdog SECONDS ARGV...`: see the module docs. The command keeps
+/// `sh -c WATCHDOG berth-watchdog SECONDS ARGV...`: see the module docs. When the command
+/// ends first, the timer is stopped (and seen stopped) before its `sleep` is looked up and
+/// killed, so a timer caught forking leaves no `sleep` behind. The command keeps
 /// the exec's stdin and stderr (the wrapper's own stderr is silenced so that `bash` prints no
 /// job notices into the command's output). A command that cannot be started exits 127 with
 /// the shell's message, as in a terminal.
@@ -130,6 +132,15 @@ trap '' HUP INT TERM QUIT
 wait "$c"
 rc=$?
 if [ -n "$f" ]; then wait "$k"; exit 137; fi
+kill -STOP "$k" 2>/dev/null
+i=0
+while [ $i -lt 10000 ]; do
+  { IFS= read -r l < "/proc/$k/stat"; } 2>/dev/null || break
+  set -- ${l##*\) }
+  case $1 in T|t|Z|X|x) break ;; esac
+  i=$((i + 1))
+done
+if [ -n "$f" ]; then kill -CONT "$k" 2>/dev/null; wait "$k"; exit 137; fi
 for d in /proc/[0-9]*; do
   { IFS= read -r l < "$d/stat"; } 2>/dev/null || continue
   set -- ${l##*\) }
@@ -291,6 +302,146 @@ mod tests {
         assert_eq!(argv[3..], ["berth-watchdog", "2", "echo", "a b"]);
         assert_eq!(watchdog_argv(Duration::from_millis(10), &[])[4], "1");
         assert_eq!(watchdog_argv(Duration::from_secs(3), &[])[4], "3");
+    }
+
+    /// The shells berth's scripts must run in: busybox `ash` (the test image), `dash` and
+    /// `bash` (Debian, Ubuntu, Fedora images).
+    const SHELLS: &[&[&str]] = &[&["/bin/busybox", "sh"], &["dash"], &["bash"]];
+
+    fn marker() -> String {
+        format!("unit{}{}", std::process::id(), rand_suffix())
+    }
+
+    fn rand_suffix() -> u128 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    }
+
+    /// Host pids (not zombies) whose `/proc/PID/<file>` contains `text` (NULs as spaces).
+    fn live_pids(file: &str, text: &str) -> Vec<String> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| {
+                let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+                let state = stat.rsplit_once(") ").map_or("Z", |(_, rest)| &rest[..1]);
+                state != "Z"
+                    && std::fs::read(e.path().join(file)).is_ok_and(|c| {
+                        String::from_utf8_lossy(&c)
+                            .replace('\0', " ")
+                            .contains(text)
+                    })
+            })
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    fn marked_pids(marker: &str) -> Vec<String> {
+        live_pids("environ", &format!("BERTH_EXEC_ID={marker}"))
+    }
+
+    /// Nothing carrying `marker`, nor the unmarked child `sleep <unmarked>`, is left.
+    fn assert_tree_gone(shell: &[&str], marker: &str, unmarked: &str) {
+        assert!(
+            marked_pids(marker).is_empty(),
+            "{shell:?}: marked processes survived"
+        );
+        assert!(
+            live_pids("cmdline", &format!("sleep {unmarked}")).is_empty(),
+            "{shell:?}: the unmarked child survived"
+        );
+    }
+
+    /// Runs `shell` with `args` in a session of its own (`setsid`), so that following the
+    /// session can never reach this test's processes.
+    fn in_new_session(shell: &[&str], args: &[String], marker: &str) -> std::process::Output {
+        std::process::Command::new("setsid")
+            .args(shell)
+            .args(args)
+            .env("BERTH_EXEC_ID", marker)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("cannot run setsid {shell:?} (util-linux, {shell:?} needed): {e}")
+            })
+    }
+
+    /// In each shell: the command's status and output pass through; at the deadline the
+    /// whole tree (a child that cleared the marker included) is stopped and killed, and the
+    /// statement after the `sleep` never runs.
+    #[test]
+    fn watchdog_runs_and_kills_in_busybox_dash_and_bash() {
+        for shell in SHELLS {
+            let marker = marker();
+            let ok = watchdog_argv(
+                Duration::from_secs(5),
+                &[
+                    "sh".into(),
+                    "-c".into(),
+                    "echo out; echo err >&2; exit 3".into(),
+                ],
+            );
+            let out = in_new_session(shell, &ok[1..], &marker);
+            assert_eq!(out.status.code(), Some(3), "{shell:?}: {out:?}");
+            assert_eq!(out.stdout, b"out\n", "{shell:?}");
+            assert_eq!(out.stderr, b"err\n", "{shell:?}: no job notices");
+
+            let script = "env -u BERTH_EXEC_ID sh -c 'sleep 987001' & sleep 30; echo after";
+            let argv = watchdog_argv(
+                Duration::from_secs(1),
+                &["sh".into(), "-c".into(), script.into()],
+            );
+            let started = std::time::Instant::now();
+            let out = in_new_session(shell, &argv[1..], &marker);
+            assert_eq!(out.status.code(), Some(137), "{shell:?}: {out:?}");
+            assert!(started.elapsed() < Duration::from_secs(10), "{shell:?}");
+            assert!(
+                !String::from_utf8_lossy(&out.stdout).contains("after"),
+                "{shell:?}"
+            );
+            assert_tree_gone(shell, &marker, "987001");
+        }
+    }
+
+    /// In each shell: the sweep kills every process carrying the marker, and those in their
+    /// session, and exits 0.
+    #[test]
+    fn sweep_kills_the_marked_tree_in_busybox_dash_and_bash() {
+        for shell in SHELLS {
+            let marker = marker();
+            let mut tree = std::process::Command::new("setsid")
+                .args([
+                    "sh",
+                    "-c",
+                    "env -u BERTH_EXEC_ID sleep 987002 & sleep 987003",
+                ])
+                .env("BERTH_EXEC_ID", &marker)
+                .spawn()
+                .expect("setsid");
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while marked_pids(&marker).is_empty() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the tree never started"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            let argv = sweep_argv(&marker, Duration::from_secs(5));
+            let out = std::process::Command::new(shell[0])
+                .args(&shell[1..])
+                .args(&argv[1..])
+                .output()
+                .expect("sweep");
+            assert!(out.status.success(), "{shell:?}: {out:?}");
+            assert!(
+                !String::from_utf8_lossy(&out.stdout).contains("survivor"),
+                "{shell:?}: {out:?}"
+            );
+            let _ = tree.wait();
+            assert_tree_gone(shell, &marker, "987002");
+        }
     }
 
     #[test]

@@ -162,3 +162,23 @@ pub async fn timeout_reports_a_process_that_escaped(fx: &Fixture) {
     })
     .await;
 }
+
+/// A timed exec run as another user is killed as that user: the watchdog and the sweep run
+/// with its identity, since reading another user's `/proc/PID/environ` needs
+/// `CAP_SYS_PTRACE`, which berth drops.
+pub async fn timeout_as_another_user_kills_the_tree(fx: &Fixture) {
+    fx.with_env(&fx.spec(), |env| async move {
+        let req = ExecRequest::shell("env -u BERTH_EXEC_ID sh -c 'sleep 1004' & sleep 30")
+            .with_user(super::TEST_UID.to_string())
+            .with_timeout(Duration::from_secs(2));
+        let err = match fx.engine.exec(&env, req).await {
+            Err(e) if e.is_unsupported() => return,
+            Err(e) => e,
+            Ok(out) => panic!("the exec must time out: {out:?}"),
+        };
+        assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+        let left = gone(fx, &env, "sleep 1004", Duration::from_secs(2)).await;
+        assert!(left.is_empty(), "survived the timeout: {left:?}");
+    })
+    .await;
+}

@@ -296,6 +296,7 @@ macro_rules! conformance_suite {
             no_statement_runs_after_the_timeout,
             timeout_kills_a_fork_bomb_at_the_pids_limit,
             timeout_reports_a_process_that_escaped,
+            timeout_as_another_user_kills_the_tree,
             copy_round_trip_keeps_symlinks_dirs_and_modes,
             copy_errors_name_the_path,
             host_path_workspace_persists_across_environments,
