@@ -26,8 +26,9 @@ pub const DEFAULT_OUTPUT_LIMIT: usize = 16 * 1024 * 1024;
 pub const OUTPUT_CHANNEL_CHUNKS: usize = 16;
 
 /// Backends put this variable, with a value unique to the exec, in every exec's environment.
-/// Children inherit it, so a timeout can find and kill the whole process tree from inside the
-/// environment: neither Docker nor Kubernetes kills an exec when its stream is abandoned.
+/// Children inherit it, so a timeout can find the process tree from inside the environment
+/// (with parentage, sessions and process groups: a child may clear it) and kill it: neither
+/// Docker nor Kubernetes kills an exec when its stream is abandoned.
 pub const EXEC_MARKER_VAR: &str = "BERTH_EXEC_ID";
 
 /// What the command reads on its standard input.
@@ -72,7 +73,9 @@ pub struct ExecRequest {
     pub user: Option<String>,
     /// Standard input.
     pub stdin: Stdin,
-    /// Kill the command (its whole process tree) after this long; `None` waits for ever.
+    /// Kill the command (its whole process tree) after this long; `None` waits for ever. The
+    /// command then runs under a watchdog in the environment (see
+    /// [`watchdog_argv`](crate::watchdog_argv)), which needs `sh` and `sleep` in the image.
     pub timeout: Option<Duration>,
     /// Per-stream cap of the output [`ContainerEngine::exec`](crate::ContainerEngine::exec)
     /// keeps; the rest is read and dropped, and [`ExecOutput`] says it was truncated.

@@ -190,9 +190,11 @@ pub trait ContainerEngine: Send + Sync {
     /// each stream. A non-zero exit code is in the output, not an error.
     ///
     /// # Errors
-    /// As [`ContainerEngine::exec_streaming`]; [`Error::Timeout`] after killing the command when
-    /// its timeout elapsed; [`Error::InvalidSpec`] for [`Stdin::Piped`], which needs
-    /// `exec_streaming`.
+    /// As [`ContainerEngine::exec_streaming`]; [`Error::Timeout`] after killing the command's
+    /// whole process tree when its timeout elapsed, or [`Error::TimeoutLeftProcesses`] (of
+    /// the same kind) when processes that may have come from it outlived the kill (see
+    /// [`watchdog_argv`] for how the kill works and its limits); [`Error::InvalidSpec`] for
+    /// [`Stdin::Piped`], which needs `exec_streaming`.
     async fn exec(&self, env: &EnvironmentId, req: ExecRequest) -> Result<ExecOutput> {
         if req.stdin == Stdin::Piped {
             return Err(Error::invalid_spec(
