@@ -154,7 +154,8 @@ exit "$rc"
 /// does, seeded by the marker alone), then prints one line per process left:
 /// `survivor PID NAME` for members still alive, `escaped PID NAME` for processes started
 /// since the exec that carry no berth marker at all (readable environment, no
-/// `BERTH_EXEC_ID=`), outside the sweep's own session.
+/// `BERTH_EXEC_ID=`), outside the sweep's own session and outside any session whose leader
+/// carries a marker (another exec's command that ran `env -i` is not an escape).
 const SWEEP: &str = r#"FUNCTIONS
 mk="BERTH_EXEC_ID=$1"
 self
@@ -173,7 +174,9 @@ for d in /proc/[0-9]*; do
   case "$keep" in *" $sid "*) continue ;; esac
   [ "$t0" -ge "$since" ] || continue
   [ -r "$d/environ" ] || continue
-  envhas "$p" BERTH_EXEC_ID= || echo "escaped $p $n"
+  envhas "$p" BERTH_EXEC_ID= && continue
+  [ "$sid" != "$p" ] && envhas "$sid" BERTH_EXEC_ID= && continue
+  echo "escaped $p $n"
 done
 exit 0
 "#;
