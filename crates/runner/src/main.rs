@@ -18,7 +18,10 @@ pub(crate) const EXIT_BERTH_FAILED: u8 = 125;
 pub(crate) const EXIT_TIMED_OUT: u8 = 124;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
     init_tracing(cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -36,6 +39,10 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
+            if let Some(interrupted) = e.downcast_ref::<commands::Interrupted>() {
+                eprintln!("berth: {e:#}");
+                return ExitCode::from(interrupted.exit_code());
+            }
             eprintln!("berth: {e:#}");
             let timed_out = e
                 .chain()
@@ -47,6 +54,19 @@ fn main() -> ExitCode {
                 EXIT_BERTH_FAILED
             })
         }
+    }
+}
+
+/// Help and version go to stdout with exit 0; every other parse failure is berth's usage
+/// error, exit 125 like docker's (clap's own 2 would look like the command's exit code).
+fn usage_error(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind as Kind;
+    // Printing can only fail on a closed stream, when there is no one left to tell.
+    let _ = e.print();
+    if matches!(e.kind(), Kind::DisplayHelp | Kind::DisplayVersion) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_BERTH_FAILED)
     }
 }
 
