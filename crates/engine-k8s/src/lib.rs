@@ -139,8 +139,14 @@ impl KubernetesEngine {
         );
         let kube_config = match &config.kubeconfig {
             Some(path) => {
-                let file = kube::config::Kubeconfig::read_from(path)
-                    .map_err(|e| errors::unavailable(&where_, "cannot read the kubeconfig", e))?;
+                let file = kube::config::Kubeconfig::read_from(path).map_err(|e| match e {
+                    // kube's own message quotes the path's Debug form ('"/x"'); the address
+                    // already names it, so keep only the I/O cause.
+                    kube::config::KubeconfigError::ReadConfig(io, _) => {
+                        errors::unavailable(&where_, "cannot read the kubeconfig", io)
+                    }
+                    other => errors::unavailable(&where_, "cannot read the kubeconfig", other),
+                })?;
                 kube::Config::from_custom_kubeconfig(file, &options).await
             }
             None if config.context.is_some() => kube::Config::from_kubeconfig(&options).await,

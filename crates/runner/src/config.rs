@@ -100,6 +100,18 @@ impl Default for RunnerConfig {
     }
 }
 
+/// A loader message without its trailing "for key `K`" when it already names `K` (a value's
+/// own error, like "invalid runner.backend: ...", says which key it is).
+fn once_per_key(message: String) -> String {
+    if let Some(start) = message.rfind(" for key `") {
+        let key = message[start + " for key `".len()..].trim_end_matches('`');
+        if message[..start].contains(key) {
+            return message[..start].to_owned();
+        }
+    }
+    message
+}
+
 /// Deserializes through `FromStr`, whose error says what was expected.
 fn de_from_str<'de, D, T>(de: D) -> Result<T, D::Error>
 where
@@ -616,7 +628,7 @@ fn culprit_variable(vars: &config::Map<String, String>) -> Option<ConfigError> {
         match parsed {
             Err(e) => Some(ConfigError::Parse {
                 source_name,
-                message: e.to_string(),
+                message: once_per_key(e.to_string()),
             }),
             Ok(c) => c.validate(&source_name).err(),
         }
@@ -695,7 +707,7 @@ impl BerthConfig {
             .and_then(config::Config::try_deserialize::<BerthConfig>)
             .map_err(|e| ConfigError::Parse {
                 source_name: source.name(),
-                message: e.to_string(),
+                message: once_per_key(e.to_string()),
             })
             .and_then(|parsed| parsed.validate(&source.name()).map(|()| parsed));
         match parsed {
@@ -717,7 +729,7 @@ impl BerthConfig {
             .and_then(config::Config::try_deserialize::<BerthConfig>)
             .map_err(|e| ConfigError::Parse {
                 source_name: "inline YAML".into(),
-                message: e.to_string(),
+                message: once_per_key(e.to_string()),
             })?;
         parsed.validate("inline YAML")?;
         Ok(parsed)
@@ -1008,6 +1020,7 @@ mod tests {
     fn unknown_backend_names_the_key_and_the_choices() {
         let err = BerthConfig::from_yaml_str("runner:\n  backend: dockr\n").unwrap_err();
         let text = err.to_string();
+        assert_eq!(text.matches("runner.backend").count(), 1, "{text}");
         assert!(text.contains("dockr"), "{text}");
         assert!(
             text.contains("docker") && text.contains("kubernetes"),

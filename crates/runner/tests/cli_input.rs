@@ -149,6 +149,26 @@ fn config_errors_are_precise() {
         "{stderr}"
     );
 
+    let file = dir.path().join("kc.yaml");
+    std::fs::write(
+        &file,
+        "runner:\n  backend: kubernetes\nkubernetes:\n  kubeconfig: /nonexistent/kc\n",
+    )
+    .expect("write");
+    let (code, _, stderr) = output(&mut berth(&["--config", &file.to_string_lossy(), "ls"]));
+    assert_eq!(code, Some(125));
+    assert!(stderr.contains("/nonexistent/kc"), "{stderr}");
+    assert!(
+        !stderr.contains("'\"/nonexistent"),
+        "doubled quotes: {stderr}"
+    );
+
+    let file = dir.path().join("backend.yaml");
+    std::fs::write(&file, "runner:\n  backend: dokcer\n").expect("write");
+    let (code, _, stderr) = output(&mut berth(&["--config", &file.to_string_lossy(), "ls"]));
+    assert_eq!(code, Some(125));
+    assert_eq!(stderr.matches("runner.backend").count(), 1, "{stderr}");
+
     let file = dir.path().join("ws.yaml");
     std::fs::write(&file, "runner:\n  workspace: {hostpath: /tmp}\n").expect("write");
     let (code, _, stderr) = output(&mut berth(&["--config", &file.to_string_lossy(), "ls"]));
