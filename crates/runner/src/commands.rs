@@ -513,16 +513,67 @@ async fn refuse_duplicate_name(
     Ok(())
 }
 
+/// A command the environment cannot find: berth exits 127 with one line, as a shell and
+/// `docker run` do, instead of the runtime's 126 and its "OCI runtime exec failed" text.
+#[derive(Debug, thiserror::Error)]
+#[error("{command}: command not found in {env} (not on its PATH)")]
+pub struct CommandNotFound {
+    command: String,
+    env: EnvironmentId,
+}
+
+/// Whether `argv[0]`, a bare name, is missing from the environment's PATH for a command run
+/// with `args` (its user, workdir and variables). Asks the image's `sh`; without one (or on
+/// any failure to ask) the answer is "not known to be missing", and the runtime speaks.
+async fn command_missing(
+    engine: &dyn ContainerEngine,
+    env: &EnvironmentId,
+    args: &CommandArgs,
+    argv: &[String],
+) -> Option<CommandNotFound> {
+    let name = argv.first()?;
+    if name.contains('/') {
+        return None;
+    }
+    // Exit 3 means "not found", unlike 126/127 from an image without sh.
+    let script = "command -v -- \"$1\" >/dev/null 2>&1 && exit 0; exit 3";
+    let probe = exec_request(
+        args,
+        vec![
+            "sh".into(),
+            "-c".into(),
+            script.into(),
+            "sh".into(),
+            name.clone(),
+        ],
+    )
+    .ok()?;
+    let out = engine.exec(env, probe).await.ok()?;
+    (out.status.code() == 3).then(|| CommandNotFound {
+        command: name.clone(),
+        env: env.clone(),
+    })
+}
+
 async fn exec(ctx: &Ctx, args: ExecArgs) -> anyhow::Result<ExitCode> {
     let env = env_id(&args.environment)?;
-    let req = exec_request(&args.cmd, args.command)?;
+    let req = exec_request(&args.cmd, args.command.clone())?;
     let engine = ctx.engine().await?;
-    exec_in(ctx, engine.as_ref(), &env, req, args.cmd.interactive).await
+    let code = exec_in(ctx, engine.as_ref(), &env, req, args.cmd.interactive).await?;
+    // Only a failed exec pays for the question (the runtime's text is already out by then).
+    if code == ExitCode::from(126) {
+        if let Some(missing) =
+            command_missing(engine.as_ref(), &env, &args.cmd, &args.command).await
+        {
+            return Err(missing.into());
+        }
+    }
+    Ok(code)
 }
 
 async fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
     let spec = environment_spec(ctx, &args.env)?;
-    let req = exec_request(&args.cmd, args.command)?;
+    let req = exec_request(&args.cmd, args.command.clone())?;
     let engine = ctx.engine().await?;
     prepare_image(ctx, engine.as_ref(), &spec.image).await?;
     let name = spec.name.clone();
@@ -534,6 +585,13 @@ async fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
                 session.id()
             )
         })?;
+        // Next to starting an environment the question costs little, and a missing
+        // command then gets one clear line instead of the runtime's.
+        if let Some(missing) =
+            command_missing(engine.as_ref(), &env, &args.cmd, &args.command).await
+        {
+            return Err(missing.into());
+        }
         exec_in(ctx, engine.as_ref(), &env, req, args.cmd.interactive).await
     };
     let outcome = tokio::select! {

@@ -14,6 +14,8 @@ use crate::cli::Cli;
 
 /// Exit code for berth's own failures, as docker uses.
 pub(crate) const EXIT_BERTH_FAILED: u8 = 125;
+/// Exit code when the command does not exist, as a shell and `docker run` use.
+pub(crate) const EXIT_NOT_FOUND: u8 = 127;
 /// Exit code when the command's timeout killed it, as timeout(1) uses.
 pub(crate) const EXIT_TIMED_OUT: u8 = 124;
 
@@ -42,6 +44,10 @@ fn main() -> ExitCode {
             if let Some(interrupted) = e.downcast_ref::<commands::Interrupted>() {
                 eprintln!("berth: {e:#}");
                 return ExitCode::from(interrupted.exit_code());
+            }
+            if e.downcast_ref::<commands::CommandNotFound>().is_some() {
+                eprintln!("berth: {e:#}");
+                return ExitCode::from(EXIT_NOT_FOUND);
             }
             eprintln!("berth: {e:#}");
             let timed_out = e

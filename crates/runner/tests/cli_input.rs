@@ -418,3 +418,30 @@ async fn a_missing_image_says_it_is_not_here_and_the_pull_failed() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn a_missing_command_exits_127_with_one_line() {
+    let (_session, _cleanup, env) = fresh_environment().await;
+    let (code, stdout, stderr) = output(&mut berth(&["run", "--", "no-such-command", "x"]));
+    assert_eq!(code, Some(127), "{stdout} {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("no-such-command: command not found"),
+        "{stderr}"
+    );
+    assert!(
+        !format!("{stdout}{stderr}").contains("OCI runtime"),
+        "{stdout} {stderr}"
+    );
+    let (code, _, stderr) = output(&mut berth(&["exec", &env, "--", "no-such-command"]));
+    assert_eq!(code, Some(127), "{stderr}");
+    assert!(
+        stderr.contains("no-such-command: command not found"),
+        "{stderr}"
+    );
+    // A command's own 127 and 126 stay its own.
+    let (code, _, _) = output(&mut berth(&["exec", &env, "--", "sh", "-c", "exit 126"]));
+    assert_eq!(code, Some(126));
+    let (code, _, stderr) = output(&mut berth(&["down", &env]));
+    assert_eq!(code, Some(0), "{stderr}");
+}
