@@ -139,8 +139,14 @@ impl KubernetesEngine {
         );
         let kube_config = match &config.kubeconfig {
             Some(path) => {
-                let file = kube::config::Kubeconfig::read_from(path)
-                    .map_err(|e| errors::unavailable(&where_, "cannot read the kubeconfig", e))?;
+                let file = kube::config::Kubeconfig::read_from(path).map_err(|e| match e {
+                    // kube's own message quotes the path's Debug form ('"/x"'); the address
+                    // already names it, so keep only the I/O cause.
+                    kube::config::KubeconfigError::ReadConfig(io, _) => {
+                        errors::unavailable(&where_, "cannot read the kubeconfig", io)
+                    }
+                    other => errors::unavailable(&where_, "cannot read the kubeconfig", other),
+                })?;
                 kube::Config::from_custom_kubeconfig(file, &options).await
             }
             None if config.context.is_some() => kube::Config::from_kubeconfig(&options).await,
@@ -341,7 +347,9 @@ impl KubernetesEngine {
         }
         let pods = self
             .pod_api()
-            .list(&ListParams::default().labels(&format!("job-name={env}")))
+            .list(&ListParams::default().labels(&format!(
+                "job-name={env},{LABEL_MANAGED_BY}={MANAGED_BY_VALUE}"
+            )))
             .await
             .map_err(|e| errors::api(&self.address, "list pods", e))?;
         match pods
@@ -359,6 +367,47 @@ impl KubernetesEngine {
             }
             None => Err(not_found()),
         }
+    }
+
+    /// Whether `env` names one of berth's Jobs: `Ok(true)` when it does, `Ok(false)` when no
+    /// Job (and no pod) has that name, and the refusal when a Job or pod of that name exists
+    /// without berth's label. Every call taking an environment goes through this, so berth
+    /// never execs into, copies with, or deletes an object it did not create.
+    async fn is_berths(&self, env: &EnvironmentId) -> Result<bool> {
+        let berths = |labels: Option<&BTreeMap<String, String>>| {
+            labels
+                .and_then(|l| l.get(LABEL_MANAGED_BY))
+                .map(String::as_str)
+                == Some(MANAGED_BY_VALUE)
+        };
+        match self.jobs().get_opt(env.as_str()).await {
+            Ok(Some(job)) if berths(job.metadata.labels.as_ref()) => return Ok(true),
+            Ok(Some(_)) => return Err(Error::not_a_berth_environment(env)),
+            Ok(None) => {}
+            Err(e) => return Err(errors::api(&self.address, "get job", e)),
+        }
+        // A bare pod given by name is refused the same way, rather than reported missing.
+        match self.pod_api().get_opt(env.as_str()).await {
+            Ok(Some(pod)) if !berths(pod.metadata.labels.as_ref()) => {
+                Err(Error::not_a_berth_environment(env))
+            }
+            Ok(_) => Ok(false),
+            Err(e) => Err(errors::api(&self.address, "get pod", e)),
+        }
+    }
+
+    /// [`KubernetesEngine::is_berths`] for calls that then look up the pod: a pod learned
+    /// from one of berth's Jobs is known to be berth's, so only a first use asks.
+    async fn check_berths(&self, env: &EnvironmentId) -> Result<()> {
+        let known = self
+            .pods
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains_key(env);
+        if !known {
+            self.is_berths(env).await?;
+        }
+        Ok(())
     }
 
     async fn delete_job(&self, name: &str) -> Result<StopOutcome> {
@@ -381,7 +430,9 @@ impl KubernetesEngine {
                     grace_period_seconds: Some(0),
                     ..DeleteParams::default()
                 },
-                &ListParams::default().labels(&format!("job-name={name}")),
+                &ListParams::default().labels(&format!(
+                    "job-name={name},{LABEL_MANAGED_BY}={MANAGED_BY_VALUE}"
+                )),
             )
             .await;
         if let Err(e) = pods {
@@ -549,22 +600,57 @@ impl ContainerEngine for KubernetesEngine {
     }
 
     async fn exec_streaming(&self, env: &EnvironmentId, req: ExecRequest) -> Result<ExecProcess> {
+        self.check_berths(env).await?;
         exec::exec_streaming(self, env, req).await
     }
 
     async fn copy_in(&self, env: &EnvironmentId, dest: &str, tar: TarStream) -> Result<()> {
+        self.check_berths(env).await?;
         exec::copy_in(self, env, dest, tar).await
     }
 
     async fn copy_out(&self, env: &EnvironmentId, path: &str) -> Result<TarStream> {
+        self.check_berths(env).await?;
         exec::copy_out(self, env, path).await
     }
 
     async fn stop(&self, env: &EnvironmentId) -> Result<StopOutcome> {
         self.forget_pod(env);
+        // Refuses a Job or pod berth did not create; a missing one is AlreadyGone below.
+        self.is_berths(env).await?;
         let outcome = self.delete_job(env.as_str()).await?;
         tracing::debug!(env = %env, ?outcome, "stopped environment");
         Ok(outcome)
+    }
+
+    async fn mark_detached(&self, env: &EnvironmentId) -> Result<()> {
+        if !self.is_berths(env).await? {
+            return Err(Error::NotFound {
+                what: "environment",
+                name: env.to_string(),
+            });
+        }
+        let patch = serde_json::json!({
+            "metadata": {"labels": {berth_engine_core::LABEL_DETACHED: berth_engine_core::DETACHED_YES}}
+        });
+        self.jobs()
+            .patch(
+                env.as_str(),
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                if errors::is_not_found(&e) {
+                    Error::NotFound {
+                        what: "environment",
+                        name: env.to_string(),
+                    }
+                } else {
+                    errors::api(&self.address, "label the job detached", e)
+                }
+            })
     }
 
     async fn list(&self, selector: &LabelSelector) -> Result<Vec<EnvironmentStatus>> {

@@ -14,11 +14,16 @@ use crate::cli::Cli;
 
 /// Exit code for berth's own failures, as docker uses.
 pub(crate) const EXIT_BERTH_FAILED: u8 = 125;
+/// Exit code when the command does not exist, as a shell and `docker run` use.
+pub(crate) const EXIT_NOT_FOUND: u8 = 127;
 /// Exit code when the command's timeout killed it, as timeout(1) uses.
 pub(crate) const EXIT_TIMED_OUT: u8 = 124;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
     init_tracing(cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -36,6 +41,14 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
+            if let Some(interrupted) = e.downcast_ref::<commands::Interrupted>() {
+                eprintln!("berth: {e:#}");
+                return ExitCode::from(interrupted.exit_code());
+            }
+            if e.downcast_ref::<commands::CommandNotFound>().is_some() {
+                eprintln!("berth: {e:#}");
+                return ExitCode::from(EXIT_NOT_FOUND);
+            }
             eprintln!("berth: {e:#}");
             let timed_out = e
                 .chain()
@@ -47,6 +60,19 @@ fn main() -> ExitCode {
                 EXIT_BERTH_FAILED
             })
         }
+    }
+}
+
+/// Help and version go to stdout with exit 0; every other parse failure is berth's usage
+/// error, exit 125 like docker's (clap's own 2 would look like the command's exit code).
+fn usage_error(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind as Kind;
+    // Printing can only fail on a closed stream, when there is no one left to tell.
+    let _ = e.print();
+    if matches!(e.kind(), Kind::DisplayHelp | Kind::DisplayVersion) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_BERTH_FAILED)
     }
 }
 
