@@ -24,6 +24,7 @@
 mod errors;
 mod exec;
 pub mod manifest;
+mod policy;
 mod retry;
 mod wait;
 
@@ -65,8 +66,12 @@ pub struct KubernetesConfig {
     pub limits: Resources,
     /// `imagePullPolicy` of the container; `None` leaves the cluster default.
     pub image_pull_policy: Option<String>,
-    /// How long `start` waits for the pod to run.
+    /// How long `start` waits for the pod to run, scale-ups, claim binding and pull retries
+    /// included (the waiting policy is in the README's Kubernetes section).
     pub start_timeout: Duration,
+    /// How long an unschedulable pod waits for an autoscaler to announce a scale-up
+    /// (`TriggeredScaleUp`, `Nominated`) before it fails with the scheduler's message.
+    pub scale_up_grace: Duration,
     /// `ttlSecondsAfterFinished` of the Jobs.
     pub ttl_seconds_after_finished: i32,
     /// Storage request of workspace claims berth creates.
@@ -87,6 +92,8 @@ impl Default for KubernetesConfig {
             limits: Resources::default(),
             image_pull_policy: None,
             start_timeout: Duration::from_secs(300),
+            // cluster-autoscaler scans every 10 s; twice that covers one missed scan.
+            scale_up_grace: Duration::from_secs(20),
             ttl_seconds_after_finished: 600,
             workspace_size: "1Gi".into(),
             create_missing_claims: false,
@@ -271,6 +278,18 @@ impl KubernetesEngine {
             });
         }
         out
+    }
+
+    /// Runs the image of `spec` in a short-lived pod built exactly like the environment's
+    /// (security profile, resources, service account, pull policy), then removes it:
+    /// `berth doctor`'s image check, judged by admission and quotas as the environment will be.
+    ///
+    /// # Errors
+    /// As [`ContainerEngine::start`] would fail for the same spec: [`Error::ImageNotFound`],
+    /// [`Error::Forbidden`] (RBAC or admission), [`Error::Unschedulable`],
+    /// [`Error::Timeout`] naming what was awaited, ...
+    pub async fn check_image_like(&self, spec: &EnvironmentSpec) -> Result<()> {
+        wait::check_image(self, spec, PullPolicy::IfNotPresent).await
     }
 
     async fn can_i(
@@ -494,7 +513,8 @@ impl ContainerEngine for KubernetesEngine {
         policy: PullPolicy,
         _progress: &Progress,
     ) -> Result<ImageInfo> {
-        wait::check_image(self, image, policy).await?;
+        let spec = EnvironmentSpec::new(image.clone(), berth_engine_core::SessionId::generate());
+        wait::check_image(self, &spec, policy).await?;
         Ok(ImageInfo::new(image.clone(), None, None))
     }
 
@@ -532,7 +552,7 @@ impl ContainerEngine for KubernetesEngine {
             }
         }
         let id = EnvironmentId::new(job_name.clone())?;
-        match wait::until_running(self, &job_name, &spec.image).await {
+        match wait::until_running(self, &job_name, spec).await {
             Ok(pod) => {
                 self.pods
                     .lock()
