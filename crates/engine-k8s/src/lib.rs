@@ -198,10 +198,9 @@ impl KubernetesEngine {
         render(spec, &self.config)
     }
 
-    /// What `berth doctor` checks on a cluster beyond reachability: the namespace, the
-    /// workspace claim, and whether this identity may create Jobs and exec into pods
-    /// (SelfSubjectAccessReview; skipped with a reason where the server does not serve it).
-    /// Each entry is (check, ok, detail).
+    /// What `berth doctor` checks on a cluster beyond reachability and permissions
+    /// ([`KubernetesEngine::can_i`]): the namespace and the workspace claim. Each entry is
+    /// (check, ok, detail).
     pub async fn checks(&self, claim: Option<&str>) -> Vec<(String, bool, String)> {
         let mut out = Vec::new();
         let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
@@ -250,33 +249,6 @@ impl KubernetesEngine {
                 Err(e) => ("pvc".into(), false, e.to_string()),
             });
         }
-        for (verb, resource, subresource, group) in [
-            ("create", "jobs", None, "batch"),
-            ("create", "pods", Some("exec"), ""),
-            ("delete", "jobs", None, "batch"),
-        ] {
-            let name = format!(
-                "rbac: {verb} {resource}{}",
-                subresource.map(|s| format!("/{s}")).unwrap_or_default()
-            );
-            out.push(match self.can_i(verb, resource, subresource, group).await {
-                Ok(Some(true)) => (name, true, format!("allowed in {}", self.config.namespace)),
-                Ok(Some(false)) => (
-                    name,
-                    false,
-                    format!(
-                        "forbidden in {}: grant it with a Role and RoleBinding",
-                        self.config.namespace
-                    ),
-                ),
-                Ok(None) => (
-                    name,
-                    true,
-                    "skipped: the API server does not serve SelfSubjectAccessReview".into(),
-                ),
-                Err(e) => (name, false, e.to_string()),
-            });
-        }
         out
     }
 
@@ -292,12 +264,17 @@ impl KubernetesEngine {
         wait::check_image(self, spec, PullPolicy::IfNotPresent).await
     }
 
-    async fn can_i(
+    /// Whether this identity may `verb` `resource[/subresource]` of API `group` in the
+    /// namespace, by SelfSubjectAccessReview; `None` when the server does not serve it.
+    ///
+    /// # Errors
+    /// When the review itself fails (unreachable, refused).
+    pub async fn can_i(
         &self,
         verb: &str,
+        group: &str,
         resource: &str,
         subresource: Option<&str>,
-        group: &str,
     ) -> Result<Option<bool>> {
         use k8s_openapi::api::authorization::v1::{
             ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
