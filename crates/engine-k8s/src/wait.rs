@@ -98,7 +98,9 @@ async fn watch_pods(
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
             {
-                Awaiting::Pod | Awaiting::Scheduling(_) | Awaiting::ScaleUp(_) => 2,
+                Awaiting::Pod | Awaiting::Scheduling(_) => 2,
+                // A node takes minutes to join; its events need no haste.
+                Awaiting::ScaleUp(_) => 5,
                 _ => 30,
             };
             let version = list.metadata.resource_version.unwrap_or_else(|| "0".into());

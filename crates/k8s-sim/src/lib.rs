@@ -224,7 +224,7 @@ pub(crate) fn node_object(name: &str, node: &NodeSize, runtime_version: &str) ->
         "ephemeral-storage": "100Gi",
     });
     let now = meta::now_rfc3339();
-    json!({
+    let mut object = json!({
         "metadata": {"name": name, "labels": {
             "kubernetes.io/hostname": name,
             "kubernetes.io/os": "linux",
@@ -249,7 +249,14 @@ pub(crate) fn node_object(name: &str, node: &NodeSize, runtime_version: &str) ->
                 "architecture": std::env::consts::ARCH,
             },
         },
-    })
+    });
+    // Only the first node runs the control plane; a scaled-up one is a worker.
+    if name != NODE_NAME {
+        if let Some(labels) = object["metadata"]["labels"].as_object_mut() {
+            labels.remove("node-role.kubernetes.io/control-plane");
+        }
+    }
+    object
 }
 
 /// The Docker daemon's version, for the nodes' `containerRuntimeVersion`.
