@@ -24,6 +24,7 @@
 mod errors;
 mod exec;
 pub mod manifest;
+mod policy;
 mod retry;
 mod wait;
 
@@ -65,8 +66,12 @@ pub struct KubernetesConfig {
     pub limits: Resources,
     /// `imagePullPolicy` of the container; `None` leaves the cluster default.
     pub image_pull_policy: Option<String>,
-    /// How long `start` waits for the pod to run.
+    /// How long `start` waits for the pod to run, scale-ups, claim binding and pull retries
+    /// included (the waiting policy is in the README's Kubernetes section).
     pub start_timeout: Duration,
+    /// How long an unschedulable pod waits for an autoscaler to announce a scale-up
+    /// (`TriggeredScaleUp`, `Nominated`) before it fails with the scheduler's message.
+    pub scale_up_grace: Duration,
     /// `ttlSecondsAfterFinished` of the Jobs.
     pub ttl_seconds_after_finished: i32,
     /// Storage request of workspace claims berth creates.
@@ -87,6 +92,8 @@ impl Default for KubernetesConfig {
             limits: Resources::default(),
             image_pull_policy: None,
             start_timeout: Duration::from_secs(300),
+            // cluster-autoscaler scans every 10 s; twice that covers one missed scan.
+            scale_up_grace: Duration::from_secs(20),
             ttl_seconds_after_finished: 600,
             workspace_size: "1Gi".into(),
             create_missing_claims: false,
@@ -197,10 +204,9 @@ impl KubernetesEngine {
         render(spec, &self.config)
     }
 
-    /// What `berth doctor` checks on a cluster beyond reachability: the namespace, the
-    /// workspace claim, and whether this identity may create Jobs and exec into pods
-    /// (SelfSubjectAccessReview; skipped with a reason where the server does not serve it).
-    /// Each entry is (check, ok, detail).
+    /// What `berth doctor` checks on a cluster beyond reachability and permissions
+    /// ([`KubernetesEngine::can_i`]): the namespace and the workspace claim. Each entry is
+    /// (check, ok, detail).
     pub async fn checks(&self, claim: Option<&str>) -> Vec<(String, bool, String)> {
         let mut out = Vec::new();
         let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
@@ -249,42 +255,32 @@ impl KubernetesEngine {
                 Err(e) => ("pvc".into(), false, e.to_string()),
             });
         }
-        for (verb, resource, subresource, group) in [
-            ("create", "jobs", None, "batch"),
-            ("create", "pods", Some("exec"), ""),
-            ("delete", "jobs", None, "batch"),
-        ] {
-            let name = format!(
-                "rbac: {verb} {resource}{}",
-                subresource.map(|s| format!("/{s}")).unwrap_or_default()
-            );
-            out.push(match self.can_i(verb, resource, subresource, group).await {
-                Ok(Some(true)) => (name, true, format!("allowed in {}", self.config.namespace)),
-                Ok(Some(false)) => (
-                    name,
-                    false,
-                    format!(
-                        "forbidden in {}: grant it with a Role and RoleBinding",
-                        self.config.namespace
-                    ),
-                ),
-                Ok(None) => (
-                    name,
-                    true,
-                    "skipped: the API server does not serve SelfSubjectAccessReview".into(),
-                ),
-                Err(e) => (name, false, e.to_string()),
-            });
-        }
         out
     }
 
-    async fn can_i(
+    /// Runs the image of `spec` in a short-lived pod built exactly like the environment's
+    /// (security profile, resources, service account, pull policy), then removes it:
+    /// `berth doctor`'s image check, judged by admission and quotas as the environment will be.
+    ///
+    /// # Errors
+    /// As [`ContainerEngine::start`] would fail for the same spec: [`Error::ImageNotFound`],
+    /// [`Error::Forbidden`] (RBAC or admission), [`Error::Unschedulable`],
+    /// [`Error::Timeout`] naming what was awaited, ...
+    pub async fn check_image_like(&self, spec: &EnvironmentSpec) -> Result<()> {
+        wait::check_image(self, spec, PullPolicy::IfNotPresent).await
+    }
+
+    /// Whether this identity may `verb` `resource[/subresource]` of API `group` in the
+    /// namespace, by SelfSubjectAccessReview; `None` when the server does not serve it.
+    ///
+    /// # Errors
+    /// When the review itself fails (unreachable, refused).
+    pub async fn can_i(
         &self,
         verb: &str,
+        group: &str,
         resource: &str,
         subresource: Option<&str>,
-        group: &str,
     ) -> Result<Option<bool>> {
         use k8s_openapi::api::authorization::v1::{
             ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
@@ -545,7 +541,8 @@ impl ContainerEngine for KubernetesEngine {
         policy: PullPolicy,
         _progress: &Progress,
     ) -> Result<ImageInfo> {
-        wait::check_image(self, image, policy).await?;
+        let spec = EnvironmentSpec::new(image.clone(), berth_engine_core::SessionId::generate());
+        wait::check_image(self, &spec, policy).await?;
         Ok(ImageInfo::new(image.clone(), None, None))
     }
 
@@ -583,7 +580,7 @@ impl ContainerEngine for KubernetesEngine {
             }
         }
         let id = EnvironmentId::new(job_name.clone())?;
-        match wait::until_running(self, &job_name, &spec.image).await {
+        match wait::until_running(self, &job_name, spec).await {
             Ok(pod) => {
                 self.pods
                     .lock()

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use crate::errors::ApiError;
 use crate::meta::{self, FieldSelector, LabelSelector};
 use crate::store::{Event, EventType, Res};
-use crate::{authz, exec, jobs, kubelet, openapi, tables, Inner};
+use crate::{admission, authz, exec, jobs, kubelet, openapi, tables, Inner};
 
 /// A response body: whole or streamed.
 pub(crate) type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -257,6 +257,7 @@ fn core_resources() -> Value {
         "groupVersion": "v1",
         "resources": [
             resource_entry("events", "event", true, "Event", OBJECT_VERBS, &["ev"]),
+            resource_entry("limitranges", "limitrange", true, "LimitRange", OBJECT_VERBS, &["limits"]),
             resource_entry("namespaces", "namespace", false, "Namespace",
                 &["create", "delete", "get", "list", "patch", "update", "watch"], &["ns"]),
             resource_entry("nodes", "node", false, "Node",
@@ -267,6 +268,7 @@ fn core_resources() -> Value {
             resource_entry("pods/exec", "", true, "PodExecOptions", &["create", "get"], &[]),
             resource_entry("pods/log", "", true, "Pod", &["get"], &[]),
             resource_entry("pods/status", "", true, "Pod", &["get", "patch", "update"], &[]),
+            resource_entry("resourcequotas", "resourcequota", true, "ResourceQuota", OBJECT_VERBS, &["quota"]),
         ],
     })
 }
@@ -663,6 +665,14 @@ pub(crate) fn default_namespace(mut obj: Value) -> Value {
     obj
 }
 
+/// How long a new claim stays Pending ([`crate::Sim::bind_claims_after`]).
+fn pending_claim_delay(inner: &Inner) -> Option<std::time::Duration> {
+    *inner
+        .claim_bind_delay
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 async fn create(
     inner: &Arc<Inner>,
     res: Res,
@@ -691,10 +701,25 @@ async fn create(
     let name = body["metadata"]["name"].as_str().unwrap_or("").to_owned();
     body = match res {
         Res::Namespace => default_namespace(body),
-        Res::Pod => kubelet::default_pod(body, &name)?,
-        Res::Pvc => kubelet::default_pvc(body, &name)?,
+        Res::Pod => {
+            let mut pod = kubelet::default_pod(body, &name)?;
+            admission::admit_pod(inner, ns, &mut pod)?;
+            pod
+        }
+        Res::Pvc => {
+            let mut pvc = kubelet::default_pvc(body, &name)?;
+            if pending_claim_delay(inner).is_some() {
+                kubelet::unbind(&mut pvc);
+            }
+            pvc
+        }
         Res::Job => jobs::default_job(body, &name)?,
-        Res::Node | Res::Event => body,
+        Res::Node | Res::Event | Res::LimitRange => body,
+        Res::ResourceQuota => {
+            let mut quota = body;
+            quota["status"] = json!({"hard": quota["spec"]["hard"], "used": {}});
+            quota
+        }
     };
     if dry_run {
         return Ok(body);
@@ -721,6 +746,9 @@ async fn create(
             let name = created["metadata"]["name"].as_str().unwrap_or("");
             inner.store.remove(res, ns, name);
             return Err(e);
+        }
+        if let Some(delay) = pending_claim_delay(inner) {
+            kubelet::bind_later(inner, &created, delay);
         }
     }
     if res == Res::Pod {
@@ -804,7 +832,7 @@ async fn delete(
             Ok(obj)
         }
         Res::Job => jobs::delete_job(inner, ns, name, policy),
-        Res::Node | Res::Event => inner
+        Res::Node | Res::Event | Res::ResourceQuota | Res::LimitRange => inner
             .store
             .remove(res, ns, name)
             .ok_or_else(|| ApiError::not_found(res, name)),

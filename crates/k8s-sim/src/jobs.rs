@@ -280,7 +280,31 @@ fn create_pod(inner: &Arc<Inner>, job: &Value) {
         },
         "spec": template["spec"],
     });
-    match kubelet::default_pod(pod, "") {
+    // Admission judges a Job's pods as any other; a refusal is the Job's FailedCreate event.
+    let admitted = kubelet::default_pod(pod, "").and_then(|mut pod| {
+        crate::admission::admit_pod(inner, ns, &mut pod)?;
+        Ok(pod)
+    });
+    if let Err(e) = &admitted {
+        let msg = format!("Error creating: {}", e.message);
+        // The controller retries every half second: one event per distinct refusal, as the
+        // real recorder aggregates repeats.
+        let (events, _) = inner.store.list(Res::Event, Some(ns));
+        let seen = events.iter().any(|e| {
+            e["involvedObject"]["uid"] == job["metadata"]["uid"] && e["reason"] == "FailedCreate"
+        });
+        if !seen {
+            kubelet::record_event(
+                inner,
+                job,
+                "Warning",
+                "FailedCreate",
+                &msg,
+                "job-controller",
+            );
+        }
+    }
+    match admitted {
         Ok(pod) => match inner.store.create(Res::Pod, ns, pod) {
             Ok(pod) => {
                 let msg = format!("Created pod: {}", s(&pod["metadata"]["name"]));

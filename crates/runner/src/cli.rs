@@ -69,6 +69,10 @@ pub struct RenderArgs {
     /// How the environment would be made.
     #[command(flatten)]
     pub env: EnvArgs,
+    /// Print instead the least-privilege Role berth needs in its namespace, bound to this
+    /// service account (default `berth`).
+    #[arg(long, value_name = "SERVICE_ACCOUNT", num_args = 0..=1, default_missing_value = "berth")]
+    pub rbac: Option<String>,
 }
 
 /// `berth doctor`.

@@ -316,7 +316,7 @@ async fn doctor(ctx: &Ctx, args: DoctorArgs) -> anyhow::Result<ExitCode> {
         if let Ok(kc) = backend::kubernetes_config(config) {
             if let Ok(engine) = berth_engine_k8s::KubernetesEngine::connect(kc).await {
                 if engine.init().await.is_ok() {
-                    checks.extend(engine.checks(k.pvc_name.as_deref()).await);
+                    checks.extend(berth_runner::doctor::kubernetes(&engine, config).await);
                 }
             }
         }
@@ -346,6 +346,11 @@ async fn doctor(ctx: &Ctx, args: DoctorArgs) -> anyhow::Result<ExitCode> {
                         false,
                         "no image configured (runner.image) or given (--image)".into(),
                     )),
+                    Some(image)
+                        if config.runner.backend == berth_engine_core::BackendKind::Kubernetes =>
+                    {
+                        checks.push(berth_runner::doctor::kubernetes_image(config, &image).await);
+                    }
                     Some(image) => {
                         let image = ImageRef::new(image)?;
                         match engine
@@ -967,9 +972,13 @@ async fn image_build(ctx: &Ctx, args: ImageBuildArgs) -> anyhow::Result<ExitCode
 }
 
 fn render(ctx: &Ctx, args: RenderArgs) -> anyhow::Result<ExitCode> {
-    let spec = environment_spec(ctx, &args.env)?;
-    let config = backend::kubernetes_config(ctx.config())?;
-    let objects = berth_engine_k8s::render(&spec, &config)?;
+    let objects = match &args.rbac {
+        Some(subject) => berth_runner::rbac::objects(ctx.config(), subject),
+        None => {
+            let spec = environment_spec(ctx, &args.env)?;
+            berth_engine_k8s::render(&spec, &backend::kubernetes_config(ctx.config())?)?
+        }
+    };
     if ctx.json {
         ctx.print_json(&serde_json::Value::Array(objects));
         return Ok(ExitCode::SUCCESS);

@@ -194,6 +194,8 @@ pub struct KubernetesSection {
     pub image_pull_policy: Option<String>,
     /// How long `start` waits for the pod to run, e.g. `5m`.
     pub start_timeout: String,
+    /// How long an unschedulable pod waits for an autoscaler's scale-up event, e.g. `20s`.
+    pub scale_up_grace: String,
     /// `hardened` or `restricted` (the Pod Security Standard; needs a non-root user).
     pub security: String,
     /// The user environments run as (`uid` or `uid:gid`); required by `restricted`.
@@ -213,6 +215,7 @@ impl Default for KubernetesSection {
             create_pvc: false,
             image_pull_policy: None,
             start_timeout: "5m".into(),
+            scale_up_grace: "20s".into(),
             security: "hardened".into(),
             run_as_user: None,
         }
@@ -308,6 +311,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "kubernetes.create_pvc",
     "kubernetes.image_pull_policy",
     "kubernetes.start_timeout",
+    "kubernetes.scale_up_grace",
     "kubernetes.security",
     "kubernetes.run_as_user",
 ];
@@ -782,6 +786,8 @@ impl BerthConfig {
         }
         parse_duration(&self.kubernetes.start_timeout)
             .map_err(|r| invalid("kubernetes.start_timeout", r))?;
+        parse_duration(&self.kubernetes.scale_up_grace)
+            .map_err(|r| invalid("kubernetes.scale_up_grace", r))?;
         if !matches!(self.kubernetes.security.as_str(), "hardened" | "restricted") {
             return Err(invalid(
                 "kubernetes.security",

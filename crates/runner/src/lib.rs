@@ -17,7 +17,9 @@
 pub mod archive;
 pub mod backend;
 pub mod config;
+pub mod doctor;
 pub mod gc;
 pub mod owner;
+pub mod rbac;
 pub mod session;
 pub mod state;
