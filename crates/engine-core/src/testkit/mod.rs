@@ -21,6 +21,7 @@
 //! [`busybox_build_context`].
 
 pub mod cases;
+mod cases_zombies;
 
 use std::future::Future;
 use std::io::Read;
@@ -304,6 +305,7 @@ macro_rules! conformance_suite {
             invalid_input_is_rejected_before_io,
             environment_ends_after_max_lifetime,
             build_image_or_unsupported,
+            no_zombie_is_left_behind,
         );
     };
     (@cases $fixture:expr; $($case:ident),* $(,)?) => {
