@@ -261,3 +261,62 @@ async fn pod_deleted_mid_exec_is_an_error_not_a_success() {
         Err(e) => assert_ne!(e.kind(), ErrorKind::InvalidSpec, "{e}"),
     }
 }
+
+/// A `restricted` environment shares its pod's process namespace too: it starts, runs as its
+/// user, its orphans are reaped by the pause process, and a timed-out command's tree is still
+/// found and killed through `/proc`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restricted_environment_reaps_orphans_and_kills_timed_out_trees() {
+    let c = cluster(|_| {}).await;
+    let mut spec = EnvironmentSpec::new(c.image.clone(), SessionId::generate());
+    spec.security = berth_engine_core::SecurityProfile::Restricted;
+    spec.user = Some("1000".into());
+    let env = c
+        .engine
+        .start(&spec)
+        .await
+        .expect("a restricted environment starts");
+    let outcome = async {
+        let id = c.engine.exec(&env, ExecRequest::new(["id", "-u"])).await?;
+        let orphans = c
+            .engine
+            .exec(&env, ExecRequest::shell("sleep 0.1 &"))
+            .await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let zombies = c
+            .engine
+            .exec(
+                &env,
+                ExecRequest::shell("cat /proc/[0-9]*/stat 2>/dev/null | grep ') Z ' || true"),
+            )
+            .await?;
+        let timed_out = c
+            .engine
+            .exec(
+                &env,
+                ExecRequest::shell("sleep 777 & sleep 778").with_timeout(Duration::from_secs(1)),
+            )
+            .await;
+        let left = c
+            .engine
+            .exec(
+                &env,
+                ExecRequest::shell("cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' '"),
+            )
+            .await?;
+        Ok::<_, berth_engine_core::Error>((id, orphans, zombies, timed_out, left))
+    }
+    .await;
+    c.engine.stop(&env).await.expect("stop");
+    let (id, orphans, zombies, timed_out, left) = outcome.expect("the execs run");
+    assert_eq!(id.stdout_lossy(), "1000\n");
+    assert!(orphans.status.success(), "{orphans:?}");
+    assert_eq!(zombies.stdout_lossy(), "", "zombies were left");
+    let err = timed_out.expect_err("the command times out");
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    let left = left.stdout_lossy();
+    assert!(
+        !left.contains("sleep 777") && !left.contains("sleep 778"),
+        "the timed-out tree survived: {left}"
+    );
+}

@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::errors::ApiError;
+use crate::fields::{self, FieldValidation};
 use crate::meta::{self, FieldSelector, LabelSelector};
 use crate::store::{Event, EventType, Res};
 use crate::{admission, authz, exec, jobs, kubelet, openapi, tables, Inner};
@@ -25,8 +26,8 @@ pub(crate) type Body = UnsyncBoxBody<Bytes, Infallible>;
 /// How often a watch that allows bookmarks gets one.
 const BOOKMARK_PERIOD: Duration = Duration::from_secs(10);
 
-/// The Kubernetes version the simulator claims to be.
-const VERSION_MINOR: &str = "32";
+/// The Kubernetes version the simulator claims to be (its schema is k8s-openapi's `v1_33`).
+pub(crate) const VERSION_MINOR: &str = "33";
 
 pub(crate) async fn serve(inner: Arc<Inner>, listener: TcpListener) {
     loop {
@@ -65,6 +66,17 @@ pub(crate) fn json_response(code: u16, v: &Value) -> Response<Body> {
 
 pub(crate) fn error_response(e: &ApiError) -> Response<Body> {
     json_response(e.code, &e.status())
+}
+
+/// `resp` with one `Warning` header per message, as the API server sends them (kubectl
+/// prints each as `Warning: ...`).
+fn with_warnings(mut resp: Response<Body>, warnings: &[String]) -> Response<Body> {
+    for w in warnings {
+        if let Ok(v) = hyper::header::HeaderValue::from_str(&fields::warning_header(w)) {
+            resp.headers_mut().append(hyper::header::WARNING, v);
+        }
+    }
+    resp
 }
 
 /// A streamed response fed by the returned sender.
@@ -128,16 +140,27 @@ pub(crate) async fn read_body(req: Request<Incoming>) -> Result<Value, ApiError>
         return Err(ApiError::new(
             415,
             "UnsupportedMediaType",
-            format!("the body of the request was in an unknown format - accepted media types include: application/json, application/merge-patch+json, application/strategic-merge-patch+json, application/json-patch+json (got {content_type})"),
+            format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/merge-patch+json, application/strategic-merge-patch+json, application/json-patch+json, application/apply-patch+yaml (got {content_type})"),
         ));
     }
     let bytes = body_bytes(req).await?;
     if bytes.is_empty() {
         return Ok(Value::Null);
     }
-    serde_json::from_slice(&bytes).map_err(|e| {
+    let json = serde_json::from_slice(&bytes);
+    if content_type.contains("yaml") {
+        // JSON is YAML too; only what is not JSON goes through the YAML parser.
+        if let Ok(v) = json {
+            return Ok(v);
+        }
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|e| ApiError::bad_request(format!("the YAML body is not UTF-8: {e}")))?;
+        return fields::parse_yaml(text)
+            .map_err(|e| ApiError::bad_request(format!("error converting YAML to JSON: {e}")));
+    }
+    json.map_err(|e| {
         ApiError::bad_request(format!(
-            "the body is not JSON (the simulator speaks only JSON): {e}"
+            "the body is not JSON (send application/json or application/yaml): {e}"
         ))
     })
 }
@@ -159,7 +182,7 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
                 "major": "1", "minor": VERSION_MINOR,
                 "gitVersion": format!("v1.{VERSION_MINOR}.0"),
                 "gitCommit": "berth-k8s-sim", "gitTreeState": "clean",
-                "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.23",
+                "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.24",
                 "compiler": "gc", "platform": "linux/amd64",
             }),
         )),
@@ -436,9 +459,11 @@ async fn collection(
         Method::POST => {
             let ns = ns.unwrap_or("");
             let dry_run = params.get("dryRun").is_some_and(|d| d == "All");
-            let body = read_body(req).await?;
+            let validation = FieldValidation::parse(params.get("fieldValidation"))?;
+            let mut body = read_body(req).await?;
+            let warnings = fields::decode(res, &mut body, validation)?;
             let created = create(inner, res, ns, body, dry_run).await?;
-            Ok(json_response(201, &created))
+            Ok(with_warnings(json_response(201, &created), &warnings))
         }
         Method::DELETE => {
             let filter = Filter::from(&params)?;
@@ -496,7 +521,9 @@ async fn object(
             Ok(json_response(200, &obj))
         }
         Method::PUT => {
-            let body = read_body(req).await?;
+            let validation = FieldValidation::parse(params.get("fieldValidation"))?;
+            let mut body = read_body(req).await?;
+            let warnings = fields::decode(res, &mut body, validation)?;
             let expected = body["metadata"]["resourceVersion"]
                 .as_str()
                 .map(str::to_owned);
@@ -520,12 +547,17 @@ async fn object(
                     }
                     Ok(())
                 })?;
-            Ok(json_response(200, &updated))
+            Ok(with_warnings(json_response(200, &updated), &warnings))
         }
         Method::PATCH => {
+            let validation = FieldValidation::parse(params.get("fieldValidation"))?;
             let body = read_body(req).await?;
-            let updated = patch(inner, res, ns, name, &body)?;
-            Ok(json_response(200, &updated))
+            let mut warnings = Vec::new();
+            let updated = patch(inner, res, ns, name, &body, |obj| {
+                warnings = fields::decode(res, obj, validation)?;
+                Ok(())
+            })?;
+            Ok(with_warnings(json_response(200, &updated), &warnings))
         }
         Method::DELETE => {
             let body = read_body(req).await?;
@@ -537,21 +569,23 @@ async fn object(
 }
 
 /// PATCH bodies are applied as JSON merge patches (strategic merge patches included, which
-/// then replace lists instead of merging them) and as JSON patches when the body is an array.
+/// then replace lists instead of merging them) and as JSON patches when the body is an array;
+/// `decode` then sees the patched object, as the API server decodes the result of a patch.
 fn patch(
     inner: &Arc<Inner>,
     res: Res,
     ns: &str,
     name: &str,
     body: &Value,
+    decode: impl FnOnce(&mut Value) -> Result<(), ApiError>,
 ) -> Result<Value, ApiError> {
     inner.store.update(res, ns, name, None, |obj| {
         if let Value::Array(ops) = body {
-            json_patch(obj, ops)
+            json_patch(obj, ops)?;
         } else {
             meta::merge_patch(obj, body);
-            Ok(())
         }
+        decode(obj)
     })
 }
 

@@ -16,6 +16,36 @@ fn s(v: &Value) -> &str {
     v.as_str().unwrap_or("")
 }
 
+/// The finalizer the job controller puts on each pod it creates and takes off once it has
+/// counted the finished pod (or the job is gone).
+pub(crate) const TRACKING_FINALIZER: &str = "batch.kubernetes.io/job-tracking";
+
+/// Takes the tracking finalizer off a pod of `ns`; `orphan` also drops its owner references.
+fn untrack(inner: &Arc<Inner>, ns: &str, pod: &Value, orphan: bool) {
+    let has = pod["metadata"]["finalizers"]
+        .as_array()
+        .is_some_and(|f| f.iter().any(|x| x == TRACKING_FINALIZER));
+    if !has && !orphan {
+        return;
+    }
+    let _ = inner
+        .store
+        .update(Res::Pod, ns, s(&pod["metadata"]["name"]), None, |p| {
+            if let Some(md) = p["metadata"].as_object_mut() {
+                if orphan {
+                    md.remove("ownerReferences");
+                }
+                if let Some(f) = md.get_mut("finalizers").and_then(Value::as_array_mut) {
+                    f.retain(|x| x != TRACKING_FINALIZER);
+                    if f.is_empty() {
+                        md.remove("finalizers");
+                    }
+                }
+            }
+            Ok(())
+        });
+}
+
 /// Runs the controllers until the runtime stops: on every store change and every half second.
 pub(crate) async fn run(inner: Arc<Inner>) {
     let mut changes = inner.store.subscribe_changes();
@@ -166,14 +196,7 @@ pub(crate) fn delete_job(
                 .iter()
                 .filter(|p| controller_uid(p) == Some(uid.as_str()))
             {
-                let _ = inner
-                    .store
-                    .update(Res::Pod, ns, s(&pod["metadata"]["name"]), None, |p| {
-                        if let Some(md) = p["metadata"].as_object_mut() {
-                            md.remove("ownerReferences");
-                        }
-                        Ok(())
-                    });
+                untrack(inner, ns, pod, true);
             }
             inner
                 .store
@@ -273,6 +296,7 @@ fn create_pod(inner: &Arc<Inner>, job: &Value) {
             "namespace": ns,
             "labels": template["metadata"]["labels"],
             "annotations": annotations,
+            "finalizers": [TRACKING_FINALIZER],
             "ownerReferences": [{
                 "apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": uid,
                 "controller": true, "blockOwnerDeletion": true,
@@ -400,6 +424,10 @@ fn reconcile_job(inner: &Arc<Inner>, job: &Value, pods: &[Value]) {
         |k: &str| usize::try_from(job["status"][k].as_u64().unwrap_or(0)).unwrap_or(usize::MAX);
     let succeeded = succeeded_now.max(prev("succeeded"));
     let failed = failed_now.max(prev("failed"));
+    // Finished pods are counted now: their tracking finalizer comes off.
+    for p in owned.iter().filter(|p| is_terminal(p)) {
+        untrack(inner, ns, p, false);
+    }
     let ready = active.iter().filter(|p| pod_ready(p)).count();
     let as_usize = |k: &str, d: u64| {
         usize::try_from(job["spec"][k].as_u64().unwrap_or(d)).unwrap_or(usize::MAX)

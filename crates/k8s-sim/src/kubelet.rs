@@ -120,10 +120,50 @@ fn qos_class(spec: &Value) -> &'static str {
     }
 }
 
+/// The tolerations the `DefaultTolerationSeconds` admission plugin gives every pod: five
+/// minutes on a node that is not ready or unreachable before the pod is evicted.
+const DEFAULT_TOLERATIONS: [&str; 2] = [
+    "node.kubernetes.io/not-ready",
+    "node.kubernetes.io/unreachable",
+];
+
+/// What the admission plugins of a real control plane add to every pod, also to those a
+/// controller creates: the `ServiceAccount` plugin's `serviceAccountName` (`default` when
+/// unset, mirrored in the deprecated `serviceAccount`) and `DefaultTolerationSeconds`'
+/// tolerations. The plugin's token volume is not added (see the crate docs).
+fn admit_pod(spec: &mut Value) {
+    let account = match s(&spec["serviceAccountName"]) {
+        "" => match s(&spec["serviceAccount"]) {
+            "" => "default".to_owned(),
+            old => old.to_owned(),
+        },
+        name => name.to_owned(),
+    };
+    spec["serviceAccountName"] = json!(account);
+    spec["serviceAccount"] = json!(account);
+    let mut tolerations = spec["tolerations"].as_array().cloned().unwrap_or_default();
+    for key in DEFAULT_TOLERATIONS {
+        let tolerated = tolerations.iter().any(|t| {
+            let effect = s(&t["effect"]);
+            let key_matches =
+                s(&t["key"]) == key || (s(&t["key"]).is_empty() && s(&t["operator"]) == "Exists");
+            key_matches && (effect.is_empty() || effect == "NoExecute")
+        });
+        if !tolerated {
+            tolerations.push(
+                json!({"key": key, "operator": "Exists", "effect": "NoExecute",
+                "tolerationSeconds": 300}),
+            );
+        }
+    }
+    spec["tolerations"] = json!(tolerations);
+}
+
 /// Validates a pod and fills its defaults and initial status.
 pub(crate) fn default_pod(mut pod: Value, name: &str) -> Result<Value, ApiError> {
     validate_pod_spec(&pod["spec"], Res::Pod, name, "spec")?;
     default_pod_spec(&mut pod["spec"]);
+    admit_pod(&mut pod["spec"]);
     let qos = qos_class(&pod["spec"]);
     pod["status"] = json!({"phase": "Pending", "qosClass": qos});
     Ok(pod)
@@ -1522,6 +1562,10 @@ impl Worker {
         labels.insert("io.kubernetes.pod.namespace".to_owned(), self.ns.clone());
         labels.insert("io.kubernetes.container.name".to_owned(), cname.clone());
         let hostname: String = self.name.chars().take(63).collect();
+        // As on a node, the container's command is its PID 1 and reaps nothing, unless the pod
+        // shares one process namespace: then the sandbox's pause process is PID 1 and reaps
+        // orphans, which Docker's init (tini) stands in for here.
+        let shared_pids = pod["spec"]["shareProcessNamespace"].as_bool() == Some(true);
         let body = ContainerCreateBody {
             image: Some(image),
             entrypoint: strings(&c["command"]),
@@ -1535,7 +1579,7 @@ impl Worker {
             open_stdin: Some(c["stdin"].as_bool().unwrap_or(false)),
             stop_timeout: Some(1),
             host_config: Some(HostConfig {
-                init: Some(true),
+                init: Some(shared_pids),
                 mounts: Some(mounts),
                 group_add: (!groups.is_empty()).then_some(groups),
                 memory,
@@ -1679,8 +1723,14 @@ fn requests(pod: &Value) -> (f64, f64) {
     (cpu, mem)
 }
 
-/// The Docker id of `container` in `pod`, or the error the API server would answer.
-pub(crate) fn container_id(pod: &Value, container: Option<&str>) -> Result<String, ApiError> {
+/// Whether no node was assigned to `pod` yet: the API server then has no kubelet to send an
+/// exec or a log request to.
+pub(crate) fn unscheduled(pod: &Value) -> bool {
+    s(&pod["spec"]["nodeName"]).is_empty()
+}
+
+/// The name of `container` in `pod` (the only one when `None`), or the API server's 400.
+pub(crate) fn container_name(pod: &Value, container: Option<&str>) -> Result<String, ApiError> {
     let name = s(&pod["metadata"]["name"]);
     let specs = pod["spec"]["containers"]
         .as_array()
@@ -1700,6 +1750,20 @@ pub(crate) fn container_id(pod: &Value, container: Option<&str>) -> Result<Strin
     if !names.contains(&container.as_str()) {
         return Err(ApiError::bad_request(format!(
             "container {container} is not valid for pod {name}"
+        )));
+    }
+    Ok(container)
+}
+
+/// The Docker id of `container` in `pod`, or the error the API server would answer: the
+/// container name is checked first, then that the pod has a node (as the API server's
+/// `streamLocation` does), then the kubelet's view of the container.
+pub(crate) fn container_id(pod: &Value, container: Option<&str>) -> Result<String, ApiError> {
+    let name = s(&pod["metadata"]["name"]);
+    let container = container_name(pod, container)?;
+    if unscheduled(pod) {
+        return Err(ApiError::bad_request(format!(
+            "pod {name} does not have a host assigned"
         )));
     }
     let statuses = pod["status"]["containerStatuses"]
@@ -1734,6 +1798,13 @@ pub(crate) async fn logs(
         .store
         .get(Res::Pod, ns, name)
         .ok_or_else(|| ApiError::not_found(Res::Pod, name))?;
+    if unscheduled(&pod) {
+        // The API server's LogLocation has no node to ask and streams nothing: 204.
+        container_name(&pod, params.get("container"))?;
+        let mut resp = Response::new(api::full(Bytes::new()));
+        *resp.status_mut() = hyper::StatusCode::NO_CONTENT;
+        return Ok(resp);
+    }
     let mut id = container_id(&pod, params.get("container"))?;
     if params.flag("previous") {
         let container = params

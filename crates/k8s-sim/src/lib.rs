@@ -55,12 +55,36 @@
 //! `fieldRef`), `workingDir`, `runAsUser`/`runAsGroup` → User, `fsGroup` and
 //! `supplementalGroups` → GroupAdd, `limits.memory` → Memory (no swap), `limits.cpu` →
 //! NanoCpus, `capabilities` → CapAdd/CapDrop, `allowPrivilegeEscalation: false` →
-//! `no-new-privileges`, `readOnlyRootFilesystem`, `privileged`, `tty`/`stdin`, and Docker's
-//! init. `runAsNonRoot` with a root user is CreateContainerConfigError, as on a kubelet.
+//! `no-new-privileges`, `readOnlyRootFilesystem`, `privileged`, `tty`/`stdin`.
+//! `runAsNonRoot` with a root user is CreateContainerConfigError, as on a kubelet. As on a node,
+//! the container's command is its PID 1 and reaps no orphans; a pod with
+//! `shareProcessNamespace: true` gets Docker's init as a reaping PID 1 instead, standing in for
+//! the sandbox's pause process.
 //!
-//! # How it differs from a real API server (knowingly)
+//! # Speaking as kube-apiserver 1.33 does
 //!
-//! - JSON only: no protobuf, CBOR or YAML bodies (answered with 415). kubectl 1.32+ sends
+//! - `/version` and the node say v1.33.0; the field schema is Kubernetes 1.33's (k8s-openapi
+//!   `v1_33`).
+//! - Bodies are JSON or YAML (`application/yaml`). Quantities are stored in apimachinery's
+//!   canonical form (`1000m` reads back as `1`, `1.5Gi` as `1536Mi`); a malformed one is 400.
+//! - Unknown fields are dropped, never stored; `fieldValidation=Strict` refuses them with the
+//!   decoder's 400 (`Job in version "v1" cannot be handled as a Job: strict decoding error:
+//!   unknown field "spec.bogus"`), `Warn` (the default) answers one `Warning` header per field,
+//!   `Ignore` is silent. This holds for create, update and patch.
+//! - Every pod, also one a controller creates, gets what admission gives it: a
+//!   `serviceAccountName` (`default` when unset) and the `DefaultTolerationSeconds`
+//!   tolerations; a Job's pods carry the `batch.kubernetes.io/job-tracking` finalizer until
+//!   the controller has counted them.
+//! - Exec on a pod with no node is 400 "pod NAME does not have a host assigned"; its logs are
+//!   204 with no body, as the API server answers when it has no kubelet to ask.
+//! - Exec stream options are booleans as the API server converts them (absent is false); an
+//!   exec asking for none of stdin, stdout, stderr is the kubelet's plain-text 400 "you must
+//!   specify at least 1 of stdin, stdout, stderr". Stdin may come in text frames as well as
+//!   binary ones (the Python client sends text).
+//!
+//! # What the simulator does not model (knowingly)
+//!
+//! - JSON and YAML only: no protobuf or CBOR bodies (answered with 415). kubectl 1.32+ sends
 //!   protobuf for its built-in generators (`kubectl create namespace|secret|configmap ...`);
 //!   use `kubectl create -f` instead. The exception is a `SelfSubjectAccessReview`, which is
 //!   also read from protobuf (`kubectl auth can-i` 1.32+ sends one) and answered in JSON. Server-side apply is a plain merge patch (kubectl
@@ -74,9 +98,23 @@
 //!   AppArmor, sysctl, volume-type or seccomp-on-baseline checks, quotas count no storage or
 //!   object counts besides pods, and their `status.used` is not kept), no
 //!   defaulting beyond the fields listed in the code, and light validation (names,
-//!   containers, images, a job's restartPolicy, a claim's size and access modes). `fieldValidation=Strict` is accepted and
-//!   ignored; the OpenAPI v3 documents only declare that parameter (kubectl reads it to pick
-//!   server-side validation), they have no schemas; `/openapi/v2` is 404.
+//!   containers, images, a job's restartPolicy, a claim's size and access modes). The OpenAPI v3 documents only declare
+//!   the `fieldValidation` parameter (kubectl reads it to pick server-side validation), they
+//!   have no schemas; `/openapi/v2` is 404.
+//! - Field validation is a typed round trip through k8s-openapi: a body the typed decoder
+//!   refuses outright (a value of the wrong type, a missing required field) is not checked
+//!   for unknown fields but goes on to the simulator's own validation; duplicate fields are
+//!   not reported; the top-level `status` a client sends is not checked (the simulator writes
+//!   it).
+//! - Service accounts: there are no ServiceAccount objects, so a pod naming one that does not
+//!   exist is not refused, and no token volume (`kube-api-access-*`) is added, whatever
+//!   `automountServiceAccountToken` says.
+//! - Tolerations and taints: the node has no taints and never becomes unready, so tolerations
+//!   are stored but never evaluated, and nothing is evicted.
+//! - Finalizers do not hold up a deletion: a pod is removed at once, its job-tracking
+//!   finalizer included.
+//! - `shareProcessNamespace` gives each container its own reaping init: containers of one pod
+//!   do not see each other's processes.
 //! - Discovery is the unaggregated kind (`/api`, `/apis`, resource lists); kubectl and
 //!   kube-rs fall back to it.
 //! - Resources: namespaces, nodes (one, two after a scale-up; read-mostly), pods (`log`,
@@ -111,7 +149,7 @@
 //! - Jobs: the first pod is created inside the create request (a real controller is a moment
 //!   later), so `kubectl wait -l job-name=...` right after `kubectl create` finds it; no pod
 //!   failure backoff delay (a failed pod is replaced at once); no indexed jobs,
-//!   `podFailurePolicy`, `successPolicy` or pod-tracking finalizers. Jobs default to orphaning
+//!   `podFailurePolicy` or `successPolicy`. Jobs default to orphaning
 //!   their pods when deleted without a propagation policy, as batch/v1 does.
 //! - Claims bind at once (or after [`Sim::bind_claims_after`]) to a Docker volume (no storage
 //!   classes, no `WaitForFirstConsumer`, no PersistentVolume objects); deleting a claim removes it at once (no `pvc-protection` finalizer) and its
@@ -134,10 +172,12 @@ mod api;
 mod authz;
 mod errors;
 mod exec;
+mod fields;
 mod jobs;
 mod kubelet;
 mod meta;
 mod openapi;
+mod quantity;
 mod store;
 mod tables;
 
@@ -241,7 +281,7 @@ pub(crate) fn node_object(name: &str, node: &NodeSize, runtime_version: &str) ->
             "addresses": [{"type": "InternalIP", "address": "127.0.0.1"},
                 {"type": "Hostname", "address": name}],
             "nodeInfo": {
-                "kubeletVersion": "v1.32.0",
+                "kubeletVersion": format!("v1.{}.0", api::VERSION_MINOR),
                 "containerRuntimeVersion": format!("docker://{runtime_version}"),
                 "osImage": "berth k8s-sim",
                 "kernelVersion": "",

@@ -16,6 +16,9 @@ use bollard::query_parameters::{ListContainersOptions, ListVolumesOptions};
 
 const IMAGE: &str = berth_engine_core::testkit::TEST_IMAGE;
 
+#[path = "kubectl/simproto.rs"]
+mod simproto;
+
 /// The kubectl binary of minor version `minor`.
 fn kubectl_binary(minor: u32) -> PathBuf {
     let candidates = [
@@ -1365,7 +1368,7 @@ async fn exec_protocols_and_bookmarks() {
 }
 
 /// How a container spec maps to Docker: command/args, env, workingDir, runAsUser, limits,
-/// init; a memory hog is OOMKilled.
+/// no init; a memory hog is OOMKilled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn container_mapping() {
     let c = cluster(32).await;
@@ -1458,7 +1461,8 @@ spec:
     let host = inspect.host_config.expect("host config");
     assert_eq!(host.memory, Some(64 * 1024 * 1024));
     assert_eq!(host.nano_cpus, Some(500_000_000));
-    assert_eq!(host.init, Some(true));
+    // As on a node: no init, the command is PID 1 (the pod does not share its PIDs).
+    assert_eq!(host.init, Some(false));
     assert_eq!(host.cap_drop, Some(vec!["ALL".to_owned()]));
     assert_eq!(host.cap_add, Some(vec!["CHOWN".to_owned()]));
     assert_eq!(host.readonly_rootfs, Some(true));

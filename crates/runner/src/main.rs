@@ -76,14 +76,19 @@ fn usage_error(e: &clap::Error) -> ExitCode {
     }
 }
 
-fn init_tracing(verbose: u8) {
-    let default = match verbose {
-        0 => "warn",
-        1 => {
-            "info,berth=debug,berth_runner=debug,berth_engine_docker=debug,berth_engine_core=debug"
-        }
+/// The log filter for `-v` given `verbose` times, when `RUST_LOG` does not say. Without `-v`
+/// only berth's own warnings show: a dependency (kube's client, hyper, bollard) logs nothing,
+/// since berth reports each failure itself, once, in its own words.
+fn default_log_filter(verbose: u8) -> &'static str {
+    match verbose {
+        0 => "off,berth=warn,berth_runner=warn,berth_engine_core=warn,berth_engine_docker=warn,berth_engine_k8s=warn",
+        1 => "info,berth=debug,berth_runner=debug,berth_engine_docker=debug,berth_engine_core=debug,berth_engine_k8s=debug",
         _ => "trace",
-    };
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let default = default_log_filter(verbose);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
@@ -91,4 +96,25 @@ fn init_tracing(verbose: u8) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_log_filter;
+
+    #[test]
+    fn only_berth_warns_by_default() {
+        let quiet = default_log_filter(0);
+        assert!(quiet.starts_with("off,"), "{quiet}");
+        for krate in ["berth_runner", "berth_engine_k8s", "berth_engine_docker"] {
+            assert!(quiet.contains(&format!("{krate}=warn")), "{quiet}");
+        }
+        for filter in [quiet, default_log_filter(1), default_log_filter(2)] {
+            assert!(
+                tracing_subscriber::EnvFilter::try_new(filter).is_ok(),
+                "{filter}"
+            );
+        }
+        assert!(default_log_filter(1).starts_with("info,"));
+    }
 }

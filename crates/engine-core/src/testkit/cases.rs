@@ -17,6 +17,8 @@ use crate::{
     SessionId, Stdin, StopOutcome, TtySize, Workspace,
 };
 
+pub use super::cases_zombies::no_zombie_is_left_behind;
+
 const MIB: usize = 1024 * 1024;
 
 async fn run(fx: &Fixture, env: &EnvironmentId, req: ExecRequest) -> crate::ExecOutput {

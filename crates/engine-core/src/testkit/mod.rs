@@ -23,6 +23,7 @@
 pub mod cases;
 pub mod cases_detached;
 pub mod cases_foreign;
+mod cases_zombies;
 
 use std::future::Future;
 use std::io::Read;
@@ -334,6 +335,7 @@ macro_rules! conformance_suite {
             build_image_or_unsupported,
             foreign_objects_are_refused_and_left_alone,
             mark_detached_is_recorded_on_the_environment,
+            no_zombie_is_left_behind,
         );
     };
     (@cases $fixture:expr; $($case:ident),* $(,)?) => {
