@@ -17,6 +17,7 @@
 pub mod archive;
 pub mod backend;
 pub mod config;
+pub mod copy;
 pub mod gc;
 pub mod owner;
 pub mod session;
