@@ -521,3 +521,36 @@ fn archive_read_only_directories_get_their_mode_after_their_contents() {
     fs::set_permissions(&out, fs::Permissions::from_mode(0o755)).expect("chmod");
     fs::set_permissions(out.join("locked"), fs::Permissions::from_mode(0o755)).expect("chmod");
 }
+
+#[test]
+fn archive_limits_come_from_the_copy_config_section() {
+    use crate::config::BerthConfig;
+    let config = BerthConfig::from_yaml_str(
+        "copy:\n  max_bytes: 1Gi\n  max_entries: 10\n  max_path_bytes: 100\n",
+    )
+    .expect("config");
+    assert_eq!(
+        config.copy.limits(),
+        CopyLimits {
+            max_bytes: 1024 * 1024 * 1024,
+            max_entries: 10,
+            max_path_bytes: 100,
+        }
+    );
+    let config = BerthConfig::from_yaml_str("copy:\n  max_bytes: 5000\n").expect("config");
+    assert_eq!(config.copy.limits().max_bytes, 5000);
+    assert_eq!(
+        BerthConfig::from_yaml_str("runner:\n  backend: docker\n")
+            .expect("config")
+            .copy
+            .limits(),
+        CopyLimits::default()
+    );
+    let err = BerthConfig::from_yaml_str("copy:\n  max_bytes: lots\n").expect_err("invalid");
+    assert!(
+        err.to_string().contains("max_bytes") || err.to_string().contains("lots"),
+        "{err}"
+    );
+    let err = BerthConfig::from_yaml_str("copy:\n  max_byts: 1\n").expect_err("unknown");
+    assert!(err.to_string().contains("max_bytes"), "{err}");
+}
