@@ -348,7 +348,8 @@ fn parse_umask(status: &str) -> Option<u32> {
 pub struct Extracted {
     /// Members written.
     pub entries: u64,
-    /// Bytes of file content written.
+    /// Bytes of member data read: file content written, plus any data a directory or link
+    /// header claimed (dropped, but counted).
     pub bytes: u64,
 }
 
@@ -586,7 +587,21 @@ fn extract_into(
             &mut done,
             &mut deferred,
         )?;
-        reader.skip(size - consumed + padding(size))?;
+        // Data a member should not have (a directory or link "holding" a terabyte) is read
+        // and dropped, but counts against the byte limit: otherwise it never ends.
+        let unread = size - consumed;
+        done.bytes = done.bytes.saturating_add(unread);
+        if done.bytes > limits.max_bytes {
+            return Err(CopyError::LimitExceeded {
+                limit: Limit::Bytes,
+                max: limits.max_bytes,
+                detail: format!(
+                    "entry {} carries {unread} bytes of data",
+                    escape_name(&name)
+                ),
+            });
+        }
+        reader.skip(unread + padding(size))?;
     }
     if pending.run > 0 {
         return Err(CopyError::Malformed {

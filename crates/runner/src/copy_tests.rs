@@ -256,6 +256,9 @@ fn archive_a_terabyte_file_hits_the_byte_limit_and_leaves_nothing() {
     let err = huge(&file("big", 0o644, b""), Some("big"));
     assert_eq!(err.limit(), Some(Limit::Bytes), "{err}");
     assert!(err.to_string().contains("--max-bytes"), "{err}");
+    // A directory claiming a terabyte of data is not read forever either.
+    let err = huge(&m("d/", EntryType::Directory, 0o755), Some("d"));
+    assert_eq!(err.limit(), Some(Limit::Bytes), "{err}");
 
     // Counted across files: two of 600 KiB against a 1 MiB limit.
     let data = vec![7u8; 600 * 1024];
