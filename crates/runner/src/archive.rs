@@ -13,6 +13,8 @@ use tokio::sync::mpsc;
 use crate::copy::{self, CopyError, ExtractOptions, Extracted};
 
 const PIECE: usize = 64 * 1024;
+/// What may follow an archive's end marker (tar pads to its record size, 10 KiB by default).
+const TRAILING_MAX: usize = 1024 * 1024;
 
 struct ChannelWriter {
     tx: mpsc::Sender<std::io::Result<Bytes>>,
@@ -159,7 +161,7 @@ impl Read for ChannelReader {
 /// # Errors
 /// [`CopyError`]; a failure of the environment's stream is [`CopyError::Read`].
 pub async fn copy_out_to(
-    mut stream: TarStream,
+    stream: TarStream,
     dest: &Path,
     source_name: Option<&OsStr>,
     options: &ExtractOptions,
@@ -168,25 +170,58 @@ pub async fn copy_out_to(
     let dest = dest.to_owned();
     let source_name = source_name.map(OsStr::to_owned);
     let options = options.clone();
-    let extract = tokio::task::spawn_blocking(move || {
+    // Read twice (while staging, then to its end): fused, so its end is seen once.
+    let mut stream = stream.fuse();
+    let stage = tokio::task::spawn_blocking(move || {
         let reader = ChannelReader {
             rx,
             current: Bytes::new(),
         };
-        copy::extract_to(reader, &dest, source_name.as_deref(), &options)
+        copy::stage(reader, &dest, source_name.as_deref(), &options)
     });
+    let mut stream_error = None;
     while let Some(item) = stream.next().await {
-        let failed = item.is_err();
-        // A closed channel means extraction stopped (refused or done): stop reading.
-        if tx.send(item).await.is_err() || failed {
-            break;
+        match item {
+            // A closed channel means staging stopped (refused, or the archive's end).
+            Ok(piece) => {
+                if tx.send(Ok(piece)).await.is_err() {
+                    break;
+                }
+            }
+            Err(e) => {
+                let _ = tx
+                    .send(Err(std::io::Error::new(e.kind(), e.to_string())))
+                    .await;
+                stream_error = Some(e);
+                break;
+            }
         }
     }
     drop(tx);
-    drop(stream);
-    extract.await.map_err(|e| CopyError::Read {
+    let staged = stage.await.map_err(|e| CopyError::Read {
         source: std::io::Error::other(e),
-    })?
+    })?;
+    if let Some(source) = stream_error {
+        return Err(CopyError::Read { source });
+    }
+    let staged = staged?;
+    // The archive ended; the stream must end too, and may still report that the environment's
+    // `tar` failed (an unreadable file is skipped with a late exit 1): then nothing is placed.
+    let mut trailing = 0usize;
+    while let Some(item) = stream.next().await {
+        trailing += item.map_err(|source| CopyError::Read { source })?.len();
+        if trailing > TRAILING_MAX {
+            return Err(CopyError::Malformed {
+                reason: format!("more than {TRAILING_MAX} bytes follow the archive's end"),
+            });
+        }
+    }
+    drop(stream);
+    tokio::task::spawn_blocking(move || staged.place())
+        .await
+        .map_err(|e| CopyError::Read {
+            source: std::io::Error::other(e),
+        })?
 }
 
 #[cfg(test)]

@@ -356,6 +356,7 @@ pub struct Extracted {
 /// Directories whose final mode would lock their owner out while the archive is still being
 /// written (no `rwx` for the owner) get it after everything is in place. The list lives in an
 /// unnamed temporary file, not in memory: a hostile archive may hold millions of them.
+#[derive(Debug)]
 struct DeferredModes {
     file: Option<BufWriter<fs::File>>,
     last: Option<PathBuf>,
@@ -956,11 +957,35 @@ pub fn extract_to(
     source_name: Option<&OsStr>,
     options: &ExtractOptions,
 ) -> Result<Extracted, CopyError> {
+    stage(archive, dest, source_name, options)?.place()
+}
+
+/// An archive [`stage`] accepted, written into a private temporary directory next to the
+/// destination; [`Staged::place`] moves it into place, dropping it removes it.
+#[derive(Debug)]
+pub struct Staged {
+    staging: tempfile::TempDir,
+    target: Destination,
+    top: Option<std::ffi::OsString>,
+    deferred: DeferredModes,
+    extracted: Extracted,
+}
+
+/// The first half of [`extract_to`]: reads and checks the whole archive into a temporary
+/// directory next to `dest`, touching nothing else. A caller that must still learn whether the
+/// stream ended well (an environment's `tar` reports a failure after the archive's end)
+/// places the result only then.
+///
+/// # Errors
+/// [`CopyError`]; nothing is left behind.
+pub fn stage(
+    archive: impl Read,
+    dest: &Path,
+    source_name: Option<&OsStr>,
+    options: &ExtractOptions,
+) -> Result<Staged, CopyError> {
     let target = Destination::of(dest)?;
-    let staging_parent = match &target {
-        Destination::IntoDir(d) => d.clone(),
-        Destination::New(p) | Destination::OverFile(p) => parent_dir(p),
-    };
+    let staging_parent = target.staging_parent();
     let staging = tempfile::Builder::new()
         .prefix(".berth-cp-")
         .tempdir_in(&staging_parent)
@@ -974,53 +999,85 @@ pub fn extract_to(
     let umask = current_umask();
     let (extracted, deferred) = extract_into(archive, staging.path(), options, umask)?;
     let top = single_or_named_top(staging.path(), source_name, &target, dest)?;
-    match &target {
-        Destination::IntoDir(dir) => {
-            let entries =
-                fs::read_dir(staging.path()).map_err(write_error("list", staging.path()))?;
-            for entry in entries {
-                let entry = entry.map_err(write_error("list", staging.path()))?;
-                merge(&entry.path(), &dir.join(entry.file_name()))?;
-            }
-            deferred
-                .apply(|rel| dir.join(rel))
-                .map_err(write_error("set directory modes in", dir))?;
-        }
-        Destination::New(path) | Destination::OverFile(path) => {
-            let top = top.expect("one top-level entry");
-            let from = staging.path().join(&top);
-            if matches!(target, Destination::OverFile(_))
-                && fs::symlink_metadata(&from).is_ok_and(|m| m.is_dir())
-            {
-                return Err(CopyError::Destination {
-                    path: path.clone(),
-                    reason: "a directory cannot replace a file".into(),
-                });
-            }
-            fs::rename(&from, path).map_err(|source| CopyError::Place {
-                from: from.clone(),
-                to: path.clone(),
-                source,
-            })?;
-            deferred
-                .apply(|rel| {
-                    let rest = rel.strip_prefix(&top).unwrap_or(rel);
-                    if rest.as_os_str().is_empty() {
-                        path.clone()
-                    } else {
-                        path.join(rest)
-                    }
-                })
-                .map_err(write_error("set directory modes in", path))?;
+    if let (Destination::OverFile(path), Some(top)) = (&target, &top) {
+        if fs::symlink_metadata(staging.path().join(top)).is_ok_and(|m| m.is_dir()) {
+            return Err(CopyError::Destination {
+                path: path.clone(),
+                reason: "a directory cannot replace a file".into(),
+            });
         }
     }
-    staging
-        .close()
-        .map_err(|e| write_error("remove the temporary directory", &staging_parent)(e))?;
-    Ok(extracted)
+    Ok(Staged {
+        staging,
+        target,
+        top,
+        deferred,
+        extracted,
+    })
+}
+
+impl Staged {
+    /// What the archive held.
+    #[must_use]
+    pub fn extracted(&self) -> Extracted {
+        self.extracted
+    }
+
+    /// Moves the staged copy into place, following `docker cp` (see [`extract_to`]).
+    ///
+    /// # Errors
+    /// [`CopyError::Place`] when a move fails part-way (what was moved stays);
+    /// [`CopyError::Write`] when setting modes or removing the temporary directory fails.
+    pub fn place(self) -> Result<Extracted, CopyError> {
+        let Self {
+            staging,
+            target,
+            top,
+            deferred,
+            extracted,
+        } = self;
+        match &target {
+            Destination::IntoDir(dir) => {
+                let entries =
+                    fs::read_dir(staging.path()).map_err(write_error("list", staging.path()))?;
+                for entry in entries {
+                    let entry = entry.map_err(write_error("list", staging.path()))?;
+                    merge(&entry.path(), &dir.join(entry.file_name()))?;
+                }
+                deferred
+                    .apply(|rel| dir.join(rel))
+                    .map_err(write_error("set directory modes in", dir))?;
+            }
+            Destination::New(path) | Destination::OverFile(path) => {
+                let top = top.expect("one top-level entry");
+                let from = staging.path().join(&top);
+                fs::rename(&from, path).map_err(|source| CopyError::Place {
+                    from: from.clone(),
+                    to: path.clone(),
+                    source,
+                })?;
+                deferred
+                    .apply(|rel| {
+                        let rest = rel.strip_prefix(&top).unwrap_or(rel);
+                        if rest.as_os_str().is_empty() {
+                            path.clone()
+                        } else {
+                            path.join(rest)
+                        }
+                    })
+                    .map_err(write_error("set directory modes in", path))?;
+            }
+        }
+        let parent = target.staging_parent();
+        staging
+            .close()
+            .map_err(|e| write_error("remove the temporary directory", &parent)(e))?;
+        Ok(extracted)
+    }
 }
 
 /// Where a copy goes, decided before anything is read.
+#[derive(Debug)]
 enum Destination {
     IntoDir(PathBuf),
     New(PathBuf),
@@ -1028,6 +1085,14 @@ enum Destination {
 }
 
 impl Destination {
+    /// The staging directory's parent: next to the target, so placing is a rename.
+    fn staging_parent(&self) -> PathBuf {
+        match self {
+            Self::IntoDir(d) => d.clone(),
+            Self::New(p) | Self::OverFile(p) => parent_dir(p),
+        }
+    }
+
     fn of(dest: &Path) -> Result<Self, CopyError> {
         // The destination is the user's own path: following a symlink there is what they asked.
         match fs::metadata(dest) {

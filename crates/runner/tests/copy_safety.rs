@@ -334,14 +334,20 @@ fn raw_header(name: &[u8], kind: tar::EntryType, size: u64) -> tar::Header {
     h
 }
 
+/// An archive of the directory `x/` and one file named `name` (raw: `..` allowed).
+fn dir_and_file(name: &[u8], data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(raw_header(b"x/", tar::EntryType::Directory, 0).as_bytes());
+    out.extend_from_slice(raw_header(name, tar::EntryType::Regular, data.len() as u64).as_bytes());
+    out.extend_from_slice(data);
+    out.resize(out.len().div_ceil(512) * 512 + 1024, 0);
+    out
+}
+
 #[tokio::test]
 async fn archive_dotdot_entry_fails_the_copy_kubernetes() {
     let env = Env::up(true).await;
-    let mut evil = Vec::new();
-    evil.extend_from_slice(raw_header(b"x/", tar::EntryType::Directory, 0).as_bytes());
-    evil.extend_from_slice(raw_header(b"x/../../evil", tar::EntryType::Regular, 4).as_bytes());
-    evil.extend_from_slice(b"bad\n");
-    evil.resize(evil.len().div_ceil(512) * 512 + 1024, 0);
+    let evil = dir_and_file(b"x/../../evil", b"bad\n");
     env.hostile_tar("/tmp/x", &evil, "exec cat /tmp/payload");
     let out = env.cp(&[&env.from("/tmp/x"), env.path("out").to_str().expect("utf8")]);
     assert!(!out.status.success(), "a `..` entry was dropped silently");
@@ -356,6 +362,24 @@ async fn archive_dotdot_entry_fails_the_copy_kubernetes() {
         .expect("parent")
         .join("evil")
         .exists());
+}
+
+#[tokio::test]
+async fn archive_late_tar_failure_fails_the_copy_kubernetes() {
+    // busybox tar skips a file it cannot read and exits 1 after a complete-looking archive:
+    // the copy must fail and place nothing.
+    let env = Env::up(true).await;
+    let payload = dir_and_file(b"x/partial", b"ok\n");
+    env.hostile_tar(
+        "/tmp/x",
+        &payload,
+        "cat /tmp/payload; echo tar: x/secret: Permission denied >&2; exit 1",
+    );
+    let out = env.cp(&[&env.from("/tmp/x"), env.path("out").to_str().expect("utf8")]);
+    assert!(!out.status.success(), "a failed tar was reported as a copy");
+    let err = text(&out.stderr);
+    assert!(err.contains("Permission denied"), "{err}");
+    assert_eq!(listing(&env.path("out")), Vec::<String>::new());
 }
 
 fn assert_bounded(peak: u64, baseline: u64, what: &str) {
