@@ -176,10 +176,27 @@ pub struct ShellArgs {
 /// `berth cp`.
 #[derive(Debug, Args)]
 pub struct CpArgs {
-    /// Source: a local path, or ENV:PATH.
+    /// Source: a local path (`.` or `DIR/.` for a directory's contents), or ENV:PATH.
     pub source: String,
-    /// Destination: ENV:DIR (an existing directory), or a local directory.
+    /// Destination: ENV:DIR (an existing directory); or a local path: into it when it is a
+    /// directory, over it when it is a file, created when it does not exist.
     pub destination: String,
+    /// Copying out: keep the archive's permission bits instead of masking them by the umask
+    /// (set-uid, set-gid and sticky bits are stripped regardless).
+    #[arg(long)]
+    pub preserve_mode: bool,
+    /// Copying out: accept file names holding control characters (newlines, escapes).
+    #[arg(long)]
+    pub allow_control_characters: bool,
+    /// Copying out: most bytes written, e.g. 8Gi (default: config copy.max_bytes).
+    #[arg(long, value_name = "SIZE")]
+    pub max_bytes: Option<String>,
+    /// Copying out: most archive entries (default: config copy.max_entries).
+    #[arg(long, value_name = "N")]
+    pub max_entries: Option<u64>,
+    /// Copying out: longest path in bytes (default: config copy.max_path_bytes).
+    #[arg(long, value_name = "N")]
+    pub max_path_bytes: Option<u64>,
 }
 
 /// `berth ls`.

@@ -11,7 +11,9 @@ use berth_engine_core::{
     ImageRef, LabelSelector, OutputChunk, Progress, ProgressEvent, PullPolicy, SessionId, Stdin,
     StopOutcome,
 };
+use berth_runner::config::parse_memory_bytes;
 use berth_runner::config::{parse_duration, BerthConfig, LoadOptions, Loaded};
+use berth_runner::copy::{self, ExtractOptions};
 use berth_runner::gc::{collect_garbage, GcOptions};
 use berth_runner::session::Session;
 use berth_runner::state::StateDir;
@@ -711,10 +713,26 @@ async fn cp(ctx: &Ctx, args: CpArgs) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("failed to copy {} into {env}:{dir}", args.source))?;
         }
         (Some((env, path)), None) => {
+            let mut limits = ctx.config().copy.limits();
+            if let Some(size) = &args.max_bytes {
+                limits.max_bytes =
+                    parse_memory_bytes(size).map_err(|e| anyhow!("invalid --max-bytes: {e}"))?;
+            }
+            limits.max_entries = args.max_entries.unwrap_or(limits.max_entries);
+            limits.max_path_bytes = args.max_path_bytes.unwrap_or(limits.max_path_bytes);
+            let options = ExtractOptions::default()
+                .limits(limits)
+                .preserve_mode(args.preserve_mode)
+                .allow_control_characters(args.allow_control_characters);
             let stream = engine.copy_out(&env, &path).await?;
-            archive::unpack_into(stream, Path::new(&args.destination))
-                .await
-                .with_context(|| format!("failed to copy {env}:{path} to {}", args.destination))?;
+            archive::copy_out_to(
+                stream,
+                Path::new(&args.destination),
+                copy::source_name(&path),
+                &options,
+            )
+            .await
+            .with_context(|| format!("failed to copy {env}:{path} to {}", args.destination))?;
         }
         (Some(_), Some(_)) => {
             bail!("copying between two environments is not supported: copy out, then in")

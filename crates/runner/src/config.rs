@@ -58,6 +58,8 @@ pub struct BerthConfig {
     pub docker: DockerSection,
     /// The Kubernetes backend.
     pub kubernetes: KubernetesSection,
+    /// Limits of `berth cp` out of an environment.
+    pub copy: CopySection,
 }
 
 /// `runner:`: backend choice and environment defaults.
@@ -314,6 +316,9 @@ pub const KNOWN_KEYS: &[&str] = &[
     "kubernetes.scale_up_grace",
     "kubernetes.security",
     "kubernetes.run_as_user",
+    "copy.max_bytes",
+    "copy.max_entries",
+    "copy.max_path_bytes",
 ];
 
 fn user_config_file() -> Option<PathBuf> {
@@ -999,6 +1004,58 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err(expected());
     }
     Ok(Duration::from_secs(secs))
+}
+
+/// `copy:`: limits on what one `berth cp` out of an environment may write on the host (the
+/// archive an environment sends is untrusted). Defaults: 8Gi, 1000000 entries, 4096-byte paths.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct CopySection {
+    /// Total bytes of file content, as a quantity (`8Gi`) or a number of bytes.
+    #[serde(deserialize_with = "de_bytes")]
+    pub max_bytes: u64,
+    /// Number of archive members.
+    pub max_entries: u64,
+    /// Length in bytes of one path or link target.
+    pub max_path_bytes: u64,
+}
+
+impl Default for CopySection {
+    fn default() -> Self {
+        let d = crate::copy::CopyLimits::default();
+        Self {
+            max_bytes: d.max_bytes,
+            max_entries: d.max_entries,
+            max_path_bytes: d.max_path_bytes,
+        }
+    }
+}
+
+impl CopySection {
+    /// The limits these values set.
+    #[must_use]
+    pub fn limits(&self) -> crate::copy::CopyLimits {
+        crate::copy::CopyLimits {
+            max_bytes: self.max_bytes,
+            max_entries: self.max_entries,
+            max_path_bytes: self.max_path_bytes,
+        }
+    }
+}
+
+/// A byte count written as a memory quantity (`8Gi`) or a plain number.
+fn de_bytes<'de, D: serde::Deserializer<'de>>(de: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Bytes {
+        Number(u64),
+        Text(String),
+    }
+    match Bytes::deserialize(de)? {
+        Bytes::Number(n) => Ok(n),
+        Bytes::Text(t) => parse_memory_bytes(&t).map_err(serde::de::Error::custom),
+    }
 }
 
 #[cfg(test)]
