@@ -56,7 +56,8 @@ fn canonicalize(res: Res, obj: &mut Value) -> Result<(), ApiError> {
             .and_then(|t| t.get_mut("spec"))
             .map_or(Ok(()), quantity::canonicalize_pod_spec),
         Res::Pvc => quantity::canonicalize_claim(obj),
-        Res::Namespace | Res::Node | Res::Event => Ok(()),
+        // Quota and LimitRange quantities are stored as sent (not canonicalized).
+        Res::Namespace | Res::Node | Res::Event | Res::ResourceQuota | Res::LimitRange => Ok(()),
     };
     result.map_err(|e| decode_error(res, &e))
 }
@@ -70,7 +71,9 @@ fn round_trip<T: DeserializeOwned + Serialize>(obj: &Value) -> Option<Value> {
 
 fn typed(res: Res, obj: &Value) -> Option<Value> {
     use k8s_openapi::api::batch::v1::Job;
-    use k8s_openapi::api::core::v1::{Event, Namespace, Node, PersistentVolumeClaim, Pod};
+    use k8s_openapi::api::core::v1::{
+        Event, LimitRange, Namespace, Node, PersistentVolumeClaim, Pod, ResourceQuota,
+    };
     match res {
         Res::Pod => round_trip::<Pod>(obj),
         Res::Job => round_trip::<Job>(obj),
@@ -78,6 +81,8 @@ fn typed(res: Res, obj: &Value) -> Option<Value> {
         Res::Namespace => round_trip::<Namespace>(obj),
         Res::Node => round_trip::<Node>(obj),
         Res::Event => round_trip::<Event>(obj),
+        Res::ResourceQuota => round_trip::<ResourceQuota>(obj),
+        Res::LimitRange => round_trip::<LimitRange>(obj),
     }
 }
 
