@@ -229,6 +229,20 @@ impl Error {
         }
     }
 
+    /// The refusal of an object berth did not create: `name` names a container, Job or pod
+    /// that exists but lacks the label `app.kubernetes.io/managed-by=berth`. A
+    /// [`ErrorKind::NotFound`], because to berth it is not an environment; nothing was touched.
+    pub fn not_a_berth_environment(name: impl std::fmt::Display) -> Self {
+        Error::NotFound {
+            what: "berth environment",
+            name: format!(
+                "{name} (not a berth environment: it exists but lacks the label {}={}, so berth leaves it alone)",
+                crate::LABEL_MANAGED_BY,
+                crate::MANAGED_BY_VALUE
+            ),
+        }
+    }
+
     /// Combines a primary failure with the failure of the cleanup that followed it.
     #[must_use]
     pub fn with_cleanup_failure(self, cleanup: Error) -> Self {

@@ -54,6 +54,7 @@ pub use spec::{
     SecurityProfile, StopOutcome, VolumeStatus, Workspace, HARDENED_CAPABILITIES, LABEL_CREATED,
     LABEL_MANAGED_BY, LABEL_NAME, LABEL_SESSION, MANAGED_BY_VALUE,
 };
+pub use spec::{DETACHED_REQUESTED, DETACHED_YES, LABEL_DETACHED};
 
 /// Which engine runs the environments.
 ///
@@ -234,10 +235,34 @@ pub trait ContainerEngine: Send + Sync {
 
     /// Stops and removes the environment at once (no grace period); idempotent.
     ///
+    /// Like every call taking an environment, it acts only on objects berth created (labelled
+    /// [`LABEL_MANAGED_BY`]`=berth`), named exactly (Docker also takes an id prefix unique among
+    /// berth's containers).
+    ///
     /// # Errors
     /// A backend error when removal failed; a missing environment is
-    /// [`StopOutcome::AlreadyGone`], not an error.
+    /// [`StopOutcome::AlreadyGone`], not an error; an object berth did not create is
+    /// [`Error::not_a_berth_environment`] and is left alone.
     async fn stop(&self, env: &EnvironmentId) -> Result<StopOutcome>;
+
+    /// Records on the environment itself that it was detached on purpose and is ready, so
+    /// that [`ContainerEngine::list`] reports [`LABEL_DETACHED`]` = `[`DETACHED_YES`] on any
+    /// host, and no `gc` takes its gone owner process for a crash. Call it once `start`
+    /// returned; an environment started with [`LABEL_DETACHED`]` = `[`DETACHED_REQUESTED`]
+    /// whose caller died before this call keeps that value.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when the environment is missing or not berth's;
+    /// [`Error::Unsupported`] (the default) when the backend cannot record it.
+    async fn mark_detached(&self, env: &EnvironmentId) -> Result<()> {
+        Err(Error::Unsupported {
+            backend: self.backend().as_str(),
+            operation: "mark_detached",
+            reason: format!(
+                "this engine cannot record on {env} that it was detached; keep the owning process alive or stop the environment yourself"
+            ),
+        })
+    }
 
     /// Lists the environments whose labels match `selector`.
     ///

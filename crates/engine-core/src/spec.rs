@@ -19,6 +19,17 @@ pub const LABEL_SESSION: &str = "berth.dev/session";
 pub const LABEL_NAME: &str = "berth.dev/name";
 /// Label carrying the creation time, in seconds since the Unix epoch, so `gc` can judge age.
 pub const LABEL_CREATED: &str = "berth.dev/created";
+/// Label recording that an environment was detached on purpose (`berth up`): handed to no
+/// process, so `gc` must not take a gone owner for a crash. [`DETACHED_REQUESTED`] when it
+/// is created, [`DETACHED_YES`] once [`ContainerEngine::mark_detached`](crate::ContainerEngine::mark_detached)
+/// recorded that it is ready; an environment whose `berth up` died in between stays
+/// collectable.
+pub const LABEL_DETACHED: &str = "berth.dev/detached";
+/// [`LABEL_DETACHED`] at creation: detachment asked for, the environment not yet ready.
+pub const DETACHED_REQUESTED: &str = "requested";
+/// [`LABEL_DETACHED`] as [`ContainerEngine::list`](crate::ContainerEngine::list) reports it
+/// once the environment was marked detached.
+pub const DETACHED_YES: &str = "true";
 
 /// Where an environment's workspace lives. It is mounted at [`EnvironmentSpec::mount_path`].
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]

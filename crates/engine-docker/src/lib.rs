@@ -32,7 +32,8 @@ use berth_engine_core::{
     BackendKind, BuildSpec, ContainerEngine, EngineInfo, EnvironmentId, EnvironmentSpec,
     EnvironmentState, EnvironmentStatus, Error, ExecProcess, ExecRequest, ImageInfo, ImageRef,
     LabelSelector, Progress, ProgressEvent, PullPolicy, Resources, Result, SecurityProfile,
-    StopOutcome, TarStream, VolumeStatus, Workspace,
+    StopOutcome, TarStream, VolumeStatus, Workspace, DETACHED_REQUESTED, DETACHED_YES,
+    LABEL_DETACHED,
 };
 use bollard::models::{
     ContainerCreateBody, ContainerSummaryStateEnum, HostConfig, Mount, MountType,
@@ -50,6 +51,9 @@ use crate::errors::BACKEND;
 
 /// The daemon address used when neither [`DockerConfig::host`] nor `DOCKER_HOST` is set.
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
+
+/// The file [`ContainerEngine::mark_detached`] writes at the container's root.
+const DETACHED_MARKER: &str = ".berth-detached";
 
 /// Default pids limit of an environment when its spec sets none.
 pub const DEFAULT_PIDS_LIMIT: u64 = 4096;
@@ -538,7 +542,8 @@ impl ContainerEngine for DockerEngine {
     }
 
     async fn exec_streaming(&self, env: &EnvironmentId, req: ExecRequest) -> Result<ExecProcess> {
-        exec::exec_streaming(&self.docker, &self.address, env, req).await
+        let env = self.resolve_existing(env).await?;
+        exec::exec_streaming(&self.docker, &self.address, &env, req).await
     }
 
     async fn copy_in(&self, env: &EnvironmentId, dest: &str, tar: TarStream) -> Result<()> {
@@ -548,6 +553,7 @@ impl ContainerEngine for DockerEngine {
                 format!("must be an absolute path, got {dest:?}"),
             ));
         }
+        let env = &self.resolve_existing(env).await?;
         self.docker
             .upload_to_container(
                 env.as_str(),
@@ -568,6 +574,7 @@ impl ContainerEngine for DockerEngine {
                 format!("must be an absolute path, got {path:?}"),
             ));
         }
+        let env = &self.resolve_existing(env).await?;
         let mut stream = self.docker.download_from_container(
             env.as_str(),
             Some(DownloadFromContainerOptions {
@@ -591,9 +598,40 @@ impl ContainerEngine for DockerEngine {
     }
 
     async fn stop(&self, env: &EnvironmentId) -> Result<StopOutcome> {
-        let outcome = self.remove_container(env.as_str()).await?;
+        let Some(name) = self.resolve(env).await? else {
+            return Ok(StopOutcome::AlreadyGone);
+        };
+        let outcome = self.remove_container(&name).await?;
         tracing::debug!(env = %env, ?outcome, "stopped environment");
         Ok(outcome)
+    }
+
+    async fn mark_detached(&self, env: &EnvironmentId) -> Result<()> {
+        // Labels are immutable on Docker, so the record is a file the daemon writes into the
+        // container (no process runs); `list` reads it back for containers created with
+        // `berth.dev/detached=requested`.
+        let env = self.resolve_existing(env).await?;
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(0o444);
+        header.set_size(0);
+        tar.append_data(&mut header, DETACHED_MARKER, std::io::empty())
+            .and_then(|()| tar.finish())
+            .map_err(|e| Error::backend(BACKEND, "write the detached marker", e))?;
+        let archive = tar
+            .into_inner()
+            .map_err(|e| Error::backend(BACKEND, "write the detached marker", e))?;
+        self.docker
+            .upload_to_container(
+                env.as_str(),
+                Some(UploadToContainerOptions {
+                    path: "/".to_owned(),
+                    ..Default::default()
+                }),
+                bollard::body_full(archive.into()),
+            )
+            .await
+            .map_err(|e| errors::env_call(&self.address, env.as_str(), "mark detached", e))
     }
 
     async fn list(&self, selector: &LabelSelector) -> Result<Vec<EnvironmentStatus>> {
@@ -617,8 +655,14 @@ impl ContainerEngine for DockerEngine {
             else {
                 continue;
             };
-            let labels: std::collections::BTreeMap<String, String> =
+            let mut labels: std::collections::BTreeMap<String, String> =
                 c.labels.unwrap_or_default().into_iter().collect();
+            if labels.get(LABEL_DETACHED).map(String::as_str) == Some(DETACHED_REQUESTED)
+                && c.state == Some(ContainerSummaryStateEnum::RUNNING)
+                && self.has_detached_marker(&name).await?
+            {
+                labels.insert(LABEL_DETACHED.to_owned(), DETACHED_YES.to_owned());
+            }
             if !selector.matches(&labels) {
                 continue;
             }
@@ -707,6 +751,153 @@ impl ContainerEngine for DockerEngine {
     }
 }
 
+/// A container as [`DockerEngine::resolve`] sees it: its name, full id and whether berth
+/// made it.
+struct Candidate {
+    name: String,
+    id: String,
+    berths: bool,
+}
+
+/// Which container `given` names for berth, by the rule every command follows: an exact
+/// name or full id of a berth container; else an id prefix unique among berth's containers.
+/// `named` is what the daemon itself resolved `given` to (it also matches id prefixes of
+/// containers berth did not create); `berths` lists berth's containers.
+///
+/// `Ok(None)`: nothing by that name exists; `Err`: it names a container berth did not create,
+/// or a prefix ambiguous among berth's.
+fn pick_container(
+    given: &str,
+    named: Option<&Candidate>,
+    berths: &[Candidate],
+) -> Result<Option<String>> {
+    if let Some(c) = named {
+        if c.berths {
+            return Ok(Some(c.name.clone()));
+        }
+        if c.name == given || c.id == given {
+            return Err(Error::not_a_berth_environment(given));
+        }
+    }
+    let matches: Vec<&Candidate> = berths
+        .iter()
+        .filter(|c| c.berths && !given.is_empty() && c.id.starts_with(given))
+        .collect();
+    match (matches.as_slice(), named) {
+        ([one], _) => Ok(Some(one.name.clone())),
+        ([], None) => Ok(None),
+        ([], Some(_)) => Err(Error::not_a_berth_environment(given)),
+        (many, _) => Err(Error::invalid_spec(
+            "environment",
+            format!(
+                "the id prefix {given:?} matches {} berth environments ({}); give more of the id or the name",
+                many.len(),
+                many.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        )),
+    }
+}
+
+impl DockerEngine {
+    /// The name of the berth container `env` names (see [`pick_container`]); `Ok(None)` when
+    /// no container has that name or id. Every call taking an environment goes through this,
+    /// so berth never runs a command in, copies with, or removes a container it did not create.
+    async fn resolve(&self, env: &EnvironmentId) -> Result<Option<String>> {
+        let named = match self.docker.inspect_container(env.as_str(), None).await {
+            Ok(c) => Some(Candidate {
+                name: c
+                    .name
+                    .unwrap_or_default()
+                    .trim_start_matches('/')
+                    .to_owned(),
+                id: c.id.unwrap_or_default(),
+                berths: c
+                    .config
+                    .and_then(|c| c.labels)
+                    .and_then(|l| l.get(berth_engine_core::LABEL_MANAGED_BY).cloned())
+                    .as_deref()
+                    == Some(berth_engine_core::MANAGED_BY_VALUE),
+            }),
+            // Missing, or an id prefix several containers share (the daemon refuses those).
+            Err(e) if matches!(errors::status(&e), Some((400 | 404, _))) => None,
+            Err(e) => {
+                return Err(errors::env_call(
+                    &self.address,
+                    env.as_str(),
+                    "inspect container",
+                    e,
+                ))
+            }
+        };
+        if named.as_ref().is_some_and(|c| c.berths) {
+            return pick_container(env.as_str(), named.as_ref(), &[]);
+        }
+        // Only a hexadecimal string can be an id prefix of one of berth's containers.
+        let berths = if env.as_str().bytes().all(|b| b.is_ascii_hexdigit()) {
+            self.berth_containers().await?
+        } else {
+            Vec::new()
+        };
+        pick_container(env.as_str(), named.as_ref(), &berths)
+    }
+
+    /// Like [`DockerEngine::resolve`], for calls that need the environment to exist: a name
+    /// that names nothing is passed on unchanged so the call reports it missing as before.
+    async fn resolve_existing(&self, env: &EnvironmentId) -> Result<EnvironmentId> {
+        match self.resolve(env).await? {
+            Some(name) if name != env.as_str() => EnvironmentId::new(name),
+            _ => Ok(env.clone()),
+        }
+    }
+
+    /// Whether [`ContainerEngine::mark_detached`] wrote its marker into `name`.
+    async fn has_detached_marker(&self, name: &str) -> Result<bool> {
+        let options = bollard::query_parameters::ContainerArchiveInfoOptions {
+            path: format!("/{DETACHED_MARKER}"),
+        };
+        match self
+            .docker
+            .get_container_archive_info(name, Some(options))
+            .await
+        {
+            Ok(_) => Ok(true),
+            // No marker, or the container went away meanwhile.
+            Err(e) if matches!(errors::status(&e), Some((404, _))) => Ok(false),
+            Err(e) => Err(errors::env_call(
+                &self.address,
+                name,
+                "stat the detached marker",
+                e,
+            )),
+        }
+    }
+
+    async fn berth_containers(&self) -> Result<Vec<Candidate>> {
+        let listed = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(label_filters(&LabelSelector::all())),
+                ..Default::default()
+            }))
+            .await
+            .map_err(self.other("list containers"))?;
+        Ok(listed
+            .into_iter()
+            .map(|c| Candidate {
+                name: c
+                    .names
+                    .and_then(|n| n.into_iter().next())
+                    .unwrap_or_default()
+                    .trim_start_matches('/')
+                    .to_owned(),
+                id: c.id.unwrap_or_default(),
+                berths: true,
+            })
+            .collect())
+    }
+}
+
 impl DockerEngine {
     fn path_error(
         &self,
@@ -727,5 +918,51 @@ impl DockerEngine {
             }
             _ => errors::env_call(&self.address, env.as_str(), step, e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(name: &str, id: &str, berths: bool) -> Candidate {
+        Candidate {
+            name: name.into(),
+            id: id.into(),
+            berths,
+        }
+    }
+
+    #[test]
+    fn a_container_berth_did_not_create_is_refused_by_name_id_or_prefix() {
+        let foreign = c("foreign", "8f4ad1aa", false);
+        for given in ["foreign", "8f4ad1aa", "8f4ad1"] {
+            let err = pick_container(given, Some(&foreign), &[]).unwrap_err();
+            assert!(err.is_not_found(), "{err}");
+            assert!(err.to_string().contains("not a berth environment"), "{err}");
+        }
+    }
+
+    #[test]
+    fn berths_own_resolve_by_name_id_or_unique_prefix() {
+        let mine = c("berth-s-main-1", "abc123", true);
+        let other = c("berth-s-main-2", "abd456", true);
+        let berths = [mine, other];
+        assert_eq!(
+            pick_container("abc123", Some(&berths[0]), &[]).unwrap(),
+            Some("berth-s-main-1".into())
+        );
+        // The daemon found no unique match (ambiguous with a foreign container): berth's own
+        // list decides.
+        assert_eq!(
+            pick_container("abc", None, &berths).unwrap(),
+            Some("berth-s-main-1".into())
+        );
+        let err = pick_container("ab", None, &berths).unwrap_err();
+        assert!(
+            err.to_string().contains("matches 2 berth environments"),
+            "{err}"
+        );
+        assert_eq!(pick_container("ffff", None, &berths).unwrap(), None);
     }
 }

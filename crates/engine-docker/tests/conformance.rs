@@ -4,8 +4,69 @@
 
 use std::sync::Arc;
 
-use berth_engine_core::testkit::{ensure_test_image, Fixture};
+use berth_engine_core::testkit::{ensure_test_image, Fixture, ForeignObjects};
+use berth_engine_core::ImageRef;
 use berth_engine_docker::{DockerConfig, DockerEngine};
+use bollard::models::ContainerCreateBody;
+use bollard::query_parameters::{CreateContainerOptions, RemoveContainerOptions};
+use bollard::Docker;
+
+/// Containers started with the plain Docker API, as `docker run` would: no berth labels.
+struct PlainContainers(Docker);
+
+#[async_trait::async_trait]
+impl ForeignObjects for PlainContainers {
+    async fn create(&self, image: &ImageRef) -> Vec<String> {
+        let name = format!(
+            "foreign-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let created = self
+            .0
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(name.clone()),
+                    ..Default::default()
+                }),
+                ContainerCreateBody {
+                    image: Some(image.to_string()),
+                    cmd: Some(vec!["sleep".into(), "600".into()]),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("create a foreign container");
+        self.0
+            .start_container(&name, None)
+            .await
+            .expect("start the foreign container");
+        let prefix = created.id[..12].to_owned();
+        vec![name, created.id, prefix]
+    }
+
+    async fn is_alive(&self, name: &str) -> bool {
+        self.0
+            .inspect_container(name, None)
+            .await
+            .ok()
+            .and_then(|c| c.state)
+            .and_then(|s| s.running)
+            .unwrap_or(false)
+    }
+
+    async fn remove(&self, name: &str) {
+        let _ = self
+            .0
+            .remove_container(
+                name,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    ..Default::default()
+                }),
+            )
+            .await;
+    }
+}
 
 async fn docker_fixture() -> Fixture {
     let engine = DockerEngine::connect(&DockerConfig::default())
@@ -14,7 +75,8 @@ async fn docker_fixture() -> Fixture {
     let image = ensure_test_image(&engine)
         .await
         .unwrap_or_else(|e| panic!("building the test image failed: {e}"));
-    Fixture::new(Arc::new(engine), image)
+    let raw = Docker::connect_with_defaults().expect("a Docker client");
+    Fixture::new(Arc::new(engine), image).with_foreign(PlainContainers(raw))
 }
 
 berth_engine_core::conformance_suite!(docker_fixture());

@@ -37,15 +37,9 @@ pub(crate) fn is_conflict(err: &kube::Error) -> bool {
 /// Maps an API error of `step` in `address`'s namespace.
 pub(crate) fn api(address: &str, step: &str, err: kube::Error) -> Error {
     match status(&err) {
-        Some(s) if s.code == 403 => Error::Forbidden {
-            backend: BACKEND,
-            address: address.to_owned(),
-            action: step.to_owned(),
-            reason: format!(
-                "{}; grant the service account or user RBAC for it (kubectl auth can-i)",
-                s.message
-            ),
-        },
+        // RBAC, Pod Security admission, ResourceQuota and LimitRange all answer 403; the
+        // hint follows the server's message.
+        Some(s) if s.code == 403 => crate::policy::refused(address, step, &s.message),
         Some(s) if s.code == 422 || s.code == 400 => Error::invalid_spec(
             "kubernetes",
             format!("the API server refused to {step}: {}", s.message),

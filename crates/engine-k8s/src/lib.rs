@@ -24,6 +24,7 @@
 mod errors;
 mod exec;
 pub mod manifest;
+mod policy;
 mod retry;
 mod wait;
 
@@ -65,8 +66,12 @@ pub struct KubernetesConfig {
     pub limits: Resources,
     /// `imagePullPolicy` of the container; `None` leaves the cluster default.
     pub image_pull_policy: Option<String>,
-    /// How long `start` waits for the pod to run.
+    /// How long `start` waits for the pod to run, scale-ups, claim binding and pull retries
+    /// included (the waiting policy is in the README's Kubernetes section).
     pub start_timeout: Duration,
+    /// How long an unschedulable pod waits for an autoscaler to announce a scale-up
+    /// (`TriggeredScaleUp`, `Nominated`) before it fails with the scheduler's message.
+    pub scale_up_grace: Duration,
     /// `ttlSecondsAfterFinished` of the Jobs.
     pub ttl_seconds_after_finished: i32,
     /// Storage request of workspace claims berth creates.
@@ -87,6 +92,8 @@ impl Default for KubernetesConfig {
             limits: Resources::default(),
             image_pull_policy: None,
             start_timeout: Duration::from_secs(300),
+            // cluster-autoscaler scans every 10 s; twice that covers one missed scan.
+            scale_up_grace: Duration::from_secs(20),
             ttl_seconds_after_finished: 600,
             workspace_size: "1Gi".into(),
             create_missing_claims: false,
@@ -139,8 +146,14 @@ impl KubernetesEngine {
         );
         let kube_config = match &config.kubeconfig {
             Some(path) => {
-                let file = kube::config::Kubeconfig::read_from(path)
-                    .map_err(|e| errors::unavailable(&where_, "cannot read the kubeconfig", e))?;
+                let file = kube::config::Kubeconfig::read_from(path).map_err(|e| match e {
+                    // kube's own message quotes the path's Debug form ('"/x"'); the address
+                    // already names it, so keep only the I/O cause.
+                    kube::config::KubeconfigError::ReadConfig(io, _) => {
+                        errors::unavailable(&where_, "cannot read the kubeconfig", io)
+                    }
+                    other => errors::unavailable(&where_, "cannot read the kubeconfig", other),
+                })?;
                 kube::Config::from_custom_kubeconfig(file, &options).await
             }
             None if config.context.is_some() => kube::Config::from_kubeconfig(&options).await,
@@ -191,10 +204,9 @@ impl KubernetesEngine {
         render(spec, &self.config)
     }
 
-    /// What `berth doctor` checks on a cluster beyond reachability: the namespace, the
-    /// workspace claim, and whether this identity may create Jobs and exec into pods
-    /// (SelfSubjectAccessReview; skipped with a reason where the server does not serve it).
-    /// Each entry is (check, ok, detail).
+    /// What `berth doctor` checks on a cluster beyond reachability and permissions
+    /// ([`KubernetesEngine::can_i`]): the namespace and the workspace claim. Each entry is
+    /// (check, ok, detail).
     pub async fn checks(&self, claim: Option<&str>) -> Vec<(String, bool, String)> {
         let mut out = Vec::new();
         let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
@@ -243,42 +255,32 @@ impl KubernetesEngine {
                 Err(e) => ("pvc".into(), false, e.to_string()),
             });
         }
-        for (verb, resource, subresource, group) in [
-            ("create", "jobs", None, "batch"),
-            ("create", "pods", Some("exec"), ""),
-            ("delete", "jobs", None, "batch"),
-        ] {
-            let name = format!(
-                "rbac: {verb} {resource}{}",
-                subresource.map(|s| format!("/{s}")).unwrap_or_default()
-            );
-            out.push(match self.can_i(verb, resource, subresource, group).await {
-                Ok(Some(true)) => (name, true, format!("allowed in {}", self.config.namespace)),
-                Ok(Some(false)) => (
-                    name,
-                    false,
-                    format!(
-                        "forbidden in {}: grant it with a Role and RoleBinding",
-                        self.config.namespace
-                    ),
-                ),
-                Ok(None) => (
-                    name,
-                    true,
-                    "skipped: the API server does not serve SelfSubjectAccessReview".into(),
-                ),
-                Err(e) => (name, false, e.to_string()),
-            });
-        }
         out
     }
 
-    async fn can_i(
+    /// Runs the image of `spec` in a short-lived pod built exactly like the environment's
+    /// (security profile, resources, service account, pull policy), then removes it:
+    /// `berth doctor`'s image check, judged by admission and quotas as the environment will be.
+    ///
+    /// # Errors
+    /// As [`ContainerEngine::start`] would fail for the same spec: [`Error::ImageNotFound`],
+    /// [`Error::Forbidden`] (RBAC or admission), [`Error::Unschedulable`],
+    /// [`Error::Timeout`] naming what was awaited, ...
+    pub async fn check_image_like(&self, spec: &EnvironmentSpec) -> Result<()> {
+        wait::check_image(self, spec, PullPolicy::IfNotPresent).await
+    }
+
+    /// Whether this identity may `verb` `resource[/subresource]` of API `group` in the
+    /// namespace, by SelfSubjectAccessReview; `None` when the server does not serve it.
+    ///
+    /// # Errors
+    /// When the review itself fails (unreachable, refused).
+    pub async fn can_i(
         &self,
         verb: &str,
+        group: &str,
         resource: &str,
         subresource: Option<&str>,
-        group: &str,
     ) -> Result<Option<bool>> {
         use k8s_openapi::api::authorization::v1::{
             ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
@@ -341,7 +343,9 @@ impl KubernetesEngine {
         }
         let pods = self
             .pod_api()
-            .list(&ListParams::default().labels(&format!("job-name={env}")))
+            .list(&ListParams::default().labels(&format!(
+                "job-name={env},{LABEL_MANAGED_BY}={MANAGED_BY_VALUE}"
+            )))
             .await
             .map_err(|e| errors::api(&self.address, "list pods", e))?;
         match pods
@@ -359,6 +363,47 @@ impl KubernetesEngine {
             }
             None => Err(not_found()),
         }
+    }
+
+    /// Whether `env` names one of berth's Jobs: `Ok(true)` when it does, `Ok(false)` when no
+    /// Job (and no pod) has that name, and the refusal when a Job or pod of that name exists
+    /// without berth's label. Every call taking an environment goes through this, so berth
+    /// never execs into, copies with, or deletes an object it did not create.
+    async fn is_berths(&self, env: &EnvironmentId) -> Result<bool> {
+        let berths = |labels: Option<&BTreeMap<String, String>>| {
+            labels
+                .and_then(|l| l.get(LABEL_MANAGED_BY))
+                .map(String::as_str)
+                == Some(MANAGED_BY_VALUE)
+        };
+        match self.jobs().get_opt(env.as_str()).await {
+            Ok(Some(job)) if berths(job.metadata.labels.as_ref()) => return Ok(true),
+            Ok(Some(_)) => return Err(Error::not_a_berth_environment(env)),
+            Ok(None) => {}
+            Err(e) => return Err(errors::api(&self.address, "get job", e)),
+        }
+        // A bare pod given by name is refused the same way, rather than reported missing.
+        match self.pod_api().get_opt(env.as_str()).await {
+            Ok(Some(pod)) if !berths(pod.metadata.labels.as_ref()) => {
+                Err(Error::not_a_berth_environment(env))
+            }
+            Ok(_) => Ok(false),
+            Err(e) => Err(errors::api(&self.address, "get pod", e)),
+        }
+    }
+
+    /// [`KubernetesEngine::is_berths`] for calls that then look up the pod: a pod learned
+    /// from one of berth's Jobs is known to be berth's, so only a first use asks.
+    async fn check_berths(&self, env: &EnvironmentId) -> Result<()> {
+        let known = self
+            .pods
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains_key(env);
+        if !known {
+            self.is_berths(env).await?;
+        }
+        Ok(())
     }
 
     async fn delete_job(&self, name: &str) -> Result<StopOutcome> {
@@ -381,7 +426,9 @@ impl KubernetesEngine {
                     grace_period_seconds: Some(0),
                     ..DeleteParams::default()
                 },
-                &ListParams::default().labels(&format!("job-name={name}")),
+                &ListParams::default().labels(&format!(
+                    "job-name={name},{LABEL_MANAGED_BY}={MANAGED_BY_VALUE}"
+                )),
             )
             .await;
         if let Err(e) = pods {
@@ -494,7 +541,8 @@ impl ContainerEngine for KubernetesEngine {
         policy: PullPolicy,
         _progress: &Progress,
     ) -> Result<ImageInfo> {
-        wait::check_image(self, image, policy).await?;
+        let spec = EnvironmentSpec::new(image.clone(), berth_engine_core::SessionId::generate());
+        wait::check_image(self, &spec, policy).await?;
         Ok(ImageInfo::new(image.clone(), None, None))
     }
 
@@ -532,7 +580,7 @@ impl ContainerEngine for KubernetesEngine {
             }
         }
         let id = EnvironmentId::new(job_name.clone())?;
-        match wait::until_running(self, &job_name, &spec.image).await {
+        match wait::until_running(self, &job_name, spec).await {
             Ok(pod) => {
                 self.pods
                     .lock()
@@ -549,22 +597,57 @@ impl ContainerEngine for KubernetesEngine {
     }
 
     async fn exec_streaming(&self, env: &EnvironmentId, req: ExecRequest) -> Result<ExecProcess> {
+        self.check_berths(env).await?;
         exec::exec_streaming(self, env, req).await
     }
 
     async fn copy_in(&self, env: &EnvironmentId, dest: &str, tar: TarStream) -> Result<()> {
+        self.check_berths(env).await?;
         exec::copy_in(self, env, dest, tar).await
     }
 
     async fn copy_out(&self, env: &EnvironmentId, path: &str) -> Result<TarStream> {
+        self.check_berths(env).await?;
         exec::copy_out(self, env, path).await
     }
 
     async fn stop(&self, env: &EnvironmentId) -> Result<StopOutcome> {
         self.forget_pod(env);
+        // Refuses a Job or pod berth did not create; a missing one is AlreadyGone below.
+        self.is_berths(env).await?;
         let outcome = self.delete_job(env.as_str()).await?;
         tracing::debug!(env = %env, ?outcome, "stopped environment");
         Ok(outcome)
+    }
+
+    async fn mark_detached(&self, env: &EnvironmentId) -> Result<()> {
+        if !self.is_berths(env).await? {
+            return Err(Error::NotFound {
+                what: "environment",
+                name: env.to_string(),
+            });
+        }
+        let patch = serde_json::json!({
+            "metadata": {"labels": {berth_engine_core::LABEL_DETACHED: berth_engine_core::DETACHED_YES}}
+        });
+        self.jobs()
+            .patch(
+                env.as_str(),
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                if errors::is_not_found(&e) {
+                    Error::NotFound {
+                        what: "environment",
+                        name: env.to_string(),
+                    }
+                } else {
+                    errors::api(&self.address, "label the job detached", e)
+                }
+            })
     }
 
     async fn list(&self, selector: &LabelSelector) -> Result<Vec<EnvironmentStatus>> {

@@ -194,6 +194,12 @@ pub fn job(
         service_account_name: config.service_account.clone(),
         // `sleep` dies at once on SIGTERM; a stop needs no grace period.
         termination_grace_period_seconds: Some(1),
+        // Without it the keepalive `sleep` is PID 1 and never reaps, so every background
+        // child a command leaves behind stays a zombie until the pod ends. With it the
+        // sandbox's pause process is PID 1 and reaps them, as Docker's init does for the
+        // Docker backend, whatever the image holds (a reaping keepalive would need a shell or
+        // an init in the image). It passes the restricted Pod Security Standard.
+        share_process_namespace: Some(true),
         enable_service_links: Some(false),
         security_context: Some(PodSecurityContext {
             run_as_non_root: restricted.then_some(true),
@@ -307,6 +313,8 @@ mod tests {
         let pod = job_spec.template.spec.unwrap();
         assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
         assert_eq!(pod.automount_service_account_token, Some(false));
+        // The pause process is PID 1 and reaps what commands leave behind.
+        assert_eq!(pod.share_process_namespace, Some(true));
         let c = &pod.containers[0];
         assert_eq!(c.command.as_ref().unwrap(), &["sleep", "86400"]);
         let sc = c.security_context.as_ref().unwrap();

@@ -1,161 +1,112 @@
-//! Waiting for a pod to run, on a watch (not a poll loop), failing fast with the real reason.
+//! Waiting for a pod to run, on a watch (not a poll loop), by the policy of `policy.rs`: fail
+//! at once for definitive reasons, wait (saying what for) while the cluster works on it, and
+//! time out naming what was awaited last.
 
 use std::time::Duration;
 
-use berth_engine_core::{Error, ImageRef, PullPolicy, Result, LABEL_MANAGED_BY, MANAGED_BY_VALUE};
+use berth_engine_core::{EnvironmentSpec, Error, PullPolicy, Result};
 use futures_util::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
+use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, ListParams, PostParams, WatchEvent, WatchParams};
+use kube::Api;
 
 use crate::errors::{self, BACKEND};
-use crate::KubernetesEngine;
+use crate::policy::{self, Awaiting, Decision, Observation, Policy};
+use crate::{manifest, KubernetesEngine};
 
-/// What a pod's status says about getting to Running.
-enum Verdict {
-    Running(String),
-    Failed(Error),
-    Waiting,
-}
-
-fn image_failure(image: &str, reason: &str, message: &str) -> Error {
-    let lower = message.to_lowercase();
-    let transient = [
-        "unauthorized",
-        "timeout",
-        "connection refused",
-        "no such host",
-        "tls",
-        "i/o",
-    ]
-    .iter()
-    .any(|w| lower.contains(w));
-    let detail = if message.is_empty() {
-        reason.to_owned()
-    } else {
-        format!("{reason}: {message}")
-    };
-    if transient {
-        Error::ImagePull {
-            image: image.to_owned(),
-            reason: detail,
-        }
-    } else {
-        Error::ImageNotFound {
-            image: image.to_owned(),
-            reason: detail,
-        }
-    }
-}
-
-fn verdict(pod: &Pod, image: &str, what: &str) -> Verdict {
-    let Some(status) = &pod.status else {
-        return Verdict::Waiting;
-    };
-    let name = pod.metadata.name.clone().unwrap_or_default();
-    for cs in status.container_statuses.iter().flatten() {
-        if let Some(waiting) = cs.state.as_ref().and_then(|s| s.waiting.as_ref()) {
-            let reason = waiting.reason.as_deref().unwrap_or("");
-            let message = waiting.message.as_deref().unwrap_or("");
-            match reason {
-                "ErrImagePull" | "ImagePullBackOff" | "InvalidImageName" | "ErrImageNeverPull" => {
-                    return Verdict::Failed(image_failure(image, reason, message));
-                }
-                "CreateContainerConfigError" | "CreateContainerError" | "RunContainerError" => {
-                    return Verdict::Failed(Error::invalid_spec(
-                        "kubernetes",
-                        format!("{what}'s container cannot start: {reason}: {message}"),
-                    ));
-                }
-                _ => {}
-            }
-        }
-        if let Some(t) = cs.state.as_ref().and_then(|s| s.terminated.as_ref()) {
-            return Verdict::Failed(Error::invalid_spec(
-                "image",
-                format!(
-                    "{what}'s keepalive exited with code {} ({}{}); the image needs `sleep`",
-                    t.exit_code,
-                    t.reason.as_deref().unwrap_or("?"),
-                    t.message
-                        .as_deref()
-                        .map(|m| format!(": {m}"))
-                        .unwrap_or_default()
-                ),
-            ));
-        }
-    }
-    for c in status.conditions.iter().flatten() {
-        if c.type_ == "PodScheduled" && c.status == "False" {
-            let message = c.message.clone().unwrap_or_default();
-            if message.contains("persistentvolumeclaim") {
-                return Verdict::Failed(Error::NotFound {
-                    what: "persistent volume claim",
-                    name: message,
-                });
-            }
-            if c.reason.as_deref() == Some("Unschedulable") {
-                return Verdict::Failed(Error::Unschedulable {
-                    what: what.to_owned(),
-                    reason: message,
-                });
-            }
-        }
-    }
-    match status.phase.as_deref() {
-        Some("Running") => {
-            let running = status
-                .container_statuses
+/// Each node's allocatable (CPU cores, memory bytes), or `None` when nodes cannot be read
+/// (a namespaced Role does not grant it; the policy then waits its grace instead).
+async fn node_sizes(engine: &KubernetesEngine) -> Option<Vec<(f64, f64)>> {
+    let nodes: Api<Node> = Api::all(engine.client.clone());
+    match nodes.list(&ListParams::default()).await {
+        Ok(list) => Some(
+            list.items
                 .iter()
-                .flatten()
-                .all(|cs| cs.state.as_ref().is_some_and(|s| s.running.is_some()));
-            if running {
-                Verdict::Running(name)
-            } else {
-                Verdict::Waiting
-            }
+                .filter_map(|n| {
+                    let a = n.status.as_ref()?.allocatable.as_ref()?;
+                    Some((
+                        policy::quantity(&a.get("cpu")?.0)?,
+                        policy::quantity(&a.get("memory")?.0)?,
+                    ))
+                })
+                .collect(),
+        ),
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot list nodes; an oversized request waits the scale-up grace");
+            None
         }
-        Some(phase @ ("Succeeded" | "Failed")) => Verdict::Failed(Error::invalid_spec(
-            "image",
-            format!(
-                "{what} ended ({phase}{}) before it ran",
-                status
-                    .reason
-                    .as_deref()
-                    .map(|r| format!(": {r}"))
-                    .unwrap_or_default()
-            ),
-        )),
-        _ => Verdict::Waiting,
     }
 }
 
-/// Watches the pods of `selector` until one runs or fails, bounded by `timeout`.
+/// Events about the objects named `names` (the pod, its Job); none when they cannot be read.
+async fn events_about(engine: &KubernetesEngine, names: &[&str]) -> Vec<Event> {
+    let api: Api<Event> = Api::namespaced(engine.client.clone(), &engine.config.namespace);
+    let mut out = Vec::new();
+    for name in names {
+        let params = ListParams::default().fields(&format!("involvedObject.name={name}"));
+        match api.list(&params).await {
+            Ok(list) => out.extend(list.items),
+            Err(e) => tracing::debug!(error = %e, "cannot list events; scale-ups go unseen"),
+        }
+    }
+    out
+}
+
+/// What a wait watches: the pods of `selector`, made by Job `job` when there is one.
+struct Target<'a> {
+    selector: String,
+    job: Option<&'a str>,
+    image: &'a str,
+    what: &'a str,
+}
+
+/// Watches the target's pods until one runs or the policy gives up, bounded by `timeout`;
+/// then fails with what was awaited last.
 async fn watch_pods(
     engine: &KubernetesEngine,
-    selector: &str,
-    image: &str,
-    what: &str,
+    target: &Target<'_>,
     timeout: Duration,
 ) -> Result<String> {
     let pods = engine.pod_api();
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut last_seen = String::from("no pod yet");
+    let started = tokio::time::Instant::now();
+    let mut policy = Policy::new(target.what, target.image, engine.config.scale_up_grace);
+    // Shared by the work and the timeout that names it.
+    let last = std::sync::Mutex::new(Awaiting::Pod);
+    let nodes = node_sizes(engine).await;
+    let nodes = nodes.as_deref();
     let work = async {
         loop {
             let list = pods
-                .list(&ListParams::default().labels(selector))
+                .list(&ListParams::default().labels(&target.selector))
                 .await
                 .map_err(|e| errors::api(&engine.address, "list pods", e))?;
-            for pod in &list.items {
-                match verdict(pod, image, what) {
-                    Verdict::Running(name) => return Ok(name),
-                    Verdict::Failed(e) => return Err(e),
-                    Verdict::Waiting => last_seen = describe(pod),
+            let mut seen: Vec<Option<&Pod>> = list.items.iter().map(Some).collect();
+            if seen.is_empty() {
+                seen.push(None);
+            }
+            for pod in seen {
+                match look(engine, target, &mut policy, pod, nodes, started).await {
+                    Decision::Running(name) => return Ok(name),
+                    Decision::Fail(e) => return Err(e),
+                    Decision::Wait(a) => note(target.what, &last, a),
                 }
             }
+            // Autoscaler and Job events change no pod, and the scale-up grace is a time:
+            // while they matter, look again soon.
+            let secs = match *last
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+            {
+                Awaiting::Pod | Awaiting::Scheduling(_) => 2,
+                // A node takes minutes to join; its events need no haste.
+                Awaiting::ScaleUp(_) => 5,
+                _ => 30,
+            };
             let version = list.metadata.resource_version.unwrap_or_else(|| "0".into());
-            let params = WatchParams::default().labels(selector).timeout(60);
+            let params = WatchParams::default()
+                .labels(&target.selector)
+                .timeout(secs);
             let mut stream = pods
                 .watch(&params, &version)
                 .await
@@ -168,10 +119,10 @@ async fn watch_pods(
             {
                 match event {
                     WatchEvent::Added(pod) | WatchEvent::Modified(pod) => {
-                        match verdict(&pod, image, what) {
-                            Verdict::Running(name) => return Ok(name),
-                            Verdict::Failed(e) => return Err(e),
-                            Verdict::Waiting => last_seen = describe(&pod),
+                        match look(engine, target, &mut policy, Some(&pod), nodes, started).await {
+                            Decision::Running(name) => return Ok(name),
+                            Decision::Fail(e) => return Err(e),
+                            Decision::Wait(a) => note(target.what, &last, a),
                         }
                     }
                     // Expired or otherwise broken: list again.
@@ -181,29 +132,57 @@ async fn watch_pods(
             }
         }
     };
-    match tokio::time::timeout_at(deadline, work).await {
-        Ok(result) => result,
-        Err(_) => Err(Error::Timeout {
-            operation: format!("waiting for {what} to run (last seen: {last_seen})"),
+    let mut work = std::pin::pin!(work);
+    tokio::select! {
+        result = &mut work => result,
+        () = tokio::time::sleep_until(started + timeout) => Err(Error::Timeout {
+            operation: format!(
+                "waiting for {} to run (still awaiting {})",
+                target.what,
+                last.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+            ),
             after: timeout,
         }),
     }
 }
 
-fn describe(pod: &Pod) -> String {
-    let status = pod.status.as_ref();
-    let phase = status
-        .and_then(|s| s.phase.clone())
-        .unwrap_or_else(|| "Unknown".into());
-    let waiting = status
-        .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|c| c.first())
-        .and_then(|c| c.state.as_ref())
-        .and_then(|s| s.waiting.as_ref())
-        .and_then(|w| w.reason.clone());
-    match waiting {
-        Some(w) => format!("{phase}, {w}"),
-        None => phase,
+/// One decision. Events are fetched only while the pod is missing or not yet bound to a
+/// node: there, Job controller and autoscaler events are what the policy needs.
+async fn look(
+    engine: &KubernetesEngine,
+    target: &Target<'_>,
+    policy: &mut Policy,
+    pod: Option<&Pod>,
+    nodes: Option<&[(f64, f64)]>,
+    started: tokio::time::Instant,
+) -> Decision {
+    let bound = pod.is_some_and(|p| p.spec.as_ref().is_some_and(|s| s.node_name.is_some()));
+    let events = if bound {
+        Vec::new()
+    } else {
+        let mut names: Vec<&str> = target.job.into_iter().collect();
+        names.extend(pod.and_then(|p| p.metadata.name.as_deref()));
+        events_about(engine, &names).await
+    };
+    policy.decide(
+        &Observation {
+            pod,
+            events: &events,
+            nodes,
+            elapsed: started.elapsed(),
+        },
+        &engine.address,
+    )
+}
+
+/// Records what is awaited, telling tracing when it changes.
+fn note(what: &str, last: &std::sync::Mutex<Awaiting>, now: Awaiting) {
+    let mut last = last
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if *last != now {
+        tracing::info!("{what}: waiting for {now}");
+        *last = now;
     }
 }
 
@@ -211,71 +190,69 @@ fn describe(pod: &Pod) -> String {
 pub(crate) async fn until_running(
     engine: &KubernetesEngine,
     job: &str,
-    image: &ImageRef,
+    spec: &EnvironmentSpec,
 ) -> Result<String> {
     watch_pods(
         engine,
-        &format!("job-name={job}"),
-        image.as_str(),
-        &format!("environment {job}"),
+        &Target {
+            selector: format!("job-name={job}"),
+            job: Some(job),
+            image: spec.image.as_str(),
+            what: &format!("environment {job}"),
+        },
         engine.config.start_timeout,
     )
     .await
 }
 
-/// Checks `image` can run on the cluster with a short-lived pod: a cluster cannot be asked
-/// whether a node has an image or a registry serves it.
+/// Checks the image of `spec` runs on the cluster with a short-lived pod built exactly like
+/// the environment's (security profile, resources, service account, pull policy), so that
+/// admission and quotas judge it as they will judge the environment. A cluster cannot be
+/// asked whether a node has an image or a registry serves it; running it is the only test.
+/// `PullPolicy::Always` forces `imagePullPolicy: Always`; otherwise the environment's policy
+/// (`kubernetes.image_pull_policy`) holds, never `Never`: a node without the image cached
+/// would fail a check the environment itself would pass.
 pub(crate) async fn check_image(
     engine: &KubernetesEngine,
-    image: &ImageRef,
-    policy: PullPolicy,
+    spec: &EnvironmentSpec,
+    pull: PullPolicy,
 ) -> Result<()> {
     let name = format!(
         "berth-image-check-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
-    let pull = match policy {
-        PullPolicy::Always => "Always",
-        PullPolicy::Never => "Never",
-        _ => "IfNotPresent",
-    };
+    let job = manifest::job(spec, &engine.config, &name, crate::now_unix())?;
+    let template = job.spec.map(|s| s.template).unwrap_or_default();
+    let mut labels = template.metadata.and_then(|m| m.labels).unwrap_or_default();
+    labels.insert("berth.dev/image-check".to_owned(), name.clone());
+    let mut pod_spec = template.spec.unwrap_or_default();
+    if matches!(pull, PullPolicy::Always) {
+        for c in &mut pod_spec.containers {
+            c.image_pull_policy = Some("Always".into());
+        }
+    }
     let pod = Pod {
         metadata: ObjectMeta {
             name: Some(name.clone()),
-            labels: Some(
-                [
-                    (LABEL_MANAGED_BY.to_owned(), MANAGED_BY_VALUE.to_owned()),
-                    ("berth.dev/image-check".to_owned(), name.clone()),
-                ]
-                .into(),
-            ),
+            labels: Some(labels),
             ..Default::default()
         },
-        spec: Some(PodSpec {
-            containers: vec![Container {
-                name: "check".into(),
-                image: Some(image.to_string()),
-                image_pull_policy: Some(pull.into()),
-                command: Some(vec!["sleep".into(), "30".into()]),
-                ..Default::default()
-            }],
-            restart_policy: Some("Never".into()),
-            automount_service_account_token: Some(false),
-            termination_grace_period_seconds: Some(0),
-            ..Default::default()
-        }),
+        spec: Some(pod_spec),
         status: None,
     };
     engine
         .pod_api()
         .create(&PostParams::default(), &pod)
         .await
-        .map_err(|e| errors::api(&engine.address, "create image check pod", e))?;
+        .map_err(|e| errors::api(&engine.address, "create the image check pod", e))?;
     let result = watch_pods(
         engine,
-        &format!("berth.dev/image-check={name}"),
-        image.as_str(),
-        "image check pod",
+        &Target {
+            selector: format!("berth.dev/image-check={name}"),
+            job: None,
+            image: spec.image.as_str(),
+            what: "image check pod",
+        },
         engine.config.start_timeout,
     )
     .await;
@@ -292,7 +269,7 @@ pub(crate) async fn check_image(
     match result {
         Ok(_) => Ok(()),
         // An image without `sleep` still exists.
-        Err(Error::InvalidSpec { .. }) => Ok(()),
+        Err(Error::InvalidSpec { field, .. }) if field == "image" => Ok(()),
         Err(e) => Err(e),
     }
     .map_err(|e: Error| match e {

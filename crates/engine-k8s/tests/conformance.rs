@@ -12,8 +12,93 @@ mod common;
 
 use std::sync::Arc;
 
-use berth_engine_core::testkit::Fixture;
+use berth_engine_core::testkit::{Fixture, ForeignObjects};
+use berth_engine_core::ImageRef;
 use berth_engine_k8s::{KubernetesConfig, KubernetesEngine};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{DeleteParams, ListParams, PostParams, PropagationPolicy};
+use kube::Api;
+
+/// Jobs created with the plain Kubernetes API, as `kubectl create job` would: no berth
+/// labels. Their pods carry only the controller's labels.
+struct PlainJobs {
+    jobs: Api<Job>,
+    pods: Api<Pod>,
+}
+
+impl PlainJobs {
+    async fn new(config: &KubernetesConfig) -> Self {
+        let path = config.kubeconfig.as_ref().expect("a kubeconfig file");
+        let file = kube::config::Kubeconfig::read_from(path).expect("read the kubeconfig");
+        let kube_config = kube::Config::from_custom_kubeconfig(file, &Default::default())
+            .await
+            .expect("kubeconfig");
+        let client = kube::Client::try_from(kube_config).expect("client");
+        Self {
+            jobs: Api::namespaced(client.clone(), &config.namespace),
+            pods: Api::namespaced(client, &config.namespace),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ForeignObjects for PlainJobs {
+    async fn create(&self, image: &ImageRef) -> Vec<String> {
+        let name = format!("foreign-{}", std::process::id() ^ rand_suffix());
+        let job: Job = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {
+                "backoffLimit": 0,
+                "template": {"spec": {
+                    "restartPolicy": "Never",
+                    "containers": [{"name": "main", "image": image.as_str(), "command": ["sleep", "600"]}],
+                }},
+            },
+        }))
+        .expect("job");
+        self.jobs
+            .create(&PostParams::default(), &job)
+            .await
+            .expect("create a foreign job");
+        // Its pod, by name, is another thing a user could pass.
+        let selector = ListParams::default().labels(&format!("job-name={name}"));
+        for _ in 0..600 {
+            let pods = self.pods.list(&selector).await.expect("list pods");
+            if let Some(pod) = pods.items.into_iter().find_map(|p| p.metadata.name) {
+                return vec![name, pod];
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("the foreign job {name} got no pod within 60 s");
+    }
+
+    async fn is_alive(&self, name: &str) -> bool {
+        matches!(self.jobs.get_opt(name).await, Ok(Some(j)) if j.metadata.deletion_timestamp.is_none())
+    }
+
+    async fn remove(&self, name: &str) {
+        let params = DeleteParams {
+            propagation_policy: Some(PropagationPolicy::Background),
+            grace_period_seconds: Some(0),
+            ..DeleteParams::default()
+        };
+        let _ = self.jobs.delete(name, &params).await;
+        let _ = self
+            .pods
+            .delete_collection(
+                &DeleteParams::default(),
+                &ListParams::default().labels(&format!("job-name={name}")),
+            )
+            .await;
+    }
+}
+
+fn rand_suffix() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+}
 
 async fn k8s_fixture() -> Fixture {
     if let Some(kubeconfig) = std::env::var_os("BERTH_E2E_KUBECONFIG") {
@@ -24,9 +109,10 @@ async fn k8s_fixture() -> Fixture {
         config.namespace =
             std::env::var("BERTH_E2E_NAMESPACE").unwrap_or_else(|_| "default".into());
         config.create_missing_claims = true;
+        let foreign = PlainJobs::new(&config).await;
         let engine = KubernetesEngine::connect(config).await.expect("connect");
         let image = berth_engine_core::ImageRef::new(image).expect("BERTH_E2E_IMAGE");
-        return Fixture::new(Arc::new(engine), image);
+        return Fixture::new(Arc::new(engine), image).with_foreign(foreign);
     }
     let (engine, image, guard) = common::sim_engine(|config| {
         config.start_timeout = std::time::Duration::from_secs(120);
@@ -34,7 +120,10 @@ async fn k8s_fixture() -> Fixture {
         config.create_missing_claims = true;
     })
     .await;
-    Fixture::new(Arc::new(engine), image).with_guard(guard)
+    let foreign = PlainJobs::new(engine.config()).await;
+    Fixture::new(Arc::new(engine), image)
+        .with_guard(guard)
+        .with_foreign(foreign)
 }
 
 berth_engine_core::conformance_suite!(k8s_fixture());

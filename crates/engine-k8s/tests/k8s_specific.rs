@@ -50,15 +50,8 @@ async fn oversized_request_is_unschedulable_with_the_schedulers_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rbac_refusals_are_forbidden_named_and_not_retried() {
     let c = cluster(|_| {}).await;
-    let rbac = |checks: Vec<(String, bool, String)>| -> Vec<(String, bool, String)> {
-        checks
-            .into_iter()
-            .filter(|(name, ..)| name.starts_with("rbac:"))
-            .collect()
-    };
-    let before = rbac(c.engine.checks(None).await);
-    assert_eq!(before.len(), 3, "{before:?}");
-    assert!(before.iter().all(|(_, ok, _)| *ok), "{before:?}");
+    let may_create_jobs = || c.engine.can_i("create", "batch", "jobs", None);
+    assert_eq!(may_create_jobs().await.expect("review"), Some(true));
 
     c.guard.sim.deny("create", "jobs");
     let spec = EnvironmentSpec::new(c.image.clone(), SessionId::generate());
@@ -75,13 +68,7 @@ async fn rbac_refusals_are_forbidden_named_and_not_retried() {
         text.contains(r#"cannot create resource "jobs" in API group "batch""#),
         "carries the server's message: {text}"
     );
-    let denied = rbac(c.engine.checks(None).await);
-    let create_jobs = denied
-        .iter()
-        .find(|(name, ..)| name == "rbac: create jobs")
-        .expect("a create jobs check");
-    assert!(!create_jobs.1, "{create_jobs:?}");
-    assert!(create_jobs.2.contains("forbidden"), "{create_jobs:?}");
+    assert_eq!(may_create_jobs().await.expect("review"), Some(false));
 
     c.guard.sim.allow("create", "jobs");
     c.guard.sim.deny("create", "pods/exec");
@@ -273,4 +260,63 @@ async fn pod_deleted_mid_exec_is_an_error_not_a_success() {
         ),
         Err(e) => assert_ne!(e.kind(), ErrorKind::InvalidSpec, "{e}"),
     }
+}
+
+/// A `restricted` environment shares its pod's process namespace too: it starts, runs as its
+/// user, its orphans are reaped by the pause process, and a timed-out command's tree is still
+/// found and killed through `/proc`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restricted_environment_reaps_orphans_and_kills_timed_out_trees() {
+    let c = cluster(|_| {}).await;
+    let mut spec = EnvironmentSpec::new(c.image.clone(), SessionId::generate());
+    spec.security = berth_engine_core::SecurityProfile::Restricted;
+    spec.user = Some("1000".into());
+    let env = c
+        .engine
+        .start(&spec)
+        .await
+        .expect("a restricted environment starts");
+    let outcome = async {
+        let id = c.engine.exec(&env, ExecRequest::new(["id", "-u"])).await?;
+        let orphans = c
+            .engine
+            .exec(&env, ExecRequest::shell("sleep 0.1 &"))
+            .await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let zombies = c
+            .engine
+            .exec(
+                &env,
+                ExecRequest::shell("cat /proc/[0-9]*/stat 2>/dev/null | grep ') Z ' || true"),
+            )
+            .await?;
+        let timed_out = c
+            .engine
+            .exec(
+                &env,
+                ExecRequest::shell("sleep 777 & sleep 778").with_timeout(Duration::from_secs(1)),
+            )
+            .await;
+        let left = c
+            .engine
+            .exec(
+                &env,
+                ExecRequest::shell("cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' '"),
+            )
+            .await?;
+        Ok::<_, berth_engine_core::Error>((id, orphans, zombies, timed_out, left))
+    }
+    .await;
+    c.engine.stop(&env).await.expect("stop");
+    let (id, orphans, zombies, timed_out, left) = outcome.expect("the execs run");
+    assert_eq!(id.stdout_lossy(), "1000\n");
+    assert!(orphans.status.success(), "{orphans:?}");
+    assert_eq!(zombies.stdout_lossy(), "", "zombies were left");
+    let err = timed_out.expect_err("the command times out");
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    let left = left.stdout_lossy();
+    assert!(
+        !left.contains("sleep 777") && !left.contains("sleep 778"),
+        "the timed-out tree survived: {left}"
+    );
 }

@@ -15,9 +15,10 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::errors::ApiError;
+use crate::fields::{self, FieldValidation};
 use crate::meta::{self, FieldSelector, LabelSelector};
 use crate::store::{Event, EventType, Res};
-use crate::{authz, exec, jobs, kubelet, openapi, tables, Inner};
+use crate::{admission, authz, exec, jobs, kubelet, openapi, tables, Inner};
 
 /// A response body: whole or streamed.
 pub(crate) type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -25,8 +26,8 @@ pub(crate) type Body = UnsyncBoxBody<Bytes, Infallible>;
 /// How often a watch that allows bookmarks gets one.
 const BOOKMARK_PERIOD: Duration = Duration::from_secs(10);
 
-/// The Kubernetes version the simulator claims to be.
-const VERSION_MINOR: &str = "32";
+/// The Kubernetes version the simulator claims to be (its schema is k8s-openapi's `v1_33`).
+pub(crate) const VERSION_MINOR: &str = "33";
 
 pub(crate) async fn serve(inner: Arc<Inner>, listener: TcpListener) {
     loop {
@@ -65,6 +66,17 @@ pub(crate) fn json_response(code: u16, v: &Value) -> Response<Body> {
 
 pub(crate) fn error_response(e: &ApiError) -> Response<Body> {
     json_response(e.code, &e.status())
+}
+
+/// `resp` with one `Warning` header per message, as the API server sends them (kubectl
+/// prints each as `Warning: ...`).
+fn with_warnings(mut resp: Response<Body>, warnings: &[String]) -> Response<Body> {
+    for w in warnings {
+        if let Ok(v) = hyper::header::HeaderValue::from_str(&fields::warning_header(w)) {
+            resp.headers_mut().append(hyper::header::WARNING, v);
+        }
+    }
+    resp
 }
 
 /// A streamed response fed by the returned sender.
@@ -128,16 +140,27 @@ pub(crate) async fn read_body(req: Request<Incoming>) -> Result<Value, ApiError>
         return Err(ApiError::new(
             415,
             "UnsupportedMediaType",
-            format!("the body of the request was in an unknown format - accepted media types include: application/json, application/merge-patch+json, application/strategic-merge-patch+json, application/json-patch+json (got {content_type})"),
+            format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/merge-patch+json, application/strategic-merge-patch+json, application/json-patch+json, application/apply-patch+yaml (got {content_type})"),
         ));
     }
     let bytes = body_bytes(req).await?;
     if bytes.is_empty() {
         return Ok(Value::Null);
     }
-    serde_json::from_slice(&bytes).map_err(|e| {
+    let json = serde_json::from_slice(&bytes);
+    if content_type.contains("yaml") {
+        // JSON is YAML too; only what is not JSON goes through the YAML parser.
+        if let Ok(v) = json {
+            return Ok(v);
+        }
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|e| ApiError::bad_request(format!("the YAML body is not UTF-8: {e}")))?;
+        return fields::parse_yaml(text)
+            .map_err(|e| ApiError::bad_request(format!("error converting YAML to JSON: {e}")));
+    }
+    json.map_err(|e| {
         ApiError::bad_request(format!(
-            "the body is not JSON (the simulator speaks only JSON): {e}"
+            "the body is not JSON (send application/json or application/yaml): {e}"
         ))
     })
 }
@@ -159,7 +182,7 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
                 "major": "1", "minor": VERSION_MINOR,
                 "gitVersion": format!("v1.{VERSION_MINOR}.0"),
                 "gitCommit": "berth-k8s-sim", "gitTreeState": "clean",
-                "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.23",
+                "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.24",
                 "compiler": "gc", "platform": "linux/amd64",
             }),
         )),
@@ -257,6 +280,7 @@ fn core_resources() -> Value {
         "groupVersion": "v1",
         "resources": [
             resource_entry("events", "event", true, "Event", OBJECT_VERBS, &["ev"]),
+            resource_entry("limitranges", "limitrange", true, "LimitRange", OBJECT_VERBS, &["limits"]),
             resource_entry("namespaces", "namespace", false, "Namespace",
                 &["create", "delete", "get", "list", "patch", "update", "watch"], &["ns"]),
             resource_entry("nodes", "node", false, "Node",
@@ -267,6 +291,7 @@ fn core_resources() -> Value {
             resource_entry("pods/exec", "", true, "PodExecOptions", &["create", "get"], &[]),
             resource_entry("pods/log", "", true, "Pod", &["get"], &[]),
             resource_entry("pods/status", "", true, "Pod", &["get", "patch", "update"], &[]),
+            resource_entry("resourcequotas", "resourcequota", true, "ResourceQuota", OBJECT_VERBS, &["quota"]),
         ],
     })
 }
@@ -434,9 +459,11 @@ async fn collection(
         Method::POST => {
             let ns = ns.unwrap_or("");
             let dry_run = params.get("dryRun").is_some_and(|d| d == "All");
-            let body = read_body(req).await?;
+            let validation = FieldValidation::parse(params.get("fieldValidation"))?;
+            let mut body = read_body(req).await?;
+            let warnings = fields::decode(res, &mut body, validation)?;
             let created = create(inner, res, ns, body, dry_run).await?;
-            Ok(json_response(201, &created))
+            Ok(with_warnings(json_response(201, &created), &warnings))
         }
         Method::DELETE => {
             let filter = Filter::from(&params)?;
@@ -494,7 +521,9 @@ async fn object(
             Ok(json_response(200, &obj))
         }
         Method::PUT => {
-            let body = read_body(req).await?;
+            let validation = FieldValidation::parse(params.get("fieldValidation"))?;
+            let mut body = read_body(req).await?;
+            let warnings = fields::decode(res, &mut body, validation)?;
             let expected = body["metadata"]["resourceVersion"]
                 .as_str()
                 .map(str::to_owned);
@@ -518,12 +547,17 @@ async fn object(
                     }
                     Ok(())
                 })?;
-            Ok(json_response(200, &updated))
+            Ok(with_warnings(json_response(200, &updated), &warnings))
         }
         Method::PATCH => {
+            let validation = FieldValidation::parse(params.get("fieldValidation"))?;
             let body = read_body(req).await?;
-            let updated = patch(inner, res, ns, name, &body)?;
-            Ok(json_response(200, &updated))
+            let mut warnings = Vec::new();
+            let updated = patch(inner, res, ns, name, &body, |obj| {
+                warnings = fields::decode(res, obj, validation)?;
+                Ok(())
+            })?;
+            Ok(with_warnings(json_response(200, &updated), &warnings))
         }
         Method::DELETE => {
             let body = read_body(req).await?;
@@ -535,21 +569,23 @@ async fn object(
 }
 
 /// PATCH bodies are applied as JSON merge patches (strategic merge patches included, which
-/// then replace lists instead of merging them) and as JSON patches when the body is an array.
+/// then replace lists instead of merging them) and as JSON patches when the body is an array;
+/// `decode` then sees the patched object, as the API server decodes the result of a patch.
 fn patch(
     inner: &Arc<Inner>,
     res: Res,
     ns: &str,
     name: &str,
     body: &Value,
+    decode: impl FnOnce(&mut Value) -> Result<(), ApiError>,
 ) -> Result<Value, ApiError> {
     inner.store.update(res, ns, name, None, |obj| {
         if let Value::Array(ops) = body {
-            json_patch(obj, ops)
+            json_patch(obj, ops)?;
         } else {
             meta::merge_patch(obj, body);
-            Ok(())
         }
+        decode(obj)
     })
 }
 
@@ -663,6 +699,14 @@ pub(crate) fn default_namespace(mut obj: Value) -> Value {
     obj
 }
 
+/// How long a new claim stays Pending ([`crate::Sim::bind_claims_after`]).
+fn pending_claim_delay(inner: &Inner) -> Option<std::time::Duration> {
+    *inner
+        .claim_bind_delay
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 async fn create(
     inner: &Arc<Inner>,
     res: Res,
@@ -691,10 +735,25 @@ async fn create(
     let name = body["metadata"]["name"].as_str().unwrap_or("").to_owned();
     body = match res {
         Res::Namespace => default_namespace(body),
-        Res::Pod => kubelet::default_pod(body, &name)?,
-        Res::Pvc => kubelet::default_pvc(body, &name)?,
+        Res::Pod => {
+            let mut pod = kubelet::default_pod(body, &name)?;
+            admission::admit_pod(inner, ns, &mut pod)?;
+            pod
+        }
+        Res::Pvc => {
+            let mut pvc = kubelet::default_pvc(body, &name)?;
+            if pending_claim_delay(inner).is_some() {
+                kubelet::unbind(&mut pvc);
+            }
+            pvc
+        }
         Res::Job => jobs::default_job(body, &name)?,
-        Res::Node | Res::Event => body,
+        Res::Node | Res::Event | Res::LimitRange => body,
+        Res::ResourceQuota => {
+            let mut quota = body;
+            quota["status"] = json!({"hard": quota["spec"]["hard"], "used": {}});
+            quota
+        }
     };
     if dry_run {
         return Ok(body);
@@ -721,6 +780,9 @@ async fn create(
             let name = created["metadata"]["name"].as_str().unwrap_or("");
             inner.store.remove(res, ns, name);
             return Err(e);
+        }
+        if let Some(delay) = pending_claim_delay(inner) {
+            kubelet::bind_later(inner, &created, delay);
         }
     }
     if res == Res::Pod {
@@ -804,7 +866,7 @@ async fn delete(
             Ok(obj)
         }
         Res::Job => jobs::delete_job(inner, ns, name, policy),
-        Res::Node | Res::Event => inner
+        Res::Node | Res::Event | Res::ResourceQuota | Res::LimitRange => inner
             .store
             .remove(res, ns, name)
             .ok_or_else(|| ApiError::not_found(res, name)),

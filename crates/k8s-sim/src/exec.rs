@@ -1,10 +1,11 @@
 //! `pods/exec` over websocket, subprotocols `v5.channel.k8s.io` and `v4.channel.k8s.io`,
 //! backed by Docker exec.
 //!
-//! Every binary message starts with a channel byte: 0 stdin, 1 stdout, 2 stderr, 3 error (the
+//! Every message starts with a channel byte: 0 stdin, 1 stdout, 2 stderr, 3 error (the
 //! final `metav1.Status`), 4 resize. v5 adds 255, "close": its payload byte names the channel
 //! the client is done with; closing stdin (0) shuts down the exec's stdin, so the process sees
-//! EOF.
+//! EOF. Like the API server (which reads every frame as bytes), text frames are read the same
+//! as binary ones: the Python client sends `write_stdin("...")` as text.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,6 +53,26 @@ fn exit_status(code: i64) -> Value {
             "details": {"causes": [{"reason": "ExitCode", "message": code.to_string()}]},
         })
     }
+}
+
+/// A boolean query parameter as the API server converts one: absent is false, and any value
+/// but `0` or `false` (any case) is true.
+fn query_bool(params: &Params, key: &str) -> bool {
+    params
+        .get(key)
+        .is_some_and(|v| v != "0" && !v.eq_ignore_ascii_case("false"))
+}
+
+/// The plain-text 400 the kubelet answers (and the API server passes on) when an exec asks
+/// for none of the streams.
+fn no_streams() -> Response<Body> {
+    let mut resp = Response::new(full("you must specify at least 1 of stdin, stdout, stderr"));
+    *resp.status_mut() = StatusCode::BAD_REQUEST;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
 }
 
 fn header<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
@@ -104,10 +125,14 @@ pub(crate) async fn exec(
                 "none of the offered subprotocols {offered:?} is supported: use {V5} or {V4}"
             ))
         })?;
-    let stdin = params.flag("stdin");
-    let tty = params.flag("tty");
-    let stdout = params.get("stdout").is_none_or(|v| v == "true" || v == "1");
-    let stderr = params.get("stderr").is_none_or(|v| v == "true" || v == "1") && !tty;
+    let stdin = query_bool(params, "stdin");
+    let tty = query_bool(params, "tty");
+    let stdout = query_bool(params, "stdout");
+    // With a terminal, stderr is merged into stdout (the kubelet drops the stream).
+    let stderr = query_bool(params, "stderr") && !tty;
+    if !stdin && !stdout && !stderr {
+        return Ok(no_streams());
+    }
     let created = inner
         .docker
         .create_exec(
@@ -205,11 +230,11 @@ async fn session<S>(
     let reader = tokio::spawn(async move {
         let mut input = Some(input);
         while let Some(Ok(msg)) = source.next().await {
-            let Message::Binary(data) = msg else {
-                if matches!(msg, Message::Close(_)) {
-                    break;
-                }
-                continue;
+            let data = match msg {
+                Message::Binary(data) => data,
+                Message::Text(text) => Bytes::from(text.as_bytes().to_vec()),
+                Message::Close(_) => break,
+                _ => continue,
             };
             let Some((&channel, payload)) = data.split_first() else {
                 continue;

@@ -16,6 +16,36 @@ fn s(v: &Value) -> &str {
     v.as_str().unwrap_or("")
 }
 
+/// The finalizer the job controller puts on each pod it creates and takes off once it has
+/// counted the finished pod (or the job is gone).
+pub(crate) const TRACKING_FINALIZER: &str = "batch.kubernetes.io/job-tracking";
+
+/// Takes the tracking finalizer off a pod of `ns`; `orphan` also drops its owner references.
+fn untrack(inner: &Arc<Inner>, ns: &str, pod: &Value, orphan: bool) {
+    let has = pod["metadata"]["finalizers"]
+        .as_array()
+        .is_some_and(|f| f.iter().any(|x| x == TRACKING_FINALIZER));
+    if !has && !orphan {
+        return;
+    }
+    let _ = inner
+        .store
+        .update(Res::Pod, ns, s(&pod["metadata"]["name"]), None, |p| {
+            if let Some(md) = p["metadata"].as_object_mut() {
+                if orphan {
+                    md.remove("ownerReferences");
+                }
+                if let Some(f) = md.get_mut("finalizers").and_then(Value::as_array_mut) {
+                    f.retain(|x| x != TRACKING_FINALIZER);
+                    if f.is_empty() {
+                        md.remove("finalizers");
+                    }
+                }
+            }
+            Ok(())
+        });
+}
+
 /// Runs the controllers until the runtime stops: on every store change and every half second.
 pub(crate) async fn run(inner: Arc<Inner>) {
     let mut changes = inner.store.subscribe_changes();
@@ -166,14 +196,7 @@ pub(crate) fn delete_job(
                 .iter()
                 .filter(|p| controller_uid(p) == Some(uid.as_str()))
             {
-                let _ = inner
-                    .store
-                    .update(Res::Pod, ns, s(&pod["metadata"]["name"]), None, |p| {
-                        if let Some(md) = p["metadata"].as_object_mut() {
-                            md.remove("ownerReferences");
-                        }
-                        Ok(())
-                    });
+                untrack(inner, ns, pod, true);
             }
             inner
                 .store
@@ -273,6 +296,7 @@ fn create_pod(inner: &Arc<Inner>, job: &Value) {
             "namespace": ns,
             "labels": template["metadata"]["labels"],
             "annotations": annotations,
+            "finalizers": [TRACKING_FINALIZER],
             "ownerReferences": [{
                 "apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": uid,
                 "controller": true, "blockOwnerDeletion": true,
@@ -280,7 +304,31 @@ fn create_pod(inner: &Arc<Inner>, job: &Value) {
         },
         "spec": template["spec"],
     });
-    match kubelet::default_pod(pod, "") {
+    // Admission judges a Job's pods as any other; a refusal is the Job's FailedCreate event.
+    let admitted = kubelet::default_pod(pod, "").and_then(|mut pod| {
+        crate::admission::admit_pod(inner, ns, &mut pod)?;
+        Ok(pod)
+    });
+    if let Err(e) = &admitted {
+        let msg = format!("Error creating: {}", e.message);
+        // The controller retries every half second: one event per distinct refusal, as the
+        // real recorder aggregates repeats.
+        let (events, _) = inner.store.list(Res::Event, Some(ns));
+        let seen = events.iter().any(|e| {
+            e["involvedObject"]["uid"] == job["metadata"]["uid"] && e["reason"] == "FailedCreate"
+        });
+        if !seen {
+            kubelet::record_event(
+                inner,
+                job,
+                "Warning",
+                "FailedCreate",
+                &msg,
+                "job-controller",
+            );
+        }
+    }
+    match admitted {
         Ok(pod) => match inner.store.create(Res::Pod, ns, pod) {
             Ok(pod) => {
                 let msg = format!("Created pod: {}", s(&pod["metadata"]["name"]));
@@ -376,6 +424,10 @@ fn reconcile_job(inner: &Arc<Inner>, job: &Value, pods: &[Value]) {
         |k: &str| usize::try_from(job["status"][k].as_u64().unwrap_or(0)).unwrap_or(usize::MAX);
     let succeeded = succeeded_now.max(prev("succeeded"));
     let failed = failed_now.max(prev("failed"));
+    // Finished pods are counted now: their tracking finalizer comes off.
+    for p in owned.iter().filter(|p| is_terminal(p)) {
+        untrack(inner, ns, p, false);
+    }
     let ready = active.iter().filter(|p| pod_ready(p)).count();
     let as_usize = |k: &str, d: u64| {
         usize::try_from(job["spec"][k].as_u64().unwrap_or(d)).unwrap_or(usize::MAX)

@@ -124,10 +124,50 @@ fn qos_class(spec: &Value) -> &'static str {
     }
 }
 
+/// The tolerations the `DefaultTolerationSeconds` admission plugin gives every pod: five
+/// minutes on a node that is not ready or unreachable before the pod is evicted.
+const DEFAULT_TOLERATIONS: [&str; 2] = [
+    "node.kubernetes.io/not-ready",
+    "node.kubernetes.io/unreachable",
+];
+
+/// What the admission plugins of a real control plane add to every pod, also to those a
+/// controller creates: the `ServiceAccount` plugin's `serviceAccountName` (`default` when
+/// unset, mirrored in the deprecated `serviceAccount`) and `DefaultTolerationSeconds`'
+/// tolerations. The plugin's token volume is not added (see the crate docs).
+fn admit_pod(spec: &mut Value) {
+    let account = match s(&spec["serviceAccountName"]) {
+        "" => match s(&spec["serviceAccount"]) {
+            "" => "default".to_owned(),
+            old => old.to_owned(),
+        },
+        name => name.to_owned(),
+    };
+    spec["serviceAccountName"] = json!(account);
+    spec["serviceAccount"] = json!(account);
+    let mut tolerations = spec["tolerations"].as_array().cloned().unwrap_or_default();
+    for key in DEFAULT_TOLERATIONS {
+        let tolerated = tolerations.iter().any(|t| {
+            let effect = s(&t["effect"]);
+            let key_matches =
+                s(&t["key"]) == key || (s(&t["key"]).is_empty() && s(&t["operator"]) == "Exists");
+            key_matches && (effect.is_empty() || effect == "NoExecute")
+        });
+        if !tolerated {
+            tolerations.push(
+                json!({"key": key, "operator": "Exists", "effect": "NoExecute",
+                "tolerationSeconds": 300}),
+            );
+        }
+    }
+    spec["tolerations"] = json!(tolerations);
+}
+
 /// Validates a pod and fills its defaults and initial status.
 pub(crate) fn default_pod(mut pod: Value, name: &str) -> Result<Value, ApiError> {
     validate_pod_spec(&pod["spec"], Res::Pod, name, "spec")?;
     default_pod_spec(&mut pod["spec"]);
+    admit_pod(&mut pod["spec"]);
     let qos = qos_class(&pod["spec"]);
     pod["status"] = json!({"phase": "Pending", "qosClass": qos});
     Ok(pod)
@@ -168,6 +208,62 @@ pub(crate) fn default_pvc(mut pvc: Value, name: &str) -> Result<Value, ApiError>
         "capacity": {"storage": storage},
     });
     Ok(pvc)
+}
+
+/// Leaves a new claim Pending, as a claim waiting for its provisioner is.
+pub(crate) fn unbind(pvc: &mut Value) {
+    if let Some(a) = pvc["metadata"]["annotations"].as_object_mut() {
+        a.remove("pv.kubernetes.io/bind-completed");
+    }
+    pvc["status"] = json!({"phase": "Pending"});
+}
+
+/// Binds a Pending claim after `delay`, with the provisioner's events.
+pub(crate) fn bind_later(inner: &Arc<Inner>, pvc: &Value, delay: Duration) {
+    let waiting = "Waiting for a volume to be created either by the external provisioner 'berth.dev/k8s-sim' or manually by the system administrator. If volume creation is delayed, please verify that the provisioner is running and correctly registered.";
+    record_event(
+        inner,
+        pvc,
+        "Normal",
+        "ExternalProvisioning",
+        waiting,
+        "persistentvolume-controller",
+    );
+    let inner = inner.clone();
+    let (ns, name, uid) = (
+        s(&pvc["metadata"]["namespace"]).to_owned(),
+        s(&pvc["metadata"]["name"]).to_owned(),
+        pvc["metadata"]["uid"].clone(),
+    );
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        let bound = inner.store.update(Res::Pvc, &ns, &name, None, |c| {
+            if c["metadata"]["uid"] != uid {
+                return Err(ApiError::not_found(Res::Pvc, &name));
+            }
+            c["metadata"]["annotations"]["pv.kubernetes.io/bind-completed"] = json!("yes");
+            c["status"] = json!({
+                "phase": "Bound",
+                "accessModes": c["spec"]["accessModes"],
+                "capacity": {"storage": c["spec"]["resources"]["requests"]["storage"]},
+            });
+            Ok(())
+        });
+        if let Ok(claim) = bound {
+            let msg = format!(
+                "Successfully provisioned volume {}",
+                s(&claim["spec"]["volumeName"])
+            );
+            record_event(
+                &inner,
+                &claim,
+                "Normal",
+                "ProvisioningSucceeded",
+                &msg,
+                "berth.dev/k8s-sim",
+            );
+        }
+    });
 }
 
 fn claim_volume(inner: &Inner, pvc: &Value) -> String {
@@ -658,20 +754,29 @@ impl Worker {
         for (i, c) in containers.iter().enumerate() {
             let mut attempt = 0_u32;
             loop {
-                match self.create_container(&pod, c, 0).await {
+                let created = match self.pull(c).await {
+                    Ok(()) => self.create_container(&pod, c, 0).await,
+                    Err(e) => Err(e),
+                };
+                match created {
                     Ok((id, image_id)) => {
-                        let image = &infos[i].image;
-                        let msg = format!("Container image \"{image}\" already present on machine");
-                        self.event("Normal", "Pulled", &msg, "kubelet");
                         let msg = format!("Created container: {}", infos[i].name);
                         self.event("Normal", "Created", &msg, "kubelet");
                         infos[i].id = Some(id);
                         infos[i].image_id = image_id;
                         break;
                     }
+                    Err(CreateError::NeverPull(message)) => {
+                        self.event("Warning", "ErrImageNeverPull", &message, "kubelet");
+                        self.event("Warning", "Failed", "Error: ErrImageNeverPull", "kubelet");
+                        infos[i].state = CState::Waiting {
+                            reason: "ErrImageNeverPull".to_owned(),
+                            message: Some(message),
+                        };
+                        self.set_status(&infos, None)?;
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                    }
                     Err(CreateError::ImageMissing(message)) => {
-                        let pulling = format!("Pulling image \"{}\"", infos[i].image);
-                        self.event("Normal", "Pulling", &pulling, "kubelet");
                         self.event("Warning", "Failed", &message, "kubelet");
                         self.event("Warning", "Failed", "Error: ErrImagePull", "kubelet");
                         infos[i].state = CState::Waiting {
@@ -862,7 +967,10 @@ impl Worker {
                     }
                 }
                 Err(
-                    CreateError::ImageMissing(m) | CreateError::Config(m) | CreateError::Other(m),
+                    CreateError::NeverPull(m)
+                    | CreateError::ImageMissing(m)
+                    | CreateError::Config(m)
+                    | CreateError::Other(m),
                 ) => {
                     infos[i].state = CState::Waiting {
                         reason: "CreateContainerError".to_owned(),
@@ -875,7 +983,7 @@ impl Worker {
         Ok(())
     }
 
-    /// Waits until the pod fits on the node, then binds it.
+    /// Waits until the pod fits on a node, then binds it there.
     async fn schedule(&self) -> Result<(), Stop> {
         let mut changes = self.inner.store.subscribe_changes();
         let mut reported = String::new();
@@ -885,21 +993,18 @@ impl Worker {
                 return Ok(());
             }
             match self.fits(&pod) {
-                Ok(()) => {
+                Ok(node) => {
                     self.update(|p| {
-                        p["spec"]["nodeName"] = json!(NODE_NAME);
+                        p["spec"]["nodeName"] = json!(node);
                         let old = p["status"].clone();
                         p["status"]["conditions"] =
                             json!([condition(&old, "PodScheduled", true, None, None)]);
                     })?;
-                    let msg = format!(
-                        "Successfully assigned {}/{} to {NODE_NAME}",
-                        self.ns, self.name
-                    );
+                    let msg = format!("Successfully assigned {}/{} to {node}", self.ns, self.name);
                     self.event("Normal", "Scheduled", &msg, "default-scheduler");
                     return Ok(());
                 }
-                Err(message) => {
+                Err((message, short)) => {
                     self.update(|p| {
                         let old = p["status"].clone();
                         p["status"]["phase"] = json!("Pending");
@@ -913,6 +1018,9 @@ impl Worker {
                     })?;
                     if reported != message {
                         self.event("Warning", "FailedScheduling", &message, "default-scheduler");
+                        if short {
+                            self.autoscale(&pod);
+                        }
                         reported = message;
                     }
                 }
@@ -921,48 +1029,123 @@ impl Worker {
         }
     }
 
-    /// Whether the pod fits: its claims exist and its requests fit in what is left.
-    fn fits(&self, pod: &Value) -> Result<(), String> {
+    /// The simulated cluster-autoscaler's answer to a pod short of resources
+    /// ([`crate::Sim::autoscale`]): a scale-up when the new node would hold it, then the node
+    /// after the delay; otherwise `NotTriggerScaleUp` with the reason.
+    fn autoscale(&self, pod: &Value) {
+        let mut guard = self
+            .inner
+            .autoscaler
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(scaler) = guard.as_mut() else {
+            return;
+        };
+        let (cpu, mem) = requests(pod);
+        let mut short = Vec::new();
+        if cpu > scaler.node.cpu + 1e-9 {
+            short.push("1 Insufficient cpu");
+        }
+        if mem > scaler.node.memory {
+            short.push("1 Insufficient memory");
+        }
+        if scaler.triggered {
+            short.push("1 max node group size reached");
+        }
+        if !short.is_empty() {
+            let msg = format!("pod didn't trigger scale-up: {}", short.join(", "));
+            drop(guard);
+            self.event("Normal", "NotTriggerScaleUp", &msg, "cluster-autoscaler");
+            return;
+        }
+        scaler.triggered = true;
+        let (node, delay) = (scaler.node, scaler.delay);
+        drop(guard);
+        self.event(
+            "Normal",
+            "TriggeredScaleUp",
+            "pod triggered scale-up: [{berth-sim-pool 1->2 (max: 2)}]",
+            "cluster-autoscaler",
+        );
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let runtime = crate::runtime_version(&inner.docker).await;
+            inner
+                .extra_nodes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push((crate::SCALED_NODE_NAME.to_owned(), node));
+            let object = crate::node_object(crate::SCALED_NODE_NAME, &node, &runtime);
+            if let Err(e) = inner.store.create(Res::Node, "", object) {
+                tracing::warn!(error = %e.message, "adding the scaled-up node failed");
+            }
+        });
+    }
+
+    /// The node the pod fits on (its claims bound, its requests beside those of the other
+    /// bound, unfinished pods), or the scheduler's message and whether resources were short.
+    fn fits(&self, pod: &Value) -> Result<String, (String, bool)> {
+        let mut nodes = vec![(NODE_NAME.to_owned(), self.inner.node)];
+        nodes.extend(
+            self.inner
+                .extra_nodes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .iter()
+                .cloned(),
+        );
+        let n = nodes.len();
         for v in pod["spec"]["volumes"]
             .as_array()
             .cloned()
             .unwrap_or_default()
         {
             if let Some(claim) = v["persistentVolumeClaim"]["claimName"].as_str() {
-                if self.inner.store.get(Res::Pvc, &self.ns, claim).is_none() {
-                    return Err(format!(
-                        "0/1 nodes are available: persistentvolumeclaim \"{claim}\" not found. preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling."
-                    ));
+                match self.inner.store.get(Res::Pvc, &self.ns, claim) {
+                    None => return Err((format!(
+                        "0/{n} nodes are available: persistentvolumeclaim \"{claim}\" not found. preemption: 0/{n} nodes are available: {n} Preemption is not helpful for scheduling."
+                    ), false)),
+                    Some(pvc) if pvc["status"]["phase"] != "Bound" => return Err((format!(
+                        "0/{n} nodes are available: pod has unbound immediate PersistentVolumeClaims. preemption: 0/{n} nodes are available: {n} Preemption is not helpful for scheduling."
+                    ), false)),
+                    Some(_) => {}
                 }
             }
         }
         let (cpu, mem) = requests(pod);
         let (pods, _) = self.inner.store.list(Res::Pod, None);
-        let (mut used_cpu, mut used_mem) = (0.0, 0.0);
-        for other in &pods {
-            let bound = !other["spec"]["nodeName"].is_null();
-            let done = matches!(s(&other["status"]["phase"]), "Succeeded" | "Failed");
-            if bound && !done && other["metadata"]["uid"] != self.uid.as_str() {
-                let (c, m) = requests(other);
-                used_cpu += c;
-                used_mem += m;
+        let (mut short_cpu, mut short_mem) = (0, 0);
+        for (name, size) in &nodes {
+            let (mut used_cpu, mut used_mem) = (0.0, 0.0);
+            for other in &pods {
+                let here = other["spec"]["nodeName"] == name.as_str();
+                let done = matches!(s(&other["status"]["phase"]), "Succeeded" | "Failed");
+                if here && !done && other["metadata"]["uid"] != self.uid.as_str() {
+                    let (c, m) = requests(other);
+                    used_cpu += c;
+                    used_mem += m;
+                }
             }
+            let no_cpu = used_cpu + cpu > size.cpu + 1e-9;
+            let no_mem = used_mem + mem > size.memory;
+            if !no_cpu && !no_mem {
+                return Ok(name.clone());
+            }
+            short_cpu += usize::from(no_cpu);
+            short_mem += usize::from(no_mem);
         }
         let mut short = Vec::new();
-        if used_cpu + cpu > self.inner.node.cpu + 1e-9 {
-            short.push("1 Insufficient cpu");
+        if short_cpu > 0 {
+            short.push(format!("{short_cpu} Insufficient cpu"));
         }
-        if used_mem + mem > self.inner.node.memory {
-            short.push("1 Insufficient memory");
+        if short_mem > 0 {
+            short.push(format!("{short_mem} Insufficient memory"));
         }
-        if short.is_empty() {
-            Ok(())
-        } else {
-            Err(format!(
-                "0/1 nodes are available: {}. preemption: 0/1 nodes are available: 1 No preemption victims found for incoming pod.",
-                short.join(", ")
-            ))
-        }
+        Err((format!(
+            "0/{n} nodes are available: {}. preemption: 0/{n} nodes are available: {n} No preemption victims found for incoming pod.",
+            short.join(", ")
+        ), true))
     }
 
     async fn mounts(&self, pod: &Value, container: &Value) -> Result<Vec<Mount>, CreateError> {
@@ -1150,6 +1333,143 @@ impl Worker {
         Ok(env)
     }
 
+    /// Gets container `c`'s image onto the node as its `imagePullPolicy` says, with the
+    /// kubelet's events: `Never` uses only what is there (`ErrImageNeverPull`); `Always` pulls
+    /// through Docker (here it fails: no registry can be reached, with Docker's own message);
+    /// `IfNotPresent` uses what is there and answers a missing image as a registry answers
+    /// for an image that does not exist. Faults from [`crate::Sim::fail_pulls`] come first.
+    async fn pull(&self, c: &Value) -> Result<(), CreateError> {
+        let image = s(&c["image"]).to_owned();
+        let policy = s(&c["imagePullPolicy"]).to_owned();
+        let present = self.inner.docker.inspect_image(&image).await.is_ok();
+        if policy == "Never" {
+            if present {
+                let msg = format!("Container image \"{image}\" already present on machine");
+                self.event("Normal", "Pulled", &msg, "kubelet");
+                return Ok(());
+            }
+            return Err(CreateError::NeverPull(format!(
+                "Container image \"{image}\" is not present with pull policy of Never"
+            )));
+        }
+        let fault = {
+            let mut faults = self
+                .inner
+                .pull_faults
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match faults.get_mut(&image) {
+                Some((left, message)) if *left > 0 => {
+                    *left -= 1;
+                    Some(message.clone())
+                }
+                _ => None,
+            }
+        };
+        // An image with faults set was not on the node: it must be pulled.
+        if policy != "Always" && present && !self.was_faulted(&image) {
+            let msg = format!("Container image \"{image}\" already present on machine");
+            self.event("Normal", "Pulled", &msg, "kubelet");
+            return Ok(());
+        }
+        self.event(
+            "Normal",
+            "Pulling",
+            &format!("Pulling image \"{image}\""),
+            "kubelet",
+        );
+        let began = std::time::Instant::now();
+        if let Some(message) = fault {
+            return Err(CreateError::ImageMissing(format!(
+                "Failed to pull image \"{image}\": {message}"
+            )));
+        }
+        let pulled = if policy == "Always" {
+            self.docker_pull(&image).await
+        } else if present {
+            // The faults are used up: this pull "succeeds" with the image already here.
+            Ok(())
+        } else {
+            let repo = image.rsplit_once(':').map_or(image.as_str(), |(r, t)| {
+                if t.contains('/') {
+                    image.as_str()
+                } else {
+                    r
+                }
+            });
+            Err(format!(
+                "Error response from daemon: pull access denied for {repo}, repository does not exist or may require 'docker login': denied: requested access to the resource is denied"
+            ))
+        };
+        match pulled {
+            Ok(()) => {
+                let took = began.elapsed().as_secs_f64();
+                let size = self
+                    .inner
+                    .docker
+                    .inspect_image(&image)
+                    .await
+                    .ok()
+                    .and_then(|i| i.size)
+                    .unwrap_or(0);
+                let msg = format!(
+                    "Successfully pulled image \"{image}\" in {took:.3}s ({took:.3}s including waiting). Image size: {size} bytes."
+                );
+                self.event("Normal", "Pulled", &msg, "kubelet");
+                Ok(())
+            }
+            Err(message) => Err(CreateError::ImageMissing(format!(
+                "Failed to pull image \"{image}\": {message}"
+            ))),
+        }
+    }
+
+    /// Whether a fault of [`crate::Sim::fail_pulls`] was ever set for `image` (its node
+    /// then "pulls" it once the faults are used up).
+    fn was_faulted(&self, image: &str) -> bool {
+        self.inner
+            .pull_faults
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains_key(image)
+    }
+
+    /// A real pull through Docker (30 s at most); the error is Docker's message.
+    async fn docker_pull(&self, image: &str) -> Result<(), String> {
+        let (from_image, tag) = match image.rsplit_once(':') {
+            Some((r, t)) if !t.contains('/') => (r.to_owned(), t.to_owned()),
+            _ => (image.to_owned(), "latest".to_owned()),
+        };
+        let pull = async {
+            let mut stream = self.inner.docker.create_image(
+                Some(bollard::query_parameters::CreateImageOptions {
+                    from_image: Some(from_image),
+                    tag: Some(tag),
+                    ..Default::default()
+                }),
+                None,
+                None,
+            );
+            while let Some(item) = stream.next().await {
+                match item {
+                    Ok(info) => {
+                        if let Some(m) = info.error_detail.and_then(|d| d.message) {
+                            return Err(format!("Error response from daemon: {m}"));
+                        }
+                    }
+                    Err(bollard::errors::Error::DockerResponseServerError { message, .. }) => {
+                        return Err(format!("Error response from daemon: {message}"))
+                    }
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            Ok(())
+        };
+        tokio::time::timeout(Duration::from_secs(30), pull)
+            .await
+            .unwrap_or_else(|_| Err("context deadline exceeded".to_owned()))
+    }
+
     async fn create_container(
         &self,
         pod: &Value,
@@ -1246,6 +1566,10 @@ impl Worker {
         labels.insert("io.kubernetes.pod.namespace".to_owned(), self.ns.clone());
         labels.insert("io.kubernetes.container.name".to_owned(), cname.clone());
         let hostname: String = self.name.chars().take(63).collect();
+        // As on a node, the container's command is its PID 1 and reaps nothing, unless the pod
+        // shares one process namespace: then the sandbox's pause process is PID 1 and reaps
+        // orphans, which Docker's init (tini) stands in for here.
+        let shared_pids = pod["spec"]["shareProcessNamespace"].as_bool() == Some(true);
         let body = ContainerCreateBody {
             image: Some(image),
             entrypoint: strings(&c["command"]),
@@ -1259,7 +1583,7 @@ impl Worker {
             open_stdin: Some(c["stdin"].as_bool().unwrap_or(false)),
             stop_timeout: Some(1),
             host_config: Some(HostConfig {
-                init: Some(true),
+                init: Some(shared_pids),
                 mounts: Some(mounts),
                 group_add: (!groups.is_empty()).then_some(groups),
                 memory,
@@ -1350,6 +1674,8 @@ impl Worker {
 }
 
 enum CreateError {
+    /// `imagePullPolicy: Never` and the image is not on the node.
+    NeverPull(String),
     ImageMissing(String),
     Config(String),
     Other(String),
@@ -1403,8 +1729,14 @@ fn requests(pod: &Value) -> (f64, f64) {
     (cpu, mem)
 }
 
-/// The Docker id of `container` in `pod`, or the error the API server would answer.
-pub(crate) fn container_id(pod: &Value, container: Option<&str>) -> Result<String, ApiError> {
+/// Whether no node was assigned to `pod` yet: the API server then has no kubelet to send an
+/// exec or a log request to.
+pub(crate) fn unscheduled(pod: &Value) -> bool {
+    s(&pod["spec"]["nodeName"]).is_empty()
+}
+
+/// The name of `container` in `pod` (the only one when `None`), or the API server's 400.
+pub(crate) fn container_name(pod: &Value, container: Option<&str>) -> Result<String, ApiError> {
     let name = s(&pod["metadata"]["name"]);
     let specs = pod["spec"]["containers"]
         .as_array()
@@ -1424,6 +1756,20 @@ pub(crate) fn container_id(pod: &Value, container: Option<&str>) -> Result<Strin
     if !names.contains(&container.as_str()) {
         return Err(ApiError::bad_request(format!(
             "container {container} is not valid for pod {name}"
+        )));
+    }
+    Ok(container)
+}
+
+/// The Docker id of `container` in `pod`, or the error the API server would answer: the
+/// container name is checked first, then that the pod has a node (as the API server's
+/// `streamLocation` does), then the kubelet's view of the container.
+pub(crate) fn container_id(pod: &Value, container: Option<&str>) -> Result<String, ApiError> {
+    let name = s(&pod["metadata"]["name"]);
+    let container = container_name(pod, container)?;
+    if unscheduled(pod) {
+        return Err(ApiError::bad_request(format!(
+            "pod {name} does not have a host assigned"
         )));
     }
     let statuses = pod["status"]["containerStatuses"]
@@ -1458,6 +1804,13 @@ pub(crate) async fn logs(
         .store
         .get(Res::Pod, ns, name)
         .ok_or_else(|| ApiError::not_found(Res::Pod, name))?;
+    if unscheduled(&pod) {
+        // The API server's LogLocation has no node to ask and streams nothing: 204.
+        container_name(&pod, params.get("container"))?;
+        let mut resp = Response::new(api::full(Bytes::new()));
+        *resp.status_mut() = hyper::StatusCode::NO_CONTENT;
+        return Ok(resp);
+    }
     let mut id = container_id(&pod, params.get("container"))?;
     if params.flag("previous") {
         let container = params

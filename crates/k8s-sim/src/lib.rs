@@ -21,22 +21,71 @@
 //! ([`NodeSize::of_host`]: available parallelism, `MemTotal`), or what
 //! [`Sim::start_with_node`] says. A pod whose requests (limits where requests are missing) do
 //! not fit beside the requests of the other bound, unfinished pods stays Pending with the
-//! scheduler's `Unschedulable` condition; so does a pod naming a missing claim.
+//! scheduler's `Unschedulable` condition; so does a pod naming a missing claim, or a claim
+//! still Pending ([`Sim::bind_claims_after`]). [`Sim::autoscale`] adds a cluster-autoscaler:
+//! `TriggeredScaleUp` (or `NotTriggerScaleUp`) on the pod, then a second node,
+//! [`SCALED_NODE_NAME`], the pod is scheduled on (its containers still run on this host).
+//!
+//! # Images
+//!
+//! `imagePullPolicy` is honoured: `Never` runs only what Docker has (else
+//! `ErrImageNeverPull`, "Container image "X" is not present with pull policy of Never");
+//! `Always` pulls through Docker (without a registry that fails with Docker's message,
+//! `ErrImagePull` then `ImagePullBackOff`); `IfNotPresent` runs what Docker has and answers a
+//! missing image as a registry answers for one that does not exist ("pull access denied ...
+//! repository does not exist"). [`Sim::fail_pulls`] makes pulls fail a given number of times
+//! with a registry's rate-limit answer, then succeed.
+//!
+//! # Admission
+//!
+//! Pods (a Job's too, whose refusal becomes the Job's `FailedCreate` event) pass, in the API
+//! server's order: LimitRange (`type: Container` `default`/`defaultRequest` filled in, `max`/
+//! `min` enforced), Pod Security admission from the namespace label
+//! `pod-security.kubernetes.io/enforce` (`baseline`, `restricted`; the checks on
+//! securityContext, capabilities, host namespaces and hostPath volumes, worded as the plugin
+//! words them: `pods "x" is forbidden: violates PodSecurity "restricted:latest": ...`), then
+//! ResourceQuota (`pods`, `cpu`, `memory`, `requests.*`, `limits.*`: "exceeded quota: ..." or
+//! "failed quota: ...: must specify ...").
 //!
 //! # How a pod maps to Docker
 //!
 //! One container per pod container, named `k8s-sim-<instance>-<pod>-<uid8>-<container>`,
 //! labelled with [`INSTANCE_LABEL`], the pod's own labels, and `io.kubernetes.*` names:
-//! `image` as is (never pulled), `command` → Entrypoint, `args` → Cmd, `env` (values and
+//! `image` as is (pulled as above), `command` → Entrypoint, `args` → Cmd, `env` (values and
 //! `fieldRef`), `workingDir`, `runAsUser`/`runAsGroup` → User, `fsGroup` and
 //! `supplementalGroups` → GroupAdd, `limits.memory` → Memory (no swap), `limits.cpu` →
 //! NanoCpus, `capabilities` → CapAdd/CapDrop, `allowPrivilegeEscalation: false` →
-//! `no-new-privileges`, `readOnlyRootFilesystem`, `privileged`, `tty`/`stdin`, and Docker's
-//! init; every container gets a pids limit of 512, as a kubelet's `podPidsLimit` would. `runAsNonRoot` with a root user is CreateContainerConfigError, as on a kubelet.
+//! `no-new-privileges`, `readOnlyRootFilesystem`, `privileged`, `tty`/`stdin`; every container
+//! gets a pids limit of 512, as a kubelet's `podPidsLimit` would.
+//! `runAsNonRoot` with a root user is CreateContainerConfigError, as on a kubelet. As on a node,
+//! the container's command is its PID 1 and reaps no orphans; a pod with
+//! `shareProcessNamespace: true` gets Docker's init as a reaping PID 1 instead, standing in for
+//! the sandbox's pause process.
 //!
-//! # How it differs from a real API server (knowingly)
+//! # Speaking as kube-apiserver 1.33 does
 //!
-//! - JSON only: no protobuf, CBOR or YAML bodies (answered with 415). kubectl 1.32+ sends
+//! - `/version` and the node say v1.33.0; the field schema is Kubernetes 1.33's (k8s-openapi
+//!   `v1_33`).
+//! - Bodies are JSON or YAML (`application/yaml`). Quantities are stored in apimachinery's
+//!   canonical form (`1000m` reads back as `1`, `1.5Gi` as `1536Mi`); a malformed one is 400.
+//! - Unknown fields are dropped, never stored; `fieldValidation=Strict` refuses them with the
+//!   decoder's 400 (`Job in version "v1" cannot be handled as a Job: strict decoding error:
+//!   unknown field "spec.bogus"`), `Warn` (the default) answers one `Warning` header per field,
+//!   `Ignore` is silent. This holds for create, update and patch.
+//! - Every pod, also one a controller creates, gets what admission gives it: a
+//!   `serviceAccountName` (`default` when unset) and the `DefaultTolerationSeconds`
+//!   tolerations; a Job's pods carry the `batch.kubernetes.io/job-tracking` finalizer until
+//!   the controller has counted them.
+//! - Exec on a pod with no node is 400 "pod NAME does not have a host assigned"; its logs are
+//!   204 with no body, as the API server answers when it has no kubelet to ask.
+//! - Exec stream options are booleans as the API server converts them (absent is false); an
+//!   exec asking for none of stdin, stdout, stderr is the kubelet's plain-text 400 "you must
+//!   specify at least 1 of stdin, stdout, stderr". Stdin may come in text frames as well as
+//!   binary ones (the Python client sends text).
+//!
+//! # What the simulator does not model (knowingly)
+//!
+//! - JSON and YAML only: no protobuf or CBOR bodies (answered with 415). kubectl 1.32+ sends
 //!   protobuf for its built-in generators (`kubectl create namespace|secret|configmap ...`);
 //!   use `kubectl create -f` instead. The exception is a `SelfSubjectAccessReview`, which is
 //!   also read from protobuf (`kubectl auth can-i` 1.32+ sends one) and answered in JSON. Server-side apply is a plain merge patch (kubectl
@@ -45,15 +94,33 @@
 //! - No authentication: every request is `system:anonymous`. Authorization allows
 //!   everything except what [`Sim::deny`] lists (exact verb and resource, no wildcards, no
 //!   roles or bindings); `SelfSubjectAccessReview` is the only authorization API (no
-//!   `SelfSubjectRulesReview`, so `kubectl auth can-i --list` fails). No admission, no
+//!   `SelfSubjectRulesReview`, so `kubectl auth can-i --list` fails). Admission is only what
+//!   the section above lists (no webhooks, no `warn`/`audit` Pod Security modes, no
+//!   AppArmor, sysctl, volume-type or seccomp-on-baseline checks, quotas count no storage or
+//!   object counts besides pods, and their `status.used` is not kept), no
 //!   defaulting beyond the fields listed in the code, and light validation (names,
-//!   containers, images, a job's restartPolicy, a claim's size and access modes). `fieldValidation=Strict` is accepted and
-//!   ignored; the OpenAPI v3 documents only declare that parameter (kubectl reads it to pick
-//!   server-side validation), they have no schemas; `/openapi/v2` is 404.
+//!   containers, images, a job's restartPolicy, a claim's size and access modes). The OpenAPI v3 documents only declare
+//!   the `fieldValidation` parameter (kubectl reads it to pick server-side validation), they
+//!   have no schemas; `/openapi/v2` is 404.
+//! - Field validation is a typed round trip through k8s-openapi: a body the typed decoder
+//!   refuses outright (a value of the wrong type, a missing required field) is not checked
+//!   for unknown fields but goes on to the simulator's own validation; duplicate fields are
+//!   not reported; the top-level `status` a client sends is not checked (the simulator writes
+//!   it).
+//! - Service accounts: there are no ServiceAccount objects, so a pod naming one that does not
+//!   exist is not refused, and no token volume (`kube-api-access-*`) is added, whatever
+//!   `automountServiceAccountToken` says.
+//! - Tolerations and taints: the node has no taints and never becomes unready, so tolerations
+//!   are stored but never evaluated, and nothing is evicted.
+//! - Finalizers do not hold up a deletion: a pod is removed at once, its job-tracking
+//!   finalizer included.
+//! - `shareProcessNamespace` gives each container its own reaping init: containers of one pod
+//!   do not see each other's processes.
 //! - Discovery is the unaggregated kind (`/api`, `/apis`, resource lists); kubectl and
 //!   kube-rs fall back to it.
-//! - Resources: namespaces, nodes (one, read-mostly), pods (`log`, `exec`, `status`), events,
-//!   persistentvolumeclaims, jobs (`status`), selfsubjectaccessreviews. Nothing else (no
+//! - Resources: namespaces, nodes (one, two after a scale-up; read-mostly), pods (`log`,
+//!   `exec`, `status`), events, persistentvolumeclaims, resourcequotas, limitranges, jobs
+//!   (`status`), selfsubjectaccessreviews. Nothing else (no
 //!   services, secrets, configmaps, deployments, ...). `limit`/`continue` are ignored: lists come whole.
 //! - Watches: history of the last 20 000 changes for resourceVersion resumes (older is 410
 //!   Expired; the real server keeps about 5 minutes). As on the real server, a change that
@@ -69,9 +136,9 @@
 //!   `logs --previous`. A job with OnFailure counts container restarts as failures against
 //!   its backoffLimit. A pod's own `activeDeadlineSeconds` kills it (Failed,
 //!   DeadlineExceeded). No init containers, probes, ephemeral containers or readiness gates;
-//!   deletion removes the containers at once (`docker rm -f`, no grace period) and then the object; images are
-//!   never pulled (a missing image is ErrImagePull, then ImagePullBackOff, retried with a
-//!   back-off capped at 16 s); only `persistentVolumeClaim`, `emptyDir` and `hostPath`
+//!   deletion removes the containers at once (`docker rm -f`, no grace period) and then the object; a
+//!   failed pull is ErrImagePull, then ImagePullBackOff, retried with a
+//!   back-off capped at 16 s; only `persistentVolumeClaim`, `emptyDir` and `hostPath`
 //!   volumes (others are CreateContainerConfigError), and env `valueFrom` only for
 //!   `fieldRef` (secrets and config maps are "not found"). `subPath` binds the sub-directory
 //!   of the volume's directory on the host (Docker 20.10 has no volume subpath), so the
@@ -83,10 +150,10 @@
 //! - Jobs: the first pod is created inside the create request (a real controller is a moment
 //!   later), so `kubectl wait -l job-name=...` right after `kubectl create` finds it; no pod
 //!   failure backoff delay (a failed pod is replaced at once); no indexed jobs,
-//!   `podFailurePolicy`, `successPolicy` or pod-tracking finalizers. Jobs default to orphaning
+//!   `podFailurePolicy` or `successPolicy`. Jobs default to orphaning
 //!   their pods when deleted without a propagation policy, as batch/v1 does.
-//! - Claims bind at once to a Docker volume (no storage classes, no PersistentVolume
-//!   objects); deleting a claim removes it at once (no `pvc-protection` finalizer) and its
+//! - Claims bind at once (or after [`Sim::bind_claims_after`]) to a Docker volume (no storage
+//!   classes, no `WaitForFirstConsumer`, no PersistentVolume objects); deleting a claim removes it at once (no `pvc-protection` finalizer) and its
 //!   volume as soon as no container uses it.
 //! - Namespace deletion removes the namespace's jobs, pods, claims and events, then the
 //!   namespace; `default`, `kube-system` and `kube-public` cannot be deleted (403).
@@ -101,14 +168,17 @@
 //! # Ok(()) }
 //! ```
 
+mod admission;
 mod api;
 mod authz;
 mod errors;
 mod exec;
+mod fields;
 mod jobs;
 mod kubelet;
 mod meta;
 mod openapi;
+mod quantity;
 mod store;
 mod tables;
 
@@ -186,7 +256,7 @@ impl NodeSize {
 }
 
 /// The node object: capacity = allocatable = [`NodeSize`], always Ready.
-fn node_object(node: &NodeSize, runtime_version: &str) -> serde_json::Value {
+pub(crate) fn node_object(name: &str, node: &NodeSize, runtime_version: &str) -> serde_json::Value {
     let memory_kib = (node.memory / 1024.0).floor();
     let resources = json!({
         "cpu": format!("{}", node.cpu),
@@ -195,9 +265,9 @@ fn node_object(node: &NodeSize, runtime_version: &str) -> serde_json::Value {
         "ephemeral-storage": "100Gi",
     });
     let now = meta::now_rfc3339();
-    json!({
-        "metadata": {"name": NODE_NAME, "labels": {
-            "kubernetes.io/hostname": NODE_NAME,
+    let mut object = json!({
+        "metadata": {"name": name, "labels": {
+            "kubernetes.io/hostname": name,
             "kubernetes.io/os": "linux",
             "kubernetes.io/arch": std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
             "node-role.kubernetes.io/control-plane": "",
@@ -210,9 +280,9 @@ fn node_object(node: &NodeSize, runtime_version: &str) -> serde_json::Value {
                 "message": "kubelet is posting ready status",
                 "lastHeartbeatTime": now, "lastTransitionTime": now}],
             "addresses": [{"type": "InternalIP", "address": "127.0.0.1"},
-                {"type": "Hostname", "address": NODE_NAME}],
+                {"type": "Hostname", "address": name}],
             "nodeInfo": {
-                "kubeletVersion": "v1.32.0",
+                "kubeletVersion": format!("v1.{}.0", api::VERSION_MINOR),
                 "containerRuntimeVersion": format!("docker://{runtime_version}"),
                 "osImage": "berth k8s-sim",
                 "kernelVersion": "",
@@ -220,8 +290,39 @@ fn node_object(node: &NodeSize, runtime_version: &str) -> serde_json::Value {
                 "architecture": std::env::consts::ARCH,
             },
         },
-    })
+    });
+    // Only the first node runs the control plane; a scaled-up one is a worker.
+    if name != NODE_NAME {
+        if let Some(labels) = object["metadata"]["labels"].as_object_mut() {
+            labels.remove("node-role.kubernetes.io/control-plane");
+        }
+    }
+    object
 }
+
+/// The Docker daemon's version, for the nodes' `containerRuntimeVersion`.
+pub(crate) async fn runtime_version(docker: &Docker) -> String {
+    docker
+        .version()
+        .await
+        .ok()
+        .and_then(|v| v.version)
+        .unwrap_or_default()
+}
+
+/// A node group of one more node that a simulated cluster-autoscaler adds on demand.
+#[derive(Debug, Clone)]
+pub(crate) struct Autoscaler {
+    /// The size of the node it adds.
+    pub(crate) node: NodeSize,
+    /// How long the node takes to join after the scale-up is triggered.
+    pub(crate) delay: Duration,
+    /// Whether the scale-up was triggered (the group is at its maximum, 1).
+    pub(crate) triggered: bool,
+}
+
+/// The name of the node the autoscaler adds.
+pub const SCALED_NODE_NAME: &str = "berth-sim-node-2";
 
 /// State shared by the server, the controllers and the pod workers.
 pub(crate) struct Inner {
@@ -234,6 +335,14 @@ pub(crate) struct Inner {
     pub(crate) kubelets: Mutex<HashSet<String>>,
     /// The deny list: `(verb, resource[/subresource])` pairs ([`Sim::deny`]).
     pub(crate) denied: Mutex<HashSet<(String, String)>>,
+    /// Image → (pulls left to fail, the registry's message) ([`Sim::fail_pulls`]).
+    pub(crate) pull_faults: Mutex<std::collections::HashMap<String, (u32, String)>>,
+    /// Nodes beyond the first: added by the autoscaler ([`Sim::autoscale`]).
+    pub(crate) extra_nodes: Mutex<Vec<(String, NodeSize)>>,
+    /// The autoscaler, when one was asked for ([`Sim::autoscale`]).
+    pub(crate) autoscaler: Mutex<Option<Autoscaler>>,
+    /// How long new claims stay Pending before they bind ([`Sim::bind_claims_after`]).
+    pub(crate) claim_bind_delay: Mutex<Option<Duration>>,
     pub(crate) stopping: AtomicBool,
 }
 
@@ -325,6 +434,10 @@ impl Sim {
                 addr,
                 kubelets: Mutex::new(HashSet::new()),
                 denied: Mutex::new(HashSet::new()),
+                pull_faults: Mutex::new(std::collections::HashMap::new()),
+                extra_nodes: Mutex::new(Vec::new()),
+                autoscaler: Mutex::new(None),
+                claim_bind_delay: Mutex::new(None),
                 stopping: AtomicBool::new(false),
             });
             for ns in ["default", "kube-system", "kube-public"] {
@@ -337,16 +450,14 @@ impl Sim {
                     )
                     .map_err(|e| SimError(e.message))?;
             }
-            let runtime_version = inner
-                .docker
-                .version()
-                .await
-                .ok()
-                .and_then(|v| v.version)
-                .unwrap_or_default();
+            let runtime_version = runtime_version(&inner.docker).await;
             inner
                 .store
-                .create(store::Res::Node, "", node_object(&node, &runtime_version))
+                .create(
+                    store::Res::Node,
+                    "",
+                    node_object(NODE_NAME, &node, &runtime_version),
+                )
                 .map_err(|e| SimError(e.message))?;
             tokio::spawn(api::serve(inner.clone(), listener));
             tokio::spawn(jobs::run(inner.clone()));
@@ -464,6 +575,64 @@ impl Sim {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&(verb.to_owned(), resource.to_owned()));
+    }
+
+    /// Makes the next `times` pulls of `image` fail with a registry's rate-limit answer
+    /// (`toomanyrequests`, a transient reason) and the one after succeed, as a registry
+    /// hiccup does: the node acts as if it did not have `image` until then, so even
+    /// `IfNotPresent` pulls it. The pods show `ErrImagePull`, then `ImagePullBackOff`, then run.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), berth_k8s_sim::SimError> {
+    /// let sim = berth_k8s_sim::Sim::start().await?;
+    /// sim.fail_pulls("berth-test/busybox:2", 2);
+    /// // a pod of that image runs after two failed pulls and their back-offs (1 s, 2 s)
+    /// # Ok(()) }
+    /// ```
+    pub fn fail_pulls(&self, image: &str, times: u32) {
+        let message = "Error response from daemon: toomanyrequests: You have reached your pull rate limit. You may increase the limit by authenticating and upgrading: https://www.docker.com/increase-rate-limit";
+        self.inner
+            .pull_faults
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(image.to_owned(), (times, message.to_owned()));
+    }
+
+    /// Adds a cluster-autoscaler with one node group that may grow by one node of `node`'s
+    /// size: a pod that fits no node but would fit the new one gets the autoscaler's
+    /// `TriggeredScaleUp` event at once, and the node ([`SCALED_NODE_NAME`]) joins `delay`
+    /// later, when the scheduler places the pod there. A pod that would not fit it either
+    /// gets `NotTriggerScaleUp`. Without this call, the cluster is fixed and no autoscaler
+    /// says anything, as on a cluster without one.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), berth_k8s_sim::SimError> {
+    /// let sim = berth_k8s_sim::Sim::start().await?;
+    /// let node = sim.node_size();
+    /// sim.autoscale(node, std::time::Duration::from_secs(5));
+    /// # Ok(()) }
+    /// ```
+    pub fn autoscale(&self, node: NodeSize, delay: Duration) {
+        *self
+            .inner
+            .autoscaler
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Autoscaler {
+            node,
+            delay,
+            triggered: false,
+        });
+    }
+
+    /// Claims created from now on stay `Pending` (the provisioner's `ExternalProvisioning`
+    /// event) for `delay`, then bind; a pod using one meanwhile stays Pending with the
+    /// scheduler's "pod has unbound immediate PersistentVolumeClaims".
+    pub fn bind_claims_after(&self, delay: Duration) {
+        *self
+            .inner
+            .claim_bind_delay
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(delay);
     }
 
     /// Stops the simulator and removes every container and volume it created.

@@ -19,16 +19,20 @@ pub(crate) enum Res {
     Job,
     Node,
     Event,
+    ResourceQuota,
+    LimitRange,
 }
 
 impl Res {
-    pub(crate) const ALL: [Res; 6] = [
+    pub(crate) const ALL: [Res; 8] = [
         Res::Namespace,
         Res::Pod,
         Res::Pvc,
         Res::Job,
         Res::Node,
         Res::Event,
+        Res::ResourceQuota,
+        Res::LimitRange,
     ];
 
     pub(crate) fn kind(self) -> &'static str {
@@ -39,6 +43,8 @@ impl Res {
             Res::Job => "Job",
             Res::Node => "Node",
             Res::Event => "Event",
+            Res::ResourceQuota => "ResourceQuota",
+            Res::LimitRange => "LimitRange",
         }
     }
 
@@ -50,6 +56,8 @@ impl Res {
             Res::Job => "jobs",
             Res::Node => "nodes",
             Res::Event => "events",
+            Res::ResourceQuota => "resourcequotas",
+            Res::LimitRange => "limitranges",
         }
     }
 

@@ -73,6 +73,7 @@ fn columns(res: Res) -> Vec<Value> {
             column("Status", "string", "", 0, "The status of the namespace"),
             age,
         ],
+        Res::ResourceQuota | Res::LimitRange => vec![name, age],
         Res::Pvc => vec![
             name,
             column("Status", "string", "", 0, "Phase represents the current phase of PersistentVolumeClaim."),
@@ -239,6 +240,7 @@ fn cells(res: Res, obj: &Value) -> Vec<Value> {
             ]
         }
         Res::Namespace => vec![json!(name), json!(s(&obj["status"]["phase"])), json!(age)],
+        Res::ResourceQuota | Res::LimitRange => vec![json!(name), json!(age)],
         Res::Node => vec![
             json!(name),
             json!("Ready"),

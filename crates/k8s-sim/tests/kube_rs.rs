@@ -261,3 +261,89 @@ async fn kube_rs_authorization() {
         .expect("create allowed again");
     sim.shutdown().await;
 }
+
+/// Through kube-rs: quantities come back canonical, and `fieldValidation` on merge patches and
+/// server-side apply (whose `application/apply-patch+yaml` body is JSON) refuses or drops
+/// unknown fields as kube-apiserver does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simproto_kube_rs_field_validation_and_quantities() {
+    use kube::api::{Patch, PatchParams};
+    use kube::core::DynamicObject;
+    use kube::discovery::ApiResource;
+
+    let sim = Sim::start().await.expect("the simulator starts");
+    let client = client(&sim).await;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
+    let job: Job = serde_json::from_value(serde_json::json!({
+        "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "fv"},
+        "spec": {"suspend": true, "template": {"spec": {"restartPolicy": "Never", "containers": [{
+            "name": "main", "image": berth_engine_core::testkit::TEST_IMAGE,
+            "command": ["sleep", "600"],
+            "resources": {"requests": {"cpu": "1000m", "memory": "1024Mi"}}}]}}}}))
+    .expect("job");
+    let created = jobs
+        .create(&PostParams::default(), &job)
+        .await
+        .expect("create");
+    let requests = created
+        .spec
+        .and_then(|s| s.template.spec)
+        .expect("pod spec")
+        .containers[0]
+        .resources
+        .clone()
+        .and_then(|r| r.requests)
+        .expect("requests");
+    assert_eq!(requests["cpu"].0, "1");
+    assert_eq!(requests["memory"].0, "1Gi");
+
+    let bogus = serde_json::json!({"spec": {"bogus": 1}});
+    let strict = jobs
+        .patch(
+            "fv",
+            &PatchParams::default().validation_strict(),
+            &Patch::Merge(&bogus),
+        )
+        .await;
+    match strict {
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 400, "{status:?}");
+            assert!(
+                status
+                    .message
+                    .contains(r#"strict decoding error: unknown field "spec.bogus""#),
+                "{status:?}"
+            );
+        }
+        other => panic!("expected a 400, got {other:?}"),
+    }
+    let applied = serde_json::json!({"apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": "fv"}, "spec": {"bogus": 2}});
+    let strict_apply = jobs
+        .patch(
+            "fv",
+            &PatchParams::apply("berth").validation_strict(),
+            &Patch::Apply(&applied),
+        )
+        .await;
+    assert!(
+        matches!(strict_apply, Err(kube::Error::Api(ref s)) if s.code == 400),
+        "{strict_apply:?}"
+    );
+    jobs.patch(
+        "fv",
+        &PatchParams::default().validation_ignore(),
+        &Patch::Merge(&bogus),
+    )
+    .await
+    .expect("Ignore drops the field");
+    let resource = ApiResource::erase::<Job>(&());
+    let dynamic: Api<DynamicObject> = Api::namespaced_with(client, "default", &resource);
+    let stored = dynamic.get("fv").await.expect("get");
+    assert!(
+        stored.data["spec"].get("bogus").is_none(),
+        "{:?}",
+        stored.data
+    );
+    sim.shutdown().await;
+}

@@ -16,6 +16,9 @@ use bollard::query_parameters::{ListContainersOptions, ListVolumesOptions};
 
 const IMAGE: &str = berth_engine_core::testkit::TEST_IMAGE;
 
+#[path = "kubectl/simproto.rs"]
+mod simproto;
+
 /// The kubectl binary of minor version `minor`.
 fn kubectl_binary(minor: u32) -> PathBuf {
     let candidates = [
@@ -1365,7 +1368,7 @@ async fn exec_protocols_and_bookmarks() {
 }
 
 /// How a container spec maps to Docker: command/args, env, workingDir, runAsUser, limits,
-/// init; a memory hog is OOMKilled.
+/// no init; a memory hog is OOMKilled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn container_mapping() {
     let c = cluster(32).await;
@@ -1458,7 +1461,8 @@ spec:
     let host = inspect.host_config.expect("host config");
     assert_eq!(host.memory, Some(64 * 1024 * 1024));
     assert_eq!(host.nano_cpus, Some(500_000_000));
-    assert_eq!(host.init, Some(true));
+    // As on a node: no init, the command is PID 1 (the pod does not share its PIDs).
+    assert_eq!(host.init, Some(false));
     assert_eq!(host.cap_drop, Some(vec!["ALL".to_owned()]));
     assert_eq!(host.cap_add, Some(vec!["CHOWN".to_owned()]));
     assert_eq!(host.readonly_rootfs, Some(true));
@@ -1690,4 +1694,103 @@ spec:
             .is_empty()
             .then_some(())
     });
+}
+
+/// A pod manifest: container `main` of `image`, with `extra` YAML under the container.
+fn pod_yaml(name: &str, image: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  containers:\n  - name: main\n    image: {image}\n    command: [\"sleep\", \"60\"]\n{extra}"
+    )
+}
+
+/// kubectl sees admission and the kubelet's pulls as on a real cluster: Pod Security and
+/// ResourceQuota refusals with the API server's words, LimitRange defaults in the stored pod,
+/// and `ErrImageNeverPull` with the kubelet's message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simwait_admission_and_pull_policy_through_kubectl() {
+    let c = cluster(33).await;
+    c.apply_yaml(
+        "ns",
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: locked\n  labels:\n    pod-security.kubernetes.io/enforce: baseline\n",
+    );
+    let path = c.dir.path().join("privileged.yaml");
+    let privileged = pod_yaml("p", IMAGE, "    securityContext:\n      privileged: true\n");
+    std::fs::write(&path, privileged).expect("manifest");
+    let out = c.run(&[
+        "create",
+        "-n",
+        "locked",
+        "-f",
+        path.to_str().expect("utf-8"),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(r#"Error from server (Forbidden): error when creating"#)
+            && err.contains(r#"pods "p" is forbidden: violates PodSecurity "baseline:latest": privileged (container "main" must not set securityContext.privileged=true)"#),
+        "{err}"
+    );
+
+    c.apply_yaml(
+        "quota",
+        "apiVersion: v1\nkind: ResourceQuota\nmetadata:\n  name: small\nspec:\n  hard:\n    limits.memory: 100Mi\n",
+    );
+    c.apply_yaml(
+        "range",
+        "apiVersion: v1\nkind: LimitRange\nmetadata:\n  name: defaults\nspec:\n  limits:\n  - type: Container\n    default:\n      memory: 64Mi\n",
+    );
+    assert!(c.ok(&["get", "quota,limits"]).contains("small"));
+    // The LimitRange fills in the limit the quota asks for.
+    c.apply_yaml("fits", &pod_yaml("fits", IMAGE, ""));
+    let limit = c.ok(&[
+        "get",
+        "pod",
+        "fits",
+        "-o",
+        "jsonpath={.spec.containers[0].resources.limits.memory}",
+    ]);
+    assert_eq!(limit, "64Mi");
+    let path = c.dir.path().join("big.yaml");
+    let big = pod_yaml(
+        "big",
+        IMAGE,
+        "    resources:\n      limits:\n        memory: 64Mi\n",
+    );
+    std::fs::write(&path, big).expect("manifest");
+    let out = c.run(&["create", "-f", path.to_str().expect("utf-8")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(r#"pods "big" is forbidden: exceeded quota: small, requested: limits.memory=64Mi, used: limits.memory=64Mi, limited: limits.memory=100Mi"#),
+        "{err}"
+    );
+    c.ok(&["delete", "pod", "fits", "--wait=false"]);
+    c.ok(&["delete", "quota", "small"]);
+
+    let never = pod_yaml(
+        "never",
+        "berth-test/not-on-this-node:1",
+        "    imagePullPolicy: Never\n",
+    );
+    c.apply_yaml("never", &never);
+    let reason = eventually(Duration::from_secs(30), || {
+        let r = c.ok(&[
+            "get",
+            "pod",
+            "never",
+            "-o",
+            "jsonpath={.status.containerStatuses[0].state.waiting.reason}",
+        ]);
+        (r == "ErrImageNeverPull").then_some(r)
+    });
+    assert_eq!(reason, "ErrImageNeverPull");
+    let events = c.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "reason=ErrImageNeverPull",
+    ]);
+    assert!(
+        events.contains(r#"Container image "berth-test/not-on-this-node:1" is not present with pull policy of Never"#),
+        "{events}"
+    );
 }

@@ -1,15 +1,20 @@
 //! Streaming tar archives between local paths and [`TarStream`]s, for `berth cp`. Memory stays
 //! bounded: the archive is produced and consumed in 64 KiB pieces on a blocking thread.
 
+use std::ffi::OsStr;
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use berth_engine_core::{Error, Result, TarStream};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
+use crate::copy::{self, CopyError, ExtractOptions, Extracted};
+
 const PIECE: usize = 64 * 1024;
+/// What may follow an archive's end marker (tar pads to its record size, 10 KiB by default).
+const TRAILING_MAX: usize = 1024 * 1024;
 
 struct ChannelWriter {
     tx: mpsc::Sender<std::io::Result<Bytes>>,
@@ -42,12 +47,34 @@ impl Write for ChannelWriter {
 }
 
 /// Archives the file or directory at `path` as one top-level entry named after it; symlinks
-/// stay symlinks, modes are kept.
+/// stay symlinks, modes are kept, sparse files are written whole (plain entries every reader
+/// takes; Docker refuses GNU sparse ones). Like `docker cp`, a path whose last component is
+/// `.` (`.`, `dir/.`) archives the directory's contents instead; `..` and other paths without
+/// a name are archived under the name of the directory they resolve to.
 ///
 /// # Errors
 /// [`Error::NotFound`] naming the path when it does not exist.
 pub fn pack_path(path: &Path) -> Result<TarStream> {
+    if ends_in_cur_dir(path) {
+        return pack_dir_contents(path);
+    }
+    if path.file_name().is_none() {
+        let resolved = path.canonicalize().map_err(|_| Error::NotFound {
+            what: "local path",
+            name: path.display().to_string(),
+        })?;
+        return pack(&resolved, false);
+    }
     pack(path, false)
+}
+
+/// Whether the path's last written component is `.` (`Path::components` hides a trailing one).
+fn ends_in_cur_dir(path: &Path) -> bool {
+    let bytes = path.as_os_str().as_encoded_bytes();
+    let trimmed = bytes.strip_suffix(b"/").unwrap_or(bytes);
+    trimmed == b"."
+        || trimmed.ends_with(b"/.")
+        || path.components().next_back() == Some(Component::CurDir)
 }
 
 /// Archives the contents of the directory `dir` at the archive's root (a build context).
@@ -87,6 +114,7 @@ fn pack(path: &Path, contents_only: bool) -> Result<TarStream> {
         let result = (|| {
             let mut builder = tar::Builder::new(&mut writer);
             builder.follow_symlinks(false);
+            builder.sparse(false);
             if meta.is_dir() {
                 builder.append_dir_all(&name, &path)?;
             } else {
@@ -126,49 +154,126 @@ impl Read for ChannelReader {
     }
 }
 
-/// Extracts `stream` into the existing directory `dest`. Entries that would land outside
-/// `dest` are refused by the tar reader.
+/// Copies the archive `stream` of an environment's path `source_name` to the local `dest`
+/// with [`copy::extract_to`]: bounded, refusing what could reach outside `dest`, and leaving
+/// nothing behind when the copy fails.
 ///
 /// # Errors
-/// [`Error::NotFound`] when `dest` is not a directory; a backend error when reading or
-/// writing fails.
-pub async fn unpack_into(mut stream: TarStream, dest: &Path) -> Result<()> {
-    if !dest.is_dir() {
-        return Err(Error::NotFound {
-            what: "local directory",
-            name: dest.display().to_string(),
-        });
-    }
+/// [`CopyError`]; a failure of the environment's stream is [`CopyError::Read`].
+pub async fn copy_out_to(
+    stream: TarStream,
+    dest: &Path,
+    source_name: Option<&OsStr>,
+    options: &ExtractOptions,
+) -> std::result::Result<Extracted, CopyError> {
     let (tx, rx) = mpsc::channel(4);
     let dest = dest.to_owned();
-    let unpack = tokio::task::spawn_blocking(move || {
-        let mut archive = tar::Archive::new(ChannelReader {
+    let source_name = source_name.map(OsStr::to_owned);
+    let options = options.clone();
+    // Read twice (while staging, then to its end): fused, so its end is seen once.
+    let mut stream = stream.fuse();
+    let stage = tokio::task::spawn_blocking(move || {
+        let reader = ChannelReader {
             rx,
             current: Bytes::new(),
-        });
-        archive.set_preserve_permissions(true);
-        archive.unpack(&dest)
+        };
+        copy::stage(reader, &dest, source_name.as_deref(), &options)
     });
-    let mut feed_error = None;
+    let mut stream_error = None;
     while let Some(item) = stream.next().await {
-        let failed = item.is_err();
-        if let Err(e) = &item {
-            feed_error = Some(std::io::Error::new(e.kind(), e.to_string()));
-        }
-        if tx.send(item).await.is_err() || failed {
-            break;
+        match item {
+            // A closed channel means staging stopped (refused, or the archive's end).
+            Ok(piece) => {
+                if tx.send(Ok(piece)).await.is_err() {
+                    break;
+                }
+            }
+            Err(e) => {
+                let _ = tx
+                    .send(Err(std::io::Error::new(e.kind(), e.to_string())))
+                    .await;
+                stream_error = Some(e);
+                break;
+            }
         }
     }
     drop(tx);
-    let unpacked = unpack
-        .await
-        .map_err(|e| Error::backend("runner", "extract an archive", e))?;
-    if let Some(e) = feed_error {
-        return Err(Error::backend(
-            "runner",
-            "read an archive from the environment",
-            e,
-        ));
+    let staged = stage.await.map_err(|e| CopyError::Read {
+        source: std::io::Error::other(e),
+    })?;
+    if let Some(source) = stream_error {
+        return Err(CopyError::Read { source });
     }
-    unpacked.map_err(|e| Error::backend("runner", "extract an archive", e))
+    let staged = staged?;
+    // The archive ended; the stream must end too, and may still report that the environment's
+    // `tar` failed (an unreadable file is skipped with a late exit 1): then nothing is placed.
+    let mut trailing = 0usize;
+    while let Some(item) = stream.next().await {
+        trailing += item.map_err(|source| CopyError::Read { source })?.len();
+        if trailing > TRAILING_MAX {
+            return Err(CopyError::Malformed {
+                reason: format!("more than {TRAILING_MAX} bytes follow the archive's end"),
+            });
+        }
+    }
+    drop(stream);
+    tokio::task::spawn_blocking(move || staged.place())
+        .await
+        .map_err(|e| CopyError::Read {
+            source: std::io::Error::other(e),
+        })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn members(stream: TarStream) -> Vec<(String, tar::EntryType, u64)> {
+        let bytes: Vec<u8> = stream.map(|b| b.expect("piece").to_vec()).concat().await;
+        let mut archive = tar::Archive::new(&bytes[..]);
+        archive
+            .entries()
+            .expect("entries")
+            .map(|e| {
+                let e = e.expect("entry");
+                let h = e.header();
+                (
+                    e.path().expect("path").display().to_string(),
+                    h.entry_type(),
+                    h.entry_size().expect("size"),
+                )
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn archive_sparse_files_pack_as_plain_entries() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sparse = dir.path().join("sp");
+        std::fs::File::create(&sparse)
+            .expect("create")
+            .set_len(10 * 1024 * 1024)
+            .expect("truncate");
+        let got = members(pack_path(&sparse).expect("pack")).await;
+        assert_eq!(
+            got,
+            vec![("sp".to_owned(), tar::EntryType::Regular, 10 * 1024 * 1024)]
+        );
+    }
+
+    #[tokio::test]
+    async fn archive_dot_packs_the_directory_contents() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("a"), "a").expect("write");
+        for source in [dir.path().join("."), dir.path().join("./")] {
+            let got = members(pack_path(&source).expect("pack")).await;
+            let names: Vec<&str> = got.iter().map(|(n, _, _)| n.as_str()).collect();
+            assert!(names.contains(&"a") || names.contains(&"./a"), "{names:?}");
+            assert!(!names.iter().any(|n| n.contains(".tmp")), "{names:?}");
+        }
+        assert!(ends_in_cur_dir(Path::new(".")));
+        assert!(ends_in_cur_dir(Path::new("src/.")));
+        assert!(!ends_in_cur_dir(Path::new("src")));
+        assert!(!ends_in_cur_dir(Path::new("..")));
+    }
 }

@@ -33,6 +33,8 @@ pub fn kubernetes_config(config: &BerthConfig) -> Result<KubernetesConfig> {
     out.create_missing_claims = k.create_pvc;
     out.start_timeout = parse_duration(&k.start_timeout)
         .map_err(|r| Error::invalid_spec("kubernetes.start_timeout", r))?;
+    out.scale_up_grace = parse_duration(&k.scale_up_grace)
+        .map_err(|r| Error::invalid_spec("kubernetes.scale_up_grace", r))?;
     let cpu = |key: &str, v: &Option<String>| {
         v.as_deref()
             .map(parse_cpu_millis)

@@ -1,12 +1,16 @@
 //! The `berth` command line: clap argument structs only, no behaviour.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+/// The opening line of `berth --help`: what berth is for, to a user.
+const ABOUT: &str = "Run commands for AI agents and CI jobs in isolated, long-lived environments (containers on Docker, Jobs on Kubernetes) that are always cleaned up.";
+
 /// berth: isolated, long-lived environments for agent and CI sessions, on Docker or Kubernetes.
 #[derive(Debug, Parser)]
-#[command(name = "berth", version, about)]
+#[command(name = "berth", version, about = ABOUT)]
 pub struct Cli {
     /// Config file (default: ./berth.yaml, else ~/.config/berth/config.yaml, else built-in
     /// defaults).
@@ -65,6 +69,10 @@ pub struct RenderArgs {
     /// How the environment would be made.
     #[command(flatten)]
     pub env: EnvArgs,
+    /// Print instead the least-privilege Role berth needs in its namespace, bound to this
+    /// service account (default `berth`).
+    #[arg(long, value_name = "SERVICE_ACCOUNT", num_args = 0..=1, default_missing_value = "berth")]
+    pub rbac: Option<String>,
 }
 
 /// `berth doctor`.
@@ -104,9 +112,10 @@ pub struct CommandArgs {
     /// Pass berth's standard input to the command.
     #[arg(short = 'i', long)]
     pub interactive: bool,
-    /// Kill the command (its whole process tree) after this many seconds; exit code 124.
-    #[arg(long, value_name = "SECONDS")]
-    pub timeout: Option<u64>,
+    /// Kill the command (its whole process tree) after this long (90s, 5m, 1h, or plain
+    /// seconds); exit code 124.
+    #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
+    pub timeout: Option<Duration>,
 }
 
 /// `berth up`.
@@ -126,12 +135,7 @@ pub struct ExecArgs {
     /// The environment id (from `berth up` or `berth ls`).
     pub environment: String,
     /// The command and its arguments.
-    #[arg(
-        required = true,
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "CMD"
-    )]
+    #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
     pub command: Vec<String>,
 }
 
@@ -145,12 +149,7 @@ pub struct RunArgs {
     #[command(flatten)]
     pub cmd: CommandArgs,
     /// The command and its arguments.
-    #[arg(
-        required = true,
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "CMD"
-    )]
+    #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
     pub command: Vec<String>,
 }
 
@@ -177,10 +176,27 @@ pub struct ShellArgs {
 /// `berth cp`.
 #[derive(Debug, Args)]
 pub struct CpArgs {
-    /// Source: a local path, or ENV:PATH.
+    /// Source: a local path (`.` or `DIR/.` for a directory's contents), or ENV:PATH.
     pub source: String,
-    /// Destination: ENV:DIR (an existing directory), or a local directory.
+    /// Destination: ENV:DIR (an existing directory); or a local path: into it when it is a
+    /// directory, over it when it is a file, created when it does not exist.
     pub destination: String,
+    /// Copying out: keep the archive's permission bits instead of masking them by the umask
+    /// (set-uid, set-gid and sticky bits are stripped regardless).
+    #[arg(long)]
+    pub preserve_mode: bool,
+    /// Copying out: accept file names holding control characters (newlines, escapes).
+    #[arg(long)]
+    pub allow_control_characters: bool,
+    /// Copying out: most bytes written, e.g. 8Gi (default: config copy.max_bytes).
+    #[arg(long, value_name = "SIZE")]
+    pub max_bytes: Option<String>,
+    /// Copying out: most archive entries (default: config copy.max_entries).
+    #[arg(long, value_name = "N")]
+    pub max_entries: Option<u64>,
+    /// Copying out: longest path in bytes (default: config copy.max_path_bytes).
+    #[arg(long, value_name = "N")]
+    pub max_path_bytes: Option<u64>,
 }
 
 /// `berth ls`.
@@ -255,4 +271,49 @@ pub struct ImageBuildArgs {
     pub build_args: Vec<String>,
     /// The context directory.
     pub context: PathBuf,
+}
+
+/// `--timeout`: a duration as `--older-than` takes it, plain seconds included.
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    berth_runner::config::parse_duration(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn timeout_takes_durations_and_plain_seconds() {
+        for (given, secs) in [("90s", 90), ("5m", 300), ("7", 7)] {
+            let cli = Cli::try_parse_from(["berth", "run", "--timeout", given, "--", "true"])
+                .unwrap_or_else(|e| panic!("{given}: {e}"));
+            let Command::Run(run) = cli.command else {
+                panic!("not run")
+            };
+            assert_eq!(run.cmd.timeout, Some(Duration::from_secs(secs)));
+        }
+        for bad in ["abc", "-1", "1.5", "0"] {
+            assert!(
+                Cli::try_parse_from(["berth", "run", "--timeout", bad, "--", "true"]).is_err(),
+                "{bad} was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unknown_flag_before_the_command_is_an_error() {
+        let err =
+            Cli::try_parse_from(["berth", "run", "--session", "s", "--bogusflag", "--", "pwd"])
+                .expect_err("--bogusflag");
+        assert_eq!(err.kind(), clap::error::ErrorKind::UnknownArgument);
+        // The command's own flags still pass, with or without `--`.
+        for argv in [
+            &["berth", "run", "ls", "-la"][..],
+            &["berth", "run", "--", "ls", "-la"],
+            &["berth", "exec", "env1", "--", "sh", "-c", "x"],
+        ] {
+            Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+        }
+    }
 }

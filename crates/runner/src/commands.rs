@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context};
 use berth_engine_core::{
@@ -11,7 +11,9 @@ use berth_engine_core::{
     ImageRef, LabelSelector, OutputChunk, Progress, ProgressEvent, PullPolicy, SessionId, Stdin,
     StopOutcome,
 };
+use berth_runner::config::parse_memory_bytes;
 use berth_runner::config::{parse_duration, BerthConfig, LoadOptions, Loaded};
+use berth_runner::copy::{self, ExtractOptions};
 use berth_runner::gc::{collect_garbage, GcOptions};
 use berth_runner::session::Session;
 use berth_runner::state::StateDir;
@@ -24,6 +26,10 @@ use crate::cli::{
     ImageBuildArgs, ImageCommand, ImageEnsureArgs, LsArgs, RenderArgs, RunArgs, ShellArgs, UpArgs,
 };
 use crate::terminal;
+
+/// The offline test image (`berth_engine_core::testkit::TEST_IMAGE`, not linked into the
+/// binary), named in the hint of a failed pull.
+const TEST_IMAGE: &str = "berth-test/busybox:2";
 
 /// Global options every command sees.
 struct Ctx {
@@ -147,8 +153,8 @@ fn exec_request(args: &CommandArgs, command: Vec<String>) -> anyhow::Result<Exec
     if let Some(user) = &args.user {
         req = req.with_user(user.clone());
     }
-    if let Some(secs) = args.timeout {
-        req = req.with_timeout(Duration::from_secs(secs));
+    if let Some(timeout) = args.timeout {
+        req = req.with_timeout(timeout);
     }
     req.validate()?;
     Ok(req)
@@ -235,14 +241,33 @@ async fn recv(signal: Option<&mut tokio::signal::unix::Signal>) {
     }
 }
 
-async fn shutdown_signal() -> &'static str {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => "Ctrl-C",
-        () = recv(term.as_mut()) => "SIGTERM",
-        () = recv(hup.as_mut()) => "SIGHUP",
+/// `run` or `shell` ended by a signal after stopping its environments; berth exits with
+/// 128 + the signal's number, as a shell reports a command killed by it (130 for Ctrl-C, 143
+/// for SIGTERM).
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted by {name}; stopped the session's environments")]
+pub struct Interrupted {
+    name: &'static str,
+    signal: u8,
+}
+
+impl Interrupted {
+    /// 128 + the signal number.
+    pub fn exit_code(&self) -> u8 {
+        128 + self.signal
     }
+}
+
+async fn shutdown_signal() -> Interrupted {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let mut hup = signal(SignalKind::hangup()).ok();
+    let (name, signal) = tokio::select! {
+        _ = tokio::signal::ctrl_c() => ("Ctrl-C", 2),
+        () = recv(term.as_mut()) => ("SIGTERM", 15),
+        () = recv(hup.as_mut()) => ("SIGHUP", 1),
+    };
+    Interrupted { name, signal }
 }
 
 /// Runs `body` with the session's environments stopped afterwards, also on Ctrl-C/SIGTERM.
@@ -252,7 +277,7 @@ where
 {
     let outcome = tokio::select! {
         r = body => r,
-        sig = shutdown_signal() => Err(anyhow!("interrupted by {sig}; stopped the session's environments")),
+        sig = shutdown_signal() => Err(sig.into()),
     };
     let stopped = session.shutdown().await;
     let code = outcome?;
@@ -274,6 +299,7 @@ async fn doctor(ctx: &Ctx, args: DoctorArgs) -> anyhow::Result<ExitCode> {
     };
     checks.push(("config".into(), true, source));
     checks.push(("backend".into(), true, config.runner.backend.to_string()));
+    checks.push(("limits".into(), true, limits_note(config).0));
     if config.runner.backend == berth_engine_core::BackendKind::Kubernetes {
         let k = &config.kubernetes;
         checks.push((
@@ -292,7 +318,7 @@ async fn doctor(ctx: &Ctx, args: DoctorArgs) -> anyhow::Result<ExitCode> {
         if let Ok(kc) = backend::kubernetes_config(config) {
             if let Ok(engine) = berth_engine_k8s::KubernetesEngine::connect(kc).await {
                 if engine.init().await.is_ok() {
-                    checks.extend(engine.checks(k.pvc_name.as_deref()).await);
+                    checks.extend(berth_runner::doctor::kubernetes(&engine, config).await);
                 }
             }
         }
@@ -322,6 +348,11 @@ async fn doctor(ctx: &Ctx, args: DoctorArgs) -> anyhow::Result<ExitCode> {
                         false,
                         "no image configured (runner.image) or given (--image)".into(),
                     )),
+                    Some(image)
+                        if config.runner.backend == berth_engine_core::BackendKind::Kubernetes =>
+                    {
+                        checks.push(berth_runner::doctor::kubernetes_image(config, &image).await);
+                    }
                     Some(image) => {
                         let image = ImageRef::new(image)?;
                         match engine
@@ -362,6 +393,41 @@ async fn doctor(ctx: &Ctx, args: DoctorArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// What an environment may use, said plainly, and whether it is unlimited.
+fn limits_note(config: &BerthConfig) -> (String, bool) {
+    let mut resources = config.runner_resources().unwrap_or_default();
+    if config.runner.backend == berth_engine_core::BackendKind::Kubernetes {
+        let limits = &config.kubernetes.resources.limits;
+        let parsed = |v: &Option<String>, f: fn(&str) -> Result<u64, String>| {
+            v.as_deref().and_then(|v| f(v).ok())
+        };
+        resources.cpu_millis = resources
+            .cpu_millis
+            .or_else(|| parsed(&limits.cpu, berth_runner::config::parse_cpu_millis));
+        resources.memory_bytes = resources
+            .memory_bytes
+            .or_else(|| parsed(&limits.memory, berth_runner::config::parse_memory_bytes));
+    }
+    let cpu = resources.cpu_millis.map_or_else(
+        || "no CPU limit".to_owned(),
+        |m| format!("{} CPUs", m as f64 / 1000.0),
+    );
+    let memory = resources.memory_bytes.map_or_else(
+        || "no memory limit".to_owned(),
+        |b| format!("{} MiB of memory", b >> 20),
+    );
+    let unlimited = resources.cpu_millis.is_none() || resources.memory_bytes.is_none();
+    let note = format!(
+        "{cpu}, {memory}{}",
+        if unlimited {
+            " (an unlimited environment can use the whole machine; set runner.resources or kubernetes.resources.limits)"
+        } else {
+            ""
+        }
+    );
+    (note, unlimited)
+}
+
 /// Pulls the image where the engine needs it before a start (Docker creates nothing from a
 /// missing image). A cluster pulls on its own and `start` reports pull failures with their
 /// reason, so there a check would only cost a pod.
@@ -373,25 +439,55 @@ async fn prepare_image(
     if engine.backend() == berth_engine_core::BackendKind::Docker {
         engine
             .ensure_image(image, ctx.config().runner.pull_policy, &progress_bar(ctx))
-            .await?;
+            .await
+            .map_err(|e| missing_image(image, e))?;
     }
     Ok(())
 }
 
+/// A failed pull of a missing image says first that the image is not here; the test image
+/// comes from no registry, so it names the command that builds it.
+fn missing_image(image: &ImageRef, e: berth_engine_core::Error) -> anyhow::Error {
+    let pull_failed = matches!(e.kind(), ErrorKind::ImagePull | ErrorKind::ImageNotFound);
+    let hint = if image.as_str() == TEST_IMAGE {
+        "; build it with `cargo run -p berth-engine-docker --example test-image`"
+    } else {
+        ""
+    };
+    if pull_failed {
+        anyhow::Error::new(e).context(format!(
+            "image {image} is not present locally, and pulling it failed{hint}"
+        ))
+    } else {
+        e.into()
+    }
+}
+
 async fn up(ctx: &Ctx, args: UpArgs) -> anyhow::Result<ExitCode> {
-    let spec = environment_spec(ctx, &args.env)?;
+    let mut spec = environment_spec(ctx, &args.env)?;
+    // Detachment is recorded on the object: asked for at creation, confirmed once ready, so
+    // a `berth up` killed in between leaves something gc collects.
+    spec.labels.insert(
+        berth_engine_core::LABEL_DETACHED.into(),
+        berth_engine_core::DETACHED_REQUESTED.into(),
+    );
+    if let (note, true) = limits_note(ctx.config()) {
+        eprintln!("berth: note: this environment has {note}");
+    }
     let engine = ctx.engine().await?;
+    refuse_duplicate_name(engine.as_ref(), &spec).await?;
     prepare_image(ctx, engine.as_ref(), &spec.image).await?;
     let name = spec.name.clone();
-    let session = Session::new(engine, spec);
+    let session = Session::new(engine.clone(), spec);
     let id = session.start(&name).await.with_context(|| {
         format!(
             "failed to start an environment for session {}",
             session.id()
         )
     })?;
-    StateDir::from_env()
+    engine
         .mark_detached(&id)
+        .await
         .context("cannot record the environment as detached")?;
     let _ = session.detach();
     if ctx.json {
@@ -402,16 +498,89 @@ async fn up(ctx: &Ctx, args: UpArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Names pick environments within a session (`berth ls` shows them), so two of the same name
+/// in one session would be ambiguous.
+async fn refuse_duplicate_name(
+    engine: &dyn ContainerEngine,
+    spec: &EnvironmentSpec,
+) -> anyhow::Result<()> {
+    let existing = engine.list(&LabelSelector::session(&spec.session)).await?;
+    if let Some(same) = existing.iter().find(|e| {
+        e.labels.get(berth_engine_core::LABEL_NAME) == Some(&spec.name)
+            && e.state != berth_engine_core::EnvironmentState::Exited
+    }) {
+        bail!(
+            "session {} already has an environment named {} ({}); pick another --name, or `berth down {}` first",
+            spec.session,
+            spec.name,
+            same.id,
+            same.id
+        );
+    }
+    Ok(())
+}
+
+/// A command the environment cannot find: berth exits 127 with one line, as a shell and
+/// `docker run` do, instead of the runtime's 126 and its "OCI runtime exec failed" text.
+#[derive(Debug, thiserror::Error)]
+#[error("{command}: command not found in {env} (not on its PATH)")]
+pub struct CommandNotFound {
+    command: String,
+    env: EnvironmentId,
+}
+
+/// Whether `argv[0]`, a bare name, is missing from the environment's PATH for a command run
+/// with `args` (its user, workdir and variables). Asks the image's `sh`; without one (or on
+/// any failure to ask) the answer is "not known to be missing", and the runtime speaks.
+async fn command_missing(
+    engine: &dyn ContainerEngine,
+    env: &EnvironmentId,
+    args: &CommandArgs,
+    argv: &[String],
+) -> Option<CommandNotFound> {
+    let name = argv.first()?;
+    if name.contains('/') {
+        return None;
+    }
+    // Exit 3 means "not found", unlike 126/127 from an image without sh.
+    let script = "command -v -- \"$1\" >/dev/null 2>&1 && exit 0; exit 3";
+    let probe = exec_request(
+        args,
+        vec![
+            "sh".into(),
+            "-c".into(),
+            script.into(),
+            "sh".into(),
+            name.clone(),
+        ],
+    )
+    .ok()?;
+    let out = engine.exec(env, probe).await.ok()?;
+    (out.status.code() == 3).then(|| CommandNotFound {
+        command: name.clone(),
+        env: env.clone(),
+    })
+}
+
 async fn exec(ctx: &Ctx, args: ExecArgs) -> anyhow::Result<ExitCode> {
     let env = env_id(&args.environment)?;
-    let req = exec_request(&args.cmd, args.command)?;
+    let req = exec_request(&args.cmd, args.command.clone())?;
     let engine = ctx.engine().await?;
-    exec_in(ctx, engine.as_ref(), &env, req, args.cmd.interactive).await
+    let code = exec_in(ctx, engine.as_ref(), &env, req, args.cmd.interactive).await?;
+    // Only a failed exec pays for the question (the runtime's text is already out by then).
+    if code == ExitCode::from(126) {
+        if let Some(missing) =
+            command_missing(engine.as_ref(), &env, &args.cmd, &args.command).await
+        {
+            return Err(missing.into());
+        }
+    }
+    Ok(code)
 }
 
 async fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
     let spec = environment_spec(ctx, &args.env)?;
-    let req = exec_request(&args.cmd, args.command)?;
+    let req = exec_request(&args.cmd, args.command.clone())?;
     let engine = ctx.engine().await?;
     prepare_image(ctx, engine.as_ref(), &spec.image).await?;
     let name = spec.name.clone();
@@ -423,11 +592,18 @@ async fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
                 session.id()
             )
         })?;
+        // Next to starting an environment the question costs little, and a missing
+        // command then gets one clear line instead of the runtime's.
+        if let Some(missing) =
+            command_missing(engine.as_ref(), &env, &args.cmd, &args.command).await
+        {
+            return Err(missing.into());
+        }
         exec_in(ctx, engine.as_ref(), &env, req, args.cmd.interactive).await
     };
     let outcome = tokio::select! {
         r = body => r,
-        sig = shutdown_signal() => Err(anyhow!("interrupted by {sig}; stopped the session's environments")),
+        sig = shutdown_signal() => Err(sig.into()),
     };
     let stopped = session.shutdown().await;
     // `run` owns its environment: a timeout ends all of it, so processes that escaped the
@@ -459,6 +635,12 @@ async fn shell(ctx: &Ctx, args: ShellArgs) -> anyhow::Result<ExitCode> {
     } else {
         args.command.clone()
     };
+    if !terminal::stdin_is_terminal() {
+        // A TTY exec fed from a pipe cannot work; refuse before anything starts.
+        bail!(
+            "stdin is not a terminal; use `berth exec -i ENV -- sh` to feed commands from a pipe"
+        );
+    }
     let mut req = ExecRequest::new(command)
         .with_tty(terminal::size())
         .with_stdin(Stdin::Piped);
@@ -549,10 +731,26 @@ async fn cp(ctx: &Ctx, args: CpArgs) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("failed to copy {} into {env}:{dir}", args.source))?;
         }
         (Some((env, path)), None) => {
+            let mut limits = ctx.config().copy.limits();
+            if let Some(size) = &args.max_bytes {
+                limits.max_bytes =
+                    parse_memory_bytes(size).map_err(|e| anyhow!("invalid --max-bytes: {e}"))?;
+            }
+            limits.max_entries = args.max_entries.unwrap_or(limits.max_entries);
+            limits.max_path_bytes = args.max_path_bytes.unwrap_or(limits.max_path_bytes);
+            let options = ExtractOptions::default()
+                .limits(limits)
+                .preserve_mode(args.preserve_mode)
+                .allow_control_characters(args.allow_control_characters);
             let stream = engine.copy_out(&env, &path).await?;
-            archive::unpack_into(stream, Path::new(&args.destination))
-                .await
-                .with_context(|| format!("failed to copy {env}:{path} to {}", args.destination))?;
+            archive::copy_out_to(
+                stream,
+                Path::new(&args.destination),
+                copy::source_name(&path),
+                &options,
+            )
+            .await
+            .with_context(|| format!("failed to copy {env}:{path} to {}", args.destination))?;
         }
         (Some(_), Some(_)) => {
             bail!("copying between two environments is not supported: copy out, then in")
@@ -636,26 +834,35 @@ async fn ls(ctx: &Ctx, args: LsArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn down(ctx: &Ctx, args: DownArgs) -> anyhow::Result<ExitCode> {
-    let engine = ctx.engine().await?;
-    let mut targets: Vec<EnvironmentId> = args
+    let named: Vec<EnvironmentId> = args
         .environments
         .iter()
         .map(|e| env_id(e))
         .collect::<anyhow::Result<_>>()?;
-    if let Some(s) = &args.session {
-        let found = engine
-            .list(&LabelSelector::session(&session_id(s)?))
-            .await?;
-        targets.extend(found.into_iter().map(|e| e.id));
-    }
-    if targets.is_empty() {
+    let session = args.session.as_deref().map(session_id).transpose()?;
+    if named.is_empty() && session.is_none() {
         bail!("nothing to stop: name environments, or pass --session");
+    }
+    let engine = ctx.engine().await?;
+    let mut targets: Vec<(EnvironmentId, bool)> = named.into_iter().map(|e| (e, true)).collect();
+    if let Some(s) = &session {
+        let found = engine.list(&LabelSelector::session(s)).await?;
+        if found.is_empty() && targets.is_empty() {
+            // Nothing to stop is success: the session is as asked, without environments.
+            eprintln!("berth: session {s} has no environments; nothing to stop");
+        }
+        targets.extend(found.into_iter().map(|e| (e.id, false)));
     }
     let state = StateDir::from_env();
     let mut results = Vec::new();
     let mut failed = None;
-    for env in targets {
+    for (env, named) in targets {
         match engine.stop(&env).await {
+            // An id the user gave that names nothing is a mistake (a typo, another
+            // machine's id), not a success.
+            Ok(StopOutcome::AlreadyGone) if named => {
+                failed = Some(anyhow!("no berth environment {env}: nothing stopped"));
+            }
             Ok(outcome) => {
                 state.forget(&env);
                 results.push((env, outcome));
@@ -801,9 +1008,13 @@ async fn image_build(ctx: &Ctx, args: ImageBuildArgs) -> anyhow::Result<ExitCode
 }
 
 fn render(ctx: &Ctx, args: RenderArgs) -> anyhow::Result<ExitCode> {
-    let spec = environment_spec(ctx, &args.env)?;
-    let config = backend::kubernetes_config(ctx.config())?;
-    let objects = berth_engine_k8s::render(&spec, &config)?;
+    let objects = match &args.rbac {
+        Some(subject) => berth_runner::rbac::objects(ctx.config(), subject),
+        None => {
+            let spec = environment_spec(ctx, &args.env)?;
+            berth_engine_k8s::render(&spec, &backend::kubernetes_config(ctx.config())?)?
+        }
+    };
     if ctx.json {
         ctx.print_json(&serde_json::Value::Array(objects));
         return Ok(ExitCode::SUCCESS);

@@ -58,6 +58,8 @@ pub struct BerthConfig {
     pub docker: DockerSection,
     /// The Kubernetes backend.
     pub kubernetes: KubernetesSection,
+    /// Limits of `berth cp` out of an environment.
+    pub copy: CopySection,
 }
 
 /// `runner:`: backend choice and environment defaults.
@@ -100,6 +102,18 @@ impl Default for RunnerConfig {
     }
 }
 
+/// A loader message without its trailing "for key `K`" when it already names `K` (a value's
+/// own error, like "invalid runner.backend: ...", says which key it is).
+fn once_per_key(message: String) -> String {
+    if let Some(start) = message.rfind(" for key `") {
+        let key = message[start + " for key `".len()..].trim_end_matches('`');
+        if message[..start].contains(key) {
+            return message[..start].to_owned();
+        }
+    }
+    message
+}
+
 /// Deserializes through `FromStr`, whose error says what was expected.
 fn de_from_str<'de, D, T>(de: D) -> Result<T, D::Error>
 where
@@ -127,7 +141,15 @@ pub enum WorkspaceConfig {
     Volume(String),
 }
 
-/// `cpu`, `memory`, `pids` limits written as Kubernetes quantities.
+/// The CPU limit of a Docker environment when `runner.resources.cpu` is unset.
+pub const DEFAULT_CPU: &str = "2";
+/// The memory limit of a Docker environment when `runner.resources.memory` is unset.
+pub const DEFAULT_MEMORY: &str = "4Gi";
+/// The value of `runner.resources.cpu` / `.memory` that lifts the limit.
+pub const UNLIMITED: &str = "unlimited";
+
+/// `cpu`, `memory`, `pids` limits written as Kubernetes quantities; unset CPU and memory
+/// take [`DEFAULT_CPU`] and [`DEFAULT_MEMORY`] on Docker, and [`UNLIMITED`] lifts them.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
@@ -174,6 +196,8 @@ pub struct KubernetesSection {
     pub image_pull_policy: Option<String>,
     /// How long `start` waits for the pod to run, e.g. `5m`.
     pub start_timeout: String,
+    /// How long an unschedulable pod waits for an autoscaler's scale-up event, e.g. `20s`.
+    pub scale_up_grace: String,
     /// `hardened` or `restricted` (the Pod Security Standard; needs a non-root user).
     pub security: String,
     /// The user environments run as (`uid` or `uid:gid`); required by `restricted`.
@@ -193,6 +217,7 @@ impl Default for KubernetesSection {
             create_pvc: false,
             image_pull_policy: None,
             start_timeout: "5m".into(),
+            scale_up_grace: "20s".into(),
             security: "hardened".into(),
             run_as_user: None,
         }
@@ -288,8 +313,12 @@ pub const KNOWN_KEYS: &[&str] = &[
     "kubernetes.create_pvc",
     "kubernetes.image_pull_policy",
     "kubernetes.start_timeout",
+    "kubernetes.scale_up_grace",
     "kubernetes.security",
     "kubernetes.run_as_user",
+    "copy.max_bytes",
+    "copy.max_entries",
+    "copy.max_path_bytes",
 ];
 
 fn user_config_file() -> Option<PathBuf> {
@@ -317,20 +346,233 @@ fn edit_distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
-/// The known key nearest to the unknown `key`, if any is close.
-fn suggest(key: &str) -> Option<&'static str> {
-    let parent = key.rsplit_once('.').map_or("", |(p, _)| p);
-    KNOWN_KEYS
-        .iter()
-        .filter(|k| k.rsplit_once('.').map_or("", |(p, _)| p) == parent)
-        .map(|k| (edit_distance(key, k), *k))
-        .filter(|(d, _)| *d <= 3)
-        .min()
-        .map(|(_, k)| k)
+/// Every known path: the keys and the sections holding them (`runner`, `runner.resources`).
+fn known_paths() -> impl Iterator<Item = &'static str> {
+    KNOWN_KEYS.iter().flat_map(|k| {
+        k.match_indices('.')
+            .map(move |(i, _)| &k[..i])
+            .chain(std::iter::once(*k))
+    })
 }
 
-/// Every key path in `value` that the schema does not know, with a suggestion.
-fn unknown_keys(prefix: &str, value: &config::Value, out: &mut Vec<String>) {
+/// The known key or section nearest to the unknown `key`, if any is close: first among its
+/// siblings, then anywhere (a typo in the section name, `runer.image`).
+fn suggest(key: &str) -> Option<&'static str> {
+    let parent_of = |k: &str| k.rsplit_once('.').map_or("", |(p, _)| p).to_owned();
+    let parent = parent_of(key);
+    let nearest = |same_parent: bool, limit: usize| {
+        known_paths()
+            .filter(|k| !same_parent || parent_of(k) == parent)
+            .map(|k| (edit_distance(key, k), k))
+            .filter(|(d, _)| *d <= limit)
+            .min()
+            .map(|(_, k)| k)
+    };
+    nearest(true, 3).or_else(|| nearest(false, 2))
+}
+
+/// What a value in the file must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ValueKind {
+    /// A mapping of keys.
+    Section,
+    /// Text.
+    Text,
+    /// `true` or `false`.
+    Bool,
+    /// A whole number.
+    Count,
+    /// A quantity or duration: text, or a bare number (`cpu: 2`, `max_lifetime: 90`).
+    Quantity,
+    /// `runner.workspace`: `none`, `ephemeral`, `{host_path: ..}` or `{volume: ..}`.
+    Workspace,
+}
+
+fn kind_of(key: &str) -> Option<ValueKind> {
+    use ValueKind::{Bool, Count, Quantity, Section, Text, Workspace};
+    Some(match key {
+        "runner"
+        | "docker"
+        | "kubernetes"
+        | "runner.resources"
+        | "kubernetes.resources"
+        | "kubernetes.resources.requests"
+        | "kubernetes.resources.limits" => Section,
+        "runner.workspace" => Workspace,
+        "runner.network" | "kubernetes.per_session_sub_path" | "kubernetes.create_pvc" => Bool,
+        "runner.resources.pids" => Count,
+        "runner.max_lifetime"
+        | "runner.resources.cpu"
+        | "runner.resources.memory"
+        | "kubernetes.start_timeout"
+        | "kubernetes.run_as_user"
+        | "kubernetes.resources.requests.cpu"
+        | "kubernetes.resources.requests.memory"
+        | "kubernetes.resources.limits.cpu"
+        | "kubernetes.resources.limits.memory" => Quantity,
+        k if KNOWN_KEYS.contains(&k) => Text,
+        _ => return None,
+    })
+}
+
+fn describe(value: &yaml_rust2::Yaml) -> String {
+    use yaml_rust2::Yaml;
+    match value {
+        Yaml::Integer(i) => format!("the number {i}"),
+        Yaml::Real(r) => format!("the number {r}"),
+        Yaml::Boolean(b) => format!("{b}"),
+        Yaml::String(t) => format!("the text {t:?}"),
+        Yaml::Array(_) => "a list".into(),
+        Yaml::Hash(_) => "a mapping".into(),
+        _ => "a value of another kind".into(),
+    }
+}
+
+/// The first value in `doc` whose type does not fit the schema, as (key, reason). Unknown
+/// keys are left to [`unknown_keys`], which suggests the nearest known one.
+fn type_error(prefix: &str, doc: &yaml_rust2::Yaml) -> Option<(String, String)> {
+    use yaml_rust2::Yaml;
+    let Yaml::Hash(map) = doc else {
+        return None;
+    };
+    for (key, value) in map {
+        let Some(key) = key.as_str() else {
+            return Some((
+                prefix.to_owned(),
+                format!("keys must be text, got {}", describe(key)),
+            ));
+        };
+        let path = if prefix.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        let Some(kind) = kind_of(&path) else {
+            continue;
+        };
+        let fits = match (kind, value) {
+            (_, Yaml::Null) => true,
+            (ValueKind::Section, Yaml::Hash(_)) => {
+                if let Some(found) = type_error(&path, value) {
+                    return Some(found);
+                }
+                true
+            }
+            (ValueKind::Text, Yaml::String(_))
+            | (ValueKind::Bool, Yaml::Boolean(_))
+            | (ValueKind::Quantity, Yaml::String(_) | Yaml::Integer(_) | Yaml::Real(_)) => true,
+            (ValueKind::Count, Yaml::Integer(i)) => *i >= 0,
+            (ValueKind::Workspace, _) => {
+                if let Some(reason) = workspace_error(value) {
+                    return Some((path, reason));
+                }
+                true
+            }
+            _ => false,
+        };
+        if !fits {
+            let expected = match kind {
+                ValueKind::Section => "a section (a mapping of keys)",
+                ValueKind::Text => "text (quote it if it looks like a number or true/false)",
+                ValueKind::Bool => "true or false",
+                ValueKind::Count => "a whole number",
+                ValueKind::Quantity => "a quantity or duration, like 2, 500m, 4Gi or 30m",
+                ValueKind::Workspace => unreachable!("handled above"),
+            };
+            return Some((
+                path,
+                format!("expected {expected}, got {}", describe(value)),
+            ));
+        }
+    }
+    None
+}
+
+/// Why `value` is not one of `runner.workspace`'s forms, if it is not.
+fn workspace_error(value: &yaml_rust2::Yaml) -> Option<String> {
+    use yaml_rust2::Yaml;
+    const FORMS: &str = "none, ephemeral, {host_path: /abs/dir} or {volume: name}";
+    match value {
+        Yaml::String(s) if s == "none" || s == "ephemeral" => None,
+        Yaml::Hash(map) if map.len() == 1 => {
+            let (key, inner) = map.iter().next()?;
+            let key = key.as_str().unwrap_or_default();
+            match (key, inner) {
+                ("host_path" | "volume", Yaml::String(_)) => None,
+                ("host_path" | "volume", other) => Some(format!(
+                    "expected {FORMS}; {key} needs text, got {}",
+                    describe(other)
+                )),
+                _ => {
+                    let near = ["host_path", "volume"]
+                        .into_iter()
+                        .find(|k| edit_distance(key, k) <= 3)
+                        .map(|k| format!("; did you mean {k}?"))
+                        .unwrap_or_default();
+                    Some(format!("expected {FORMS}, got {{{key}: ..}}{near}"))
+                }
+            }
+        }
+        other => Some(format!("expected {FORMS}, got {}", describe(other))),
+    }
+}
+
+/// Reads `path` as YAML and checks the value types, before the layered loader (whose own
+/// messages coerce `42` to text and name Rust types).
+fn check_file(path: &Path, source_name: &str) -> Result<(), ConfigError> {
+    let parse = |message: String| ConfigError::Parse {
+        source_name: source_name.to_owned(),
+        message,
+    };
+    let bytes = std::fs::read(path).map_err(|e| ConfigError::Read {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    if let Some(at) = bytes.iter().position(|b| *b == 0) {
+        return Err(parse(format!(
+            "this is binary data (a NUL byte at offset {at}), not a YAML config file"
+        )));
+    }
+    let text = String::from_utf8(bytes).map_err(|e| {
+        parse(format!(
+            "not UTF-8 text (invalid byte at offset {}); a config file is YAML",
+            e.utf8_error().valid_up_to()
+        ))
+    })?;
+    let docs = yaml_rust2::YamlLoader::load_from_str(&text)
+        .map_err(|e| parse(format!("not valid YAML: {e}")))?;
+    match docs.first() {
+        None | Some(yaml_rust2::Yaml::Null | yaml_rust2::Yaml::Hash(_)) => {}
+        Some(other) => {
+            return Err(parse(format!(
+                "expected sections (runner:, docker:, kubernetes:), got {}",
+                describe(other)
+            )))
+        }
+    }
+    match docs.first().and_then(|d| type_error("", d)) {
+        Some((key, reason)) => Err(ConfigError::Invalid {
+            source_name: source_name.to_owned(),
+            key,
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The environment variable that sets `key` (`runner.image` → `BERTH_RUNNER__IMAGE`).
+fn variable_of(key: &str) -> String {
+    format!("BERTH_{}", key.to_uppercase().replace('.', "__"))
+}
+
+/// Every key path in `value` that the schema does not know, with a suggestion; `name` shows
+/// a key as its source spells it (a dotted path, or an environment variable).
+fn unknown_keys(
+    prefix: &str,
+    value: &config::Value,
+    name: fn(&str) -> String,
+    out: &mut Vec<String>,
+) {
     let Ok(table) = value.clone().into_table() else {
         return;
     };
@@ -343,21 +585,29 @@ fn unknown_keys(prefix: &str, value: &config::Value, out: &mut Vec<String>) {
         let known = KNOWN_KEYS
             .iter()
             .any(|k| *k == path || k.starts_with(&format!("{path}.")));
-        if !known {
+        if !known && child.clone().into_table().is_ok_and(|t| !t.is_empty()) {
+            // A mistyped section: name the keys under it, each with its nearest known key
+            // (`runer.image` -> `runner.image`), as the file or the variable spells them.
+            unknown_keys(&path, &child, name, out);
+        } else if !known {
             out.push(match suggest(&path) {
-                Some(near) => format!("unknown key {path}; did you mean {near}?"),
-                None => format!("unknown key {path}"),
+                Some(near) => format!("unknown key {}; did you mean {}?", name(&path), name(near)),
+                None => format!("unknown key {}", name(&path)),
             });
-        } else if path != "runner.workspace" {
-            unknown_keys(&path, &child, out);
+        } else {
+            unknown_keys(&path, &child, name, out);
         }
     }
 }
 
-fn check_known(source_name: &str, cfg: &config::Config) -> Result<(), ConfigError> {
+fn check_known(
+    source_name: &str,
+    cfg: &config::Config,
+    name: fn(&str) -> String,
+) -> Result<(), ConfigError> {
     let mut unknown = Vec::new();
     let root: config::Value = cfg.cache.clone();
-    unknown_keys("", &root, &mut unknown);
+    unknown_keys("", &root, name, &mut unknown);
     match unknown.into_iter().next() {
         Some(message) => Err(ConfigError::Parse {
             source_name: source_name.to_owned(),
@@ -365,6 +615,33 @@ fn check_known(source_name: &str, cfg: &config::Config) -> Result<(), ConfigErro
         }),
         None => Ok(()),
     }
+}
+
+/// The first `BERTH_*` variable that is invalid on its own (over the built-in defaults), as
+/// an error naming it.
+fn culprit_variable(vars: &config::Map<String, String>) -> Option<ConfigError> {
+    let mut names: Vec<&String> = vars.keys().collect();
+    names.sort();
+    names.into_iter().find_map(|name| {
+        let source_name = format!("environment variable {name}");
+        let one = config::Map::from([(name.clone(), vars[name].clone())]);
+        let parsed = config::Config::builder()
+            .add_source(
+                config::Environment::with_prefix("BERTH")
+                    .prefix_separator("_")
+                    .separator("__")
+                    .source(Some(one)),
+            )
+            .build()
+            .and_then(config::Config::try_deserialize::<BerthConfig>);
+        match parsed {
+            Err(e) => Some(ConfigError::Parse {
+                source_name,
+                message: once_per_key(e.to_string()),
+            }),
+            Ok(c) => c.validate(&source_name).err(),
+        }
+    })
 }
 
 impl BerthConfig {
@@ -378,6 +655,12 @@ impl BerthConfig {
     pub fn load(options: &LoadOptions) -> Result<Loaded, ConfigError> {
         let source = match &options.path {
             Some(p) => {
+                if p.is_dir() {
+                    return Err(ConfigError::Read {
+                        path: p.clone(),
+                        reason: "it is a directory; give a YAML file".into(),
+                    });
+                }
                 if !p.is_file() {
                     return Err(ConfigError::Read {
                         path: p.clone(),
@@ -391,6 +674,7 @@ impl BerthConfig {
         };
         let mut builder = config::Config::builder();
         if let ConfigSource::File(p) = &source {
+            check_file(p, &source.name())?;
             let file = config::Config::builder()
                 .add_source(config::File::from(p.as_path()).format(config::FileFormat::Yaml))
                 .build()
@@ -398,7 +682,7 @@ impl BerthConfig {
                     source_name: source.name(),
                     message: e.to_string(),
                 })?;
-            check_known(&source.name(), &file)?;
+            check_known(&source.name(), &file, str::to_owned)?;
             builder = builder.add_source(file);
         }
         // Only BERTH_<SECTION>__<KEY> variables are config; others (BERTH_BUSYBOX,
@@ -409,7 +693,7 @@ impl BerthConfig {
         let env_source = config::Environment::with_prefix("BERTH")
             .prefix_separator("_")
             .separator("__")
-            .source(Some(vars));
+            .source(Some(vars.clone()));
         let env_layer = config::Config::builder()
             .add_source(env_source)
             .build()
@@ -417,7 +701,7 @@ impl BerthConfig {
                 source_name: "environment".into(),
                 message: e.to_string(),
             })?;
-        check_known("environment (BERTH_<SECTION>__<KEY>)", &env_layer)?;
+        check_known("the environment", &env_layer, variable_of)?;
         builder = builder.add_source(env_layer);
         for (key, value) in &options.overrides {
             builder = builder
@@ -432,13 +716,15 @@ impl BerthConfig {
             .and_then(config::Config::try_deserialize::<BerthConfig>)
             .map_err(|e| ConfigError::Parse {
                 source_name: source.name(),
-                message: e.to_string(),
-            })?;
-        parsed.validate(&source.name())?;
-        Ok(Loaded {
-            config: parsed,
-            source,
-        })
+                message: once_per_key(e.to_string()),
+            })
+            .and_then(|parsed| parsed.validate(&source.name()).map(|()| parsed));
+        match parsed {
+            Ok(config) => Ok(Loaded { config, source }),
+            // The file passed on its own, so a bad value most likely came from a variable:
+            // name it rather than the file.
+            Err(e) => Err(culprit_variable(&vars).unwrap_or(e)),
+        }
     }
 
     /// Parses YAML text (no environment layer) and validates it.
@@ -452,7 +738,7 @@ impl BerthConfig {
             .and_then(config::Config::try_deserialize::<BerthConfig>)
             .map_err(|e| ConfigError::Parse {
                 source_name: "inline YAML".into(),
-                message: e.to_string(),
+                message: once_per_key(e.to_string()),
             })?;
         parsed.validate("inline YAML")?;
         Ok(parsed)
@@ -505,6 +791,8 @@ impl BerthConfig {
         }
         parse_duration(&self.kubernetes.start_timeout)
             .map_err(|r| invalid("kubernetes.start_timeout", r))?;
+        parse_duration(&self.kubernetes.scale_up_grace)
+            .map_err(|r| invalid("kubernetes.scale_up_grace", r))?;
         if !matches!(self.kubernetes.security.as_str(), "hardened" | "restricted") {
             return Err(invalid(
                 "kubernetes.security",
@@ -520,6 +808,27 @@ impl BerthConfig {
                     "kubernetes.image_pull_policy",
                     format!("expected Always, IfNotPresent or Never, got {p:?}"),
                 ));
+            }
+        }
+        for (key, value) in [
+            ("runner.mount_path", Some(self.runner.mount_path.clone())),
+            (
+                "runner.workspace.host_path",
+                match &self.runner.workspace {
+                    WorkspaceConfig::HostPath(p) => Some(p.to_string_lossy().into_owned()),
+                    _ => None,
+                },
+            ),
+            (
+                "kubernetes.kubeconfig",
+                self.kubernetes
+                    .kubeconfig
+                    .as_ref()
+                    .map(|p| p.to_string_lossy().into_owned()),
+            ),
+        ] {
+            if value.is_some_and(|v| v.contains('\0')) {
+                return Err(invalid(key, "a path cannot contain a NUL byte".into()));
             }
         }
         if !self.runner.mount_path.starts_with('/') {
@@ -548,12 +857,22 @@ impl BerthConfig {
     /// The key and the reason when a quantity does not parse.
     pub fn runner_resources(&self) -> Result<Resources, (String, String)> {
         let r = &self.runner.resources;
+        // Untrusted commands get a bounded share of the machine unless the config says
+        // otherwise. On Kubernetes, where a limit without a request also reserves it on a
+        // node, the cluster's own kubernetes.resources stay in charge.
+        let default = |value: &Option<String>, fallback: &'static str| match value {
+            Some(v) => Some(v.clone()),
+            None if self.runner.backend == BackendKind::Docker => Some(fallback.to_owned()),
+            None => None,
+        };
+        let cpu = default(&r.cpu, DEFAULT_CPU).filter(|v| v != UNLIMITED);
+        let memory = default(&r.memory, DEFAULT_MEMORY).filter(|v| v != UNLIMITED);
         let mut out = Resources::default();
-        if let Some(cpu) = &r.cpu {
+        if let Some(cpu) = &cpu {
             out.cpu_millis =
                 Some(parse_cpu_millis(cpu).map_err(|e| ("runner.resources.cpu".to_owned(), e))?);
         }
-        if let Some(mem) = &r.memory {
+        if let Some(mem) = &memory {
             out.memory_bytes = Some(
                 parse_memory_bytes(mem).map_err(|e| ("runner.resources.memory".to_owned(), e))?,
             );
@@ -687,6 +1006,58 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(secs))
 }
 
+/// `copy:`: limits on what one `berth cp` out of an environment may write on the host (the
+/// archive an environment sends is untrusted). Defaults: 8Gi, 1000000 entries, 4096-byte paths.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct CopySection {
+    /// Total bytes of file content, as a quantity (`8Gi`) or a number of bytes.
+    #[serde(deserialize_with = "de_bytes")]
+    pub max_bytes: u64,
+    /// Number of archive members.
+    pub max_entries: u64,
+    /// Length in bytes of one path or link target.
+    pub max_path_bytes: u64,
+}
+
+impl Default for CopySection {
+    fn default() -> Self {
+        let d = crate::copy::CopyLimits::default();
+        Self {
+            max_bytes: d.max_bytes,
+            max_entries: d.max_entries,
+            max_path_bytes: d.max_path_bytes,
+        }
+    }
+}
+
+impl CopySection {
+    /// The limits these values set.
+    #[must_use]
+    pub fn limits(&self) -> crate::copy::CopyLimits {
+        crate::copy::CopyLimits {
+            max_bytes: self.max_bytes,
+            max_entries: self.max_entries,
+            max_path_bytes: self.max_path_bytes,
+        }
+    }
+}
+
+/// A byte count written as a memory quantity (`8Gi`) or a plain number.
+fn de_bytes<'de, D: serde::Deserializer<'de>>(de: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Bytes {
+        Number(u64),
+        Text(String),
+    }
+    match Bytes::deserialize(de)? {
+        Bytes::Number(n) => Ok(n),
+        Bytes::Text(t) => parse_memory_bytes(&t).map_err(serde::de::Error::custom),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -712,6 +1083,7 @@ mod tests {
     fn unknown_backend_names_the_key_and_the_choices() {
         let err = BerthConfig::from_yaml_str("runner:\n  backend: dockr\n").unwrap_err();
         let text = err.to_string();
+        assert_eq!(text.matches("runner.backend").count(), 1, "{text}");
         assert!(text.contains("dockr"), "{text}");
         assert!(
             text.contains("docker") && text.contains("kubernetes"),
@@ -781,6 +1153,117 @@ mod tests {
             loaded.config.runner.image.as_deref(),
             Some("berth-test/busybox:2")
         );
+    }
+
+    fn load_file(name: &str, body: &[u8]) -> String {
+        let dir = std::env::temp_dir().join(format!("berth-cfg-types-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, body).unwrap();
+        BerthConfig::load(&LoadOptions {
+            path: Some(path),
+            ..LoadOptions::default()
+        })
+        .map(|_| ())
+        .expect_err(name)
+        .to_string()
+    }
+
+    #[test]
+    fn wrong_types_name_the_key_and_what_was_expected() {
+        let err = load_file("section.yaml", b"runner: 5\n");
+        assert!(
+            err.contains("runner") && err.contains("expected a section"),
+            "{err}"
+        );
+        let err = load_file("image.yaml", b"runner:\n  image: 42\n");
+        assert!(
+            err.contains("runner.image") && err.contains("expected text"),
+            "{err}"
+        );
+        assert!(err.contains("the number 42"), "{err}");
+        let err = load_file("network.yaml", b"runner:\n  network: maybe\n");
+        assert!(
+            err.contains("runner.network") && err.contains("true or false"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn binary_and_non_yaml_files_say_so() {
+        let err = load_file("binary.yaml", &[0x7f, b'E', b'L', b'F', 0, 1, 2, 0xff]);
+        assert!(err.contains("binary data"), "{err}");
+        let err = load_file("latin1.yaml", b"runner:\n  image: caf\xe9\n");
+        assert!(err.contains("not UTF-8"), "{err}");
+        let err = load_file("broken.yaml", b"runner: [unclosed\n");
+        assert!(err.contains("not valid YAML"), "{err}");
+        let err = load_file("scalar.yaml", b"just some words\n");
+        assert!(err.contains("expected sections"), "{err}");
+    }
+
+    #[test]
+    fn nul_in_a_path_is_refused() {
+        let err = load_file("nul.yaml", b"runner:\n  mount_path: \"/work\\0space\"\n");
+        assert!(
+            err.contains("runner.mount_path") && err.contains("NUL"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_directory_is_not_a_config_file() {
+        let err = BerthConfig::load(&LoadOptions {
+            path: Some(std::env::temp_dir()),
+            ..LoadOptions::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("is a directory"), "{err}");
+    }
+
+    #[test]
+    fn workspace_forms_are_listed_with_a_suggestion() {
+        let err = load_file("ws.yaml", b"runner:\n  workspace: {hostpath: /tmp}\n");
+        assert!(err.contains("{host_path: /abs/dir}"), "{err}");
+        assert!(err.contains("did you mean host_path?"), "{err}");
+        assert!(!err.contains("WorkspaceConfig"), "{err}");
+        let err = load_file("ws2.yaml", b"runner:\n  workspace: sometimes\n");
+        assert!(err.contains("none, ephemeral"), "{err}");
+    }
+
+    #[test]
+    fn section_typos_get_suggestions() {
+        let err = load_file("runnr.yaml", b"runnr:\n  image: x\n");
+        assert!(
+            err.contains("unknown key runnr.image; did you mean runner.image?"),
+            "{err}"
+        );
+        assert_eq!(suggest("runnr"), Some("runner"));
+        assert_eq!(suggest("runer.image"), Some("runner.image"));
+        assert_eq!(variable_of("runner.image"), "BERTH_RUNNER__IMAGE");
+    }
+
+    #[test]
+    fn docker_environments_are_limited_by_default() {
+        let r = BerthConfig::from_yaml_str("runner:\n  backend: docker\n")
+            .unwrap()
+            .runner_resources()
+            .unwrap();
+        assert_eq!(r.cpu_millis, Some(2000));
+        assert_eq!(r.memory_bytes, Some(4 << 30));
+        let r = BerthConfig::from_yaml_str(
+            "runner:\n  resources:\n    cpu: unlimited\n    memory: unlimited\n",
+        )
+        .unwrap()
+        .runner_resources()
+        .unwrap();
+        assert_eq!((r.cpu_millis, r.memory_bytes), (None, None));
+        // Kubernetes: kubernetes.resources decides.
+        let r = BerthConfig::from_yaml_str("runner:\n  backend: kubernetes\n")
+            .unwrap()
+            .runner_resources()
+            .unwrap();
+        assert_eq!((r.cpu_millis, r.memory_bytes), (None, None));
     }
 
     #[test]

@@ -4,7 +4,8 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use berth_engine_core::{
-    ContainerEngine, EnvironmentId, EnvironmentState, LabelSelector, Result, SessionId,
+    ContainerEngine, EnvironmentId, EnvironmentState, EnvironmentStatus, LabelSelector, Result,
+    SessionId, DETACHED_REQUESTED, DETACHED_YES, LABEL_DETACHED,
 };
 use serde::Serialize;
 
@@ -101,15 +102,7 @@ pub async fn collect_garbage(
         } else {
             None
         };
-        let reason = reason.or_else(|| {
-            let owner = owner.as_ref()?;
-            (owner.is_alive() == Some(false) && !state.is_detached(&env.id)).then(|| {
-                format!(
-                    "its owner, process {} on {}, is gone",
-                    owner.pid, owner.host
-                )
-            })
-        });
+        let reason = reason.or_else(|| owner_gone(env, owner.as_ref()?, state));
         match reason {
             Some(reason) => {
                 let removed = if options.dry_run {
@@ -145,6 +138,43 @@ pub async fn collect_garbage(
         }
     }
     Ok(report)
+}
+
+/// Why `env` is garbage because of its owner, if it is: the owner ran on this host (another
+/// host's processes are unknowable here, so never judged dead), is gone, and did not detach
+/// it. Detachment is read from the environment itself ([`LABEL_DETACHED`]), so every host and
+/// state directory agrees; markers in `state` from older berth versions still count.
+fn owner_gone(env: &EnvironmentStatus, owner: &Owner, state: &StateDir) -> Option<String> {
+    owner_gone_reason(
+        env.labels.get(LABEL_DETACHED).map(String::as_str),
+        owner,
+        owner.is_alive(),
+        state.is_detached(&env.id),
+    )
+}
+
+/// The pure decision of [`owner_gone`]: `detached` is the label's value, `alive` the owner's
+/// liveness as [`Owner::is_alive`] reports it, `legacy_marker` an old state-directory record.
+fn owner_gone_reason(
+    detached: Option<&str>,
+    owner: &Owner,
+    alive: Option<bool>,
+    legacy_marker: bool,
+) -> Option<String> {
+    if alive != Some(false) || legacy_marker || detached == Some(DETACHED_YES) {
+        return None;
+    }
+    Some(if detached == Some(DETACHED_REQUESTED) {
+        format!(
+            "its `berth up`, process {} on {}, died before the environment was ready",
+            owner.pid, owner.host
+        )
+    } else {
+        format!(
+            "its owner, process {} on {}, is gone",
+            owner.pid, owner.host
+        )
+    })
 }
 
 /// The volume half of [`collect_garbage`], run after the environments are gone so that a
@@ -190,4 +220,51 @@ async fn collect_volumes(
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner() -> Owner {
+        Owner {
+            host: "h".into(),
+            pid: 7,
+            start: 1,
+        }
+    }
+
+    #[test]
+    fn a_detached_environment_is_kept_whoever_looks() {
+        // Ready and detached: kept although its `berth up` is long gone, with no marker in
+        // this state directory (another $HOME, another machine's state).
+        assert_eq!(
+            owner_gone_reason(Some(DETACHED_YES), &owner(), Some(false), false),
+            None
+        );
+    }
+
+    #[test]
+    fn an_up_that_died_before_ready_is_collected() {
+        let reason =
+            owner_gone_reason(Some(DETACHED_REQUESTED), &owner(), Some(false), false).unwrap();
+        assert!(
+            reason.contains("died before the environment was ready"),
+            "{reason}"
+        );
+        let reason = owner_gone_reason(None, &owner(), Some(false), false).unwrap();
+        assert!(reason.contains("is gone"), "{reason}");
+    }
+
+    #[test]
+    fn an_owner_on_another_host_or_alive_is_never_judged_dead() {
+        for alive in [None, Some(true)] {
+            assert_eq!(owner_gone_reason(None, &owner(), alive, false), None);
+            assert_eq!(
+                owner_gone_reason(Some(DETACHED_REQUESTED), &owner(), alive, false),
+                None
+            );
+        }
+        assert_eq!(owner_gone_reason(None, &owner(), Some(false), true), None);
+    }
 }

@@ -1,6 +1,7 @@
 //! berth's session runner: configuration ([`config`]), backend selection ([`backend`]),
 //! multi-environment sessions ([`session`]), garbage collection ([`gc`]) and file transfer
-//! ([`archive`]) — the library behind the `berth` CLI.
+//! ([`archive`], with [`copy`] treating what an environment sends as untrusted) — the library
+//! behind the `berth` CLI.
 //!
 //! ```no_run
 //! use berth_runner::{backend, config::BerthConfig};
@@ -17,7 +18,10 @@
 pub mod archive;
 pub mod backend;
 pub mod config;
+pub mod copy;
+pub mod doctor;
 pub mod gc;
 pub mod owner;
+pub mod rbac;
 pub mod session;
 pub mod state;

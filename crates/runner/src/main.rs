@@ -14,11 +14,16 @@ use crate::cli::Cli;
 
 /// Exit code for berth's own failures, as docker uses.
 pub(crate) const EXIT_BERTH_FAILED: u8 = 125;
+/// Exit code when the command does not exist, as a shell and `docker run` use.
+pub(crate) const EXIT_NOT_FOUND: u8 = 127;
 /// Exit code when the command's timeout killed it, as timeout(1) uses.
 pub(crate) const EXIT_TIMED_OUT: u8 = 124;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
     init_tracing(cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -36,6 +41,14 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
+            if let Some(interrupted) = e.downcast_ref::<commands::Interrupted>() {
+                eprintln!("berth: {e:#}");
+                return ExitCode::from(interrupted.exit_code());
+            }
+            if e.downcast_ref::<commands::CommandNotFound>().is_some() {
+                eprintln!("berth: {e:#}");
+                return ExitCode::from(EXIT_NOT_FOUND);
+            }
             eprintln!("berth: {e:#}");
             let timed_out = e
                 .chain()
@@ -50,14 +63,32 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(verbose: u8) {
-    let default = match verbose {
-        0 => "warn",
-        1 => {
-            "info,berth=debug,berth_runner=debug,berth_engine_docker=debug,berth_engine_core=debug"
-        }
+/// Help and version go to stdout with exit 0; every other parse failure is berth's usage
+/// error, exit 125 like docker's (clap's own 2 would look like the command's exit code).
+fn usage_error(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind as Kind;
+    // Printing can only fail on a closed stream, when there is no one left to tell.
+    let _ = e.print();
+    if matches!(e.kind(), Kind::DisplayHelp | Kind::DisplayVersion) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_BERTH_FAILED)
+    }
+}
+
+/// The log filter for `-v` given `verbose` times, when `RUST_LOG` does not say. Without `-v`
+/// only berth's own warnings show: a dependency (kube's client, hyper, bollard) logs nothing,
+/// since berth reports each failure itself, once, in its own words.
+fn default_log_filter(verbose: u8) -> &'static str {
+    match verbose {
+        0 => "off,berth=warn,berth_runner=warn,berth_engine_core=warn,berth_engine_docker=warn,berth_engine_k8s=warn",
+        1 => "info,berth=debug,berth_runner=debug,berth_engine_docker=debug,berth_engine_core=debug,berth_engine_k8s=debug",
         _ => "trace",
-    };
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let default = default_log_filter(verbose);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
@@ -65,4 +96,25 @@ fn init_tracing(verbose: u8) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_log_filter;
+
+    #[test]
+    fn only_berth_warns_by_default() {
+        let quiet = default_log_filter(0);
+        assert!(quiet.starts_with("off,"), "{quiet}");
+        for krate in ["berth_runner", "berth_engine_k8s", "berth_engine_docker"] {
+            assert!(quiet.contains(&format!("{krate}=warn")), "{quiet}");
+        }
+        for filter in [quiet, default_log_filter(1), default_log_filter(2)] {
+            assert!(
+                tracing_subscriber::EnvFilter::try_new(filter).is_ok(),
+                "{filter}"
+            );
+        }
+        assert!(default_log_filter(1).starts_with("info,"));
+    }
 }

@@ -1,5 +1,7 @@
-//! berth's local state: which environments were detached on purpose (`berth up`), so that
-//! `berth gc` does not take them for a crashed process's leftovers.
+//! berth's local state. Older versions recorded here which environments `berth up` detached
+//! on purpose; detachment now lives on the environment itself (the `berth.dev/detached`
+//! label, see `gc`), so every host and state directory agrees. gc still honours the old
+//! markers and forgets them once their environments are gone.
 
 use std::path::{Path, PathBuf};
 

@@ -3,16 +3,12 @@
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
-use berth_engine_core::testkit::{ensure_test_image, TEST_IMAGE};
+use berth_engine_core::testkit::TEST_IMAGE;
 use berth_engine_core::SessionId;
-use berth_engine_docker::{DockerConfig, DockerEngine};
 
-async fn test_image() {
-    let engine = DockerEngine::connect(&DockerConfig::default())
-        .await
-        .unwrap_or_else(|e| panic!("these tests need a running Docker daemon: {e}"));
-    ensure_test_image(&engine).await.expect("test image");
-}
+mod common;
+
+use common::test_image;
 
 fn berth(args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
@@ -457,8 +453,10 @@ async fn up_exec_ls_cp_down_with_json() {
 
     let out = berth(&["--json", "down", &id]).output().expect("down");
     assert_eq!(json_of(&out)[0]["outcome"], "stopped");
+    // A second `down` names nothing any more: an error, not a silent success.
     let out = berth(&["down", &id]).output().expect("down again");
-    assert!(text(&out.stdout).contains("already gone"));
+    assert_eq!(out.status.code(), Some(125));
+    assert!(text(&out.stderr).contains("no berth environment"));
     assert!(containers_of(&session).is_empty());
 }
 
@@ -925,7 +923,7 @@ fn config_layers_env_over_file_and_flag_over_env() {
         .expect("doctor");
     assert_eq!(out.status.code(), Some(125));
     assert!(
-        text(&out.stderr).contains("did you mean runner.image"),
+        text(&out.stderr).contains("did you mean BERTH_RUNNER__IMAGE"),
         "{}",
         text(&out.stderr)
     );

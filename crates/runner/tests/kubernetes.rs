@@ -43,6 +43,17 @@ impl Cluster {
     }
 }
 
+/// Doctor's check `name` in its JSON `report`.
+fn check_of(report: &serde_json::Value, name: &str) -> serde_json::Value {
+    report["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["check"] == name)
+        .unwrap_or_else(|| panic!("no {name} check: {report}"))
+        .clone()
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -95,15 +106,7 @@ async fn run_and_doctor_on_kubernetes() {
     let report = json_of(&out);
     assert_eq!(report["ok"], false, "{report}");
     assert_eq!(out.status.code(), Some(1));
-    let check = |name: &str| {
-        report["checks"]
-            .as_array()
-            .expect("checks")
-            .iter()
-            .find(|c| c["check"] == name)
-            .unwrap_or_else(|| panic!("no {name} check: {report}"))
-            .clone()
-    };
+    let check = |name: &str| check_of(&report, name);
     let exec = check("rbac: create pods/exec");
     assert_eq!(exec["ok"], false, "{exec}");
     let jobs = check("rbac: create jobs");
@@ -387,4 +390,121 @@ async fn gc_volumes_removes_an_unused_claim_on_kubernetes() {
             .expect("ls --volumes"),
     );
     assert_eq!(listed, serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn simwait_doctor_checks_every_verb_and_names_the_rule_that_grants_it() {
+    let c = Cluster::start().await;
+    c.sim.deny("watch", "pods");
+    c.sim.deny("list", "events");
+    let out = c.berth(&["--json", "doctor"]).output().expect("doctor");
+    let report = json_of(&out);
+    assert_eq!(report["ok"], false, "{report}");
+    let check = |name: &str| check_of(&report, name);
+    let watch = check("rbac: watch pods");
+    assert_eq!(watch["ok"], false, "{watch}");
+    assert!(
+        watch["detail"].as_str().unwrap_or("").contains(
+            r#"grant it with the Role rule {apiGroups: [""], resources: ["pods"], verbs: ["watch"]}"#
+        ),
+        "{watch}"
+    );
+    assert_eq!(check("rbac: list events")["ok"], false);
+    for allowed in [
+        "rbac: create jobs",
+        "rbac: get jobs",
+        "rbac: list jobs",
+        "rbac: watch jobs",
+        "rbac: delete jobs",
+        "rbac: get pods",
+        "rbac: list pods",
+        "rbac: create pods/exec",
+        "rbac: get pods/exec",
+    ] {
+        assert_eq!(check(allowed)["ok"], true, "{allowed}");
+    }
+}
+
+#[tokio::test]
+async fn simwait_doctor_checks_the_image_as_an_environment_in_a_restricted_namespace() {
+    let c = Cluster::start().await;
+    let ns = c.dir.path().join("ns.json");
+    std::fs::write(
+        &ns,
+        r#"{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "locked",
+            "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}}"#,
+    )
+    .expect("write");
+    let created = Command::new("kubectl")
+        .args(["create", "-f"])
+        .arg(&ns)
+        .env("KUBECONFIG", c.dir.path().join("kubeconfig"))
+        .output()
+        .expect("kubectl");
+    assert!(created.status.success(), "{}", text(&created.stderr));
+    let doctor = |security: &str| {
+        let out = c
+            .berth(&["--json", "doctor"])
+            .env("BERTH_KUBERNETES__NAMESPACE", "locked")
+            .env("BERTH_KUBERNETES__SECURITY", security)
+            .env("BERTH_KUBERNETES__RUN_AS_USER", "1000")
+            .output()
+            .expect("doctor");
+        check_of(&json_of(&out), "image")
+    };
+    let restricted = doctor("restricted");
+    assert_eq!(restricted["ok"], true, "{restricted}");
+    // A hardened environment would be refused there, and so is its check, with the reason.
+    let hardened = doctor("hardened");
+    assert_eq!(hardened["ok"], false, "{hardened}");
+    assert!(
+        hardened["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("violates PodSecurity \"restricted:latest\""),
+        "{hardened}"
+    );
+}
+
+#[tokio::test]
+async fn simwait_render_rbac_prints_a_valid_least_privilege_role() {
+    let c = Cluster::start().await;
+    let out = c
+        .berth(&["render", "--rbac", "agent-runner"])
+        .output()
+        .expect("render");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let file = c.dir.path().join("rbac.yaml");
+    std::fs::write(&file, &out.stdout).expect("write");
+    let validated = Command::new("kubernetes-validate")
+        .args(["--strict", "-k", "1.33.0"])
+        .arg(&file)
+        .output()
+        .expect("kubernetes-validate (pip install kubernetes-validate)");
+    assert!(
+        validated.status.success(),
+        "{}{}\n{}",
+        text(&validated.stdout),
+        text(&validated.stderr),
+        text(&out.stdout)
+    );
+    let out = c
+        .berth(&["--json", "render", "--rbac"])
+        .output()
+        .expect("render");
+    let objects = json_of(&out);
+    assert_eq!(objects[0]["kind"], "Role");
+    assert_eq!(objects[1]["subjects"][0]["name"], "berth");
+    let rules = objects[0]["rules"].as_array().expect("rules");
+    let exec = rules
+        .iter()
+        .find(|r| r["resources"][0] == "pods/exec")
+        .expect("an exec rule");
+    assert_eq!(exec["verbs"], serde_json::json!(["create", "get"]));
+    assert!(
+        rules.iter().all(|r| r["verbs"]
+            .as_array()
+            .is_some_and(|v| !v.iter().any(|v| v == "*" || v == "update" || v == "patch"))),
+        "least privilege: {rules:?}"
+    );
 }

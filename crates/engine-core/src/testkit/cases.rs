@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 
+pub use super::cases_detached::*;
+pub use super::cases_foreign::*;
 use super::Fixture;
 use crate::{
     collect_tar_stream, tar_stream_from_bytes, BuildSpec, EnvironmentId, EnvironmentState,
@@ -16,6 +18,7 @@ use crate::{
 };
 
 pub use super::cases_kill::*;
+pub use super::cases_zombies::no_zombie_is_left_behind;
 
 const MIB: usize = 1024 * 1024;
 

@@ -22,6 +22,9 @@
 
 pub mod cases;
 pub mod cases_kill;
+pub mod cases_detached;
+pub mod cases_foreign;
+mod cases_zombies;
 
 use std::future::Future;
 use std::io::Read;
@@ -52,6 +55,24 @@ pub struct Fixture {
     pub image: ImageRef,
     /// Whatever must live as long as the fixture (a simulator, a temporary kubeconfig).
     pub guard: Option<Arc<dyn std::any::Any + Send + Sync>>,
+    /// Makes objects of the same platform that berth did not create, for the cases that
+    /// check berth leaves them alone ([`cases_foreign`]); those cases fail without it.
+    pub foreign: Option<Arc<dyn ForeignObjects>>,
+}
+
+/// A backend's way to make an object berth did not create (a container started with the plain
+/// Docker API, a Job without berth's labels), for [`cases_foreign`]. Implemented by each
+/// backend's test file with its SDK, never through berth.
+#[async_trait::async_trait]
+pub trait ForeignObjects: Send + Sync {
+    /// Starts a long-running object from `image` (its keepalive is `sleep`) without berth's
+    /// labels and returns the strings a user might pass for it: its name first, then any
+    /// other id (a full id, an id prefix).
+    async fn create(&self, image: &ImageRef) -> Vec<String>;
+    /// Whether the object called `name` still exists and has not been asked to stop.
+    async fn is_alive(&self, name: &str) -> bool;
+    /// Removes it (best effort; the test is over).
+    async fn remove(&self, name: &str);
 }
 
 impl Fixture {
@@ -61,7 +82,15 @@ impl Fixture {
             engine,
             image,
             guard: None,
+            foreign: None,
         }
+    }
+
+    /// Gives the fixture a way to make objects berth did not create.
+    #[must_use]
+    pub fn with_foreign(mut self, foreign: impl ForeignObjects + 'static) -> Self {
+        self.foreign = Some(Arc::new(foreign));
+        self
     }
 
     /// Keeps `guard` alive as long as the fixture.
@@ -310,6 +339,9 @@ macro_rules! conformance_suite {
             invalid_input_is_rejected_before_io,
             environment_ends_after_max_lifetime,
             build_image_or_unsupported,
+            foreign_objects_are_refused_and_left_alone,
+            mark_detached_is_recorded_on_the_environment,
+            no_zombie_is_left_behind,
         );
     };
     (@cases $fixture:expr; $($case:ident),* $(,)?) => {

@@ -21,11 +21,24 @@ pub struct SimGuard {
 pub async fn sim_engine(
     adjust: impl FnOnce(&mut KubernetesConfig),
 ) -> (KubernetesEngine, ImageRef, SimGuard) {
+    sim_engine_with(None, adjust).await
+}
+
+/// [`sim_engine`] on a simulator whose node has `node`'s size (the host's when `None`).
+#[allow(dead_code)] // not every test file sizes the node
+pub async fn sim_engine_with(
+    node: Option<berth_k8s_sim::NodeSize>,
+    adjust: impl FnOnce(&mut KubernetesConfig),
+) -> (KubernetesEngine, ImageRef, SimGuard) {
     let docker = DockerEngine::connect(&DockerConfig::default())
         .await
         .unwrap_or_else(|e| panic!("these tests need a running Docker daemon: {e}"));
     let image = ensure_test_image(&docker).await.expect("test image");
-    let sim = Sim::start().await.expect("start the simulator");
+    let sim = match node {
+        Some(node) => Sim::start_with_node(node).await,
+        None => Sim::start().await,
+    }
+    .expect("start the simulator");
     let dir = tempfile::tempdir().expect("tempdir");
     let kubeconfig = dir.path().join("kubeconfig");
     sim.write_kubeconfig(&kubeconfig).expect("kubeconfig");

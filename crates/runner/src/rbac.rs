@@ -1,0 +1,252 @@
+//! The Kubernetes permissions berth uses, as data: what `berth doctor` checks one by one
+//! (SelfSubjectAccessReview) and what `berth render --rbac` grants in a least-privilege Role.
+
+use serde_json::{json, Value};
+
+use crate::config::BerthConfig;
+
+/// One verb on one resource berth uses in its namespace, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permission {
+    /// The authorization verb: `get`, `list`, `watch`, `create`, `delete`.
+    pub verb: &'static str,
+    /// The API group (`""` for core, `batch`).
+    pub group: &'static str,
+    /// The resource's plural.
+    pub resource: &'static str,
+    /// The subresource (`exec`), if any.
+    pub subresource: Option<&'static str>,
+    /// What berth does with it.
+    pub why: &'static str,
+}
+
+impl Permission {
+    /// `create pods/exec`: how doctor names the check.
+    #[must_use]
+    pub fn name(&self) -> String {
+        format!("{} {}", self.verb, self.resource_path())
+    }
+
+    /// `pods/exec` or `jobs`.
+    #[must_use]
+    pub fn resource_path(&self) -> String {
+        match self.subresource {
+            Some(sub) => format!("{}/{sub}", self.resource),
+            None => self.resource.to_owned(),
+        }
+    }
+
+    /// The Role rule that grants exactly this, as one line of YAML.
+    #[must_use]
+    pub fn rule(&self) -> String {
+        format!(
+            "{{apiGroups: [\"{}\"], resources: [\"{}\"], verbs: [\"{}\"]}}",
+            self.group,
+            self.resource_path(),
+            self.verb
+        )
+    }
+}
+
+const fn p(
+    verb: &'static str,
+    group: &'static str,
+    resource: &'static str,
+    subresource: Option<&'static str>,
+    why: &'static str,
+) -> Permission {
+    Permission {
+        verb,
+        group,
+        resource,
+        subresource,
+        why,
+    }
+}
+
+/// Every permission berth uses with `config`: Jobs and pods always; the claim verbs when a
+/// workspace claim is configured, created or listed. Nodes and namespaces are cluster-scoped
+/// and optional (without them berth cannot tell an oversized request at once, and waits the
+/// scale-up grace instead; doctor cannot confirm the namespace), so a namespaced Role leaves
+/// them out.
+#[must_use]
+pub fn required(config: &BerthConfig) -> Vec<Permission> {
+    let k = &config.kubernetes;
+    let mut out = vec![
+        p(
+            "create",
+            "batch",
+            "jobs",
+            None,
+            "start an environment (a Job)",
+        ),
+        p("get", "batch", "jobs", None, "look up an environment"),
+        p("list", "batch", "jobs", None, "ls, gc and stop by session"),
+        p(
+            "watch",
+            "batch",
+            "jobs",
+            None,
+            "follow an environment's Job",
+        ),
+        p("delete", "batch", "jobs", None, "stop an environment"),
+        p("get", "", "pods", None, "find an environment's pod"),
+        p(
+            "list",
+            "",
+            "pods",
+            None,
+            "wait for the pod, list claims in use",
+        ),
+        p("watch", "", "pods", None, "wait until the pod runs"),
+        p("create", "", "pods", None, "doctor's image check pod"),
+        p(
+            "delete",
+            "",
+            "pods",
+            None,
+            "remove doctor's image check pod",
+        ),
+        p(
+            "create",
+            "",
+            "pods",
+            Some("exec"),
+            "run commands and copy files",
+        ),
+        p(
+            "get",
+            "",
+            "pods",
+            Some("exec"),
+            "run commands (the websocket upgrade is a GET)",
+        ),
+        p(
+            "list",
+            "",
+            "events",
+            None,
+            "see scale-ups and admission refusals while waiting",
+        ),
+        p(
+            "list",
+            "",
+            "persistentvolumeclaims",
+            None,
+            "ls --volumes and gc --volumes",
+        ),
+    ];
+    if k.pvc_name.is_some() || k.create_pvc {
+        out.push(p(
+            "get",
+            "",
+            "persistentvolumeclaims",
+            None,
+            "check the workspace claim",
+        ));
+    }
+    if k.create_pvc {
+        out.push(p(
+            "create",
+            "",
+            "persistentvolumeclaims",
+            None,
+            "create a missing workspace claim",
+        ));
+        out.push(p(
+            "delete",
+            "",
+            "persistentvolumeclaims",
+            None,
+            "gc --volumes removes claims berth created",
+        ));
+    }
+    out
+}
+
+/// The least-privilege Role granting [`required`] in the configured namespace, and the
+/// RoleBinding giving it to the service account `subject` (the identity berth runs as; the
+/// environments' own `kubernetes.service_account` needs no permissions).
+#[must_use]
+pub fn objects(config: &BerthConfig, subject: &str) -> Vec<Value> {
+    let ns = &config.kubernetes.namespace;
+    // One rule per (group, resource), verbs in berth's order: short, and each verb visible.
+    let mut rules: Vec<(String, String, Vec<&str>)> = Vec::new();
+    for perm in required(config) {
+        let (group, resource) = (perm.group.to_owned(), perm.resource_path());
+        match rules
+            .iter_mut()
+            .find(|(g, r, _)| *g == group && *r == resource)
+        {
+            Some((_, _, verbs)) => verbs.push(perm.verb),
+            None => rules.push((group, resource, vec![perm.verb])),
+        }
+    }
+    let rules: Vec<Value> = rules
+        .into_iter()
+        .map(|(g, r, v)| json!({"apiGroups": [g], "resources": [r], "verbs": v}))
+        .collect();
+    let labels = json!({"app.kubernetes.io/managed-by": "berth"});
+    vec![
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {"name": "berth", "namespace": ns, "labels": labels},
+            "rules": rules,
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": "berth", "namespace": ns, "labels": labels},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "berth"},
+            "subjects": [{"kind": "ServiceAccount", "name": subject, "namespace": ns}],
+        }),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claims_verbs_follow_the_config() {
+        let mut config = BerthConfig::default();
+        let names = |c: &BerthConfig| required(c).iter().map(Permission::name).collect::<Vec<_>>();
+        let plain = names(&config);
+        assert!(plain.contains(&"create pods/exec".to_owned()));
+        assert!(plain.contains(&"watch pods".to_owned()));
+        assert!(!plain.contains(&"create persistentvolumeclaims".to_owned()));
+        config.kubernetes.create_pvc = true;
+        let creating = names(&config);
+        for want in [
+            "get persistentvolumeclaims",
+            "create persistentvolumeclaims",
+            "delete persistentvolumeclaims",
+        ] {
+            assert!(creating.contains(&want.to_owned()), "{want}");
+        }
+    }
+
+    #[test]
+    fn the_role_grants_exactly_what_is_required() {
+        let mut config = BerthConfig::default();
+        config.kubernetes.namespace = "agents".into();
+        let objects = objects(&config, "berth");
+        let rules = objects[0]["rules"].as_array().expect("rules");
+        let granted: usize = rules
+            .iter()
+            .map(|r| r["verbs"].as_array().map_or(0, Vec::len))
+            .sum();
+        assert_eq!(granted, required(&config).len());
+        let exec = rules
+            .iter()
+            .find(|r| r["resources"][0] == "pods/exec")
+            .expect("exec rule");
+        assert_eq!(exec["verbs"], json!(["create", "get"]));
+        assert_eq!(objects[1]["subjects"][0]["namespace"], "agents");
+        assert_eq!(
+            required(&config)[0].rule(),
+            "{apiGroups: [\"batch\"], resources: [\"jobs\"], verbs: [\"create\"]}"
+        );
+    }
+}
