@@ -21,9 +21,9 @@
 //! [`busybox_build_context`].
 
 pub mod cases;
-pub mod cases_kill;
 pub mod cases_detached;
 pub mod cases_foreign;
+pub mod cases_kill;
 mod cases_zombies;
 
 use std::future::Future;
