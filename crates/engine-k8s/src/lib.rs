@@ -26,6 +26,7 @@ mod exec;
 pub mod manifest;
 mod retry;
 mod wait;
+mod ws;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;

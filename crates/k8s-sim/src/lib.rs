@@ -235,6 +235,12 @@ pub(crate) struct Inner {
     /// The deny list: `(verb, resource[/subresource])` pairs ([`Sim::deny`]).
     pub(crate) denied: Mutex<HashSet<(String, String)>>,
     pub(crate) stopping: AtomicBool,
+    /// Notified to drop every open exec connection ([`Sim::drop_exec_connections`]).
+    pub(crate) exec_cut: tokio::sync::Notify,
+    /// Job uid → uids of its pods deleted before they finished: the job controller counts
+    /// them as failed even after they are gone (a real one keeps them with its tracking
+    /// finalizer until counted).
+    pub(crate) deleted_unfinished: Mutex<std::collections::HashMap<String, HashSet<String>>>,
 }
 
 impl Inner {
@@ -326,6 +332,8 @@ impl Sim {
                 kubelets: Mutex::new(HashSet::new()),
                 denied: Mutex::new(HashSet::new()),
                 stopping: AtomicBool::new(false),
+                exec_cut: tokio::sync::Notify::new(),
+                deleted_unfinished: Mutex::default(),
             });
             for ns in ["default", "kube-system", "kube-public"] {
                 inner
@@ -464,6 +472,13 @@ impl Sim {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&(verb.to_owned(), resource.to_owned()));
+    }
+
+    /// A fault: drops every open exec connection at once, as a network failure or an API
+    /// server restart would: the TCP connection closes without a websocket close frame and
+    /// without an exit status. The commands themselves keep running in their containers.
+    pub fn drop_exec_connections(&self) {
+        self.inner.exec_cut.notify_waiters();
     }
 
     /// Stops the simulator and removes every container and volume it created.

@@ -15,6 +15,8 @@ use crate::{
     SessionId, Stdin, StopOutcome, TtySize, Workspace,
 };
 
+pub use super::cases_outcomes::*;
+
 const MIB: usize = 1024 * 1024;
 
 async fn run(fx: &Fixture, env: &EnvironmentId, req: ExecRequest) -> crate::ExecOutput {

@@ -21,6 +21,7 @@
 //! [`busybox_build_context`].
 
 pub mod cases;
+pub mod cases_outcomes;
 
 use std::future::Future;
 use std::io::Read;
@@ -304,6 +305,8 @@ macro_rules! conformance_suite {
             invalid_input_is_rejected_before_io,
             environment_ends_after_max_lifetime,
             build_image_or_unsupported,
+            out_of_memory_is_reported_as_such,
+            stop_under_a_running_exec_is_environment_gone,
         );
     };
     (@cases $fixture:expr; $($case:ident),* $(,)?) => {
