@@ -40,6 +40,7 @@ async fn exec_streaming_inner(
     req: ExecRequest,
 ) -> Result<ExecProcess> {
     req.validate()?;
+    let created_at = std::time::SystemTime::now();
     let marker = uuid::Uuid::new_v4().simple().to_string();
     let mut vars: Vec<String> = req.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     vars.push(format!("{EXEC_MARKER_VAR}={marker}"));
@@ -112,7 +113,7 @@ async fn exec_streaming_inner(
         marker,
         user: req.user,
         timed_out: AtomicBool::new(false),
-        started: std::time::SystemTime::now(),
+        started: created_at,
         oom: OomReport::default(),
     });
     // The output is read by the consumer's own task (no task or channel in between: that hop
@@ -212,6 +213,18 @@ async fn resize(
         .map_err(|e| errors::env_call(address, env.as_str(), "resize exec tty", e))
 }
 
+/// How long after an exec ended its container's events may still arrive.
+const EVENT_GRACE: Duration = Duration::from_millis(700);
+
+/// What the daemon reported about a container while an exec ran.
+#[derive(Debug, Default)]
+struct ContainerEvents {
+    /// The out-of-memory killer acted in the container.
+    oom: bool,
+    /// The container died or was removed.
+    died: bool,
+}
+
 struct ExecIo {
     docker: Docker,
     address: String,
@@ -220,7 +233,7 @@ struct ExecIo {
     marker: String,
     user: Option<String>,
     timed_out: AtomicBool,
-    /// When the exec started: out-of-memory events from then on are this exec's.
+    /// When the exec was created: container events from then on happened during it.
     started: std::time::SystemTime,
     oom: OomReport,
 }
@@ -318,33 +331,62 @@ impl ExecIo {
                 state.exit_code.unwrap_or_default()
             )));
         }
-        if matches!(result, Ok(ExitStatus(137))) && self.oom_event_since_start().await {
-            self.oom.set(OomKill::new(limit));
+        if result.as_ref().is_err_and(Error::is_connection_lost) {
+            return result;
         }
-        result
+        // The daemon records a container's death a moment after the execs it took with it,
+        // so a running container may be on its way out: its events say.
+        match self.container_events_since_start().await {
+            ContainerEvents { oom: true, .. } => {
+                self.oom.set(OomKill::new(limit));
+                Ok(ExitStatus(137))
+            }
+            ContainerEvents { died: true, .. } => Err(gone("its container stopped".to_owned())),
+            _ => result,
+        }
     }
 
-    /// Whether the daemon reported an out-of-memory kill in the container since this exec
-    /// started: an exec's process is killed alone (the container keeps running), and the
-    /// container's `OOMKilled` state stays false, so the event is the only record.
-    async fn oom_event_since_start(&self) -> bool {
+    /// What the daemon reported about the container since this exec was created, waiting
+    /// up to [`EVENT_GRACE`] for late events. An out-of-memory kill of an exec's process
+    /// leaves the container running and its `OOMKilled` state false, so the `oom` event is
+    /// the only record of it.
+    async fn container_events_since_start(&self) -> ContainerEvents {
         let secs = |t: std::time::SystemTime| {
             t.duration_since(std::time::UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64())
         };
         let filters = std::collections::HashMap::from([
             ("type".to_owned(), vec!["container".to_owned()]),
-            ("event".to_owned(), vec!["oom".to_owned()]),
+            (
+                "event".to_owned(),
+                ["oom", "die", "destroy"].map(str::to_owned).to_vec(),
+            ),
             ("container".to_owned(), vec![self.env.to_string()]),
         ]);
         let options = bollard::query_parameters::EventsOptions {
-            since: Some(format!("{:.3}", secs(self.started) - 1.0)),
-            until: Some(format!("{:.3}", secs(std::time::SystemTime::now()) + 0.5)),
+            since: Some(format!("{:.3}", secs(self.started))),
+            until: Some(format!(
+                "{:.3}",
+                secs(std::time::SystemTime::now() + EVENT_GRACE)
+            )),
             filters: Some(filters),
         };
-        let events = self.docker.events(Some(options));
-        let first = tokio::time::timeout(Duration::from_secs(3), Box::pin(events).next()).await;
-        matches!(first, Ok(Some(Ok(_))))
+        let mut seen = ContainerEvents::default();
+        let mut events = Box::pin(self.docker.events(Some(options)));
+        let read = async {
+            while let Some(Ok(event)) = events.next().await {
+                match event.action.as_deref() {
+                    Some("oom") => seen.oom = true,
+                    Some("die" | "destroy") => {
+                        seen.died = true;
+                        return;
+                    }
+                    _ => {}
+                }
+            }
+        };
+        let _ = tokio::time::timeout(EVENT_GRACE * 3, read).await;
+        seen
     }
 
     /// Kills every process whose environment carries this exec's marker, as the exec's own
