@@ -330,3 +330,42 @@ async fn connloss_pod_deleted_under_exec_is_environment_gone_and_the_job_fails()
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
     engine.stop(&env).await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connloss_copy_out_stream_cut_is_connection_lost() {
+    let (engine, image, guard) = common::sim_engine(|_| {}).await;
+    let env = engine.start(&spec(&image)).await.expect("start");
+    let made = engine
+        .exec(
+            &env,
+            ExecRequest::shell("head -c 100m /dev/zero > /tmp/big"),
+        )
+        .await
+        .expect("make a big file");
+    assert!(made.status.success(), "{made:?}");
+    let mut archive = engine.copy_out(&env, "/tmp/big").await.expect("copy out");
+    let first = futures_util::StreamExt::next(&mut archive).await;
+    assert!(matches!(first, Some(Ok(_))), "{first:?}");
+    let fault = Instant::now();
+    guard.sim.drop_exec_connections();
+    let read = async {
+        while let Some(item) = futures_util::StreamExt::next(&mut archive).await {
+            if let Err(e) = item {
+                return Some(e);
+            }
+        }
+        None
+    };
+    let err = tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .expect("the copy must not hang")
+        .expect("a cut copy is an error, never a complete archive");
+    let inner = err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<berth_engine_core::Error>())
+        .unwrap_or_else(|| panic!("not a berth error: {err:?}"));
+    assert_eq!(inner.kind(), ErrorKind::ConnectionLost, "{inner}");
+    assert!(inner.to_string().contains("copy out of"), "{inner}");
+    assert!(fault.elapsed() < WITHIN, "{:?}", fault.elapsed());
+    engine.stop(&env).await.expect("stop");
+}
