@@ -147,6 +147,35 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+    /// The connection to the engine broke (closed, reset, or silent past the ping deadline)
+    /// while an operation was under way. What the operation did in the environment is unknown:
+    /// a command may still be running there, a copy may be incomplete. Never a timeout and
+    /// never a success.
+    #[error("lost the connection to the {backend} engine at {address} during {operation}: {hint}")]
+    ConnectionLost {
+        /// Which backend.
+        backend: &'static str,
+        /// The address that was connected to.
+        address: String,
+        /// What was under way ("exec in ENV", "copy out of ENV").
+        operation: String,
+        /// What may be left behind and how to look.
+        hint: String,
+        /// The transport's error, where there was one.
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// The environment stopped, was deleted, or was killed while an operation ran in it, so
+    /// the operation's own outcome is not known: distinct from a command that exited with 137.
+    #[error("the environment {env} stopped while {operation} ran: {reason}")]
+    EnvironmentGone {
+        /// The environment.
+        env: String,
+        /// What was running ("the command", "the copy").
+        operation: String,
+        /// What the engine reported about the environment.
+        reason: String,
+    },
     /// An operation failed, and cleaning up after it failed too; both are reported.
     #[error("{primary}; cleanup also failed: {cleanup}")]
     CleanupFailed {
@@ -183,6 +212,10 @@ pub enum ErrorKind {
     Unsupported,
     /// See [`Error::InvalidSpec`].
     InvalidSpec,
+    /// See [`Error::ConnectionLost`].
+    ConnectionLost,
+    /// See [`Error::EnvironmentGone`].
+    EnvironmentGone,
     /// See [`Error::Backend`].
     Other,
 }
@@ -203,6 +236,8 @@ impl Error {
             Error::Timeout { .. } | Error::TimeoutLeftProcesses { .. } => ErrorKind::Timeout,
             Error::Unsupported { .. } => ErrorKind::Unsupported,
             Error::InvalidSpec { .. } => ErrorKind::InvalidSpec,
+            Error::ConnectionLost { .. } => ErrorKind::ConnectionLost,
+            Error::EnvironmentGone { .. } => ErrorKind::EnvironmentGone,
             Error::Backend { .. } => ErrorKind::Other,
             Error::CleanupFailed { primary, .. } => primary.kind(),
         }
@@ -243,6 +278,45 @@ impl Error {
         }
     }
 
+    /// An [`Error::ConnectionLost`] during a command in `env`: the hint says the command may
+    /// still be running and how to look.
+    pub fn connection_lost_in_exec(
+        backend: &'static str,
+        address: impl Into<String>,
+        env: &str,
+        source: Option<BoxError>,
+    ) -> Self {
+        Error::ConnectionLost {
+            backend,
+            address: address.into(),
+            operation: format!("exec in {env}"),
+            hint: format!(
+                "the command may still be running in the environment; look with `berth exec {env} -- ps`"
+            ),
+            source,
+        }
+    }
+
+    /// An [`Error::ConnectionLost`] during a copy into or out of `env` (`operation` says
+    /// which): what arrived is incomplete.
+    pub fn connection_lost_in_copy(
+        backend: &'static str,
+        address: impl Into<String>,
+        env: &str,
+        operation: impl Into<String>,
+        source: Option<BoxError>,
+    ) -> Self {
+        Error::ConnectionLost {
+            backend,
+            address: address.into(),
+            operation: operation.into(),
+            hint: format!(
+                "the copy is incomplete and may still be running in the environment; look with `berth exec {env} -- ps`, then copy again"
+            ),
+            source,
+        }
+    }
+
     /// Combines a primary failure with the failure of the cleanup that followed it.
     #[must_use]
     pub fn with_cleanup_failure(self, cleanup: Error) -> Self {
@@ -264,6 +338,12 @@ impl Error {
         self.kind() == ErrorKind::Timeout
     }
 
+    /// True for [`ErrorKind::ConnectionLost`].
+    #[must_use]
+    pub fn is_connection_lost(&self) -> bool {
+        self.kind() == ErrorKind::ConnectionLost
+    }
+
     /// True for [`ErrorKind::Unsupported`].
     #[must_use]
     pub fn is_unsupported(&self) -> bool {
@@ -271,7 +351,9 @@ impl Error {
     }
 
     /// Whether retrying the same call later may succeed: an unreachable engine, a timeout, a
-    /// failed pull. Invalid input, missing objects and unsupported operations never are.
+    /// failed pull. Invalid input, missing objects and unsupported operations never are, and
+    /// neither is a lost connection: the operation may have run, so repeating it is the
+    /// caller's decision.
     #[must_use]
     pub fn is_retryable(&self) -> bool {
         matches!(
@@ -303,6 +385,27 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("environment not found: a"), "{text}");
         assert!(text.contains("remove container timed out"), "{text}");
+    }
+
+    #[test]
+    fn connection_lost_says_what_may_still_run_and_how_to_look() {
+        let err = Error::connection_lost_in_exec("kubernetes", "https://api:6443", "env-1", None);
+        assert_eq!(err.kind(), ErrorKind::ConnectionLost);
+        assert!(err.is_connection_lost());
+        assert!(!err.is_timeout() && !err.is_retryable());
+        let text = err.to_string();
+        assert!(text.contains("may still be running"), "{text}");
+        assert!(text.contains("berth exec env-1 -- ps"), "{text}");
+        let gone = Error::EnvironmentGone {
+            env: "env-1".into(),
+            operation: "the command".into(),
+            reason: "its pod was deleted".into(),
+        };
+        assert_eq!(gone.kind(), ErrorKind::EnvironmentGone);
+        assert!(
+            gone.to_string().contains("stopped while the command ran"),
+            "{gone}"
+        );
     }
 
     #[test]

@@ -253,6 +253,83 @@ impl fmt::Display for ExitStatus {
     }
 }
 
+/// The out-of-memory killer ended the command: the environment's memory ran out. The exit code
+/// (137) alone cannot say this; a command that kills itself with SIGKILL ends the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct OomKill {
+    /// The environment's memory limit in bytes, where the engine reports one.
+    pub limit_bytes: Option<u64>,
+}
+
+impl OomKill {
+    /// An out-of-memory kill under `limit_bytes`.
+    #[must_use]
+    pub fn new(limit_bytes: Option<u64>) -> Self {
+        Self { limit_bytes }
+    }
+
+    /// What to tell a user: `killed: out of memory (limit 64Mi)`.
+    ///
+    /// ```
+    /// use berth_engine_core::OomKill;
+    ///
+    /// assert_eq!(OomKill::new(Some(64 << 20)).message(), "killed: out of memory (limit 64Mi)");
+    /// assert_eq!(OomKill::new(None).message(), "killed: out of memory");
+    /// ```
+    #[must_use]
+    pub fn message(&self) -> String {
+        match self.limit_bytes {
+            Some(limit) => format!("killed: out of memory (limit {})", binary_quantity(limit)),
+            None => "killed: out of memory".to_owned(),
+        }
+    }
+}
+
+/// Bytes as a Kubernetes binary quantity (`64Mi`, `2Gi`), or plain bytes when no unit divides.
+fn binary_quantity(bytes: u64) -> String {
+    for (unit, size) in [
+        ("Ti", 1u64 << 40),
+        ("Gi", 1 << 30),
+        ("Mi", 1 << 20),
+        ("Ki", 1 << 10),
+    ] {
+        if bytes >= size && bytes % size == 0 {
+            return format!("{}{unit}", bytes / size);
+        }
+    }
+    bytes.to_string()
+}
+
+/// Where a backend records, while an exec ends, that the out-of-memory killer ended it; see
+/// [`ExecProcess::with_oom_report`].
+#[derive(Debug, Clone, Default)]
+pub struct OomReport(Arc<Mutex<Option<OomKill>>>);
+
+impl OomReport {
+    /// Records the kill.
+    pub fn set(&self, kill: OomKill) {
+        *lock(&self.0) = Some(kill);
+    }
+
+    /// The kill, if one was recorded.
+    #[must_use]
+    pub fn get(&self) -> Option<OomKill> {
+        *lock(&self.0)
+    }
+}
+
+/// How a command ended: its exit status and, where the engine says so, that the
+/// out-of-memory killer ended it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ExecOutcome {
+    /// The exit status.
+    pub status: ExitStatus,
+    /// Set when the environment ran out of memory and the kernel killed the command.
+    pub oom: Option<OomKill>,
+}
+
 /// The captured result of [`ContainerEngine::exec`](crate::ContainerEngine::exec).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -269,9 +346,17 @@ pub struct ExecOutput {
     pub stderr_truncated: bool,
     /// Wall time from the start of the exec until its status was known.
     pub duration: Duration,
+    /// Set when the environment ran out of memory and the kernel killed the command.
+    pub oom: Option<OomKill>,
 }
 
 impl ExecOutput {
+    /// Whether the out-of-memory killer ended the command.
+    #[must_use]
+    pub fn oom_killed(&self) -> bool {
+        self.oom.is_some()
+    }
+
     /// Stdout as text, with invalid UTF-8 replaced.
     #[must_use]
     pub fn stdout_lossy(&self) -> String {
@@ -523,6 +608,8 @@ pub struct ExecProcess {
     kill_on_drop: Option<futures_util::future::BoxFuture<'static, ()>>,
     /// Whether `wait` or `collect` learned the outcome.
     finished: bool,
+    /// Where the backend records an out-of-memory kill.
+    oom: Option<OomReport>,
 }
 
 enum Status {
@@ -566,6 +653,7 @@ impl ExecProcess {
             resizer: None,
             kill_on_drop: None,
             finished: false,
+            oom: None,
         }
     }
 
@@ -601,6 +689,7 @@ impl ExecProcess {
             resizer: None,
             kill_on_drop: None,
             finished: false,
+            oom: None,
         }
     }
 
@@ -618,6 +707,14 @@ impl ExecProcess {
     #[must_use]
     pub fn with_kill_on_drop(mut self, kill: impl Future<Output = ()> + Send + 'static) -> Self {
         self.kill_on_drop = Some(Box::pin(kill));
+        self
+    }
+
+    /// For backends: where the backend's status future records that the out-of-memory killer
+    /// ended the command; [`ExecProcess::wait_outcome`] and [`ExecProcess::collect`] report it.
+    #[must_use]
+    pub fn with_oom_report(mut self, report: OomReport) -> Self {
+        self.oom = Some(report);
         self
     }
 
@@ -655,7 +752,16 @@ impl ExecProcess {
     /// # Errors
     /// [`Error::Timeout`] when the request's timeout killed the command; a backend error when
     /// the outcome could not be learned.
-    pub async fn wait(mut self) -> Result<ExitStatus> {
+    pub async fn wait(self) -> Result<ExitStatus> {
+        Ok(self.wait_outcome().await?.status)
+    }
+
+    /// Like [`ExecProcess::wait`], and also says whether the out-of-memory killer ended the
+    /// command.
+    ///
+    /// # Errors
+    /// As [`ExecProcess::wait`].
+    pub async fn wait_outcome(mut self) -> Result<ExecOutcome> {
         if let Some(mut stdin) = self.stdin.take() {
             let _ = stdin.close().await;
         }
@@ -673,7 +779,15 @@ impl ExecProcess {
             };
             while output.next_chunk().await.is_some() {}
         }
-        self.status_result().await
+        let status = self.status_result().await?;
+        Ok(ExecOutcome {
+            status,
+            oom: self.oom_kill(),
+        })
+    }
+
+    fn oom_kill(&self) -> Option<OomKill> {
+        self.oom.as_ref().and_then(OomReport::get)
     }
 
     async fn status_result(&mut self) -> Result<ExitStatus> {
@@ -722,6 +836,7 @@ impl ExecProcess {
             stdout_truncated: stdout.truncated,
             stderr_truncated: stderr.truncated,
             duration: self.started.elapsed(),
+            oom: self.oom_kill(),
         })
     }
 }

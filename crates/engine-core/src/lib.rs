@@ -39,9 +39,9 @@ use serde::{Deserialize, Serialize};
 
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use exec::{
-    ExecOutput, ExecProcess, ExecRequest, ExecStdin, ExitStatus, OutputChunk, OutputChunks,
-    OutputSink, OutputStream, Resizer, Stdin, TtySize, DEFAULT_OUTPUT_LIMIT, EXEC_MARKER_VAR,
-    OUTPUT_CHANNEL_CHUNKS,
+    ExecOutcome, ExecOutput, ExecProcess, ExecRequest, ExecStdin, ExitStatus, OomKill, OomReport,
+    OutputChunk, OutputChunks, OutputSink, OutputStream, Resizer, Stdin, TtySize,
+    DEFAULT_OUTPUT_LIMIT, EXEC_MARKER_VAR, OUTPUT_CHANNEL_CHUNKS,
 };
 pub use ids::{EnvironmentId, ImageRef, SessionId, MAX_SESSION_ID_LEN};
 pub use image::{

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 
 use berth_engine_core::{
-    EnvironmentId, Error, ExecProcess, ExecRequest, ExecStdin, ExitStatus, OutputChunk, Result,
-    Stdin, SweepReport, TtySize, EXEC_MARKER_VAR,
+    EnvironmentId, Error, ExecProcess, ExecRequest, ExecStdin, ExitStatus, OomKill, OomReport,
+    OutputChunk, Result, Stdin, SweepReport, TtySize, EXEC_MARKER_VAR,
 };
 use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, ResizeExecOptions, StartExecOptions, StartExecResults};
@@ -48,6 +48,7 @@ async fn exec_streaming_inner(
 ) -> Result<ExecProcess> {
     req.validate()?;
     let started_at = Instant::now();
+    let created_at = std::time::SystemTime::now();
     let marker = uuid::Uuid::new_v4().simple().to_string();
     let mut vars: Vec<String> = req.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     vars.push(format!("{EXEC_MARKER_VAR}={marker}"));
@@ -128,6 +129,8 @@ async fn exec_streaming_inner(
         timed_out: AtomicBool::new(false),
         started_at,
         report: watch::channel(None).0,
+        started: created_at,
+        oom: OomReport::default(),
     });
     // The output is read by the consumer's own task (no task or channel in between: that hop
     // cost 12% of streaming throughput). A helper task feeds stdin bytes and watches the
@@ -164,6 +167,7 @@ async fn exec_streaming_inner(
         }
     };
     let read_address = address.to_owned();
+    let read_env = env.clone();
     let chunks = output
         .filter_map(move |item| {
             let chunk = match item {
@@ -172,6 +176,13 @@ async fn exec_streaming_inner(
                 }
                 Ok(LogOutput::StdErr { message }) => Some(Ok(OutputChunk::Stderr(message))),
                 Ok(LogOutput::StdIn { .. }) => None,
+                // The daemon's connection broke under the exec (the daemon itself may be fine).
+                Err(e) if errors::is_transport(&e) => Some(Err(Error::connection_lost_in_exec(
+                    BACKEND,
+                    read_address.clone(),
+                    read_env.as_str(),
+                    Some(Box::new(e)),
+                ))),
                 Err(e) => Some(Err(errors::other(&read_address, "read exec output", e))),
             };
             std::future::ready(chunk)
@@ -179,21 +190,24 @@ async fn exec_streaming_inner(
         .take_until(stopped);
     let timeout = req.timeout;
     let killer = io.clone();
+    let oom = io.oom.clone();
     let finish = async move {
         let Some(limit) = timeout else {
-            return io.exit_status().await;
+            let status = io.exit_status().await;
+            return io.judge(status).await;
         };
         if !io.timed_out.load(Ordering::SeqCst) {
             let status = io.exit_status().await;
             // Past the limit, the watchdog ended it an instant before our own timer fired.
             if io.started_at.elapsed() < limit {
-                return status;
+                return io.judge(status).await;
             }
         }
         let report = io.timeout_report().await;
         Err(report.timeout_error(format!("exec in {}", io.env), limit))
     };
     let process = ExecProcess::direct(stdin_handle, Box::pin(chunks), finish, helper)
+        .with_oom_report(oom)
         .with_kill_on_drop(async move { killer.kill_tree().await });
     Ok(match resizer {
         Some(r) => process.with_resizer(r),
@@ -220,6 +234,18 @@ async fn resize(
         .map_err(|e| errors::env_call(address, env.as_str(), "resize exec tty", e))
 }
 
+/// How long after an exec ended its container's events may still arrive.
+const EVENT_GRACE: Duration = Duration::from_millis(700);
+
+/// What the daemon reported about a container while an exec ran.
+#[derive(Debug, Default)]
+struct ContainerEvents {
+    /// The out-of-memory killer acted in the container.
+    oom: bool,
+    /// The container died or was removed.
+    died: bool,
+}
+
 struct ExecIo {
     docker: Docker,
     address: String,
@@ -232,15 +258,33 @@ struct ExecIo {
     started_at: Instant,
     /// The sweep's findings after a timeout, once the helper has them.
     report: watch::Sender<Option<SweepReport>>,
+    /// When the exec was created: container events from then on happened during it.
+    started: std::time::SystemTime,
+    oom: OomReport,
 }
+
+/// How long an exec whose output ended may still be reported running before berth concludes
+/// that the connection, not the command, ended: the daemon records an exit code within
+/// milliseconds of the end of the output.
+const STILL_RUNNING_LIMIT: Duration = Duration::from_secs(3);
 
 impl ExecIo {
     /// The attach stream can end a moment before the daemon records the exit code, so ask
-    /// until it has one.
+    /// until it has one. An exec still running well after its output ended lost its
+    /// connection (a proxy or the daemon's socket closed it): [`Error::ConnectionLost`].
     async fn exit_status(&self) -> Result<ExitStatus> {
         let mut delay = Duration::from_millis(1);
-        for _ in 0..200 {
+        let since = std::time::Instant::now();
+        while since.elapsed() < STILL_RUNNING_LIMIT {
             let inspect = self.docker.inspect_exec(&self.exec_id).await.map_err(|e| {
+                if errors::is_transport(&e) {
+                    return Error::connection_lost_in_exec(
+                        BACKEND,
+                        self.address.clone(),
+                        self.env.as_str(),
+                        Some(Box::new(e)),
+                    );
+                }
                 errors::env_call(&self.address, self.env.as_str(), "inspect exec", e)
             })?;
             if inspect.running != Some(true) {
@@ -252,14 +296,122 @@ impl ExecIo {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_millis(50));
         }
-        Err(Error::backend(
+        Err(Error::connection_lost_in_exec(
             BACKEND,
-            "learn the exit code of an exec",
-            format!(
-                "exec {} in {} ended its output but the daemon reports no exit code",
-                self.exec_id, self.env
+            self.address.clone(),
+            self.env.as_str(),
+            Some(
+                format!(
+                    "the output of exec {} ended, yet the daemon still reports it running after {STILL_RUNNING_LIMIT:?}",
+                    self.exec_id
+                )
+                .into(),
             ),
         ))
+    }
+
+    /// Turns a 137, a vanished exec or a lost connection into what happened to the
+    /// environment: an out-of-memory kill (recorded, the 137 kept), or
+    /// [`Error::EnvironmentGone`] when the container was removed or stopped under the command.
+    async fn judge(&self, result: Result<ExitStatus>) -> Result<ExitStatus> {
+        let suspicious = match &result {
+            Ok(status) => status.code() == 137,
+            // Whatever broke, the container's state may explain it (a removed container
+            // takes its execs with it: "No such exec instance").
+            Err(e) => !e.is_timeout(),
+        };
+        if !suspicious {
+            return result;
+        }
+        let gone = |reason: String| Error::EnvironmentGone {
+            env: self.env.to_string(),
+            operation: "the command".to_owned(),
+            reason,
+        };
+        let inspect = match self.docker.inspect_container(self.env.as_str(), None).await {
+            Ok(inspect) => inspect,
+            Err(e) if errors::status(&e).is_some_and(|(code, _)| code == 404) => {
+                return Err(gone("its container was removed".to_owned()))
+            }
+            // The daemon cannot say: keep what was learned.
+            Err(_) => return result,
+        };
+        let limit = inspect
+            .host_config
+            .as_ref()
+            .and_then(|h| h.memory)
+            .and_then(|m| u64::try_from(m).ok())
+            .filter(|m| *m > 0);
+        let state = inspect.state.unwrap_or_default();
+        if state.oom_killed == Some(true) {
+            self.oom.set(OomKill::new(limit));
+            return Ok(ExitStatus(137));
+        }
+        if state.running != Some(true) || state.restarting == Some(true) {
+            let status = state
+                .status
+                .map_or_else(|| "not running".to_owned(), |s| s.to_string());
+            return Err(gone(format!(
+                "its container is {status} (exit code {})",
+                state.exit_code.unwrap_or_default()
+            )));
+        }
+        if result.as_ref().is_err_and(Error::is_connection_lost) {
+            return result;
+        }
+        // The daemon records a container's death a moment after the execs it took with it,
+        // so a running container may be on its way out: its events say.
+        match self.container_events_since_start().await {
+            ContainerEvents { oom: true, .. } => {
+                self.oom.set(OomKill::new(limit));
+                Ok(ExitStatus(137))
+            }
+            ContainerEvents { died: true, .. } => Err(gone("its container stopped".to_owned())),
+            _ => result,
+        }
+    }
+
+    /// What the daemon reported about the container since this exec was created, waiting
+    /// up to [`EVENT_GRACE`] for late events. An out-of-memory kill of an exec's process
+    /// leaves the container running and its `OOMKilled` state false, so the `oom` event is
+    /// the only record of it.
+    async fn container_events_since_start(&self) -> ContainerEvents {
+        let secs = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64())
+        };
+        let filters = std::collections::HashMap::from([
+            ("type".to_owned(), vec!["container".to_owned()]),
+            (
+                "event".to_owned(),
+                ["oom", "die", "destroy"].map(str::to_owned).to_vec(),
+            ),
+            ("container".to_owned(), vec![self.env.to_string()]),
+        ]);
+        let options = bollard::query_parameters::EventsOptions {
+            since: Some(format!("{:.3}", secs(self.started))),
+            until: Some(format!(
+                "{:.3}",
+                secs(std::time::SystemTime::now() + EVENT_GRACE)
+            )),
+            filters: Some(filters),
+        };
+        let mut seen = ContainerEvents::default();
+        let mut events = Box::pin(self.docker.events(Some(options)));
+        let read = async {
+            while let Some(Ok(event)) = events.next().await {
+                match event.action.as_deref() {
+                    Some("oom") => seen.oom = true,
+                    Some("die" | "destroy") => {
+                        seen.died = true;
+                        return;
+                    }
+                    _ => {}
+                }
+            }
+        };
+        let _ = tokio::time::timeout(EVENT_GRACE * 3, read).await;
+        seen
     }
 
     /// Waits (at most `limit`) until the daemon reports the exec no longer running.

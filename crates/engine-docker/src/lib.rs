@@ -228,6 +228,9 @@ impl DockerEngine {
             cap_add: Some(cap_add),
             pids_limit: Some(i64::try_from(pids.unwrap_or(DEFAULT_PIDS_LIMIT)).unwrap_or(i64::MAX)),
             memory: memory_bytes.map(|m| i64::try_from(m).unwrap_or(i64::MAX)),
+            // No swap on top, as on Kubernetes: the limit is where the out-of-memory killer
+            // acts, not where the environment starts swapping.
+            memory_swap: memory_bytes.map(|m| i64::try_from(m).unwrap_or(i64::MAX)),
             nano_cpus: cpu_millis
                 .map(|c| i64::try_from(c.saturating_mul(1_000_000)).unwrap_or(i64::MAX)),
             network_mode: Some(if spec.network { "bridge" } else { "none" }.to_owned()),

@@ -6,19 +6,19 @@ use std::time::{Duration, Instant};
 
 use berth_engine_core::{
     sweep_argv, watchdog_argv, EnvironmentId, Error, ExecProcess, ExecRequest, ExecStdin,
-    ExitStatus, OutputChunk, OutputSink, Result, Stdin, SweepReport, TarStream, TtySize,
-    EXEC_MARKER_VAR,
+    ExitStatus, OomKill, OomReport, OutputChunk, OutputSink, Result, Stdin, SweepReport, TarStream,
+    TtySize, EXEC_MARKER_VAR,
 };
 use bytes::Bytes;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status as ApiStatus;
-use kube::api::{AttachParams, AttachedProcess, TerminalSize};
+use kube::api::{AttachParams, TerminalSize};
 use kube::Api;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use crate::errors::{self, BACKEND};
 use crate::manifest::CONTAINER;
+use crate::ws::{self, End};
 use crate::KubernetesEngine;
 
 /// How an image lets a root exec become another user.
@@ -160,8 +160,7 @@ async fn attach(
     argv: Vec<String>,
     stdin: bool,
     tty: bool,
-) -> Result<AttachedProcess> {
-    let pods: Api<Pod> = engine.pod_api();
+) -> Result<ws::Exec> {
     let mut params = AttachParams::default()
         .container(CONTAINER)
         .stdin(stdin)
@@ -171,19 +170,55 @@ async fn attach(
     params.max_stdin_buf_size = Some(PIPE);
     params.max_stdout_buf_size = Some(PIPE);
     params.max_stderr_buf_size = Some(PIPE);
-    pods.exec(pod, argv, &params)
-        .await
-        .map_err(|e| attach_error(engine, env, e))
+    ws::exec(
+        &engine.client,
+        &engine.config.namespace,
+        pod,
+        argv,
+        &params,
+        PIPE,
+    )
+    .await
+    .map_err(|e| attach_error(engine, env, e))
 }
 
-/// The exit status from the status channel; a stream without one is an unknown outcome.
-fn exit_status(status: Option<ApiStatus>, env: &EnvironmentId) -> Result<ExitStatus> {
-    let Some(status) = status else {
-        return Err(Error::backend(
-            BACKEND,
-            "learn the exit status of an exec",
-            format!("the exec stream in {env} ended without a status, so its outcome is unknown"),
-        ));
+/// What a stream was carrying, for the error when its connection is lost.
+#[derive(Debug, Clone, Copy)]
+enum Carrying<'a> {
+    /// A command.
+    Command,
+    /// An archive into (`true`) or out of the path.
+    Copy(bool, &'a str),
+}
+
+/// The exit status from the status channel; a stream that ended without one (the connection
+/// broke, or went silent) is [`Error::ConnectionLost`]: the command may still be running.
+fn exit_status(
+    end: End,
+    address: &str,
+    env: &EnvironmentId,
+    carrying: Carrying<'_>,
+) -> Result<ExitStatus> {
+    let status = match end {
+        End::Status(status) => *status,
+        End::Lost(why) => {
+            return Err(match carrying {
+                Carrying::Command => {
+                    Error::connection_lost_in_exec(BACKEND, address, env.as_str(), Some(why.into()))
+                }
+                Carrying::Copy(inward, path) => Error::connection_lost_in_copy(
+                    BACKEND,
+                    address,
+                    env.as_str(),
+                    if inward {
+                        format!("copy into {env}:{path}")
+                    } else {
+                        format!("copy out of {env}:{path}")
+                    },
+                    Some(why.into()),
+                ),
+            })
+        }
     };
     if status.status.as_deref() == Some("Success") {
         return Ok(ExitStatus(0));
@@ -223,11 +258,15 @@ async fn run_raw(
     argv: Vec<String>,
 ) -> Result<(ExitStatus, Vec<u8>, Vec<u8>)> {
     let mut attached = attach(engine, env, pod, argv, false, false).await?;
-    let status = attached.take_status().expect("status is taken once");
+    let end = attached.take_end().expect("the end is taken once");
     let out = read_capped(attached.stdout(), 1 << 20);
     let err = read_capped(attached.stderr(), 1 << 20);
-    let (out, err, status) = tokio::join!(out, err, status);
-    Ok((exit_status(status, env)?, out, err))
+    let (out, err, end) = tokio::join!(out, err, end);
+    Ok((
+        exit_status(end, &engine.address, env, Carrying::Command)?,
+        out,
+        err,
+    ))
 }
 
 async fn read_capped(reader: Option<impl AsyncRead + Unpin>, cap: usize) -> Vec<u8> {
@@ -303,7 +342,7 @@ pub(crate) async fn exec_streaming(
     .await?;
     let resize_tx = attached.terminal_size();
     if let (Some(size), Some(tx)) = (tty, resize_tx.as_ref()) {
-        let _ = tx.clone().try_send(TerminalSize {
+        let _ = tx.try_send(TerminalSize {
             width: size.cols,
             height: size.rows,
         });
@@ -314,7 +353,7 @@ pub(crate) async fn exec_streaming(
         (Stdin::Bytes(b), Some(w)) => (None, Some((b, w))),
         _ => (None, None),
     };
-    let status = attached.take_status().expect("status is taken once");
+    let end = attached.take_end().expect("the end is taken once");
     let stdout = attached.stdout();
     let stderr = attached.stderr();
     let kill = Killer {
@@ -330,6 +369,13 @@ pub(crate) async fn exec_streaming(
     let env_id = env.clone();
     let timeout = req.timeout;
     let kill_on_drop = kill.clone();
+    let oom = OomReport::default();
+    let verdict = Verdict {
+        pods: engine.pod_api(),
+        pod: pod.clone(),
+        address: engine.address.clone(),
+        oom: oom.clone(),
+    };
     let process = ExecProcess::spawn(stdin_handle, move |sink| async move {
         // Keep the attached process (its websocket task) alive for the whole exec.
         let attached = attached;
@@ -344,7 +390,7 @@ pub(crate) async fn exec_streaming(
         };
         let work = async {
             let ((), ()) = tokio::join!(write, read);
-            status.await
+            end.await
         };
         let status = match timeout {
             None => work.await,
@@ -371,21 +417,20 @@ pub(crate) async fn exec_streaming(
             }
         };
         drop(attached);
-        exit_status(status, &env_id)
+        let status = exit_status(status, &verdict.address, &env_id, Carrying::Command);
+        verdict.judge(&env_id, status).await
     });
-    let process = process.with_kill_on_drop(async move { kill_on_drop.run().await });
+    let process = process
+        .with_oom_report(oom)
+        .with_kill_on_drop(async move { kill_on_drop.run().await });
     Ok(match resize_tx {
         Some(tx) => process.with_resizer(Box::new(move |size: TtySize| {
             let tx = tx.clone();
             Box::pin(async move {
-                let mut tx = tx;
-                futures_util::SinkExt::send(
-                    &mut tx,
-                    TerminalSize {
-                        width: size.cols,
-                        height: size.rows,
-                    },
-                )
+                tx.send(TerminalSize {
+                    width: size.cols,
+                    height: size.rows,
+                })
                 .await
                 .map_err(|e| Error::backend(BACKEND, "resize the exec terminal", e))
             })
@@ -475,6 +520,134 @@ impl Killer {
     }
 }
 
+/// How long to watch the pod after a command died of SIGKILL (137) for the reason: the
+/// kubelet reports an out-of-memory kill or a deletion a moment after the exec stream ends.
+const VERDICT_WINDOW: Duration = Duration::from_secs(2);
+
+/// What the pod says about an exec that died of SIGKILL or lost its connection.
+struct Verdict {
+    pods: Api<Pod>,
+    pod: String,
+    address: String,
+    oom: OomReport,
+}
+
+/// What a pod's state means for a command that was running in it.
+#[derive(Debug, PartialEq, Eq)]
+enum PodFate {
+    /// Running as before: the exit code is the command's own.
+    Running,
+    /// Its container was killed by the out-of-memory killer (limit in bytes, if set).
+    OomKilled(Option<u64>),
+    /// Deleted, being deleted, or its container ended: the reason.
+    Gone(String),
+}
+
+/// Reads a pod (`None`: it no longer exists) the way [`Verdict`] needs.
+fn pod_fate(pod: Option<&Pod>) -> PodFate {
+    let Some(pod) = pod else {
+        return PodFate::Gone("its pod was deleted".to_owned());
+    };
+    let limit = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers.iter().find(|c| c.name == CONTAINER))
+        .and_then(|c| c.resources.as_ref())
+        .and_then(|r| r.limits.as_ref())
+        .and_then(|l| l.get("memory"))
+        .and_then(|q| parse_memory(&q.0));
+    let status = pod.status.as_ref();
+    let terminated = status
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.name == CONTAINER))
+        .and_then(|c| c.state.as_ref())
+        .and_then(|st| st.terminated.as_ref());
+    if let Some(t) = terminated {
+        if t.reason.as_deref() == Some("OOMKilled") {
+            return PodFate::OomKilled(limit);
+        }
+        return PodFate::Gone(format!(
+            "its container ended with exit code {} ({})",
+            t.exit_code,
+            t.reason.as_deref().unwrap_or("no reason given")
+        ));
+    }
+    if pod.metadata.deletion_timestamp.is_some() {
+        return PodFate::Gone("its pod was deleted".to_owned());
+    }
+    match status.and_then(|s| s.phase.as_deref()) {
+        Some(phase @ ("Failed" | "Succeeded")) => PodFate::Gone(format!("its pod is {phase}")),
+        _ => PodFate::Running,
+    }
+}
+
+/// A memory quantity (`64Mi`, `1G`, `67108864`) in bytes; `None` for forms berth never
+/// writes (milli-bytes, exponents).
+fn parse_memory(q: &str) -> Option<u64> {
+    let digits = q.find(|c: char| !c.is_ascii_digit()).unwrap_or(q.len());
+    let (number, unit) = q.split_at(digits);
+    let number: u64 = number.parse().ok()?;
+    let factor: u64 = match unit {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        _ => return None,
+    };
+    number.checked_mul(factor)
+}
+
+impl Verdict {
+    /// Turns a command's 137, or a lost connection, into what happened to the environment:
+    /// an out-of-memory kill (recorded in the report, the 137 kept), or
+    /// [`Error::EnvironmentGone`] when the pod was deleted or its container ended.
+    async fn judge(&self, env: &EnvironmentId, result: Result<ExitStatus>) -> Result<ExitStatus> {
+        let lost = matches!(&result, Err(e) if e.is_connection_lost());
+        let suspicious = match &result {
+            Ok(status) => status.code() == 137,
+            // A pod deleted under the exec can end its stream with a failure status.
+            Err(e) => !e.is_timeout(),
+        };
+        if !suspicious {
+            return result;
+        }
+        let started = tokio::time::Instant::now();
+        loop {
+            let fate =
+                match tokio::time::timeout(VERDICT_WINDOW, self.pods.get_opt(&self.pod)).await {
+                    Ok(Ok(pod)) => pod_fate(pod.as_ref()),
+                    // The API server is not answering either: the lost connection stands.
+                    _ => return result,
+                };
+            match fate {
+                PodFate::OomKilled(limit) => {
+                    self.oom.set(OomKill::new(limit));
+                    return Ok(ExitStatus(137));
+                }
+                PodFate::Gone(reason) => {
+                    return Err(Error::EnvironmentGone {
+                        env: env.to_string(),
+                        operation: "the command".to_owned(),
+                        reason,
+                    })
+                }
+                PodFate::Running
+                    if lost || result.is_err() || started.elapsed() >= VERDICT_WINDOW =>
+                {
+                    tracing::debug!(address = %self.address, pod = %self.pod, "pod still running after the exec ended");
+                    return result;
+                }
+                PodFate::Running => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+}
+
 /// Extracts `tar` into `dest` with `tar -x` in the pod. Completeness is checked twice: tar
 /// fails on an archive cut short, and the exit status must arrive on the status channel (a
 /// stream that ends without one is an error, never a success: the `kubectl cp` truncation).
@@ -504,7 +677,7 @@ pub(crate) async fn copy_in(
     ];
     let mut attached = attach(engine, env, &pod, argv, true, false).await?;
     let mut stdin = attached.stdin().expect("stdin requested");
-    let status = attached.take_status().expect("status");
+    let status = attached.take_end().expect("the end is taken once");
     let out = read_capped(attached.stdout(), 4096);
     let err = read_capped(attached.stderr(), 64 * 1024);
     let write = async move {
@@ -523,7 +696,7 @@ pub(crate) async fn copy_in(
         Ok::<(), Error>(())
     };
     let (written, _, err, status) = tokio::join!(write, out, err, status);
-    let status = exit_status(status, env)?;
+    let status = exit_status(status, &engine.address, env, Carrying::Copy(true, dest))?;
     let err = String::from_utf8_lossy(&err).into_owned();
     if status.code() == EXIT_BERTH_MISSING {
         return Err(Error::NotFound {
@@ -566,7 +739,7 @@ pub(crate) async fn copy_out(
         path.to_owned(),
     ];
     let mut attached = attach(engine, env, &pod, argv, false, false).await?;
-    let status = attached.take_status().expect("status");
+    let status = attached.take_end().expect("the end is taken once");
     let mut stdout = attached.stdout().expect("stdout");
     let stderr = read_capped(attached.stderr(), 64 * 1024);
     // Read the first piece before returning, so a missing path is an error here, not half-way
@@ -579,9 +752,10 @@ pub(crate) async fn copy_out(
     first.truncate(n);
     let env = env.clone();
     let path = path.to_owned();
+    let address = engine.address.clone();
     if n == 0 {
         let (err, status) = tokio::join!(stderr, status);
-        let status = exit_status(status, &env)?;
+        let status = exit_status(status, &address, &env, Carrying::Copy(false, &path))?;
         if status.code() == EXIT_BERTH_MISSING {
             return Err(Error::NotFound {
                 what: "path",
@@ -598,15 +772,16 @@ pub(crate) async fn copy_out(
         ));
     }
     let state = (Some(attached), stdout, Some((status, stderr)), env);
-    let rest =
-        futures_util::stream::unfold(state, |(attached, mut stdout, finish, env)| async move {
+    let rest = futures_util::stream::unfold(state, move |(attached, mut stdout, finish, env)| {
+        let (address, path) = (address.clone(), path.clone());
+        async move {
             let mut buf = vec![0u8; READ_CHUNK];
             match stdout.read(&mut buf).await {
                 Ok(0) => {
                     let (status, stderr) = finish?;
                     let (err, status) = tokio::join!(stderr, status);
                     drop(attached);
-                    match exit_status(status, &env) {
+                    match exit_status(status, &address, &env, Carrying::Copy(false, &path)) {
                         Ok(s) if s.success() => None,
                         Ok(s) => Some((
                             Err(std::io::Error::other(format!(
@@ -624,7 +799,8 @@ pub(crate) async fn copy_out(
                 }
                 Err(e) => Some((Err(e), (None, stdout, None, env))),
             }
-        });
+        }
+    });
     Ok(Box::pin(
         futures_util::stream::iter([Ok(Bytes::from(first))]).chain(rest),
     ))
@@ -659,6 +835,52 @@ mod tests {
         assert_eq!(argv[4], "1000");
         let plain = wrap(&ExecRequest::new(["true"]), "m2", None).unwrap();
         assert_eq!(plain, ["env", "BERTH_EXEC_ID=m2", "true"]);
+    }
+
+    #[test]
+    fn memory_quantities() {
+        assert_eq!(parse_memory("64Mi"), Some(64 << 20));
+        assert_eq!(parse_memory("1G"), Some(1_000_000_000));
+        assert_eq!(parse_memory("67108864"), Some(67_108_864));
+        assert_eq!(parse_memory("100m"), None);
+    }
+
+    fn pod(json: serde_json::Value) -> Pod {
+        serde_json::from_value(json).expect("a pod")
+    }
+
+    #[test]
+    fn pod_fates() {
+        assert!(matches!(pod_fate(None), PodFate::Gone(_)));
+        let running = pod(serde_json::json!({
+            "metadata": {"name": "p"},
+            "spec": {"containers": [{"name": CONTAINER, "resources": {"limits": {"memory": "64Mi"}}}]},
+            "status": {"phase": "Running", "containerStatuses": [{"name": CONTAINER, "image": "i",
+                "imageID": "", "ready": true, "restartCount": 0, "state": {"running": {}}}]},
+        }));
+        assert_eq!(pod_fate(Some(&running)), PodFate::Running);
+        let mut oom = running.clone();
+        let st = oom
+            .status
+            .as_mut()
+            .unwrap()
+            .container_statuses
+            .as_mut()
+            .unwrap();
+        st[0].state = Some(
+            serde_json::from_value(serde_json::json!(
+                {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}
+            ))
+            .unwrap(),
+        );
+        assert_eq!(pod_fate(Some(&oom)), PodFate::OomKilled(Some(64 << 20)));
+        let mut deleted = running;
+        deleted.metadata.deletion_timestamp = oom.metadata.creation_timestamp.clone().or(Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                "2026-11-29T15:00:00Z".parse().unwrap(),
+            ),
+        ));
+        assert!(matches!(pod_fate(Some(&deleted)), PodFate::Gone(r) if r.contains("deleted")));
     }
 
     #[test]

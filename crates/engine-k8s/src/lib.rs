@@ -27,6 +27,7 @@ pub mod manifest;
 mod policy;
 mod retry;
 mod wait;
+mod ws;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;

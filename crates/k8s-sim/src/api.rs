@@ -856,7 +856,10 @@ async fn delete(
             jobs::reconcile(inner);
             Ok(obj)
         }
-        Res::Pod => kubelet::delete_pod(inner, ns, name),
+        Res::Pod => {
+            jobs::count_deleted_pod(inner, ns, name);
+            kubelet::delete_pod(inner, ns, name)
+        }
         Res::Pvc => {
             let obj = inner
                 .store

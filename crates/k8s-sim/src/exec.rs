@@ -150,7 +150,12 @@ pub(crate) async fn exec(
         .map_err(|e| ApiError::internal(format!("creating the exec: {e}")))?;
     let docker = inner.docker.clone();
     let v5 = protocol == V5;
+    let cut_by = inner.clone();
     tokio::spawn(async move {
+        // Registered before anything can block, so a fault never misses a connection.
+        let cut = cut_by.exec_cut.notified();
+        tokio::pin!(cut);
+        cut.as_mut().enable();
         let upgraded = match hyper::upgrade::on(&mut req).await {
             Ok(u) => u,
             Err(e) => {
@@ -159,7 +164,12 @@ pub(crate) async fn exec(
             }
         };
         let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
-        session(docker, created.id, ws, v5, tty).await;
+        // On the fault the session is dropped: its tasks are aborted with it and the socket
+        // closes with no close frame and no status.
+        tokio::select! {
+            () = session(docker, created.id, ws, v5, tty) => {}
+            () = cut => tracing::debug!("exec connection dropped by the fault hook"),
+        }
     });
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let mut resp = Response::new(full(Bytes::new()));
@@ -179,6 +189,15 @@ pub(crate) async fn exec(
         h.insert("sec-websocket-protocol", p);
     }
     Ok(resp)
+}
+
+/// Aborts a session's task when the session is dropped (the fault hook drops sessions).
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn frame(channel: u8, data: &[u8]) -> Message {
@@ -279,6 +298,7 @@ async fn session<S>(
             let _ = w.shutdown().await;
         }
     });
+    let _reader_guard = AbortOnDrop(reader.abort_handle());
     let writer = tokio::spawn(async move {
         while let Some(msg) = out_rx.recv().await {
             if sink.send(msg).await.is_err() {
@@ -293,6 +313,7 @@ async fn session<S>(
             .await;
         let _ = sink.flush().await;
     });
+    let _writer_guard = AbortOnDrop(writer.abort_handle());
     while let Some(item) = output.next().await {
         let msg = match item {
             Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {

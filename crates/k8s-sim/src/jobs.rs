@@ -161,6 +161,40 @@ fn pod_ready(pod: &Value) -> bool {
     })
 }
 
+/// Remembers a pod of a job deleted through the API before it finished: like a real job
+/// controller (`isPodFailed`: with podReplacementPolicy TerminatingOrFailed and no pod failure
+/// policy, a deleted pod that has not succeeded is a failure), the job counts it as failed, so
+/// a job with `backoffLimit: 0` fails instead of starting a replacement.
+pub(crate) fn count_deleted_pod(inner: &Arc<Inner>, ns: &str, name: &str) {
+    let Some(pod) = inner.store.get(Res::Pod, ns, name) else {
+        return;
+    };
+    let (Some(job_uid), false) = (controller_uid(&pod), is_terminal(&pod)) else {
+        return;
+    };
+    let job = inner
+        .store
+        .list(Res::Job, Some(ns))
+        .0
+        .into_iter()
+        .find(|j| s(&j["metadata"]["uid"]) == job_uid);
+    if job.is_some_and(|j| only_replace_failed(&j)) {
+        return;
+    }
+    inner
+        .deleted_unfinished
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .entry(job_uid.to_owned())
+        .or_default()
+        .insert(s(&pod["metadata"]["uid"]).to_owned());
+}
+
+/// The real controller's `onlyReplaceFailedPods`: deleted pods are then not failures.
+fn only_replace_failed(job: &Value) -> bool {
+    job["spec"]["podReplacementPolicy"] == "Failed" || !job["spec"]["podFailurePolicy"].is_null()
+}
+
 /// Deletes a job with `policy`.
 pub(crate) fn delete_job(
     inner: &Arc<Inner>,
@@ -225,6 +259,11 @@ pub(crate) fn reconcile(inner: &Arc<Inner>) {
         live.insert(s(&job["metadata"]["uid"]).to_owned());
         reconcile_job(inner, job, &pods);
     }
+    inner
+        .deleted_unfinished
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .retain(|job, _| live.contains(job));
     // Garbage collection: pods whose controlling job is gone.
     for pod in &pods {
         if let Some(uid) = controller_uid(pod) {
@@ -415,11 +454,20 @@ fn reconcile_job(inner: &Arc<Inner>, job: &Value, pods: &[Value]) {
         })
         .map(|c| usize::try_from(c["restartCount"].as_u64().unwrap_or(0)).unwrap_or(0))
         .sum();
+    let deleted: HashSet<String> = inner
+        .deleted_unfinished
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(uid)
+        .cloned()
+        .unwrap_or_default();
     let failed_now = owned
         .iter()
         .filter(|p| s(&p["status"]["phase"]) == "Failed")
+        .filter(|p| !deleted.contains(s(&p["metadata"]["uid"])))
         .count()
-        + restarts;
+        + restarts
+        + deleted.len();
     let prev =
         |k: &str| usize::try_from(job["status"][k].as_u64().unwrap_or(0)).unwrap_or(usize::MAX);
     let succeeded = succeeded_now.max(prev("succeeded"));

@@ -1682,9 +1682,34 @@ enum CreateError {
 }
 
 /// Waits until container `id` stops; yields `i`.
+/// Waits for container `id` to exit. Like a kubelet on cgroup v2 (memory.oom.group, the
+/// default since 1.28), an out-of-memory kill of any process in the container ends the whole
+/// container: Docker reports the kill as an `oom` event, the container is killed, and its
+/// state then says OOMKilled (which the pod status reports as the reason).
 async fn wait_exit(docker: bollard::Docker, id: String, i: usize) -> usize {
     let mut wait = docker.wait_container(&id, None);
-    while wait.next().await.is_some() {}
+    let exited = async { while wait.next().await.is_some() {} };
+    let oom = async {
+        let filters = HashMap::from([
+            ("type".to_owned(), vec!["container".to_owned()]),
+            ("event".to_owned(), vec!["oom".to_owned()]),
+            ("container".to_owned(), vec![id.clone()]),
+        ]);
+        let mut events = docker.events(Some(bollard::query_parameters::EventsOptions {
+            filters: Some(filters),
+            ..Default::default()
+        }));
+        if let Some(Ok(_)) = events.next().await {
+            let _ = docker
+                .kill_container(&id, None::<bollard::query_parameters::KillContainerOptions>)
+                .await;
+        }
+        std::future::pending::<()>().await;
+    };
+    tokio::select! {
+        () = exited => {}
+        () = oom => {}
+    }
     i
 }
 

@@ -344,6 +344,12 @@ pub(crate) struct Inner {
     /// How long new claims stay Pending before they bind ([`Sim::bind_claims_after`]).
     pub(crate) claim_bind_delay: Mutex<Option<Duration>>,
     pub(crate) stopping: AtomicBool,
+    /// Notified to drop every open exec connection ([`Sim::drop_exec_connections`]).
+    pub(crate) exec_cut: tokio::sync::Notify,
+    /// Job uid → uids of its pods deleted before they finished: the job controller counts
+    /// them as failed even after they are gone (a real one keeps them with its tracking
+    /// finalizer until counted).
+    pub(crate) deleted_unfinished: Mutex<std::collections::HashMap<String, HashSet<String>>>,
 }
 
 impl Inner {
@@ -439,6 +445,8 @@ impl Sim {
                 autoscaler: Mutex::new(None),
                 claim_bind_delay: Mutex::new(None),
                 stopping: AtomicBool::new(false),
+                exec_cut: tokio::sync::Notify::new(),
+                deleted_unfinished: Mutex::default(),
             });
             for ns in ["default", "kube-system", "kube-public"] {
                 inner
@@ -633,6 +641,13 @@ impl Sim {
             .claim_bind_delay
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(delay);
+    }
+
+    /// A fault: drops every open exec connection at once, as a network failure or an API
+    /// server restart would: the TCP connection closes without a websocket close frame and
+    /// without an exit status. The commands themselves keep running in their containers.
+    pub fn drop_exec_connections(&self) {
+        self.inner.exec_cut.notify_waiters();
     }
 
     /// Stops the simulator and removes every container and volume it created.

@@ -180,7 +180,18 @@ fn output_json(out: &ExecOutput) -> serde_json::Value {
         "stdout_truncated": out.stdout_truncated,
         "stderr_truncated": out.stderr_truncated,
         "duration_ms": u64::try_from(out.duration.as_millis()).unwrap_or(u64::MAX),
+        "oom_killed": out.oom_killed(),
+        "memory_limit_bytes": out.oom.and_then(|o| o.limit_bytes),
     })
+}
+
+/// Says on stderr that the out-of-memory killer, not the command, ended it: its 137 alone
+/// looks like a command that killed itself. A lost connection or an environment stopped under
+/// the command is an error (exit 125) with its own message, never an exit code.
+fn report_oom(oom: Option<berth_engine_core::OomKill>) {
+    if let Some(oom) = oom {
+        eprintln!("{}", oom.message());
+    }
 }
 
 /// Runs `req` in `env`: with `--json`, captured and printed as one object; otherwise
@@ -198,6 +209,7 @@ async fn exec_in(
         }
         let out = engine.exec(env, req).await?;
         ctx.print_json(&output_json(&out));
+        report_oom(out.oom);
         return Ok(exit_code(out.status.code()));
     }
     if interactive {
@@ -211,7 +223,9 @@ async fn exec_in(
         });
     }
     forward_output(process.take_output().expect("output is taken once")).await?;
-    Ok(exit_code(process.wait().await?.code()))
+    let outcome = process.wait_outcome().await?;
+    report_oom(outcome.oom);
+    Ok(exit_code(outcome.status.code()))
 }
 
 async fn forward_output(mut output: berth_engine_core::OutputStream) -> anyhow::Result<()> {

@@ -928,3 +928,68 @@ fn config_layers_env_over_file_and_flag_over_env() {
         text(&out.stderr)
     );
 }
+
+/// `berth up` with a 64Mi memory limit; the id of the environment.
+fn up_with_memory_limit(session: &str) -> String {
+    let out = berth(&["up", "--image", TEST_IMAGE, "--session", session])
+        .env("BERTH_RUNNER__RESOURCES__MEMORY", "64Mi")
+        .output()
+        .expect("up");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout).trim().to_owned()
+}
+
+#[tokio::test]
+async fn connloss_oom_kill_is_said_on_stderr_and_in_json() {
+    test_image().await;
+    let session = SessionId::generate().to_string();
+    let _cleanup = Cleanup(session.clone());
+    let id = up_with_memory_limit(&session);
+    let hog = "head -c 200m /dev/zero | tail";
+    let out = berth(&["exec", &id, "--", "sh", "-c", hog])
+        .output()
+        .expect("exec");
+    assert_eq!(out.status.code(), Some(137), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("killed: out of memory (limit 64Mi)"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = berth(&["--json", "exec", &id, "--", "sh", "-c", hog])
+        .output()
+        .expect("exec --json");
+    assert_eq!(out.status.code(), Some(137), "{}", text(&out.stderr));
+    let json = json_of(&out);
+    assert_eq!(json["oom_killed"], true, "{json}");
+    assert_eq!(json["exit_code"], 137, "{json}");
+    // The command's own SIGKILL is not an out-of-memory kill.
+    let out = berth(&["--json", "exec", &id, "--", "sh", "-c", "kill -9 $$"])
+        .output()
+        .expect("exec --json");
+    assert_eq!(out.status.code(), Some(137), "{}", text(&out.stderr));
+    assert_eq!(json_of(&out)["oom_killed"], false);
+    assert!(!text(&out.stderr).contains("out of memory"));
+}
+
+#[tokio::test]
+async fn connloss_environment_removed_under_exec_exits_125_saying_so() {
+    test_image().await;
+    let session = SessionId::generate().to_string();
+    let _cleanup = Cleanup(session.clone());
+    let id = up_with_memory_limit(&session);
+    let exec = berth(&["exec", &id, "--", "sleep", "300"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("exec");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let out = berth(&["down", &id]).output().expect("down");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = exec.wait_with_output().expect("exec ends");
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("stopped while the command ran"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -18,6 +18,7 @@ use crate::{
 };
 
 pub use super::cases_kill::*;
+pub use super::cases_outcomes::*;
 pub use super::cases_zombies::no_zombie_is_left_behind;
 
 const MIB: usize = 1024 * 1024;

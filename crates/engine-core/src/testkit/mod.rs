@@ -24,6 +24,7 @@ pub mod cases;
 pub mod cases_detached;
 pub mod cases_foreign;
 pub mod cases_kill;
+pub mod cases_outcomes;
 mod cases_zombies;
 
 use std::future::Future;
@@ -342,6 +343,8 @@ macro_rules! conformance_suite {
             foreign_objects_are_refused_and_left_alone,
             mark_detached_is_recorded_on_the_environment,
             no_zombie_is_left_behind,
+            out_of_memory_is_reported_as_such,
+            stop_under_a_running_exec_is_environment_gone,
         );
     };
     (@cases $fixture:expr; $($case:ident),* $(,)?) => {
