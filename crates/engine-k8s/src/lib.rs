@@ -590,10 +590,23 @@ impl ContainerEngine for KubernetesEngine {
                 tracing::debug!(env = %id, "environment running");
                 Ok(id)
             }
-            Err(err) => match self.delete_job(&job_name).await {
-                Ok(_) => Err(err),
-                Err(cleanup) => Err(err.with_cleanup_failure(cleanup)),
-            },
+            Err(err) => {
+                // After a lost connection the delete may hang the same way: bound it, and
+                // leave the Job to gc (the error says so) rather than hang the caller.
+                let patience = if err.is_connection_lost() {
+                    Duration::from_millis(1500)
+                } else {
+                    Duration::from_secs(30)
+                };
+                match tokio::time::timeout(patience, self.delete_job(&job_name)).await {
+                    Ok(Ok(_)) => Err(err),
+                    Ok(Err(cleanup)) => Err(err.with_cleanup_failure(cleanup)),
+                    Err(_) => Err(err.with_cleanup_failure(Error::Timeout {
+                        operation: format!("deleting Job {job_name} after a failed start"),
+                        after: patience,
+                    })),
+                }
+            }
         }
     }
 

@@ -134,7 +134,8 @@ async fn watch_pods(
     };
     let mut work = std::pin::pin!(work);
     tokio::select! {
-        result = &mut work => result,
+        result = &mut work => result.map_err(|e| lost_if_transport(engine, target, e)),
+        lost = heartbeat(engine, target) => Err(lost),
         () = tokio::time::sleep_until(started + timeout) => Err(Error::Timeout {
             operation: format!(
                 "waiting for {} to run (still awaiting {})",
@@ -143,6 +144,66 @@ async fn watch_pods(
             ),
             after: timeout,
         }),
+    }
+}
+
+/// How often, and how patiently, a wait checks that the API server still answers: a watch
+/// on a half-open connection (the peer went silent without closing) would otherwise look
+/// like a quiet cluster until `start_timeout`.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+const HEARTBEAT_PATIENCE: Duration = Duration::from_secs(2);
+
+/// The error of a wait whose connection to the API server was lost.
+fn lost(
+    engine: &KubernetesEngine,
+    target: &Target<'_>,
+    source: Option<berth_engine_core::BoxError>,
+) -> Error {
+    Error::ConnectionLost {
+        backend: BACKEND,
+        address: engine.address.clone(),
+        operation: format!("waiting for {} to run", target.what),
+        hint: "the environment may have been created; once the API server answers again, `berth ls` shows it and `berth gc` removes it".to_owned(),
+        source,
+    }
+}
+
+/// A transport failure while listing or watching (the server closed or reset the connection)
+/// is a lost connection, not an unavailable server: the Job was already created.
+fn lost_if_transport(engine: &KubernetesEngine, target: &Target<'_>, err: Error) -> Error {
+    match err {
+        Error::Unavailable { source, .. } => lost(engine, target, source),
+        other => other,
+    }
+}
+
+/// Resolves only when the API server stops answering a cheap request (`GET /version`)
+/// within [`HEARTBEAT_PATIENCE`] (a silent peer) or fails at the transport (a closed one),
+/// with the [`Error::ConnectionLost`] to report. Runs next to a wait, never ends otherwise.
+async fn heartbeat(engine: &KubernetesEngine, target: &Target<'_>) -> Error {
+    loop {
+        tokio::time::sleep(HEARTBEAT_EVERY).await;
+        match tokio::time::timeout(HEARTBEAT_PATIENCE, engine.client.apiserver_version()).await {
+            Err(_) => {
+                return lost(
+                    engine,
+                    target,
+                    Some(
+                        format!(
+                        "the API server did not answer GET /version within {HEARTBEAT_PATIENCE:?}"
+                    )
+                        .into(),
+                    ),
+                )
+            }
+            Ok(Err(
+                e @ (kube::Error::HyperError(_)
+                | kube::Error::Service(_)
+                | kube::Error::HttpError(_)),
+            )) => return lost(engine, target, Some(Box::new(e))),
+            // An answer of any kind (even a refusal) means the server is there.
+            Ok(_) => {}
+        }
     }
 }
 

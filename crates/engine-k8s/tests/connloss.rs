@@ -175,6 +175,60 @@ async fn connloss_half_open_connection_is_connection_lost() {
     _direct.stop(&env).await.expect("stop");
 }
 
+/// A start waiting on a watch (here for a pull the kubelet keeps retrying) whose connection
+/// goes half-open: `ConnectionLost` within seconds, not a quiet wait until `start_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connloss_half_open_during_start_is_connection_lost() {
+    let (direct, image, guard) = common::sim_engine(|_| {}).await;
+    // The pod stays waiting on a transient pull failure, which the policy waits out.
+    guard.sim.fail_pulls(image.as_str(), 1000);
+    let upstream: std::net::SocketAddr = guard
+        .sim
+        .base_url()
+        .trim_start_matches("http://")
+        .parse()
+        .expect("sim address");
+    let proxy = FreezingProxy::start(upstream).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        guard
+            .sim
+            .kubeconfig()
+            .replace(guard.sim.base_url(), &format!("http://{}", proxy.addr)),
+    )
+    .expect("write kubeconfig");
+    let engine = engine_for(&kubeconfig).await;
+    let spec = spec(&image);
+    let start = tokio::time::timeout(Duration::from_secs(40), engine.start(&spec));
+    let freeze = async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        proxy.frozen.store(true, Ordering::SeqCst);
+        Instant::now()
+    };
+    let (result, fault) = tokio::join!(start, freeze);
+    let err = result
+        .expect("start must not wait out start_timeout on a silent connection")
+        .expect_err("a start whose connection was lost is never a success");
+    assert_eq!(err.kind(), ErrorKind::ConnectionLost, "{err} ({err:?})");
+    assert!(err.to_string().contains("berth gc"), "{err}");
+    assert!(
+        fault.elapsed() < WITHIN,
+        "reported {:?} after the loss",
+        fault.elapsed()
+    );
+    drop(proxy);
+    // The Job the lost start created, removed through the simulator directly.
+    for env in direct
+        .list(&LabelSelector::session(&spec.session))
+        .await
+        .expect("list")
+    {
+        direct.stop(&env.id).await.expect("stop");
+    }
+}
+
 const SIM_CHILD_VAR: &str = "BERTH_CONNLOSS_SIM_KUBECONFIG";
 
 /// Not a test: the simulator process that `connloss_killed_api_server_is_connection_lost`

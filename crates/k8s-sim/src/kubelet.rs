@@ -1050,6 +1050,18 @@ impl Worker {
             short.push("1 Insufficient memory");
         }
         if scaler.triggered {
+            // While the scale-up is in flight the autoscaler counts the upcoming node: a pod
+            // asked about again (its scheduling message changed) is not refused for the
+            // group's size, or a pod that itself triggered the scale-up would read as refused.
+            let joined = !self
+                .inner
+                .extra_nodes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .is_empty();
+            if !joined && short.is_empty() {
+                return;
+            }
             short.push("1 max node group size reached");
         }
         if !short.is_empty() {
