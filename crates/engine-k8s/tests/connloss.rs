@@ -144,11 +144,10 @@ impl FreezingProxy {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connloss_half_open_connection_is_connection_lost() {
-    let (_direct, image, guard) = common::sim_engine(|_| {}).await;
-    let upstream: std::net::SocketAddr = guard
-        .sim
+/// An engine that reaches `sim` through a [`FreezingProxy`]; the directory holds its
+/// kubeconfig and must outlive the engine's use.
+async fn engine_behind_proxy(sim: &Sim) -> (KubernetesEngine, FreezingProxy, tempfile::TempDir) {
+    let upstream: std::net::SocketAddr = sim
         .base_url()
         .trim_start_matches("http://")
         .parse()
@@ -158,13 +157,17 @@ async fn connloss_half_open_connection_is_connection_lost() {
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(
         &kubeconfig,
-        guard
-            .sim
-            .kubeconfig()
-            .replace(guard.sim.base_url(), &format!("http://{}", proxy.addr)),
+        sim.kubeconfig()
+            .replace(sim.base_url(), &format!("http://{}", proxy.addr)),
     )
     .expect("write kubeconfig");
-    let engine = engine_for(&kubeconfig).await;
+    (engine_for(&kubeconfig).await, proxy, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connloss_half_open_connection_is_connection_lost() {
+    let (_direct, image, guard) = common::sim_engine(|_| {}).await;
+    let (engine, proxy, _dir) = engine_behind_proxy(&guard.sim).await;
     let env = engine.start(&spec(&image)).await.expect("start");
     let process = long_exec(&engine, &env).await;
     let fault = Instant::now();
@@ -182,24 +185,7 @@ async fn connloss_half_open_during_start_is_connection_lost() {
     let (direct, image, guard) = common::sim_engine(|_| {}).await;
     // The pod stays waiting on a transient pull failure, which the policy waits out.
     guard.sim.fail_pulls(image.as_str(), 1000);
-    let upstream: std::net::SocketAddr = guard
-        .sim
-        .base_url()
-        .trim_start_matches("http://")
-        .parse()
-        .expect("sim address");
-    let proxy = FreezingProxy::start(upstream).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        guard
-            .sim
-            .kubeconfig()
-            .replace(guard.sim.base_url(), &format!("http://{}", proxy.addr)),
-    )
-    .expect("write kubeconfig");
-    let engine = engine_for(&kubeconfig).await;
+    let (engine, proxy, _dir) = engine_behind_proxy(&guard.sim).await;
     let spec = spec(&image);
     let start = tokio::time::timeout(Duration::from_secs(40), engine.start(&spec));
     let freeze = async {
