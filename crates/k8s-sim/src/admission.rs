@@ -5,23 +5,19 @@
 use serde_json::{json, Value};
 
 use crate::errors::ApiError;
-use crate::meta;
+use crate::meta::{self, json_str};
 use crate::store::Res;
 use crate::Inner;
-
-fn s(v: &Value) -> &str {
-    v.as_str().unwrap_or("")
-}
 
 /// Admits pod `pod` into namespace `ns`, filling LimitRange defaults in place.
 pub(crate) fn admit_pod(inner: &Inner, ns: &str, pod: &mut Value) -> Result<(), ApiError> {
     // Names from generateName are chosen before admission, so refusals can name the pod.
-    if s(&pod["metadata"]["name"]).is_empty() {
+    if json_str(&pod["metadata"]["name"]).is_empty() {
         if let Some(prefix) = pod["metadata"]["generateName"].as_str() {
             pod["metadata"]["name"] = json!(format!("{prefix}{}", meta::random_suffix(5)));
         }
     }
-    let name = s(&pod["metadata"]["name"]).to_owned();
+    let name = json_str(&pod["metadata"]["name"]).to_owned();
     let (ranges, _) = inner.store.list(Res::LimitRange, Some(ns));
     limit_ranges(&ranges, pod).map_err(|why| ApiError::forbidden(Res::Pod, &name, &why))?;
     let labels = inner
@@ -29,7 +25,7 @@ pub(crate) fn admit_pod(inner: &Inner, ns: &str, pod: &mut Value) -> Result<(), 
         .get(Res::Namespace, "", ns)
         .map(|n| n["metadata"]["labels"].clone())
         .unwrap_or_default();
-    let level = s(&labels["pod-security.kubernetes.io/enforce"]);
+    let level = json_str(&labels["pod-security.kubernetes.io/enforce"]);
     let version = labels["pod-security.kubernetes.io/enforce-version"]
         .as_str()
         .unwrap_or("latest");
@@ -77,7 +73,7 @@ fn limit_ranges(ranges: &[Value], pod: &mut Value) -> Result<(), String> {
     let items: Vec<Value> = ranges
         .iter()
         .flat_map(|r| r["spec"]["limits"].as_array().cloned().unwrap_or_default())
-        .filter(|i| s(&i["type"]) == "Container")
+        .filter(|i| json_str(&i["type"]) == "Container")
         .collect();
     if items.is_empty() {
         return Ok(());
@@ -89,7 +85,7 @@ fn limit_ranges(ranges: &[Value], pod: &mut Value) -> Result<(), String> {
         .unwrap_or_default();
     let mut out = Vec::new();
     for mut c in containers {
-        let cname = s(&c["name"]).to_owned();
+        let cname = json_str(&c["name"]).to_owned();
         for item in &items {
             for res in ["cpu", "memory"] {
                 let default = &item["default"][res];
@@ -115,7 +111,7 @@ fn limit_ranges(ranges: &[Value], pod: &mut Value) -> Result<(), String> {
                     if l > max {
                         return Err(format!(
                             "maximum {res} usage per Container is {}, but limit is {}",
-                            s(&item["max"][res]),
+                            json_str(&item["max"][res]),
                             format_quantity(res, l)
                         ));
                     }
@@ -124,7 +120,7 @@ fn limit_ranges(ranges: &[Value], pod: &mut Value) -> Result<(), String> {
                     if r < min {
                         return Err(format!(
                             "minimum {res} usage per Container is {}, but request is {}",
-                            s(&item["min"][res]),
+                            json_str(&item["min"][res]),
                             format_quantity(res, r)
                         ));
                     }
@@ -157,7 +153,7 @@ pub(crate) fn pod_security(level: &str, spec: &Value) -> Vec<String> {
         containers
             .iter()
             .filter(|c| pred(c))
-            .map(|c| format!("\"{}\"", s(&c["name"])))
+            .map(|c| format!("\"{}\"", json_str(&c["name"])))
             .collect()
     };
     let quoted = |n: &[String]| {
@@ -209,7 +205,7 @@ pub(crate) fn pod_security(level: &str, spec: &Value) -> Vec<String> {
         .map(|v| {
             v.iter()
                 .filter(|v| v["hostPath"].is_object())
-                .map(|v| format!("\"{}\"", s(&v["name"])))
+                .map(|v| format!("\"{}\"", json_str(&v["name"])))
                 .collect()
         })
         .unwrap_or_default();
@@ -235,7 +231,7 @@ pub(crate) fn pod_security(level: &str, spec: &Value) -> Vec<String> {
                 .map(|v| {
                     format!(
                         "volume \"{}\" uses restricted volume type \"hostPath\"",
-                        s(&v["name"])
+                        json_str(&v["name"])
                     )
                 })
                 .collect()
@@ -259,7 +255,7 @@ pub(crate) fn pod_security(level: &str, spec: &Value) -> Vec<String> {
     let no_drop = names(&|c| {
         !c["securityContext"]["capabilities"]["drop"]
             .as_array()
-            .is_some_and(|d| d.iter().any(|x| s(x) == "ALL"))
+            .is_some_and(|d| d.iter().any(|x| json_str(x) == "ALL"))
     });
     if !no_drop.is_empty() {
         caps.push(format!(
@@ -302,10 +298,10 @@ pub(crate) fn pod_security(level: &str, spec: &Value) -> Vec<String> {
             quoted(&root_users)
         ));
     }
-    let pod_seccomp = s(&spec["securityContext"]["seccompProfile"]["type"]).to_owned();
+    let pod_seccomp = json_str(&spec["securityContext"]["seccompProfile"]["type"]).to_owned();
     let ok_profile = |t: &str| t == "RuntimeDefault" || t == "Localhost";
     let no_seccomp = names(&|c| {
-        let own = s(&c["securityContext"]["seccompProfile"]["type"]);
+        let own = json_str(&c["securityContext"]["seccompProfile"]["type"]);
         let t = if own.is_empty() {
             pod_seccomp.as_str()
         } else {
@@ -336,14 +332,14 @@ fn capabilities_beyond(containers: &[&Value], allowed: &dyn Fn(&str) -> bool) ->
             .as_array()
             .into_iter()
             .flatten()
-            .map(s)
+            .map(json_str)
             .filter(|cap| !allowed(cap))
             .map(|cap| format!("\"{cap}\""))
             .collect();
         if !extra.is_empty() {
             out.push(format!(
                 "container \"{}\" must not include {} in securityContext.capabilities.add",
-                s(&c["name"]),
+                json_str(&c["name"]),
                 extra.join(", ")
             ));
         }
@@ -377,7 +373,7 @@ fn pod_usage(pod: &Value, key: &str) -> Result<f64, Vec<String>> {
         };
         match v {
             Some(v) => total += v,
-            None => missing.push(s(&c["name"]).to_owned()),
+            None => missing.push(json_str(&c["name"]).to_owned()),
         }
     }
     if missing.is_empty() {
@@ -400,7 +396,7 @@ fn quota(quotas: &[Value], pods: &[Value], pod: &Value) -> Result<(), String> {
         "limits.memory",
     ];
     for q in quotas {
-        let qname = s(&q["metadata"]["name"]);
+        let qname = json_str(&q["metadata"]["name"]);
         let hard = &q["spec"]["hard"];
         let keys: Vec<&str> = KEYS.into_iter().filter(|k| !hard[*k].is_null()).collect();
         let mut must = Vec::new();
@@ -421,7 +417,7 @@ fn quota(quotas: &[Value], pods: &[Value], pod: &Value) -> Result<(), String> {
             let want = pod_usage(pod, key).unwrap_or(0.0);
             let have: f64 = pods
                 .iter()
-                .filter(|p| !matches!(s(&p["status"]["phase"]), "Succeeded" | "Failed"))
+                .filter(|p| !matches!(json_str(&p["status"]["phase"]), "Succeeded" | "Failed"))
                 .filter(|p| p["metadata"]["uid"] != pod["metadata"]["uid"])
                 .map(|p| pod_usage(p, key).unwrap_or(0.0))
                 // An empty f64 sum is -0.0, which would print as "-0".
@@ -431,7 +427,7 @@ fn quota(quotas: &[Value], pods: &[Value], pod: &Value) -> Result<(), String> {
                 exceeded = true;
                 requested.push(format!("{key}={}", format_quantity(key, want)));
                 used.push(format!("{key}={}", format_quantity(key, have)));
-                limited.push(format!("{key}={}", s(&hard[*key])));
+                limited.push(format!("{key}={}", json_str(&hard[*key])));
             }
         }
         if exceeded {
@@ -531,7 +527,7 @@ mod tests {
             "128Mi"
         );
         assert!(
-            s(&pod["metadata"]["annotations"]["kubernetes.io/limit-ranger"])
+            json_str(&pod["metadata"]["annotations"]["kubernetes.io/limit-ranger"])
                 .contains("memory limit for container env")
         );
         let mut big = json!({"metadata": {}, "spec": {"containers": [{"name": "env",

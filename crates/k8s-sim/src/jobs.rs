@@ -9,12 +9,9 @@ use serde_json::{json, Value};
 
 use crate::api::Propagation;
 use crate::errors::ApiError;
+use crate::meta::json_str;
 use crate::store::Res;
 use crate::{kubelet, meta, Inner};
-
-fn s(v: &Value) -> &str {
-    v.as_str().unwrap_or("")
-}
 
 /// The finalizer the job controller puts on each pod it creates and takes off once it has
 /// counted the finished pod (or the job is gone).
@@ -28,9 +25,12 @@ fn untrack(inner: &Arc<Inner>, ns: &str, pod: &Value, orphan: bool) {
     if !has && !orphan {
         return;
     }
-    let _ = inner
-        .store
-        .update(Res::Pod, ns, s(&pod["metadata"]["name"]), None, |p| {
+    let _ = inner.store.update(
+        Res::Pod,
+        ns,
+        json_str(&pod["metadata"]["name"]),
+        None,
+        |p| {
             if let Some(md) = p["metadata"].as_object_mut() {
                 if orphan {
                     md.remove("ownerReferences");
@@ -43,7 +43,8 @@ fn untrack(inner: &Arc<Inner>, ns: &str, pod: &Value, orphan: bool) {
                 }
             }
             Ok(())
-        });
+        },
+    );
 }
 
 /// Runs the controllers until the runtime stops: on every store change and every half second.
@@ -78,7 +79,7 @@ pub(crate) fn default_job(mut job: Value, name: &str) -> Result<Value, ApiError>
         ));
     }
     kubelet::default_pod_spec(spec);
-    let policy = s(&spec["restartPolicy"]).to_owned();
+    let policy = json_str(&spec["restartPolicy"]).to_owned();
     if policy != "Never" && policy != "OnFailure" {
         return Err(ApiError::invalid(
             Res::Job,
@@ -151,7 +152,7 @@ fn job_condition(typ: &str, reason: &str, message: &str) -> Value {
 }
 
 fn is_terminal(pod: &Value) -> bool {
-    matches!(s(&pod["status"]["phase"]), "Succeeded" | "Failed")
+    matches!(json_str(&pod["status"]["phase"]), "Succeeded" | "Failed")
 }
 
 fn pod_ready(pod: &Value) -> bool {
@@ -177,7 +178,7 @@ pub(crate) fn count_deleted_pod(inner: &Arc<Inner>, ns: &str, name: &str) {
         .list(Res::Job, Some(ns))
         .0
         .into_iter()
-        .find(|j| s(&j["metadata"]["uid"]) == job_uid);
+        .find(|j| json_str(&j["metadata"]["uid"]) == job_uid);
     if job.is_some_and(|j| only_replace_failed(&j)) {
         return;
     }
@@ -187,7 +188,7 @@ pub(crate) fn count_deleted_pod(inner: &Arc<Inner>, ns: &str, name: &str) {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .entry(job_uid.to_owned())
         .or_default()
-        .insert(s(&pod["metadata"]["uid"]).to_owned());
+        .insert(json_str(&pod["metadata"]["uid"]).to_owned());
 }
 
 /// The real controller's `onlyReplaceFailedPods`: deleted pods are then not failures.
@@ -206,7 +207,7 @@ pub(crate) fn delete_job(
         .store
         .get(Res::Job, ns, name)
         .ok_or_else(|| ApiError::not_found(Res::Job, name))?;
-    let uid = s(&job["metadata"]["uid"]).to_owned();
+    let uid = json_str(&job["metadata"]["uid"]).to_owned();
     let result = match policy {
         Propagation::Foreground => inner.store.update(Res::Job, ns, name, None, |j| {
             if j["metadata"]["deletionTimestamp"].is_null() {
@@ -256,7 +257,7 @@ pub(crate) fn reconcile(inner: &Arc<Inner>) {
     let (pods, _) = inner.store.list(Res::Pod, None);
     let mut live = HashSet::new();
     for job in &jobs {
-        live.insert(s(&job["metadata"]["uid"]).to_owned());
+        live.insert(json_str(&job["metadata"]["uid"]).to_owned());
         reconcile_job(inner, job, &pods);
     }
     inner
@@ -270,8 +271,8 @@ pub(crate) fn reconcile(inner: &Arc<Inner>) {
             if !live.contains(uid) && pod["metadata"]["deletionTimestamp"].is_null() {
                 let _ = kubelet::delete_pod(
                     inner,
-                    s(&pod["metadata"]["namespace"]),
-                    s(&pod["metadata"]["name"]),
+                    json_str(&pod["metadata"]["namespace"]),
+                    json_str(&pod["metadata"]["name"]),
                 );
             }
         }
@@ -285,13 +286,13 @@ fn terminate_namespaces(inner: &Arc<Inner>) {
         .iter()
         .filter(|n| !n["metadata"]["deletionTimestamp"].is_null())
     {
-        let name = s(&ns["metadata"]["name"]);
+        let name = json_str(&ns["metadata"]["name"]);
         let mut remaining = 0;
         for res in [Res::Job, Res::Pod, Res::Pvc, Res::Event] {
             let (items, _) = inner.store.list(res, Some(name));
             remaining += items.len();
             for item in items {
-                let n = s(&item["metadata"]["name"]);
+                let n = json_str(&item["metadata"]["name"]);
                 match res {
                     Res::Job => {
                         let _ = inner.store.remove(Res::Job, name, n);
@@ -320,7 +321,11 @@ fn terminate_namespaces(inner: &Arc<Inner>) {
 
 fn create_pod(inner: &Arc<Inner>, job: &Value) {
     let md = &job["metadata"];
-    let (ns, name, uid) = (s(&md["namespace"]), s(&md["name"]), s(&md["uid"]));
+    let (ns, name, uid) = (
+        json_str(&md["namespace"]),
+        json_str(&md["name"]),
+        json_str(&md["uid"]),
+    );
     let template = &job["spec"]["template"];
     let mut annotations = template["metadata"]["annotations"].clone();
     if !annotations.is_object() {
@@ -370,7 +375,7 @@ fn create_pod(inner: &Arc<Inner>, job: &Value) {
     match admitted {
         Ok(pod) => match inner.store.create(Res::Pod, ns, pod) {
             Ok(pod) => {
-                let msg = format!("Created pod: {}", s(&pod["metadata"]["name"]));
+                let msg = format!("Created pod: {}", json_str(&pod["metadata"]["name"]));
                 kubelet::record_event(
                     inner,
                     job,
@@ -391,7 +396,11 @@ fn create_pod(inner: &Arc<Inner>, job: &Value) {
 #[allow(clippy::too_many_lines)]
 fn reconcile_job(inner: &Arc<Inner>, job: &Value, pods: &[Value]) {
     let md = &job["metadata"];
-    let (ns, name, uid) = (s(&md["namespace"]), s(&md["name"]), s(&md["uid"]));
+    let (ns, name, uid) = (
+        json_str(&md["namespace"]),
+        json_str(&md["name"]),
+        json_str(&md["uid"]),
+    );
     let owned: Vec<&Value> = pods
         .iter()
         .filter(|p| controller_uid(p) == Some(uid))
@@ -404,7 +413,7 @@ fn reconcile_job(inner: &Arc<Inner>, job: &Value, pods: &[Value]) {
         if foreground {
             for p in &owned {
                 if p["metadata"]["deletionTimestamp"].is_null() {
-                    let _ = kubelet::delete_pod(inner, ns, s(&p["metadata"]["name"]));
+                    let _ = kubelet::delete_pod(inner, ns, json_str(&p["metadata"]["name"]));
                 }
             }
             if owned.is_empty() {
@@ -441,7 +450,7 @@ fn reconcile_job(inner: &Arc<Inner>, job: &Value, pods: &[Value]) {
         .collect();
     let succeeded_now = owned
         .iter()
-        .filter(|p| s(&p["status"]["phase"]) == "Succeeded")
+        .filter(|p| json_str(&p["status"]["phase"]) == "Succeeded")
         .count();
     // With restartPolicy OnFailure a failure is a container restart, not a failed pod.
     let restarts: usize = owned
@@ -463,8 +472,8 @@ fn reconcile_job(inner: &Arc<Inner>, job: &Value, pods: &[Value]) {
         .unwrap_or_default();
     let failed_now = owned
         .iter()
-        .filter(|p| s(&p["status"]["phase"]) == "Failed")
-        .filter(|p| !deleted.contains(s(&p["metadata"]["uid"])))
+        .filter(|p| json_str(&p["status"]["phase"]) == "Failed")
+        .filter(|p| !deleted.contains(json_str(&p["metadata"]["uid"])))
         .count()
         + restarts
         + deleted.len();
@@ -511,7 +520,7 @@ fn reconcile_job(inner: &Arc<Inner>, job: &Value, pods: &[Value]) {
     let kill_active = terminal.is_some() || complete || suspended;
     if kill_active {
         for p in &active {
-            let _ = kubelet::delete_pod(inner, ns, s(&p["metadata"]["name"]));
+            let _ = kubelet::delete_pod(inner, ns, json_str(&p["metadata"]["name"]));
         }
     } else {
         let remaining = completions.saturating_sub(succeeded);

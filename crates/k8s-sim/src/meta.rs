@@ -4,6 +4,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
 
+/// The string `v` holds, or `""` when it holds anything else (absent fields included): how
+/// the simulator reads optional string fields of an object.
+pub(crate) fn json_str(v: &Value) -> &str {
+    v.as_str().unwrap_or("")
+}
+
 /// Seconds since the Unix epoch.
 pub(crate) fn now_secs() -> i64 {
     SystemTime::now()

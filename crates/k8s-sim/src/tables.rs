@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::meta;
+use crate::meta::{self, json_str};
 use crate::store::Res;
 
 fn column(name: &str, typ: &str, format: &str, priority: u8, description: &str) -> Value {
@@ -88,8 +88,9 @@ fn columns(res: Res) -> Vec<Value> {
     }
 }
 
-fn s(v: &Value) -> String {
-    v.as_str().unwrap_or("").to_owned()
+/// The string `v` holds as an owned table cell (`""` for anything else).
+fn cell(v: &Value) -> String {
+    json_str(v).to_owned()
 }
 
 fn or_none(v: String) -> String {
@@ -103,9 +104,9 @@ fn or_none(v: String) -> String {
 /// The pod STATUS column, computed the way kubectl's printer does.
 pub(crate) fn pod_status_reason(pod: &Value) -> (String, usize, usize, i64) {
     let status = &pod["status"];
-    let mut reason = s(&status["reason"]);
+    let mut reason = cell(&status["reason"]);
     if reason.is_empty() {
-        reason = s(&status["phase"]);
+        reason = cell(&status["phase"]);
     }
     let total = pod["spec"]["containers"].as_array().map_or(0, Vec::len);
     let mut ready = 0;
@@ -185,7 +186,7 @@ fn job_status(job: &Value) -> String {
 
 fn cells(res: Res, obj: &Value) -> Vec<Value> {
     let md = &obj["metadata"];
-    let name = s(&md["name"]);
+    let name = cell(&md["name"]);
     let age = meta::age(md["creationTimestamp"].as_str());
     match res {
         Res::Pod => {
@@ -196,8 +197,8 @@ fn cells(res: Res, obj: &Value) -> Vec<Value> {
                 json!(reason),
                 json!(restarts.to_string()),
                 json!(age),
-                json!(or_none(s(&obj["status"]["podIP"]))),
-                json!(or_none(s(&obj["spec"]["nodeName"]))),
+                json!(or_none(cell(&obj["status"]["podIP"]))),
+                json!(or_none(cell(&obj["spec"]["nodeName"]))),
                 json!("<none>"),
                 json!("<none>"),
             ]
@@ -217,8 +218,8 @@ fn cells(res: Res, obj: &Value) -> Vec<Value> {
                 .as_array()
                 .cloned()
                 .unwrap_or_default();
-            let names: Vec<String> = containers.iter().map(|c| s(&c["name"])).collect();
-            let images: Vec<String> = containers.iter().map(|c| s(&c["image"])).collect();
+            let names: Vec<String> = containers.iter().map(|c| cell(&c["name"])).collect();
+            let images: Vec<String> = containers.iter().map(|c| cell(&c["image"])).collect();
             let selector = obj["spec"]["selector"]["matchLabels"]
                 .as_object()
                 .map(|m| {
@@ -239,19 +240,23 @@ fn cells(res: Res, obj: &Value) -> Vec<Value> {
                 json!(selector),
             ]
         }
-        Res::Namespace => vec![json!(name), json!(s(&obj["status"]["phase"])), json!(age)],
+        Res::Namespace => vec![
+            json!(name),
+            json!(cell(&obj["status"]["phase"])),
+            json!(age),
+        ],
         Res::ResourceQuota | Res::LimitRange => vec![json!(name), json!(age)],
         Res::Node => vec![
             json!(name),
             json!("Ready"),
             json!("control-plane"),
             json!(age),
-            json!(s(&obj["status"]["nodeInfo"]["kubeletVersion"])),
+            json!(cell(&obj["status"]["nodeInfo"]["kubeletVersion"])),
             json!("127.0.0.1"),
             json!("<none>"),
-            json!(s(&obj["status"]["nodeInfo"]["osImage"])),
-            json!(s(&obj["status"]["nodeInfo"]["kernelVersion"])),
-            json!(s(&obj["status"]["nodeInfo"]["containerRuntimeVersion"])),
+            json!(cell(&obj["status"]["nodeInfo"]["osImage"])),
+            json!(cell(&obj["status"]["nodeInfo"]["kernelVersion"])),
+            json!(cell(&obj["status"]["nodeInfo"]["containerRuntimeVersion"])),
         ],
         Res::Event => {
             let seen = obj["lastTimestamp"]
@@ -260,14 +265,14 @@ fn cells(res: Res, obj: &Value) -> Vec<Value> {
             let io = &obj["involvedObject"];
             vec![
                 json!(meta::age(seen)),
-                json!(s(&obj["type"])),
-                json!(s(&obj["reason"])),
+                json!(cell(&obj["type"])),
+                json!(cell(&obj["reason"])),
                 json!(format!(
                     "{}/{}",
-                    s(&io["kind"]).to_lowercase(),
-                    s(&io["name"])
+                    cell(&io["kind"]).to_lowercase(),
+                    cell(&io["name"])
                 )),
-                json!(s(&obj["message"])),
+                json!(cell(&obj["message"])),
                 json!(name),
             ]
         }
@@ -287,14 +292,14 @@ fn cells(res: Res, obj: &Value) -> Vec<Value> {
                 .collect();
             vec![
                 json!(name),
-                json!(s(&obj["status"]["phase"])),
-                json!(s(&obj["spec"]["volumeName"])),
-                json!(s(&obj["status"]["capacity"]["storage"])),
+                json!(cell(&obj["status"]["phase"])),
+                json!(cell(&obj["spec"]["volumeName"])),
+                json!(cell(&obj["status"]["capacity"]["storage"])),
                 json!(modes.join(",")),
-                json!(or_none(s(&obj["spec"]["storageClassName"]))),
+                json!(or_none(cell(&obj["spec"]["storageClassName"]))),
                 json!("<unset>"),
                 json!(age),
-                json!(s(&obj["spec"]["volumeMode"])),
+                json!(cell(&obj["spec"]["volumeMode"])),
             ]
         }
     }
