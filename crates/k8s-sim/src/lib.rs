@@ -171,12 +171,14 @@
 mod admission;
 mod api;
 mod authz;
+mod docker;
 mod errors;
 mod exec;
 mod fields;
 mod jobs;
 mod kubelet;
 mod meta;
+mod node;
 mod openapi;
 mod quantity;
 mod store;
@@ -189,9 +191,6 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bollard::query_parameters::{
-    ListContainersOptions, ListVolumesOptions, RemoveContainerOptions, RemoveVolumeOptions,
-};
 use bollard::Docker;
 use serde_json::json;
 
@@ -224,105 +223,8 @@ impl From<std::io::Error> for SimError {
     }
 }
 
-/// The node's allocatable resources: CPU in cores and memory in bytes.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct NodeSize {
-    /// Allocatable CPU, in cores (the host's available parallelism).
-    pub cpu: f64,
-    /// Allocatable memory, in bytes (the host's `MemTotal`).
-    pub memory: f64,
-}
-
-impl NodeSize {
-    /// The size of this host: `cpu` = available parallelism, `memory` = `MemTotal` from
-    /// `/proc/meminfo` (8 GiB when unreadable).
-    #[must_use]
-    pub fn of_host() -> Self {
-        let cpu = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-        let memory = std::fs::read_to_string("/proc/meminfo")
-            .ok()
-            .and_then(|m| {
-                m.lines()
-                    .find_map(|l| l.strip_prefix("MemTotal:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            })
-            .map_or(8.0 * 1024.0 * 1024.0 * 1024.0, |kb| kb * 1024.0);
-        #[allow(clippy::cast_precision_loss)]
-        Self {
-            cpu: cpu as f64,
-            memory,
-        }
-    }
-}
-
-/// The node object: capacity = allocatable = [`NodeSize`], always Ready.
-pub(crate) fn node_object(name: &str, node: &NodeSize, runtime_version: &str) -> serde_json::Value {
-    let memory_kib = (node.memory / 1024.0).floor();
-    let resources = json!({
-        "cpu": format!("{}", node.cpu),
-        "memory": format!("{memory_kib}Ki"),
-        "pods": "110",
-        "ephemeral-storage": "100Gi",
-    });
-    let now = meta::now_rfc3339();
-    let mut object = json!({
-        "metadata": {"name": name, "labels": {
-            "kubernetes.io/hostname": name,
-            "kubernetes.io/os": "linux",
-            "kubernetes.io/arch": std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
-            "node-role.kubernetes.io/control-plane": "",
-        }},
-        "spec": {},
-        "status": {
-            "capacity": resources,
-            "allocatable": resources,
-            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
-                "message": "kubelet is posting ready status",
-                "lastHeartbeatTime": now, "lastTransitionTime": now}],
-            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"},
-                {"type": "Hostname", "address": name}],
-            "nodeInfo": {
-                "kubeletVersion": format!("v1.{}.0", api::VERSION_MINOR),
-                "containerRuntimeVersion": format!("docker://{runtime_version}"),
-                "osImage": "berth k8s-sim",
-                "kernelVersion": "",
-                "operatingSystem": "linux",
-                "architecture": std::env::consts::ARCH,
-            },
-        },
-    });
-    // Only the first node runs the control plane; a scaled-up one is a worker.
-    if name != NODE_NAME {
-        if let Some(labels) = object["metadata"]["labels"].as_object_mut() {
-            labels.remove("node-role.kubernetes.io/control-plane");
-        }
-    }
-    object
-}
-
-/// The Docker daemon's version, for the nodes' `containerRuntimeVersion`.
-pub(crate) async fn runtime_version(docker: &Docker) -> String {
-    docker
-        .version()
-        .await
-        .ok()
-        .and_then(|v| v.version)
-        .unwrap_or_default()
-}
-
-/// A node group of one more node that a simulated cluster-autoscaler adds on demand.
-#[derive(Debug, Clone)]
-pub(crate) struct Autoscaler {
-    /// The size of the node it adds.
-    pub(crate) node: NodeSize,
-    /// How long the node takes to join after the scale-up is triggered.
-    pub(crate) delay: Duration,
-    /// Whether the scale-up was triggered (the group is at its maximum, 1).
-    pub(crate) triggered: bool,
-}
-
-/// The name of the node the autoscaler adds.
-pub const SCALED_NODE_NAME: &str = "berth-sim-node-2";
+use node::Autoscaler;
+pub use node::{NodeSize, SCALED_NODE_NAME};
 
 /// State shared by the server, the controllers and the pod workers.
 pub(crate) struct Inner {
@@ -367,7 +269,7 @@ impl Inner {
             })
             .unwrap_or_default();
         labels.insert(INSTANCE_LABEL.to_owned(), self.id.clone());
-        labels.insert(PID_LABEL.to_owned(), pid_label());
+        labels.insert(PID_LABEL.to_owned(), docker::pid_label());
         labels
     }
 }
@@ -387,23 +289,6 @@ impl std::fmt::Debug for Sim {
             .field("base_url", &self.base_url)
             .finish_non_exhaustive()
     }
-}
-
-fn docker_address() -> String {
-    std::env::var("DOCKER_HOST")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "unix:///var/run/docker.sock".to_owned())
-}
-
-async fn connect_docker() -> Result<Docker, SimError> {
-    let address = docker_address();
-    let docker = Docker::connect_with_host(&address)
-        .map_err(|e| SimError(format!("cannot reach Docker at {address}: {e}")))?;
-    docker
-        .negotiate_version()
-        .await
-        .map_err(|e| SimError(format!("cannot reach Docker at {address}: {e}")))
 }
 
 impl Sim {
@@ -427,8 +312,8 @@ impl Sim {
             .enable_all()
             .build()?;
         let started = runtime.spawn(async move {
-            let docker = connect_docker().await?;
-            remove_orphans(&docker).await;
+            let docker = docker::connect_docker().await?;
+            docker::remove_orphans(&docker).await;
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let addr = listener.local_addr()?;
             let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
@@ -458,13 +343,13 @@ impl Sim {
                     )
                     .map_err(|e| SimError(e.message))?;
             }
-            let runtime_version = runtime_version(&inner.docker).await;
+            let runtime_version = node::runtime_version(&inner.docker).await;
             inner
                 .store
                 .create(
                     store::Res::Node,
                     "",
-                    node_object(NODE_NAME, &node, &runtime_version),
+                    node::node_object(NODE_NAME, &node, &runtime_version),
                 )
                 .map_err(|e| SimError(e.message))?;
             tokio::spawn(api::serve(inner.clone(), listener));
@@ -677,11 +562,11 @@ fn stop(runtime: tokio::runtime::Runtime, inner: &Inner) {
         return;
     };
     rt.block_on(async move {
-        let Ok(docker) = connect_docker().await else {
+        let Ok(docker) = docker::connect_docker().await else {
             return;
         };
         for _ in 0..2 {
-            remove_docker_objects(&docker, &id).await;
+            docker::remove_instance(&docker, &id).await;
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     });
@@ -693,123 +578,6 @@ impl Drop for Sim {
             let inner = self.inner.clone();
             // A thread of its own: dropping a runtime inside another one's context panics.
             let _ = std::thread::spawn(move || stop(runtime, &inner)).join();
-        }
-    }
-}
-
-/// Whether process `pid` exists and is not a zombie.
-fn process_alive(pid: &str) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        let state = stat
-            .rsplit_once(')')
-            .map_or("", |(_, rest)| rest.trim_start());
-        !state.starts_with('Z') && !state.starts_with('X')
-    })
-}
-
-/// `<pid>@<pid namespace>`: which process ran the simulator, in which pid namespace.
-fn pid_label() -> String {
-    format!("{}@{}", std::process::id(), pid_namespace())
-}
-
-fn pid_namespace() -> String {
-    std::fs::read_link("/proc/self/ns/pid")
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_default()
-        .replace(|c: char| !c.is_ascii_alphanumeric(), "")
-}
-
-/// Removes the containers and volumes of simulators whose process is gone: only those started
-/// in this pid namespace, where `/proc` can tell.
-async fn remove_orphans(docker: &Docker) {
-    let filter =
-        std::collections::HashMap::from([("label".to_owned(), vec![PID_LABEL.to_owned()])]);
-    let alive = |labels: Option<&std::collections::HashMap<String, String>>| {
-        labels.and_then(|l| l.get(PID_LABEL)).is_none_or(|label| {
-            let ns = pid_namespace();
-            match label.split_once('@') {
-                Some((pid, their_ns)) if !ns.is_empty() && their_ns == ns => process_alive(pid),
-                // Another pid namespace (or an unknown one): not ours to judge.
-                _ => true,
-            }
-        })
-    };
-    let mut dead = std::collections::HashSet::new();
-    if let Ok(containers) = docker
-        .list_containers(Some(ListContainersOptions {
-            all: true,
-            filters: Some(filter.clone()),
-            ..Default::default()
-        }))
-        .await
-    {
-        for c in containers {
-            if !alive(c.labels.as_ref()) {
-                if let Some(id) = c.labels.as_ref().and_then(|l| l.get(INSTANCE_LABEL)) {
-                    dead.insert(id.clone());
-                }
-            }
-        }
-    }
-    if let Ok(volumes) = docker
-        .list_volumes(Some(ListVolumesOptions {
-            filters: Some(filter),
-        }))
-        .await
-    {
-        for v in volumes.volumes.unwrap_or_default() {
-            if !alive(Some(&v.labels)) {
-                if let Some(id) = v.labels.get(INSTANCE_LABEL) {
-                    dead.insert(id.clone());
-                }
-            }
-        }
-    }
-    for id in dead {
-        tracing::info!(instance = %id, "removing the Docker objects of a simulator whose process is gone");
-        remove_docker_objects(docker, &id).await;
-    }
-}
-
-/// Removes every container and volume labelled with instance `id`.
-async fn remove_docker_objects(docker: &Docker, id: &str) {
-    let filter = std::collections::HashMap::from([(
-        "label".to_owned(),
-        vec![format!("{INSTANCE_LABEL}={id}")],
-    )]);
-    if let Ok(containers) = docker
-        .list_containers(Some(ListContainersOptions {
-            all: true,
-            filters: Some(filter.clone()),
-            ..Default::default()
-        }))
-        .await
-    {
-        for c in containers {
-            if let Some(cid) = c.id {
-                let _ = docker
-                    .remove_container(
-                        &cid,
-                        Some(RemoveContainerOptions {
-                            force: true,
-                            v: true,
-                            ..Default::default()
-                        }),
-                    )
-                    .await;
-            }
-        }
-    }
-    if let Ok(volumes) = docker
-        .list_volumes(Some(ListVolumesOptions {
-            filters: Some(filter),
-        }))
-        .await
-    {
-        for v in volumes.volumes.unwrap_or_default() {
-            let _ = docker
-                .remove_volume(&v.name, Some(RemoveVolumeOptions { force: true }))
-                .await;
         }
     }
 }

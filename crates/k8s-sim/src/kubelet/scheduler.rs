@@ -113,13 +113,13 @@ impl Worker {
         let inner = self.inner.clone();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            let runtime = crate::runtime_version(&inner.docker).await;
+            let runtime = crate::node::runtime_version(&inner.docker).await;
             inner
                 .extra_nodes
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .push((crate::SCALED_NODE_NAME.to_owned(), node));
-            let object = crate::node_object(crate::SCALED_NODE_NAME, &node, &runtime);
+            let object = crate::node::node_object(crate::SCALED_NODE_NAME, &node, &runtime);
             if let Err(e) = inner.store.create(Res::Node, "", object) {
                 tracing::warn!(error = %e.message, "adding the scaled-up node failed");
             }

@@ -7,8 +7,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bollard::query_parameters::{
-    ListContainersOptions, ListVolumesOptions, RemoveContainerOptions, RemoveVolumeOptions,
-    StartContainerOptions,
+    ListContainersOptions, RemoveContainerOptions, StartContainerOptions,
 };
 use futures_util::StreamExt;
 use serde_json::{json, Value};
@@ -357,48 +356,10 @@ impl Worker {
 
     /// Removes the pod's Docker containers and emptyDir volumes.
     async fn cleanup(&self) {
-        let filter = HashMap::from([(
-            "label".to_owned(),
-            vec![
-                format!("{INSTANCE_LABEL}={}", self.inner.id),
-                format!("{POD_UID_LABEL}={}", self.uid),
-            ],
-        )]);
-        let docker = &self.inner.docker;
-        if let Ok(list) = docker
-            .list_containers(Some(ListContainersOptions {
-                all: true,
-                filters: Some(filter.clone()),
-                ..Default::default()
-            }))
-            .await
-        {
-            for c in list {
-                if let Some(id) = c.id {
-                    let _ = docker
-                        .remove_container(
-                            &id,
-                            Some(RemoveContainerOptions {
-                                force: true,
-                                v: true,
-                                ..Default::default()
-                            }),
-                        )
-                        .await;
-                }
-            }
-        }
-        if let Ok(list) = docker
-            .list_volumes(Some(ListVolumesOptions {
-                filters: Some(filter),
-            }))
-            .await
-        {
-            for v in list.volumes.unwrap_or_default() {
-                let _ = docker
-                    .remove_volume(&v.name, Some(RemoveVolumeOptions { force: true }))
-                    .await;
-            }
-        }
+        let labels = vec![
+            format!("{INSTANCE_LABEL}={}", self.inner.id),
+            format!("{POD_UID_LABEL}={}", self.uid),
+        ];
+        crate::docker::remove_labelled(&self.inner.docker, labels).await;
     }
 }

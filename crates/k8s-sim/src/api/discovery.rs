@@ -1,0 +1,149 @@
+//! Discovery, as kubectl and kube-rs read it: `/version`, the health endpoints, the API
+//! groups and resource lists (unaggregated), and the OpenAPI v3 index and documents.
+
+use hyper::Response;
+use serde_json::{json, Value};
+
+use super::{full, json_response, Body, VERSION_MINOR};
+use crate::{authz, openapi, Inner};
+
+/// The answer to a discovery path (split into segments), or `None` for any other path.
+pub(super) fn answer(inner: &Inner, segs: &[&str]) -> Option<Response<Body>> {
+    let resp = match segs {
+        ["version"] => json_response(
+            200,
+            &json!({
+                "major": "1", "minor": VERSION_MINOR,
+                "gitVersion": format!("v1.{VERSION_MINOR}.0"),
+                "gitCommit": "berth-k8s-sim", "gitTreeState": "clean",
+                "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.24",
+                "compiler": "gc", "platform": "linux/amd64",
+            }),
+        ),
+        ["healthz" | "livez" | "readyz", ..] => {
+            let mut r = Response::new(full("ok"));
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/plain"),
+            );
+            r
+        }
+        ["api"] => json_response(
+            200,
+            &json!({
+                "kind": "APIVersions", "versions": ["v1"],
+                "serverAddressByClientCIDRs": [
+                    {"clientCIDR": "0.0.0.0/0", "serverAddress": inner.addr.to_string()}],
+            }),
+        ),
+        ["api", "v1"] => json_response(200, &core_resources()),
+        ["apis"] => json_response(
+            200,
+            &json!({"kind": "APIGroupList", "apiVersion": "v1",
+            "groups": [authz::group(), batch_group()]}),
+        ),
+        ["apis", authz::GROUP] => {
+            let mut g = authz::group();
+            g["kind"] = json!("APIGroup");
+            g["apiVersion"] = json!("v1");
+            json_response(200, &g)
+        }
+        ["apis", authz::GROUP, "v1"] => json_response(200, &authz::resources()),
+        ["apis", "batch"] => {
+            let mut g = batch_group();
+            g["kind"] = json!("APIGroup");
+            g["apiVersion"] = json!("v1");
+            json_response(200, &g)
+        }
+        ["apis", "batch", "v1"] => json_response(200, &batch_resources()),
+        ["openapi", "v3"] => json_response(200, &openapi::index()),
+        ["openapi", "v3", "api", "v1"] => json_response(200, &openapi::group_version("")),
+        ["openapi", "v3", "apis", "batch", "v1"] => {
+            json_response(200, &openapi::group_version("batch"))
+        }
+        ["openapi", "v3", "apis", authz::GROUP, "v1"] => {
+            json_response(200, &openapi::group_version(authz::GROUP))
+        }
+        _ => return None,
+    };
+    Some(resp)
+}
+
+/// One entry of an `APIResourceList`.
+fn resource_entry(
+    name: &str,
+    singular: &str,
+    namespaced: bool,
+    kind: &str,
+    verbs: &[&str],
+    short: &[&str],
+) -> Value {
+    let mut r = json!({
+        "name": name, "singularName": singular, "namespaced": namespaced,
+        "kind": kind, "verbs": verbs,
+    });
+    if !short.is_empty() {
+        r["shortNames"] = json!(short);
+    }
+    if matches!(name, "pods" | "jobs") {
+        r["categories"] = json!(["all"]);
+    }
+    r
+}
+
+/// The verbs of a resource served in full.
+const OBJECT_VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
+
+/// `/api/v1`: the core resources the simulator serves.
+fn core_resources() -> Value {
+    json!({
+        "kind": "APIResourceList",
+        "groupVersion": "v1",
+        "resources": [
+            resource_entry("events", "event", true, "Event", OBJECT_VERBS, &["ev"]),
+            resource_entry("limitranges", "limitrange", true, "LimitRange", OBJECT_VERBS, &["limits"]),
+            resource_entry("namespaces", "namespace", false, "Namespace",
+                &["create", "delete", "get", "list", "patch", "update", "watch"], &["ns"]),
+            resource_entry("nodes", "node", false, "Node",
+                &["create", "delete", "get", "list", "patch", "update", "watch"], &["no"]),
+            resource_entry("persistentvolumeclaims", "persistentvolumeclaim", true,
+                "PersistentVolumeClaim", OBJECT_VERBS, &["pvc"]),
+            resource_entry("pods", "pod", true, "Pod", OBJECT_VERBS, &["po"]),
+            resource_entry("pods/exec", "", true, "PodExecOptions", &["create", "get"], &[]),
+            resource_entry("pods/log", "", true, "Pod", &["get"], &[]),
+            resource_entry("pods/status", "", true, "Pod", &["get", "patch", "update"], &[]),
+            resource_entry("resourcequotas", "resourcequota", true, "ResourceQuota", OBJECT_VERBS, &["quota"]),
+        ],
+    })
+}
+
+/// The `batch` API group.
+fn batch_group() -> Value {
+    json!({
+        "name": "batch",
+        "versions": [{"groupVersion": "batch/v1", "version": "v1"}],
+        "preferredVersion": {"groupVersion": "batch/v1", "version": "v1"},
+    })
+}
+
+/// `/apis/batch/v1`: jobs.
+fn batch_resources() -> Value {
+    json!({
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": "batch/v1",
+        "resources": [
+            resource_entry("jobs", "job", true, "Job", OBJECT_VERBS, &[]),
+            resource_entry("jobs/status", "", true, "Job", &["get", "patch", "update"], &[]),
+        ],
+    })
+}

@@ -1,0 +1,283 @@
+//! What create, patch and delete do beyond storing an object: a create's checks, defaults
+//! and admission, then the kubelet or the job controller; a patch as JSON merge patch or JSON
+//! patch; a delete's propagation policy and what it sets going.
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::Params;
+use crate::errors::ApiError;
+use crate::meta;
+use crate::store::Res;
+use crate::{admission, jobs, kubelet, Inner};
+
+/// PATCH bodies are applied as JSON merge patches (strategic merge patches included, which
+/// then replace lists instead of merging them) and as JSON patches when the body is an array;
+/// `decode` then sees the patched object, as the API server decodes the result of a patch.
+pub(super) fn patch(
+    inner: &Arc<Inner>,
+    res: Res,
+    ns: &str,
+    name: &str,
+    body: &Value,
+    decode: impl FnOnce(&mut Value) -> Result<(), ApiError>,
+) -> Result<Value, ApiError> {
+    inner.store.update(res, ns, name, None, |obj| {
+        if let Value::Array(ops) = body {
+            json_patch(obj, ops)?;
+        } else {
+            meta::merge_patch(obj, body);
+        }
+        decode(obj)
+    })
+}
+
+/// A small RFC 6902 subset: add, replace and remove on object paths and array indexes.
+fn json_patch(obj: &mut Value, ops: &[Value]) -> Result<(), ApiError> {
+    for op in ops {
+        let path = op["path"].as_str().unwrap_or("");
+        let parts: Vec<String> = path
+            .split('/')
+            .skip(1)
+            .map(|p| p.replace("~1", "/").replace("~0", "~"))
+            .collect();
+        let Some((last, parents)) = parts.split_last() else {
+            return Err(ApiError::bad_request("empty JSON patch path"));
+        };
+        let mut cur = &mut *obj;
+        for p in parents {
+            cur = match cur {
+                Value::Object(m) => m.entry(p.clone()).or_insert(json!({})),
+                Value::Array(a) => p
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|i| a.get_mut(i))
+                    .ok_or_else(|| ApiError::bad_request(format!("no path {path}")))?,
+                _ => return Err(ApiError::bad_request(format!("no path {path}"))),
+            };
+        }
+        match (op["op"].as_str().unwrap_or(""), cur) {
+            ("add" | "replace", Value::Object(m)) => {
+                m.insert(last.clone(), op["value"].clone());
+            }
+            ("add", Value::Array(a)) if last == "-" => a.push(op["value"].clone()),
+            ("add" | "replace", Value::Array(a)) => {
+                let i: usize = last
+                    .parse()
+                    .map_err(|_| ApiError::bad_request(format!("bad index in {path}")))?;
+                if i < a.len() {
+                    a[i] = op["value"].clone();
+                } else {
+                    a.push(op["value"].clone());
+                }
+            }
+            ("remove", Value::Object(m)) => {
+                m.remove(last);
+            }
+            ("remove", Value::Array(a)) => {
+                if let Ok(i) = last.parse::<usize>() {
+                    if i < a.len() {
+                        a.remove(i);
+                    }
+                }
+            }
+            (other, _) => {
+                return Err(ApiError::bad_request(format!(
+                    "unsupported JSON patch op {other:?} at {path}"
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Fills a namespace's defaults.
+pub(crate) fn default_namespace(mut obj: Value) -> Value {
+    let name = obj["metadata"]["name"].as_str().unwrap_or("").to_owned();
+    obj["metadata"]["labels"]["kubernetes.io/metadata.name"] = json!(name);
+    obj["spec"] = json!({"finalizers": ["kubernetes"]});
+    obj["status"] = json!({"phase": "Active"});
+    obj
+}
+
+/// How long a new claim stays Pending ([`crate::Sim::bind_claims_after`]).
+fn pending_claim_delay(inner: &Inner) -> Option<std::time::Duration> {
+    *inner
+        .claim_bind_delay
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Creates an object of `res` in `ns` from `body` (checked, defaulted and admitted first);
+/// nothing is stored on a dry run.
+pub(super) async fn create(
+    inner: &Arc<Inner>,
+    res: Res,
+    ns: &str,
+    mut body: Value,
+    dry_run: bool,
+) -> Result<Value, ApiError> {
+    if !body.is_object() {
+        return Err(ApiError::bad_request("the body must be a JSON object"));
+    }
+    if let Some(kind) = body["kind"].as_str() {
+        if kind != res.kind() {
+            return Err(ApiError::bad_request(format!(
+                "the kind {kind:?} of the object does not match the resource {}",
+                res.plural()
+            )));
+        }
+    }
+    if let Some(body_ns) = body["metadata"]["namespace"].as_str() {
+        if res.namespaced() && !body_ns.is_empty() && body_ns != ns {
+            return Err(ApiError::bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ));
+        }
+    }
+    let name = body["metadata"]["name"].as_str().unwrap_or("").to_owned();
+    body = match res {
+        Res::Namespace => default_namespace(body),
+        Res::Pod => {
+            let mut pod = kubelet::default_pod(body, &name)?;
+            admission::admit_pod(inner, ns, &mut pod)?;
+            pod
+        }
+        Res::Pvc => {
+            let mut pvc = kubelet::default_pvc(body, &name)?;
+            if pending_claim_delay(inner).is_some() {
+                kubelet::unbind(&mut pvc);
+            }
+            pvc
+        }
+        Res::Job => jobs::default_job(body, &name)?,
+        Res::Node | Res::Event | Res::LimitRange => body,
+        Res::ResourceQuota => {
+            let mut quota = body;
+            quota["status"] = json!({"hard": quota["spec"]["hard"], "used": {}});
+            quota
+        }
+    };
+    if dry_run {
+        return Ok(body);
+    }
+    if res == Res::Job {
+        // The job's uid labels its pod template: fill it in before anyone sees the job.
+        let created = inner.store.create_with(res, ns, body, |obj| {
+            let name = obj["metadata"]["name"].as_str().unwrap_or("").to_owned();
+            let uid = obj["metadata"]["uid"].as_str().unwrap_or("").to_owned();
+            jobs::label_template(obj, &name, &uid);
+        })?;
+        let name = created["metadata"]["name"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        // Create the first pod at once, so `kubectl wait -l job-name=...` right after
+        // `kubectl create` finds it.
+        jobs::reconcile(inner);
+        return Ok(inner.store.get(res, ns, &name).unwrap_or(created));
+    }
+    let created = inner.store.create(res, ns, body)?;
+    if res == Res::Pvc {
+        if let Err(e) = kubelet::create_claim_volume(inner, &created).await {
+            let name = created["metadata"]["name"].as_str().unwrap_or("");
+            inner.store.remove(res, ns, name);
+            return Err(e);
+        }
+        if let Some(delay) = pending_claim_delay(inner) {
+            kubelet::bind_later(inner, &created, delay);
+        }
+    }
+    if res == Res::Pod {
+        kubelet::ensure_workers(inner);
+    }
+    Ok(created)
+}
+
+/// How dependents are handled when deleting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Propagation {
+    Orphan,
+    Background,
+    Foreground,
+}
+
+/// Deletes object `name` by the propagation policy the request asks for (or the
+/// resource's default), checking its preconditions.
+pub(super) async fn delete(
+    inner: &Arc<Inner>,
+    res: Res,
+    ns: &str,
+    name: &str,
+    params: &Params,
+    body: &Value,
+) -> Result<Value, ApiError> {
+    let policy = body["propagationPolicy"]
+        .as_str()
+        .or_else(|| params.get("propagationPolicy"))
+        .map(str::to_owned);
+    let orphan_flag = body["orphanDependents"]
+        .as_bool()
+        .or_else(|| params.get("orphanDependents").map(|v| v == "true"));
+    let policy = match (policy.as_deref(), orphan_flag) {
+        (Some("Foreground"), _) => Propagation::Foreground,
+        (Some("Background"), _) => Propagation::Background,
+        (Some("Orphan"), _) | (None, Some(true)) => Propagation::Orphan,
+        (Some(other), _) => {
+            return Err(ApiError::bad_request(format!(
+                "unknown propagationPolicy {other:?}"
+            )))
+        }
+        // batch/v1 jobs orphan their pods by default; everything else deletes in background.
+        (None, _) if res == Res::Job => Propagation::Orphan,
+        (None, _) => Propagation::Background,
+    };
+    if let Some(pre) = body["preconditions"]["uid"].as_str() {
+        let current = inner
+            .store
+            .get(res, ns, name)
+            .ok_or_else(|| ApiError::not_found(res, name))?;
+        if current["metadata"]["uid"].as_str() != Some(pre) {
+            return Err(ApiError::conflict(res, name));
+        }
+    }
+    match res {
+        Res::Namespace => {
+            if matches!(name, "default" | "kube-system" | "kube-public") {
+                return Err(ApiError::forbidden(
+                    res,
+                    name,
+                    "this namespace may not be deleted",
+                ));
+            }
+            let obj = inner.store.update(res, "", name, None, |obj| {
+                if obj["metadata"]["deletionTimestamp"].is_null() {
+                    obj["metadata"]["deletionTimestamp"] = json!(meta::now_rfc3339());
+                    obj["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+                }
+                obj["status"]["phase"] = json!("Terminating");
+                Ok(())
+            })?;
+            jobs::reconcile(inner);
+            Ok(obj)
+        }
+        Res::Pod => {
+            jobs::count_deleted_pod(inner, ns, name);
+            kubelet::delete_pod(inner, ns, name)
+        }
+        Res::Pvc => {
+            let obj = inner
+                .store
+                .remove(res, ns, name)
+                .ok_or_else(|| ApiError::not_found(res, name))?;
+            kubelet::remove_claim_volume(inner, &obj);
+            Ok(obj)
+        }
+        Res::Job => jobs::delete_job(inner, ns, name, policy),
+        Res::Node | Res::Event | Res::ResourceQuota | Res::LimitRange => inner
+            .store
+            .remove(res, ns, name)
+            .ok_or_else(|| ApiError::not_found(res, name)),
+    }
+}
