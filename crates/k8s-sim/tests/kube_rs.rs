@@ -4,8 +4,6 @@
 
 use std::time::Duration;
 
-use berth_engine_core::testkit::ensure_test_image;
-use berth_engine_docker::{DockerConfig, DockerEngine};
 use berth_k8s_sim::Sim;
 use futures_util::{StreamExt, TryStreamExt};
 use k8s_openapi::api::authorization::v1::{
@@ -16,6 +14,8 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, AttachParams, DeleteParams, ListParams, LogParams, PostParams};
 use kube::runtime::{conditions, wait::await_condition, watcher, WatchStreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+mod support;
 
 async fn client(sim: &Sim) -> kube::Client {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -30,10 +30,7 @@ async fn client(sim: &Sim) -> kube::Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_rs_round_trip() {
-    let engine = DockerEngine::connect(&DockerConfig::default())
-        .await
-        .unwrap_or_else(|e| panic!("these tests need a running Docker daemon: {e}"));
-    ensure_test_image(&engine).await.expect("test image");
+    support::ensure_image().await;
     let sim = Sim::start().await.expect("the simulator starts");
     let client = client(&sim).await;
     let version = client.apiserver_version().await.expect("version");

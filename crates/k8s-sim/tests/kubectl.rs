@@ -9,15 +9,13 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use berth_engine_core::testkit::ensure_test_image;
-use berth_engine_docker::{DockerConfig, DockerEngine};
 use berth_k8s_sim::{Sim, INSTANCE_LABEL};
-use bollard::query_parameters::{ListContainersOptions, ListVolumesOptions};
 
 const IMAGE: &str = berth_engine_core::testkit::TEST_IMAGE;
 
 #[path = "kubectl/simproto.rs"]
 mod simproto;
+mod support;
 
 /// The kubectl binary of minor version `minor`.
 fn kubectl_binary(minor: u32) -> PathBuf {
@@ -53,16 +51,7 @@ struct Cluster {
 
 async fn cluster(minor: u32) -> Cluster {
     let kubectl = kubectl_binary(minor);
-    let engine = DockerEngine::connect(&DockerConfig::default())
-        .await
-        .unwrap_or_else(|e| panic!("these tests need a running Docker daemon: {e}"));
-    ensure_test_image(&engine)
-        .await
-        .unwrap_or_else(|e| panic!("building the test image failed: {e}"));
-    let sim = Sim::start().await.expect("the simulator starts");
-    let dir = tempfile::tempdir().expect("tempdir");
-    sim.write_kubeconfig(&dir.path().join("kubeconfig"))
-        .expect("kubeconfig");
+    let support::Started { sim, dir } = support::start_sim().await;
     Cluster { sim, dir, kubectl }
 }
 
@@ -148,24 +137,52 @@ impl Cluster {
         }
     }
 
+    /// Waits until the pod of job `job` is Ready; returns its name.
+    fn wait_job_ready(&self, job: &str) -> String {
+        let selector = format!("job-name={job}");
+        self.ok(&[
+            "wait",
+            "--for=condition=Ready",
+            "pod",
+            "-l",
+            &selector,
+            "--timeout=60s",
+        ]);
+        self.pod_of_job(job)
+    }
+
+    /// The simulator's Docker containers, running or not.
     async fn containers(&self) -> Vec<bollard::models::ContainerSummary> {
-        let docker = bollard::Docker::connect_with_local_defaults()
-            .expect("docker")
-            .negotiate_version()
-            .await
-            .expect("docker version");
-        let filter = std::collections::HashMap::from([(
-            "label".to_owned(),
-            vec![format!("{INSTANCE_LABEL}={}", self.sim.instance_id())],
-        )]);
-        docker
-            .list_containers(Some(ListContainersOptions {
-                all: true,
-                filters: Some(filter),
-                ..Default::default()
-            }))
-            .await
-            .expect("list containers")
+        let instance = support::instance_label(self.sim.instance_id());
+        support::containers_labelled(&support::docker().await, &[instance]).await
+    }
+
+    /// `kubectl get KIND NAME -o jsonpath=PATH`.
+    fn get(&self, kind: &str, name: &str, path: &str) -> String {
+        self.ok(&["get", kind, name, "-o", &format!("jsonpath={path}")])
+    }
+
+    /// Waits until job `job` has failed; returns the reason of its `Failed` condition.
+    fn wait_job_failed(&self, job: &str) -> String {
+        let job = format!("job/{job}");
+        self.ok(&["wait", "--for=condition=Failed", &job, "--timeout=60s"]);
+        self.ok(&[
+            "get",
+            &job,
+            "-o",
+            r#"jsonpath={.status.conditions[?(@.type=="Failed")].reason}"#,
+        ])
+    }
+
+    /// Waits until job `job` has no pods left.
+    fn wait_job_pods_gone(&self, job: &str) {
+        let selector = format!("job-name={job}");
+        eventually(Duration::from_secs(30), || {
+            self.ok(&["get", "pods", "-l", &selector, "-o", "name"])
+                .trim()
+                .is_empty()
+                .then_some(())
+        });
     }
 }
 
@@ -217,15 +234,7 @@ async fn job_lifecycle(minor: u32) {
         "job",
         &job_yaml("work", IMAGE, "echo started; echo to-stderr >&2; sleep 600"),
     );
-    c.ok(&[
-        "wait",
-        "--for=condition=Ready",
-        "pod",
-        "-l",
-        "job-name=work",
-        "--timeout=60s",
-    ]);
-    let pod = c.pod_of_job("work");
+    let pod = c.wait_job_ready("work");
 
     // exec: exit code and streams.
     let out = c.run(&[
@@ -347,7 +356,7 @@ async fn logs_follow(minor: u32) {
         "job/talk",
         "--timeout=60s",
     ]);
-    let status = c.ok(&["get", "pod", &pod, "-o", "jsonpath={.status.phase}"]);
+    let status = c.get("pod", &pod, "{.status.phase}");
     assert_eq!(status, "Succeeded");
     let table = c.ok(&["get", "pods"]);
     assert!(table.contains("Completed"), "table: {table}");
@@ -442,37 +451,27 @@ spec:
     });
     let huge = c.pod_of_job("huge");
     let message = eventually(Duration::from_secs(30), || {
-        let m = c.ok(&[
-            "get",
+        let m = c.get(
             "pod",
             &huge,
-            "-o",
-            r#"jsonpath={.status.conditions[?(@.type=="PodScheduled")].message}"#,
-        ]);
+            r#"{.status.conditions[?(@.type=="PodScheduled")].message}"#,
+        );
         (!m.is_empty()).then_some(m)
     });
     assert!(
         message.starts_with("0/1 nodes are available: 1 Insufficient cpu."),
         "{message}"
     );
-    let reason = c.ok(&[
-        "get",
-        "pod",
-        &huge,
-        "-o",
-        r#"jsonpath={.status.phase} {.status.conditions[?(@.type=="PodScheduled")].reason} {.status.conditions[?(@.type=="PodScheduled")].status}"#,
-    ]);
+    let reason = c.get("pod", &huge, r#"{.status.phase} {.status.conditions[?(@.type=="PodScheduled")].reason} {.status.conditions[?(@.type=="PodScheduled")].status}"#);
     assert_eq!(reason, "Pending Unschedulable False");
     let table = c.ok(&["get", "pods", &huge]);
     assert!(table.contains("Pending"), "{table}");
     let message = eventually(Duration::from_secs(30), || {
-        let m = c.ok(&[
-            "get",
+        let m = c.get(
             "pod",
             "nopvc",
-            "-o",
-            r#"jsonpath={.status.conditions[?(@.type=="PodScheduled")].message}"#,
-        ]);
+            r#"{.status.conditions[?(@.type=="PodScheduled")].message}"#,
+        );
         (!m.is_empty()).then_some(m)
     });
     assert!(
@@ -554,33 +553,18 @@ async fn authorization(minor: u32) {
     c.ok(&["create", "-f", manifest, "--dry-run=server"]);
 }
 
+/// The tests run with each kubectl version: a module per version, a test per case.
 macro_rules! per_version {
     ($($module:ident => $minor:expr),* $(,)?) => {$(
         mod $module {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn job_lifecycle() {
-                super::job_lifecycle($minor).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn logs_follow() {
-                super::logs_follow($minor).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn get_watch() {
-                super::get_watch($minor).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn failure_states() {
-                super::failure_states($minor).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn authorization() {
-                super::authorization($minor).await;
-            }
+            per_version!(@cases $minor;
+                job_lifecycle, logs_follow, get_watch, failure_states, authorization);
+        }
+    )*};
+    (@cases $minor:expr; $($case:ident),*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $case() {
+            super::$case($minor).await;
         }
     )*};
 }
@@ -596,14 +580,7 @@ async fn drop_removes_docker_objects() {
         "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: data\nspec:\n  accessModes: [ReadWriteOnce]\n  resources: {requests: {storage: 1Gi}}\n",
     );
     c.apply_yaml("job", &job_yaml("left", IMAGE, "sleep 600"));
-    c.ok(&[
-        "wait",
-        "--for=condition=Ready",
-        "pod",
-        "-l",
-        "job-name=left",
-        "--timeout=60s",
-    ]);
+    c.wait_job_ready("left");
     assert_eq!(c.containers().await.len(), 1);
     let id = c.sim.instance_id().to_owned();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
@@ -611,41 +588,28 @@ async fn drop_removes_docker_objects() {
         panic!("a failing test");
     }));
     assert!(outcome.is_err());
-    let docker = bollard::Docker::connect_with_local_defaults()
-        .expect("docker")
-        .negotiate_version()
-        .await
-        .expect("docker version");
-    let filter = std::collections::HashMap::from([(
-        "label".to_owned(),
-        vec![format!("{INSTANCE_LABEL}={id}")],
-    )]);
-    let containers = docker
-        .list_containers(Some(ListContainersOptions {
-            all: true,
-            filters: Some(filter.clone()),
-            ..Default::default()
-        }))
-        .await
-        .expect("list");
+    let docker = support::docker().await;
+    let instance = [support::instance_label(&id)];
+    let containers = support::containers_labelled(&docker, &instance).await;
     assert!(containers.is_empty(), "{containers:?}");
-    let volumes = docker
-        .list_volumes(Some(ListVolumesOptions {
-            filters: Some(filter),
-        }))
-        .await
-        .expect("volumes");
-    assert!(volumes.volumes.unwrap_or_default().is_empty());
+    let volumes = support::volumes_labelled(&docker, &instance).await;
+    assert!(volumes.is_empty(), "{volumes:?}");
 }
 
-/// One HTTP/1.1 request on a fresh connection: the status code and the body.
-fn raw_http(base_url: &str, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+/// One HTTP/1.1 request on a fresh connection: the status code, the head (for headers) and
+/// the body (de-chunked).
+fn http(
+    base_url: &str,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &str,
+) -> (u16, String, String) {
     use std::io::Read;
     let addr = base_url.trim_start_matches("http://");
     let mut stream = std::net::TcpStream::connect(addr).expect("connect");
-    let body = body.unwrap_or("");
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(request.as_bytes()).expect("send");
@@ -657,17 +621,40 @@ fn raw_http(base_url: &str, method: &str, path: &str, body: Option<&str>) -> (u1
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let chunked = head
+    let body = if head
         .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
-    (
-        code,
-        if chunked {
-            dechunk(body)
-        } else {
-            body.to_owned()
-        },
-    )
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    (code, head.to_owned(), body)
+}
+
+/// [`http`] with a JSON body (or none): the status code and the body.
+fn raw_http(base_url: &str, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    let (code, _, body) = http(
+        base_url,
+        method,
+        path,
+        "application/json",
+        body.unwrap_or(""),
+    );
+    (code, body)
+}
+
+/// The `type` of each event of a watch stream's body.
+fn event_types(body: &str) -> Vec<String> {
+    body.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|e| e["type"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+/// [`raw_http`] `GET` without a body.
+fn http_get(base_url: &str, path: &str) -> (u16, String) {
+    raw_http(base_url, "GET", path, None)
 }
 
 /// Decodes an HTTP/1.1 chunked body.
@@ -717,10 +704,7 @@ async fn deny_list() {
     );
     assert_eq!(s["details"], serde_json::json!({"kind": "namespaces"}));
     // A namespace is its own namespace (get is not list).
-    assert_eq!(
-        raw_http(&url, "GET", "/api/v1/namespaces/default", None).0,
-        200
-    );
+    assert_eq!(http_get(&url, "/api/v1/namespaces/default").0, 200);
     c.sim.deny("get", "namespaces");
     let s = forbidden("GET", "/api/v1/namespaces/default", None);
     assert_eq!(
@@ -728,11 +712,11 @@ async fn deny_list() {
         r#"namespaces "default" is forbidden: User "system:anonymous" cannot get resource "namespaces" in API group "" in the namespace "default""#
     );
     c.sim.allow("list", "namespaces");
-    assert_eq!(raw_http(&url, "GET", "/api/v1/namespaces", None).0, 200);
+    assert_eq!(http_get(&url, "/api/v1/namespaces").0, 200);
 
     // list and watch are different verbs; so are delete and deletecollection.
     c.sim.deny("watch", "pods");
-    assert_eq!(raw_http(&url, "GET", pods, None).0, 200);
+    assert_eq!(http_get(&url, pods).0, 200);
     forbidden("GET", &format!("{pods}?watch=1"), None);
     let s = forbidden("GET", "/api/v1/pods?watch=true", None);
     assert!(
@@ -784,7 +768,7 @@ async fn deny_list() {
             .contains(r#"cannot get resource "pods/log""#),
         "{s}"
     );
-    assert_eq!(raw_http(&url, "GET", &format!("{pods}/p1"), None).0, 404);
+    assert_eq!(http_get(&url, &format!("{pods}/p1")).0, 404);
     c.sim.deny("patch", "jobs/status");
     let s = forbidden(
         "PATCH",
@@ -801,10 +785,7 @@ async fn deny_list() {
     );
     // Unknown resources stay 404.
     c.sim.deny("list", "services");
-    assert_eq!(
-        raw_http(&url, "GET", "/api/v1/namespaces/default/services", None).0,
-        404
-    );
+    assert_eq!(http_get(&url, "/api/v1/namespaces/default/services").0, 404);
 
     // SelfSubjectAccessReview, as kubectl sends it.
     let review = |verb: &str, group: &str, resource: &str, sub: &str| {
@@ -845,16 +826,14 @@ async fn deny_list() {
     );
     assert_eq!(code, 422, "{body}");
     assert_eq!(status_of(&body)["reason"], "Invalid");
-    let (code, _) = raw_http(
+    let (code, _) = http_get(
         &url,
-        "GET",
         "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
-        None,
     );
     assert_eq!(code, 405);
 
     // Discovery.
-    let (_, body) = raw_http(&url, "GET", "/apis", None);
+    let (_, body) = http_get(&url, "/apis");
     let groups: serde_json::Value = serde_json::from_str(&body).expect("json");
     assert!(
         groups["groups"]
@@ -865,9 +844,9 @@ async fn deny_list() {
                 && g["preferredVersion"]["groupVersion"] == "authorization.k8s.io/v1"),
         "{groups}"
     );
-    let (code, body) = raw_http(&url, "GET", "/apis/authorization.k8s.io", None);
+    let (code, body) = http_get(&url, "/apis/authorization.k8s.io");
     assert_eq!(code, 200, "{body}");
-    let (_, body) = raw_http(&url, "GET", "/apis/authorization.k8s.io/v1", None);
+    let (_, body) = http_get(&url, "/apis/authorization.k8s.io/v1");
     let list: serde_json::Value = serde_json::from_str(&body).expect("json");
     assert_eq!(list["resources"][0]["name"], "selfsubjectaccessreviews");
     assert_eq!(list["resources"][0]["kind"], "SelfSubjectAccessReview");
@@ -886,7 +865,7 @@ async fn deny_list() {
 async fn api_semantics() {
     let c = cluster(32).await;
     let url = c.sim.base_url().to_owned();
-    let (code, body) = raw_http(&url, "GET", "/api/v1/namespaces/default/pods/nope", None);
+    let (code, body) = http_get(&url, "/api/v1/namespaces/default/pods/nope");
     assert_eq!(code, 404);
     let s = status_of(&body);
     assert_eq!(s["reason"], "NotFound");
@@ -895,12 +874,7 @@ async fn api_semantics() {
     assert_eq!(s["details"]["name"], "nope");
     assert_eq!(s["details"]["kind"], "pods");
 
-    let (code, body) = raw_http(
-        &url,
-        "GET",
-        "/apis/batch/v1/namespaces/default/jobs/nope",
-        None,
-    );
+    let (code, body) = http_get(&url, "/apis/batch/v1/namespaces/default/jobs/nope");
     assert_eq!(code, 404);
     assert_eq!(
         status_of(&body)["message"],
@@ -961,7 +935,7 @@ async fn api_semantics() {
 
     // Selectors.
     let list = |q: &str| {
-        let (code, body) = raw_http(&url, "GET", &format!("{path}?{q}"), None);
+        let (code, body) = http_get(&url, &format!("{path}?{q}"));
         assert_eq!(code, 200, "{body}");
         let v: serde_json::Value = serde_json::from_str(&body).expect("json");
         v["items"]
@@ -981,43 +955,25 @@ async fn api_semantics() {
     // A watch from rv1 replays the update, then the deletion arrives live.
     let (code, _) = raw_http(&url, "DELETE", &format!("{path}/c1"), None);
     assert_eq!(code, 200);
-    let (code, body) = raw_http(
+    let (code, body) = http_get(
         &url,
-        "GET",
         &format!("{path}?watch=1&resourceVersion={rv1}&timeoutSeconds=1"),
-        None,
     );
     assert_eq!(code, 200);
-    let types: Vec<String> = body
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .map(|e| e["type"].as_str().unwrap_or("").to_owned())
-        .collect();
+    let types = event_types(&body);
     assert_eq!(types, ["MODIFIED", "DELETED"], "{body}");
     // Through a selector, the relabel (tier a -> b) brings the claim in: ADDED.
-    let (_, body) = raw_http(
+    let (_, body) = http_get(
         &url,
-        "GET",
         &format!("{path}?watch=1&resourceVersion={rv1}&timeoutSeconds=1&labelSelector=tier%3Db"),
-        None,
     );
-    let types: Vec<String> = body
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .map(|e| e["type"].as_str().unwrap_or("").to_owned())
-        .collect();
+    let types = event_types(&body);
     assert_eq!(types, ["ADDED", "DELETED"], "{body}");
-    let (_, body) = raw_http(
+    let (_, body) = http_get(
         &url,
-        "GET",
         &format!("{path}?watch=1&resourceVersion={rv1}&timeoutSeconds=1&labelSelector=tier%3Da"),
-        None,
     );
-    let types: Vec<String> = body
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .map(|e| e["type"].as_str().unwrap_or("").to_owned())
-        .collect();
+    let types = event_types(&body);
     assert_eq!(types, ["DELETED"], "the relabel takes it out: {body}");
 }
 
@@ -1087,28 +1043,13 @@ spec:
         nodes.contains("berth-sim-node") && nodes.contains("Ready"),
         "{nodes}"
     );
-    let claim = c.ok(&["get", "pvc", "data", "-o", "jsonpath={.status.phase}"]);
+    let claim = c.get("pvc", "data", "{.status.phase}");
     assert_eq!(claim, "Bound");
-    let docker = bollard::Docker::connect_with_local_defaults()
-        .expect("docker")
-        .negotiate_version()
-        .await
-        .expect("docker version");
-    let filter = std::collections::HashMap::from([(
-        "label".to_owned(),
-        vec![
-            format!("{INSTANCE_LABEL}={}", c.sim.instance_id()),
-            "app.kubernetes.io/managed-by=berth".to_owned(),
-        ],
-    )]);
-    let volumes = docker
-        .list_volumes(Some(ListVolumesOptions {
-            filters: Some(filter),
-        }))
-        .await
-        .expect("volumes")
-        .volumes
-        .unwrap_or_default();
+    let labels = [
+        support::instance_label(c.sim.instance_id()),
+        "app.kubernetes.io/managed-by=berth".to_owned(),
+    ];
+    let volumes = support::volumes_labelled(&support::docker().await, &labels).await;
     assert_eq!(volumes.len(), 1, "the claim's volume carries its labels");
     c.ok(&["delete", "pod", "user", "--timeout=60s"]);
     c.ok(&["delete", "pvc", "data", "--timeout=60s"]);
@@ -1147,40 +1088,16 @@ async fn job_controller() {
         ),
     );
 
-    c.ok(&[
-        "wait",
-        "--for=condition=Failed",
-        "job/slow",
-        "--timeout=60s",
-    ]);
-    let reason = c.ok(&[
-        "get",
-        "job",
-        "slow",
-        "-o",
-        r#"jsonpath={.status.conditions[?(@.type=="Failed")].reason}"#,
-    ]);
+    let reason = c.wait_job_failed("slow");
     assert_eq!(reason, "DeadlineExceeded");
-    eventually(Duration::from_secs(30), || {
-        c.ok(&["get", "pods", "-l", "job-name=slow", "-o", "name"])
-            .trim()
-            .is_empty()
-            .then_some(())
-    });
+    c.wait_job_pods_gone("slow");
 
-    c.ok(&[
-        "wait",
-        "--for=condition=Failed",
-        "job/flaky",
-        "--timeout=60s",
-    ]);
-    let flaky = c.ok(&[
-        "get",
+    c.wait_job_failed("flaky");
+    let flaky = c.get(
         "job",
         "flaky",
-        "-o",
-        r#"jsonpath={.status.failed} {.status.conditions[?(@.type=="Failed")].reason}"#,
-    ]);
+        r#"{.status.failed} {.status.conditions[?(@.type=="Failed")].reason}"#,
+    );
     assert_eq!(flaky, "2 BackoffLimitExceeded");
     let pods = c.ok(&["get", "pods", "-l", "job-name=flaky", "-o", "name"]);
     assert_eq!(pods.lines().count(), 2, "{pods}");
@@ -1193,21 +1110,9 @@ async fn job_controller() {
         String::from_utf8_lossy(&gone.stderr).contains(r#"jobs.batch "brief" not found"#),
         "{gone:?}"
     );
-    eventually(Duration::from_secs(30), || {
-        c.ok(&["get", "pods", "-l", "job-name=brief", "-o", "name"])
-            .trim()
-            .is_empty()
-            .then_some(())
-    });
+    c.wait_job_pods_gone("brief");
 
-    c.ok(&[
-        "wait",
-        "--for=condition=Ready",
-        "pod",
-        "-l",
-        "job-name=parent",
-        "--timeout=60s",
-    ]);
+    c.wait_job_ready("parent");
     // A suspended job has no pod until it is resumed.
     c.ok(&[
         "wait",
@@ -1304,15 +1209,7 @@ async fn exec_protocols_and_bookmarks() {
     let c = cluster(32).await;
     let url = c.sim.base_url().to_owned();
     c.apply_yaml("job", &job_yaml("ws", IMAGE, "sleep 600"));
-    c.ok(&[
-        "wait",
-        "--for=condition=Ready",
-        "pod",
-        "-l",
-        "job-name=ws",
-        "--timeout=60s",
-    ]);
-    let pod = c.pod_of_job("ws");
+    let pod = c.wait_job_ready("ws");
     let base = format!("/api/v1/namespaces/default/pods/{pod}/exec");
 
     let failing = format!(
@@ -1352,11 +1249,9 @@ async fn exec_protocols_and_bookmarks() {
     );
 
     // A watch allowing bookmarks gets one within its period.
-    let (code, body) = raw_http(
+    let (code, body) = http_get(
         &url,
-        "GET",
         "/api/v1/namespaces/default/pods?watch=true&allowWatchBookmarks=true&timeoutSeconds=12",
-        None,
     );
     assert_eq!(code, 200);
     let bookmark = body
@@ -1449,12 +1344,8 @@ spec:
                 .is_some_and(|r| r == "shaped")
         })
         .expect("the shaped pod's container carries its labels");
-    let docker = bollard::Docker::connect_with_local_defaults()
-        .expect("docker")
-        .negotiate_version()
+    let inspect = support::docker()
         .await
-        .expect("docker version");
-    let inspect = docker
         .inspect_container(shaped.id.as_deref().unwrap_or(""), None)
         .await
         .expect("inspect");
@@ -1475,17 +1366,15 @@ spec:
     assert_eq!(config.working_dir.as_deref(), Some("/tmp"));
 
     let reason = eventually(Duration::from_secs(60), || {
-        let r = c.ok(&[
-            "get",
+        let r = c.get(
             "pod",
             "hog",
-            "-o",
-            "jsonpath={.status.containerStatuses[0].state.terminated.reason}",
-        ]);
+            "{.status.containerStatuses[0].state.terminated.reason}",
+        );
         (!r.is_empty()).then_some(r)
     });
     assert_eq!(reason, "OOMKilled");
-    let phase = c.ok(&["get", "pod", "hog", "-o", "jsonpath={.status.phase}"]);
+    let phase = c.get("pod", "hog", "{.status.phase}");
     assert_eq!(phase, "Failed");
     let table = c.ok(&["get", "pod", "hog"]);
     assert!(table.contains("OOMKilled"), "{table}");
@@ -1541,10 +1430,7 @@ async fn namespace_lifecycle() {
 /// next simulator to start removes them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_removes_objects_of_dead_simulators() {
-    let engine = DockerEngine::connect(&DockerConfig::default())
-        .await
-        .unwrap_or_else(|e| panic!("these tests need a running Docker daemon: {e}"));
-    ensure_test_image(&engine).await.expect("test image");
+    support::ensure_image().await;
     let mut child = Command::new("true").spawn().expect("spawn");
     let dead_pid = child.id();
     child.wait().expect("wait");
@@ -1555,11 +1441,7 @@ async fn start_removes_objects_of_dead_simulators() {
         .filter(char::is_ascii_alphanumeric)
         .collect();
     let instance = format!("orphan{}", std::process::id());
-    let docker = bollard::Docker::connect_with_local_defaults()
-        .expect("docker")
-        .negotiate_version()
-        .await
-        .expect("docker version");
+    let docker = support::docker().await;
     let labels = std::collections::HashMap::from([
         (INSTANCE_LABEL.to_owned(), instance.clone()),
         (
@@ -1583,25 +1465,14 @@ async fn start_removes_objects_of_dead_simulators() {
         )
         .await
         .expect("create the orphan");
-    let filter = std::collections::HashMap::from([(
-        "label".to_owned(),
-        vec![format!("{INSTANCE_LABEL}={instance}")],
-    )]);
-    let count = |docker: bollard::Docker,
-                 filter: std::collections::HashMap<String, Vec<String>>| async move {
-        docker
-            .list_containers(Some(ListContainersOptions {
-                all: true,
-                filters: Some(filter),
-                ..Default::default()
-            }))
-            .await
-            .expect("list")
-            .len()
-    };
-    assert_eq!(count(docker.clone(), filter.clone()).await, 1);
+    let orphan = [support::instance_label(&instance)];
+    assert_eq!(
+        support::containers_labelled(&docker, &orphan).await.len(),
+        1
+    );
     let sim = Sim::start().await.expect("start");
-    assert_eq!(count(docker.clone(), filter).await, 0, "the orphan is gone");
+    let left = support::containers_labelled(&docker, &orphan).await;
+    assert_eq!(left.len(), 0, "the orphan is gone");
     sim.shutdown().await;
 }
 
@@ -1643,57 +1514,30 @@ spec:
             .replace("restartPolicy: Never", "restartPolicy: OnFailure"),
     );
     let restarts = eventually(Duration::from_secs(60), || {
-        let r = c.ok(&[
-            "get",
+        let r = c.get(
             "pod",
             "crasher",
-            "-o",
-            "jsonpath={.status.containerStatuses[0].restartCount}",
-        ]);
+            "{.status.containerStatuses[0].restartCount}",
+        );
         r.parse::<u32>().ok().filter(|n| *n >= 1)
     });
     assert!(restarts >= 1);
     let previous = c.ok(&["logs", "crasher", "--previous"]);
     assert_eq!(previous, "ran\n");
-    let last = c.ok(&[
-        "get",
+    let last = c.get(
         "pod",
         "crasher",
-        "-o",
-        "jsonpath={.status.phase} {.status.containerStatuses[0].lastState.terminated.exitCode}",
-    ]);
+        "{.status.phase} {.status.containerStatuses[0].lastState.terminated.exitCode}",
+    );
     assert_eq!(last, "Running 1");
     let limited = eventually(Duration::from_secs(30), || {
-        let r = c.ok(&[
-            "get",
-            "pod",
-            "limited",
-            "-o",
-            "jsonpath={.status.phase} {.status.reason}",
-        ]);
+        let r = c.get("pod", "limited", "{.status.phase} {.status.reason}");
         r.starts_with("Failed").then_some(r)
     });
     assert_eq!(limited, "Failed DeadlineExceeded");
-    c.ok(&[
-        "wait",
-        "--for=condition=Failed",
-        "job/retry",
-        "--timeout=60s",
-    ]);
-    let reason = c.ok(&[
-        "get",
-        "job",
-        "retry",
-        "-o",
-        r#"jsonpath={.status.conditions[?(@.type=="Failed")].reason}"#,
-    ]);
+    let reason = c.wait_job_failed("retry");
     assert_eq!(reason, "BackoffLimitExceeded");
-    eventually(Duration::from_secs(30), || {
-        c.ok(&["get", "pods", "-l", "job-name=retry", "-o", "name"])
-            .trim()
-            .is_empty()
-            .then_some(())
-    });
+    c.wait_job_pods_gone("retry");
 }
 
 /// A pod manifest: container `main` of `image`, with `extra` YAML under the container.
@@ -1742,13 +1586,11 @@ async fn simwait_admission_and_pull_policy_through_kubectl() {
     assert!(c.ok(&["get", "quota,limits"]).contains("small"));
     // The LimitRange fills in the limit the quota asks for.
     c.apply_yaml("fits", &pod_yaml("fits", IMAGE, ""));
-    let limit = c.ok(&[
-        "get",
+    let limit = c.get(
         "pod",
         "fits",
-        "-o",
-        "jsonpath={.spec.containers[0].resources.limits.memory}",
-    ]);
+        "{.spec.containers[0].resources.limits.memory}",
+    );
     assert_eq!(limit, "64Mi");
     let path = c.dir.path().join("big.yaml");
     let big = pod_yaml(
@@ -1773,13 +1615,11 @@ async fn simwait_admission_and_pull_policy_through_kubectl() {
     );
     c.apply_yaml("never", &never);
     let reason = eventually(Duration::from_secs(30), || {
-        let r = c.ok(&[
-            "get",
+        let r = c.get(
             "pod",
             "never",
-            "-o",
-            "jsonpath={.status.containerStatuses[0].state.waiting.reason}",
-        ]);
+            "{.status.containerStatuses[0].state.waiting.reason}",
+        );
         (r == "ErrImageNeverPull").then_some(r)
     });
     assert_eq!(reason, "ErrImageNeverPull");

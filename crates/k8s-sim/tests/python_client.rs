@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use berth_engine_core::testkit::{ensure_test_image, TEST_IMAGE};
-use berth_engine_docker::{DockerConfig, DockerEngine};
-use berth_k8s_sim::Sim;
+use berth_engine_core::testkit::TEST_IMAGE;
+
+mod support;
 
 /// The first of `$BERTH_PYTHON`, `python3` on `PATH` and `/usr/bin/python3` that imports
 /// `kubernetes`.
@@ -39,14 +39,9 @@ fn python_with_client() -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simproto_official_python_client() {
     let python = python_with_client();
-    let engine = DockerEngine::connect(&DockerConfig::default())
-        .await
-        .unwrap_or_else(|e| panic!("these tests need a running Docker daemon: {e}"));
-    ensure_test_image(&engine).await.expect("the test image");
-    let sim = Sim::start().await.expect("the simulator starts");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = dir.path().join("kubeconfig");
-    sim.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+    let started = support::start_sim().await;
+    let kubeconfig = started.kubeconfig();
+    let support::Started { sim, dir } = started;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/client_check.py");
     let mut child = tokio::process::Command::new(&python);
     child

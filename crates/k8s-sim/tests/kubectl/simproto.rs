@@ -2,47 +2,11 @@
 //! validation, canonical quantities, YAML bodies, the version, what admission and the job
 //! controller add to pods, exec and logs before scheduling, and the exec stream options.
 
-use std::io::{Read, Write};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::{cluster, eventually, job_yaml, status_of, IMAGE};
-
-/// One HTTP/1.1 request on a fresh connection: the status code, the head (for headers) and
-/// the body.
-fn http(
-    base_url: &str,
-    method: &str,
-    path: &str,
-    content_type: &str,
-    body: &str,
-) -> (u16, String, String) {
-    let addr = base_url.trim_start_matches("http://");
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).expect("send");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read");
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        super::dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    (code, head.to_owned(), body)
-}
+use super::{cluster, eventually, http, job_yaml, status_of, IMAGE};
 
 fn warnings(head: &str) -> Vec<String> {
     head.lines()
@@ -266,12 +230,7 @@ async fn simproto_exec_and_logs_before_scheduling() {
             "command": ["sleep", "600"], "resources": {"requests": {"cpu": "100000"}}}]}});
     let (code, _, body) = http(&url, "POST", PODS, "application/json", &far.to_string());
     assert_eq!(code, 201, "{body}");
-    let (code, body) = super::raw_http(
-        &url,
-        "GET",
-        &format!("{PODS}/far/exec?command=true&stdout=true"),
-        None,
-    );
+    let (code, body) = super::http_get(&url, &format!("{PODS}/far/exec?command=true&stdout=true"));
     assert_eq!(code, 400, "{body}");
     assert_eq!(
         status_of(&body)["message"],
@@ -285,8 +244,7 @@ async fn simproto_exec_and_logs_before_scheduling() {
     );
     let (code, _, body) = http(&url, "GET", &format!("{PODS}/far/log"), "", "");
     assert_eq!((code, body.as_str()), (204, ""));
-    let (code, body) =
-        super::raw_http(&url, "GET", &format!("{PODS}/far/log?container=nope"), None);
+    let (code, body) = super::http_get(&url, &format!("{PODS}/far/log?container=nope"));
     assert_eq!(code, 400);
     assert_eq!(
         status_of(&body)["message"],
@@ -310,15 +268,7 @@ async fn simproto_exec_stream_options_and_text_frames() {
     let c = cluster(33).await;
     let url = c.sim.base_url().to_owned();
     c.apply_yaml("job", &job_yaml("ws", IMAGE, "sleep 600"));
-    c.ok(&[
-        "wait",
-        "--for=condition=Ready",
-        "pod",
-        "-l",
-        "job-name=ws",
-        "--timeout=60s",
-    ]);
-    let pod = c.pod_of_job("ws");
+    let pod = c.wait_job_ready("ws");
     let addr = url.trim_start_matches("http://").to_owned();
     let connect = |query: &str| {
         let mut request = format!("ws://{addr}{PODS}/{pod}/exec?{query}")
