@@ -68,14 +68,7 @@ pub(crate) async fn remove_orphans(docker: &Docker) {
         })
     };
     let mut dead = HashSet::new();
-    if let Ok(containers) = docker
-        .list_containers(Some(ListContainersOptions {
-            all: true,
-            filters: Some(filter.clone()),
-            ..Default::default()
-        }))
-        .await
-    {
+    if let Ok(containers) = list_all_containers(docker, &filter).await {
         for c in containers {
             if !alive(c.labels.as_ref()) {
                 if let Some(id) = c.labels.as_ref().and_then(|l| l.get(INSTANCE_LABEL)) {
@@ -113,14 +106,7 @@ pub(crate) async fn remove_instance(docker: &Docker, id: &str) {
 /// `labels` (`key=value` each).
 pub(crate) async fn remove_labelled(docker: &Docker, labels: Vec<String>) {
     let filter = HashMap::from([("label".to_owned(), labels)]);
-    if let Ok(containers) = docker
-        .list_containers(Some(ListContainersOptions {
-            all: true,
-            filters: Some(filter.clone()),
-            ..Default::default()
-        }))
-        .await
-    {
+    if let Ok(containers) = list_all_containers(docker, &filter).await {
         for c in containers {
             if let Some(cid) = c.id {
                 let _ = docker
@@ -148,4 +134,18 @@ pub(crate) async fn remove_labelled(docker: &Docker, labels: Vec<String>) {
                 .await;
         }
     }
+}
+
+/// The containers, running or not, that `filter` selects.
+async fn list_all_containers(
+    docker: &Docker,
+    filter: &HashMap<String, Vec<String>>,
+) -> Result<Vec<bollard::models::ContainerSummary>, bollard::errors::Error> {
+    docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(filter.clone()),
+            ..Default::default()
+        }))
+        .await
 }

@@ -24,6 +24,15 @@ fn wants_table(req: &Request<Incoming>) -> bool {
         .is_some_and(|a| a.contains("as=Table"))
 }
 
+/// `items` as the server-side table a client asked for, with the objects as its
+/// `includeObject` parameter says (`PartialObjectMetadata` by default).
+fn table_response(res: Res, items: &[Value], params: &Params, rv: Option<u64>) -> Response<Body> {
+    let include = params
+        .get("includeObject")
+        .unwrap_or("PartialObjectMetadata");
+    json_response(200, &tables::table(res, items, include, rv))
+}
+
 /// A request's label and field selectors.
 pub(super) struct Filter {
     labels: LabelSelector,
@@ -85,13 +94,7 @@ pub(super) async fn collection(
             let (items, rv) = inner.store.list(res, ns);
             let items: Vec<Value> = items.into_iter().filter(|o| filter.matches(o)).collect();
             if wants_table(&req) {
-                let include = params
-                    .get("includeObject")
-                    .unwrap_or("PartialObjectMetadata");
-                return Ok(json_response(
-                    200,
-                    &tables::table(res, &items, include, Some(rv)),
-                ));
+                return Ok(table_response(res, &items, &params, Some(rv)));
             }
             Ok(json_response(
                 200,
@@ -158,13 +161,7 @@ pub(super) async fn object(
                 .get(res, ns, name)
                 .ok_or_else(|| ApiError::not_found(res, name))?;
             if wants_table(&req) {
-                let include = params
-                    .get("includeObject")
-                    .unwrap_or("PartialObjectMetadata");
-                return Ok(json_response(
-                    200,
-                    &tables::table(res, &[obj], include, None),
-                ));
+                return Ok(table_response(res, &[obj], &params, None));
             }
             Ok(json_response(200, &obj))
         }
