@@ -43,31 +43,16 @@ impl Worker {
                     Err(CreateError::NeverPull(message)) => {
                         self.event("Warning", "ErrImageNeverPull", &message, "kubelet");
                         self.event("Warning", "Failed", "Error: ErrImageNeverPull", "kubelet");
-                        statuses[i].state = ContainerState::Waiting {
-                            reason: "ErrImageNeverPull".to_owned(),
-                            message: Some(message),
-                        };
-                        self.set_status(statuses, None)?;
+                        self.set_waiting(statuses, i, "ErrImageNeverPull", message)?;
                         tokio::time::sleep(Duration::from_secs(2)).await;
                     }
                     Err(CreateError::ImageMissing(message)) => {
                         self.event("Warning", "Failed", &message, "kubelet");
                         self.event("Warning", "Failed", "Error: ErrImagePull", "kubelet");
-                        statuses[i].state = ContainerState::Waiting {
-                            reason: "ErrImagePull".to_owned(),
-                            message: Some(message),
-                        };
-                        self.set_status(statuses, None)?;
+                        self.set_waiting(statuses, i, "ErrImagePull", message)?;
                         tokio::time::sleep(Duration::from_secs(1)).await;
-                        statuses[i].state = ContainerState::Waiting {
-                            reason: "ImagePullBackOff".to_owned(),
-                            message: Some(format!(
-                                "Back-off pulling image \"{}\"",
-                                statuses[i].image
-                            )),
-                        };
-                        self.set_status(statuses, None)?;
                         let msg = format!("Back-off pulling image \"{}\"", statuses[i].image);
+                        self.set_waiting(statuses, i, "ImagePullBackOff", msg.clone())?;
                         self.event("Normal", "BackOff", &msg, "kubelet");
                         self.event("Warning", "Failed", "Error: ImagePullBackOff", "kubelet");
                         let backoff = 2_u64.saturating_pow(attempt.min(4));
@@ -76,19 +61,11 @@ impl Worker {
                     }
                     Err(CreateError::Config(message)) => {
                         self.event("Warning", "Failed", &format!("Error: {message}"), "kubelet");
-                        statuses[i].state = ContainerState::Waiting {
-                            reason: "CreateContainerConfigError".to_owned(),
-                            message: Some(message),
-                        };
-                        self.set_status(statuses, None)?;
+                        self.set_waiting(statuses, i, "CreateContainerConfigError", message)?;
                         tokio::time::sleep(Duration::from_secs(2)).await;
                     }
                     Err(CreateError::Other(message)) => {
-                        statuses[i].state = ContainerState::Waiting {
-                            reason: "CreateContainerError".to_owned(),
-                            message: Some(message),
-                        };
-                        self.set_status(statuses, None)?;
+                        self.set_waiting(statuses, i, "CreateContainerError", message)?;
                         tokio::time::sleep(Duration::from_secs(2)).await;
                     }
                 }

@@ -48,34 +48,18 @@ pub(crate) fn default_pod_spec(spec: &mut Value) {
 
 /// Checks that the pod spec at `path` has containers, each with a name and an image.
 fn validate_pod_spec(spec: &Value, res: Res, name: &str, path: &str) -> Result<(), ApiError> {
+    let required = |field: String| {
+        ApiError::invalid(res, name, &field, "FieldValueRequired", "Required value")
+    };
     let containers = spec["containers"].as_array().filter(|c| !c.is_empty());
     let Some(containers) = containers else {
-        return Err(ApiError::invalid(
-            res,
-            name,
-            &format!("{path}.containers"),
-            "FieldValueRequired",
-            "Required value",
-        ));
+        return Err(required(format!("{path}.containers")));
     };
     for (i, c) in containers.iter().enumerate() {
-        if json_str(&c["name"]).is_empty() {
-            return Err(ApiError::invalid(
-                res,
-                name,
-                &format!("{path}.containers[{i}].name"),
-                "FieldValueRequired",
-                "Required value",
-            ));
-        }
-        if json_str(&c["image"]).is_empty() {
-            return Err(ApiError::invalid(
-                res,
-                name,
-                &format!("{path}.containers[{i}].image"),
-                "FieldValueRequired",
-                "Required value",
-            ));
+        for field in ["name", "image"] {
+            if json_str(&c[field]).is_empty() {
+                return Err(required(format!("{path}.containers[{i}].{field}")));
+            }
         }
     }
     Ok(())
@@ -149,4 +133,48 @@ pub(crate) fn default_pod(mut pod: Value, name: &str) -> Result<Value, ApiError>
     let qos = qos_class(&pod["spec"]);
     pod["status"] = json!({"phase": "Pending", "qosClass": qos});
     Ok(pod)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::default_pod;
+
+    fn refusal(spec: serde_json::Value) -> String {
+        let e = default_pod(json!({"spec": spec}), "p").expect_err("refused");
+        assert_eq!((e.code, e.reason), (422, "Invalid"));
+        e.message
+    }
+
+    #[test]
+    fn required_fields_are_named_in_order() {
+        assert_eq!(
+            refusal(json!({})),
+            "Pod \"p\" is invalid: spec.containers: Required value"
+        );
+        assert_eq!(
+            refusal(json!({"containers": [{"name": "a", "image": "i"}, {"image": "i"}]})),
+            "Pod \"p\" is invalid: spec.containers[1].name: Required value"
+        );
+        assert_eq!(
+            refusal(json!({"containers": [{"name": "a"}]})),
+            "Pod \"p\" is invalid: spec.containers[0].image: Required value"
+        );
+    }
+
+    #[test]
+    fn defaults_and_admission_fill_a_valid_pod() {
+        let pod = default_pod(
+            json!({"spec": {"containers": [{"name": "a", "image": "busybox"}]}}),
+            "p",
+        )
+        .expect("valid");
+        assert_eq!(pod["spec"]["restartPolicy"], "Always");
+        assert_eq!(pod["spec"]["containers"][0]["imagePullPolicy"], "Always");
+        assert_eq!(pod["spec"]["serviceAccountName"], "default");
+        assert_eq!(pod["spec"]["tolerations"].as_array().map(Vec::len), Some(2));
+        assert_eq!(pod["status"]["phase"], "Pending");
+        assert_eq!(pod["status"]["qosClass"], "BestEffort");
+    }
 }

@@ -114,6 +114,21 @@ pub(super) fn condition(
 }
 
 impl Worker {
+    /// Sets container `i` waiting for `reason` and writes the pod status.
+    pub(super) fn set_waiting(
+        &self,
+        statuses: &mut [ContainerStatus],
+        i: usize,
+        reason: &str,
+        message: String,
+    ) -> Result<Value, Stop> {
+        statuses[i].state = ContainerState::Waiting {
+            reason: reason.to_owned(),
+            message: Some(message),
+        };
+        self.set_status(statuses, None)
+    }
+
     /// Writes the pod status for containers `statuses`.
     pub(super) fn set_status(
         &self,
