@@ -41,7 +41,8 @@ pub fn kubernetes_config(config: &BerthConfig) -> KubernetesConfig {
 /// Connects to the engine `config.runner.backend` names.
 ///
 /// # Errors
-/// [`Error::Unavailable`] when the engine cannot be reached or configured.
+/// [`Error::Unavailable`](berth_engine_core::Error::Unavailable) when the engine cannot be
+/// reached or configured.
 pub async fn connect(config: &BerthConfig) -> Result<Arc<dyn ContainerEngine>> {
     match config.runner.backend {
         BackendKind::Docker => {

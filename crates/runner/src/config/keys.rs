@@ -1,5 +1,5 @@
 //! The keys of the schema, derived from the schema's own types: every section struct is
-//! declared through [`section!`](crate::config::keys), which lists its fields as it defines
+//! declared through the `section!` macro, which lists its fields as it defines
 //! them, and every field's type says what kind of value it takes. No list is kept by hand,
 //! so a new field is a known key (with the right value check) by being declared.
 

@@ -1,4 +1,4 @@
-//! berth's configuration: the schema of `config.example.yaml` ([`schema`](BerthConfig)),
+//! berth's configuration: the schema of `config.example.yaml` ([`BerthConfig`]),
 //! loaded in layers (built-in defaults < YAML file < `BERTH_*` environment variables <
 //! command-line flags) straight into typed values ([`HumanDuration`], [`CpuQuantity`],
 //! [`MemoryQuantity`], engine-core's `BackendKind`, `PullPolicy` and `SecurityProfile`), so

@@ -112,23 +112,36 @@ text_value!(
     "a duration like 90s, 30m, 1h30m, 24h or 2d"
 );
 
-/// A positive CPU quantity in millicores, written `500m`, `2` or `0.5`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct CpuQuantity(pub(super) u64);
+/// A newtype over a positive count of `$unit`, with a checked constructor and a getter.
+macro_rules! positive_count {
+    ($(#[$meta:meta])* $name:ident, $new:ident, $get:ident, $unit:literal) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(pub(super) u64);
 
-impl CpuQuantity {
-    /// `millis` millicores; `None` for zero.
-    #[must_use]
-    pub fn from_millis(millis: u64) -> Option<Self> {
-        (millis > 0).then_some(Self(millis))
-    }
+        impl $name {
+            #[doc = concat!("`n` ", $unit, "; `None` for zero.")]
+            #[must_use]
+            pub fn $new(n: u64) -> Option<Self> {
+                (n > 0).then_some(Self(n))
+            }
 
-    /// Millicores (1000 per core).
-    #[must_use]
-    pub fn millis(self) -> u64 {
-        self.0
-    }
+            #[doc = concat!("The quantity in ", $unit, ".")]
+            #[must_use]
+            pub fn $get(self) -> u64 {
+                self.0
+            }
+        }
+    };
 }
+
+positive_count!(
+    /// A positive CPU quantity in millicores, written `500m`, `2` or `0.5`.
+    CpuQuantity,
+    from_millis,
+    millis,
+    "millicores (1000 per core)"
+);
 
 text_value!(
     CpuQuantity,
@@ -137,23 +150,13 @@ text_value!(
     "a CPU quantity like 500m, 2 or 0.5"
 );
 
-/// A positive memory quantity in bytes, written `512Mi`, `4Gi`, `1G` or a number of bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct MemoryQuantity(pub(super) u64);
-
-impl MemoryQuantity {
-    /// `bytes` bytes; `None` for zero.
-    #[must_use]
-    pub fn from_bytes(bytes: u64) -> Option<Self> {
-        (bytes > 0).then_some(Self(bytes))
-    }
-
-    /// Bytes.
-    #[must_use]
-    pub fn bytes(self) -> u64 {
-        self.0
-    }
-}
+positive_count!(
+    /// A positive memory quantity in bytes, written `512Mi`, `4Gi`, `1G` or a number of bytes.
+    MemoryQuantity,
+    from_bytes,
+    bytes,
+    "bytes"
+);
 
 text_value!(
     MemoryQuantity,
