@@ -275,7 +275,7 @@ pub struct ImageBuildArgs {
 
 /// `--timeout`: a duration as `--older-than` takes it, plain seconds included.
 fn parse_timeout(text: &str) -> Result<Duration, String> {
-    berth_runner::config::parse_duration(text)
+    berth_runner::config::parse_duration(text).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -121,9 +121,7 @@ fn environment_spec(ctx: &Ctx, args: &EnvArgs) -> anyhow::Result<EnvironmentSpec
         Some(id) => session_id(id)?,
         None => SessionId::generate(),
     };
-    let resources = config
-        .runner_resources()
-        .map_err(|(key, reason)| anyhow!("invalid {key}: {reason}"))?;
+    let resources = config.runner_resources();
     let workspace = config.workspace_for(&session);
     let mut spec = EnvironmentSpec::new(image, session)
         .with_name(args.name.clone())
@@ -134,9 +132,7 @@ fn environment_spec(ctx: &Ctx, args: &EnvArgs) -> anyhow::Result<EnvironmentSpec
     spec.mount_path.clone_from(&config.runner.mount_path);
     if config.runner.backend == berth_engine_core::BackendKind::Kubernetes {
         spec.user.clone_from(&config.kubernetes.run_as_user);
-        if config.kubernetes.security == "restricted" {
-            spec.security = berth_engine_core::SecurityProfile::Restricted;
-        }
+        spec.security = config.kubernetes.security;
     }
     spec.validate()?;
     Ok(spec)
@@ -329,11 +325,10 @@ async fn doctor(ctx: &Ctx, args: DoctorArgs) -> anyhow::Result<ExitCode> {
                 k.namespace
             ),
         ));
-        if let Ok(kc) = backend::kubernetes_config(config) {
-            if let Ok(engine) = berth_engine_k8s::KubernetesEngine::connect(kc).await {
-                if engine.init().await.is_ok() {
-                    checks.extend(berth_runner::doctor::kubernetes(&engine, config).await);
-                }
+        let kc = backend::kubernetes_config(config);
+        if let Ok(engine) = berth_engine_k8s::KubernetesEngine::connect(kc).await {
+            if engine.init().await.is_ok() {
+                checks.extend(berth_runner::doctor::kubernetes(&engine, config).await);
             }
         }
     }
@@ -409,18 +404,11 @@ async fn doctor(ctx: &Ctx, args: DoctorArgs) -> anyhow::Result<ExitCode> {
 
 /// What an environment may use, said plainly, and whether it is unlimited.
 fn limits_note(config: &BerthConfig) -> (String, bool) {
-    let mut resources = config.runner_resources().unwrap_or_default();
+    let mut resources = config.runner_resources();
     if config.runner.backend == berth_engine_core::BackendKind::Kubernetes {
         let limits = &config.kubernetes.resources.limits;
-        let parsed = |v: &Option<String>, f: fn(&str) -> Result<u64, String>| {
-            v.as_deref().and_then(|v| f(v).ok())
-        };
-        resources.cpu_millis = resources
-            .cpu_millis
-            .or_else(|| parsed(&limits.cpu, berth_runner::config::parse_cpu_millis));
-        resources.memory_bytes = resources
-            .memory_bytes
-            .or_else(|| parsed(&limits.memory, berth_runner::config::parse_memory_bytes));
+        resources.cpu_millis = resources.cpu_millis.or(limits.resources().cpu_millis);
+        resources.memory_bytes = resources.memory_bytes.or(limits.resources().memory_bytes);
     }
     let cpu = resources.cpu_millis.map_or_else(
         || "no CPU limit".to_owned(),
@@ -1026,7 +1014,7 @@ fn render(ctx: &Ctx, args: RenderArgs) -> anyhow::Result<ExitCode> {
         Some(subject) => berth_runner::rbac::objects(ctx.config(), subject),
         None => {
             let spec = environment_spec(ctx, &args.env)?;
-            berth_engine_k8s::render(&spec, &backend::kubernetes_config(ctx.config())?)?
+            berth_engine_k8s::render(&spec, &backend::kubernetes_config(ctx.config()))?
         }
     };
     if ctx.json {

@@ -2,7 +2,7 @@
 //! SelfSubjectAccessReview each, a missing one named with the Role rule that grants it), and
 //! the image run in a pod built exactly like an environment's.
 
-use berth_engine_core::{EnvironmentSpec, ImageRef, SecurityProfile, SessionId};
+use berth_engine_core::{EnvironmentSpec, ImageRef, SessionId};
 use berth_engine_k8s::KubernetesEngine;
 
 use crate::backend;
@@ -46,21 +46,15 @@ pub async fn kubernetes(engine: &KubernetesEngine, config: &BerthConfig) -> Vec<
 
 /// The environment spec the image check runs: what `berth up` would make of the config
 /// (resources, lifetime, user, security profile), without a workspace.
-///
-/// # Errors
-/// When the config's resources do not parse (they are validated when it loads).
-pub fn check_spec(config: &BerthConfig, image: ImageRef) -> anyhow::Result<EnvironmentSpec> {
-    let resources = config
-        .runner_resources()
-        .map_err(|(key, reason)| anyhow::anyhow!("invalid {key}: {reason}"))?;
+#[must_use]
+pub fn check_spec(config: &BerthConfig, image: ImageRef) -> EnvironmentSpec {
+    let resources = config.runner_resources();
     let mut spec = EnvironmentSpec::new(image, SessionId::generate())
         .with_resources(resources)
         .with_max_lifetime(config.max_lifetime());
     spec.user.clone_from(&config.kubernetes.run_as_user);
-    if config.kubernetes.security == "restricted" {
-        spec.security = SecurityProfile::Restricted;
-    }
-    Ok(spec)
+    spec.security = config.kubernetes.security;
+    spec
 }
 
 /// The image check: `image` in a short-lived pod built like an environment (same security
@@ -70,16 +64,12 @@ pub async fn kubernetes_image(config: &BerthConfig, image: &str) -> Check {
     let name = "image".to_owned();
     let spec = match ImageRef::new(image)
         .map_err(anyhow::Error::from)
-        .and_then(|i| check_spec(config, i))
+        .map(|i| check_spec(config, i))
     {
         Ok(spec) => spec,
         Err(e) => return (name, false, e.to_string()),
     };
-    let engine = match backend::kubernetes_config(config) {
-        Ok(kc) => KubernetesEngine::connect(kc).await,
-        Err(e) => Err(e),
-    };
-    match engine {
+    match KubernetesEngine::connect(backend::kubernetes_config(config)).await {
         Err(e) => (name, false, e.to_string()),
         Ok(engine) => match engine.check_image_like(&spec).await {
             Ok(()) => (

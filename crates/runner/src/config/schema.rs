@@ -1,0 +1,440 @@
+//! The schema of `config.example.yaml` as typed serde structs: a configuration that
+//! deserializes holds valid durations, quantities and choices, and what is left to
+//! [`BerthConfig::validate`] is what depends on more than one value's form (an image
+//! reference, absolute paths).
+
+use std::collections::BTreeMap;
+use std::num::NonZeroU64;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use berth_engine_core::{
+    BackendKind, ImageRef, PullPolicy, Resources, SecurityProfile, SessionId, Workspace,
+};
+use serde::{Deserialize, Serialize};
+
+use super::keys::{section, Key, Schema, ValueKind};
+use super::types::{
+    backend_kind, kubernetes_pull_policy, process_count, pull_policy, security_profile,
+    CpuQuantity, HumanDuration, Limit, MemoryQuantity,
+};
+use super::ConfigError;
+
+section! {
+    /// The whole configuration.
+    ///
+    /// ```
+    /// use berth_runner::config::BerthConfig;
+    /// use berth_engine_core::BackendKind;
+    ///
+    /// let config = BerthConfig::from_yaml_str("runner:\n  backend: docker\n  image: busybox:1.36\n").unwrap();
+    /// assert_eq!(config.runner.backend, BackendKind::Docker);
+    /// ```
+    #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    #[non_exhaustive]
+    pub struct BerthConfig {
+        /// Backend choice and what every environment gets.
+        pub runner: RunnerConfig,
+        /// The Docker backend.
+        pub docker: DockerSection,
+        /// The Kubernetes backend.
+        pub kubernetes: KubernetesSection,
+        /// Limits of `berth cp` out of an environment.
+        pub copy: CopySection,
+    }
+}
+
+section! {
+    /// `runner:`: backend choice and environment defaults.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    #[non_exhaustive]
+    pub struct RunnerConfig {
+        /// `docker` or `kubernetes`.
+        #[serde(deserialize_with = "backend_kind::deserialize")]
+        pub backend: BackendKind,
+        /// The default image of environments.
+        pub image: Option<String>,
+        /// `always`, `if_not_present` or `never`.
+        #[serde(deserialize_with = "pull_policy::deserialize")]
+        pub pull_policy: PullPolicy,
+        /// How long an environment may live, e.g. `30m`, `24h`.
+        pub max_lifetime: HumanDuration,
+        /// The workspace: `none`, `ephemeral`, `{host_path: /abs}` or `{volume: name}`.
+        pub workspace: WorkspaceConfig,
+        /// Where the workspace is mounted.
+        pub mount_path: String,
+        /// Resource limits (Docker; Kubernetes uses `kubernetes.resources`).
+        pub resources: ResourceLimits,
+        /// Whether environments have network access.
+        pub network: bool,
+    }
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        Self {
+            backend: BackendKind::Docker,
+            image: None,
+            pull_policy: PullPolicy::IfNotPresent,
+            max_lifetime: HumanDuration(Duration::from_secs(24 * 3600)),
+            workspace: WorkspaceConfig::default(),
+            mount_path: "/workspace".into(),
+            resources: ResourceLimits::default(),
+            network: true,
+        }
+    }
+}
+
+/// `runner.workspace`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum WorkspaceConfig {
+    /// No workspace.
+    #[default]
+    None,
+    /// A scratch volume that lives and dies with the environment.
+    Ephemeral,
+    /// A host directory.
+    HostPath(PathBuf),
+    /// A named volume (Docker) or claim (Kubernetes).
+    Volume(String),
+}
+
+impl Schema for WorkspaceConfig {
+    fn kind() -> ValueKind {
+        ValueKind::Workspace
+    }
+    /// The forms written as a mapping; a unit test checks each against serde.
+    fn keys() -> Vec<Key> {
+        ["host_path", "volume"]
+            .map(|name| Key {
+                name,
+                kind: ValueKind::Text,
+                children: Vec::new(),
+            })
+            .into()
+    }
+}
+
+/// Reads the forms [`WorkspaceConfig`] serialises to, with a message that lists them
+/// rather than naming the Rust enum.
+impl<'de> Deserialize<'de> for WorkspaceConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Word(String),
+            Mapping(BTreeMap<String, String>),
+        }
+        let wrong = |got: String| {
+            serde::de::Error::custom(format!(
+                "expected {}, got {got}",
+                ValueKind::Workspace.expected()
+            ))
+        };
+        let form = Form::deserialize(de).map_err(|_| wrong("a value of another kind".into()))?;
+        match form {
+            Form::Word(word) => match word.as_str() {
+                "none" => Ok(WorkspaceConfig::None),
+                "ephemeral" => Ok(WorkspaceConfig::Ephemeral),
+                _ => Err(wrong(format!("{word:?}"))),
+            },
+            Form::Mapping(map) => {
+                let mut entries = map.into_iter();
+                match (entries.next(), entries.next()) {
+                    (Some((key, value)), None) if key == "host_path" => {
+                        Ok(WorkspaceConfig::HostPath(value.into()))
+                    }
+                    (Some((key, value)), None) if key == "volume" => {
+                        Ok(WorkspaceConfig::Volume(value))
+                    }
+                    (Some((key, _)), None) => Err(wrong(format!("{{{key}: ..}}"))),
+                    _ => Err(wrong("a mapping of other than one key".into())),
+                }
+            }
+        }
+    }
+}
+
+/// The CPU limit of a Docker environment when `runner.resources.cpu` is unset (2 cores).
+pub const DEFAULT_CPU: CpuQuantity = CpuQuantity(2000);
+/// The memory limit of a Docker environment when `runner.resources.memory` is unset (4Gi).
+pub const DEFAULT_MEMORY: MemoryQuantity = MemoryQuantity(4 << 30);
+
+section! {
+    /// `cpu`, `memory`, `pids` limits; unset CPU and memory take [`DEFAULT_CPU`] and
+    /// [`DEFAULT_MEMORY`] on Docker, and `unlimited` lifts them.
+    #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    #[non_exhaustive]
+    pub struct ResourceLimits {
+        /// CPU, e.g. `500m`, `2` or `unlimited`.
+        pub cpu: Option<Limit<CpuQuantity>>,
+        /// Memory, e.g. `512Mi`, `4Gi` or `unlimited`.
+        pub memory: Option<Limit<MemoryQuantity>>,
+        /// Process count.
+        #[serde(deserialize_with = "process_count::deserialize")]
+        pub pids: Option<NonZeroU64>,
+    }
+}
+
+section! {
+    /// `docker:`.
+    #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    #[non_exhaustive]
+    pub struct DockerSection {
+        /// Daemon address; unset means `DOCKER_HOST`, else the local socket.
+        pub host: Option<String>,
+    }
+}
+
+section! {
+    /// `kubernetes:` (seed spec section 4).
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    #[non_exhaustive]
+    pub struct KubernetesSection {
+        /// Kubeconfig path; unset means `KUBECONFIG`, else `~/.kube/config`, else in-cluster.
+        pub kubeconfig: Option<PathBuf>,
+        /// Context name; unset means the current context.
+        pub context: Option<String>,
+        /// Namespace of the Jobs.
+        pub namespace: String,
+        /// The workspace claim.
+        pub pvc_name: Option<String>,
+        /// Requests and limits of the environment container.
+        pub resources: KubernetesResources,
+        /// Service account of the pods.
+        pub service_account: Option<String>,
+        /// Mount each session's own sub-directory of the claim (`subPath: <session id>`).
+        pub per_session_sub_path: bool,
+        /// Create the claim when it is missing.
+        pub create_pvc: bool,
+        /// `imagePullPolicy` of the environment container: `Always`, `IfNotPresent` or
+        /// `Never` (Kubernetes' spelling; see [`kubernetes_pull_policy::name`]).
+        #[serde(with = "kubernetes_pull_policy")]
+        pub image_pull_policy: Option<PullPolicy>,
+        /// How long `start` waits for the pod to run, e.g. `5m`.
+        pub start_timeout: HumanDuration,
+        /// How long an unschedulable pod waits for an autoscaler's scale-up event, e.g. `20s`.
+        pub scale_up_grace: HumanDuration,
+        /// `hardened` or `restricted` (the Pod Security Standard; needs a non-root user).
+        #[serde(deserialize_with = "security_profile::deserialize")]
+        pub security: SecurityProfile,
+        /// The user environments run as (`uid` or `uid:gid`); required by `restricted`.
+        pub run_as_user: Option<String> => ValueKind::TextOrNumber,
+    }
+}
+
+impl Default for KubernetesSection {
+    fn default() -> Self {
+        Self {
+            kubeconfig: None,
+            context: None,
+            namespace: "default".into(),
+            pvc_name: None,
+            resources: KubernetesResources::default(),
+            service_account: None,
+            per_session_sub_path: false,
+            create_pvc: false,
+            image_pull_policy: None,
+            start_timeout: HumanDuration(Duration::from_secs(300)),
+            scale_up_grace: HumanDuration(Duration::from_secs(20)),
+            security: SecurityProfile::Hardened,
+            run_as_user: None,
+        }
+    }
+}
+
+section! {
+    /// `kubernetes.resources`.
+    #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    #[non_exhaustive]
+    pub struct KubernetesResources {
+        /// What the scheduler reserves.
+        pub requests: QuantityPair,
+        /// The caps.
+        pub limits: QuantityPair,
+    }
+}
+
+section! {
+    /// A `cpu` and `memory` pair of quantities.
+    #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    #[non_exhaustive]
+    pub struct QuantityPair {
+        /// CPU, e.g. `500m`.
+        pub cpu: Option<CpuQuantity>,
+        /// Memory, e.g. `1Gi`.
+        pub memory: Option<MemoryQuantity>,
+    }
+}
+
+impl QuantityPair {
+    /// The pair as engine resources (no pids).
+    #[must_use]
+    pub fn resources(&self) -> Resources {
+        let mut out = Resources::default();
+        out.cpu_millis = self.cpu.map(CpuQuantity::millis);
+        out.memory_bytes = self.memory.map(MemoryQuantity::bytes);
+        out
+    }
+}
+
+section! {
+    /// `copy:`: limits on what one `berth cp` out of an environment may write on the host
+    /// (the archive an environment sends is untrusted). Defaults: 8Gi, 1000000 entries,
+    /// 4096-byte paths.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    #[non_exhaustive]
+    pub struct CopySection {
+        /// Total bytes of file content, as a quantity (`8Gi`) or a number of bytes.
+        pub max_bytes: MemoryQuantity,
+        /// Number of archive members.
+        pub max_entries: u64,
+        /// Length in bytes of one path or link target.
+        pub max_path_bytes: u64,
+    }
+}
+
+impl Default for CopySection {
+    fn default() -> Self {
+        let d = crate::copy::CopyLimits::default();
+        Self {
+            max_bytes: MemoryQuantity(d.max_bytes),
+            max_entries: d.max_entries,
+            max_path_bytes: d.max_path_bytes,
+        }
+    }
+}
+
+impl CopySection {
+    /// The limits these values set.
+    #[must_use]
+    pub fn limits(&self) -> crate::copy::CopyLimits {
+        crate::copy::CopyLimits {
+            max_bytes: self.max_bytes.bytes(),
+            max_entries: self.max_entries,
+            max_path_bytes: self.max_path_bytes,
+        }
+    }
+}
+
+/// A configured limit, the backend's default when unset (Docker bounds untrusted commands by
+/// default), or nothing when lifted.
+fn limit_or_default<T: Copy>(value: Option<Limit<T>>, default: Option<T>) -> Option<T> {
+    value.map_or(default, Limit::get)
+}
+
+impl BerthConfig {
+    /// Checks what the types cannot: the image reference, and that paths are absolute and
+    /// free of NUL bytes.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming `source_name` and the key.
+    pub fn validate(&self, source_name: &str) -> Result<(), ConfigError> {
+        let invalid = |key: &str, reason: String| ConfigError::Invalid {
+            source_name: source_name.to_owned(),
+            key: key.to_owned(),
+            reason,
+        };
+        if let Some(image) = &self.runner.image {
+            ImageRef::new(image.clone()).map_err(|e| invalid("runner.image", e.to_string()))?;
+        }
+        let host_path = match &self.runner.workspace {
+            WorkspaceConfig::HostPath(p) => Some(p.to_string_lossy().into_owned()),
+            _ => None,
+        };
+        let kubeconfig = self
+            .kubernetes
+            .kubeconfig
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned());
+        for (key, value) in [
+            ("runner.mount_path", Some(self.runner.mount_path.clone())),
+            ("runner.workspace.host_path", host_path.clone()),
+            ("kubernetes.kubeconfig", kubeconfig),
+        ] {
+            if value.is_some_and(|v| v.contains('\0')) {
+                return Err(invalid(key, "a path cannot contain a NUL byte".into()));
+            }
+        }
+        for (key, value) in [
+            ("runner.mount_path", Some(self.runner.mount_path.clone())),
+            ("runner.workspace.host_path", host_path),
+        ] {
+            if let Some(path) = value.filter(|v| !v.starts_with('/')) {
+                return Err(invalid(
+                    key,
+                    format!("expected an absolute path, got {path:?}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `runner.resources` as engine limits. Untrusted commands get a bounded share of the
+    /// machine unless the config says otherwise: on Docker unset CPU and memory take
+    /// [`DEFAULT_CPU`] and [`DEFAULT_MEMORY`]; on Kubernetes, where a limit without a request
+    /// also reserves it on a node, `kubernetes.resources` stay in charge.
+    #[must_use]
+    pub fn runner_resources(&self) -> Resources {
+        let r = &self.runner.resources;
+        let docker = self.runner.backend == BackendKind::Docker;
+        let mut out = Resources::default();
+        out.cpu_millis =
+            limit_or_default(r.cpu, docker.then_some(DEFAULT_CPU)).map(CpuQuantity::millis);
+        out.memory_bytes =
+            limit_or_default(r.memory, docker.then_some(DEFAULT_MEMORY)).map(MemoryQuantity::bytes);
+        out.pids = r.pids.map(NonZeroU64::get);
+        out
+    }
+
+    /// `runner.max_lifetime`.
+    #[must_use]
+    pub fn max_lifetime(&self) -> Duration {
+        self.runner.max_lifetime.get()
+    }
+
+    /// The workspace of a session's environments: `runner.workspace`, else on Kubernetes the
+    /// claim `kubernetes.pvc_name` (at the sub-path named after the session when
+    /// `kubernetes.per_session_sub_path`).
+    #[must_use]
+    pub fn workspace_for(&self, session: &SessionId) -> Workspace {
+        match (
+            &self.runner.workspace,
+            self.runner.backend,
+            &self.kubernetes.pvc_name,
+        ) {
+            (WorkspaceConfig::None, BackendKind::Kubernetes, Some(claim)) => Workspace::Volume {
+                name: claim.clone(),
+                sub_path: self
+                    .kubernetes
+                    .per_session_sub_path
+                    .then(|| session.to_string()),
+            },
+            _ => self.workspace(),
+        }
+    }
+
+    /// `runner.workspace` as an engine workspace.
+    #[must_use]
+    pub fn workspace(&self) -> Workspace {
+        match &self.runner.workspace {
+            WorkspaceConfig::None => Workspace::None,
+            WorkspaceConfig::Ephemeral => Workspace::Ephemeral,
+            WorkspaceConfig::HostPath(p) => Workspace::HostPath { path: p.clone() },
+            WorkspaceConfig::Volume(name) => Workspace::Volume {
+                name: name.clone(),
+                sub_path: None,
+            },
+        }
+    }
+}

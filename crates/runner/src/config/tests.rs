@@ -1,0 +1,454 @@
+//! Unit tests of config parsing; none needs a daemon.
+
+use std::path::Path;
+use std::time::Duration;
+
+use berth_engine_core::{BackendKind, PullPolicy, SecurityProfile};
+
+use super::keys::{suggest, Schema};
+use super::load::{known_paths, variable_of};
+use super::*;
+
+fn suggest_for(key: &str) -> Option<String> {
+    suggest(key, &known_paths()).map(str::to_owned)
+}
+
+#[test]
+fn unknown_backend_names_the_key_and_the_choices() {
+    let err = BerthConfig::from_yaml_str("runner:\n  backend: dockr\n").unwrap_err();
+    let text = err.to_string();
+    assert_eq!(text.matches("runner.backend").count(), 1, "{text}");
+    assert!(text.contains("dockr"), "{text}");
+    assert!(
+        text.contains("docker") && text.contains("kubernetes"),
+        "{text}"
+    );
+    assert!(text.contains("runner.backend"), "{text}");
+}
+
+#[test]
+fn unknown_key_is_rejected_with_a_suggestion() {
+    let dir = std::env::temp_dir().join(format!("berth-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("typo.yaml");
+    std::fs::write(&path, "runner:\n  imgae: x\nkubernetes:\n  namespce: a\n").unwrap();
+    let err = BerthConfig::load(&LoadOptions {
+        path: Some(path.clone()),
+        ..LoadOptions::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains(&path.display().to_string()), "{err}");
+    assert!(
+        err.contains("unknown key runner.imgae; did you mean runner.image?")
+            || err.contains("unknown key kubernetes.namespce; did you mean kubernetes.namespace?"),
+        "{err}"
+    );
+    assert_eq!(suggest_for("docker.hots").as_deref(), Some("docker.host"));
+    assert_eq!(suggest_for("runner.zzzzzzzz"), None);
+}
+
+#[test]
+fn bad_quantity_names_the_key() {
+    let err =
+        BerthConfig::from_yaml_str("runner:\n  resources:\n    memory: 4 gigs\n").unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("runner.resources.memory"), "{text}");
+    assert!(text.contains("4 gigs"), "{text}");
+    let err =
+        BerthConfig::from_yaml_str("kubernetes:\n  resources:\n    limits:\n      cpu: many\n")
+            .unwrap_err();
+    assert!(
+        err.to_string().contains("kubernetes.resources.limits.cpu"),
+        "{err}"
+    );
+}
+
+#[test]
+fn malformed_image_names_the_key() {
+    let err = BerthConfig::from_yaml_str("runner:\n  image: 'Not An Image'\n").unwrap_err();
+    assert!(err.to_string().contains("runner.image"), "{err}");
+}
+
+#[test]
+fn example_config_loads() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config.example.yaml");
+    let loaded = BerthConfig::load(&LoadOptions {
+        path: Some(path.clone()),
+        ..LoadOptions::default()
+    })
+    .unwrap();
+    assert_eq!(loaded.source, ConfigSource::File(path));
+    assert_eq!(loaded.config.runner.backend, BackendKind::Docker);
+    assert_eq!(loaded.config.kubernetes.namespace, "berth-agents");
+    assert_eq!(
+        loaded.config.runner.image.as_deref(),
+        Some("berth-test/busybox:2")
+    );
+}
+
+fn load_file(name: &str, body: &[u8]) -> String {
+    let dir = std::env::temp_dir().join(format!("berth-cfg-types-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, body).unwrap();
+    BerthConfig::load(&LoadOptions {
+        path: Some(path),
+        ..LoadOptions::default()
+    })
+    .map(|_| ())
+    .expect_err(name)
+    .to_string()
+}
+
+#[test]
+fn wrong_types_name_the_key_and_what_was_expected() {
+    let err = load_file("section.yaml", b"runner: 5\n");
+    assert!(
+        err.contains("runner") && err.contains("expected a section"),
+        "{err}"
+    );
+    let err = load_file("image.yaml", b"runner:\n  image: 42\n");
+    assert!(
+        err.contains("runner.image") && err.contains("expected text"),
+        "{err}"
+    );
+    assert!(err.contains("the number 42"), "{err}");
+    let err = load_file("network.yaml", b"runner:\n  network: maybe\n");
+    assert!(
+        err.contains("runner.network") && err.contains("true or false"),
+        "{err}"
+    );
+}
+
+#[test]
+fn binary_and_non_yaml_files_say_so() {
+    let err = load_file("binary.yaml", &[0x7f, b'E', b'L', b'F', 0, 1, 2, 0xff]);
+    assert!(err.contains("binary data"), "{err}");
+    let err = load_file("latin1.yaml", b"runner:\n  image: caf\xe9\n");
+    assert!(err.contains("not UTF-8"), "{err}");
+    let err = load_file("broken.yaml", b"runner: [unclosed\n");
+    assert!(err.contains("not valid YAML"), "{err}");
+    let err = load_file("scalar.yaml", b"just some words\n");
+    assert!(err.contains("expected sections"), "{err}");
+}
+
+#[test]
+fn nul_in_a_path_is_refused() {
+    let err = load_file("nul.yaml", b"runner:\n  mount_path: \"/work\\0space\"\n");
+    assert!(
+        err.contains("runner.mount_path") && err.contains("NUL"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_directory_is_not_a_config_file() {
+    let err = BerthConfig::load(&LoadOptions {
+        path: Some(std::env::temp_dir()),
+        ..LoadOptions::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("is a directory"), "{err}");
+}
+
+#[test]
+fn workspace_forms_are_listed_with_a_suggestion() {
+    let err = load_file("ws.yaml", b"runner:\n  workspace: {hostpath: /tmp}\n");
+    assert!(err.contains("{host_path: /abs/dir}"), "{err}");
+    assert!(err.contains("did you mean host_path?"), "{err}");
+    assert!(!err.contains("WorkspaceConfig"), "{err}");
+    let err = load_file("ws2.yaml", b"runner:\n  workspace: sometimes\n");
+    assert!(err.contains("none, ephemeral"), "{err}");
+}
+
+#[test]
+fn section_typos_get_suggestions() {
+    let err = load_file("runnr.yaml", b"runnr:\n  image: x\n");
+    assert!(
+        err.contains("unknown key runnr.image; did you mean runner.image?"),
+        "{err}"
+    );
+    assert_eq!(suggest_for("runnr").as_deref(), Some("runner"));
+    assert_eq!(suggest_for("runer.image").as_deref(), Some("runner.image"));
+    assert_eq!(variable_of("runner.image"), "BERTH_RUNNER__IMAGE");
+}
+
+#[test]
+fn docker_environments_are_limited_by_default() {
+    let r = BerthConfig::from_yaml_str("runner:\n  backend: docker\n")
+        .unwrap()
+        .runner_resources();
+    assert_eq!(r.cpu_millis, Some(2000));
+    assert_eq!(r.memory_bytes, Some(4 << 30));
+    let r = BerthConfig::from_yaml_str(
+        "runner:\n  resources:\n    cpu: unlimited\n    memory: unlimited\n",
+    )
+    .unwrap()
+    .runner_resources();
+    assert_eq!((r.cpu_millis, r.memory_bytes), (None, None));
+    // Kubernetes: kubernetes.resources decides.
+    let r = BerthConfig::from_yaml_str("runner:\n  backend: kubernetes\n")
+        .unwrap()
+        .runner_resources();
+    assert_eq!((r.cpu_millis, r.memory_bytes), (None, None));
+}
+
+#[test]
+fn missing_file_is_named() {
+    let err = BerthConfig::load(&LoadOptions {
+        path: Some("/no/such/berth.yaml".into()),
+        ..LoadOptions::default()
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("/no/such/berth.yaml"), "{err}");
+}
+
+#[test]
+fn values_load_typed() {
+    let config = BerthConfig::from_yaml_str(
+        "runner:\n  max_lifetime: 1h30m\n  pull_policy: never\n  resources:\n    cpu: 0.5\n    memory: 512Mi\n    pids: 100\nkubernetes:\n  start_timeout: 90\n  security: restricted\n  image_pull_policy: Always\n  run_as_user: 1000\n  resources:\n    limits:\n      cpu: 2\n      memory: 1G\n",
+    )
+    .unwrap();
+    assert_eq!(config.max_lifetime(), Duration::from_secs(5400));
+    assert_eq!(config.runner.pull_policy, PullPolicy::Never);
+    assert_eq!(
+        config.runner.resources.cpu,
+        Some(Limit::Limited(CpuQuantity::from_millis(500).unwrap()))
+    );
+    let r = config.runner_resources();
+    assert_eq!(
+        (r.cpu_millis, r.memory_bytes, r.pids),
+        (Some(500), Some(512 << 20), Some(100))
+    );
+    assert_eq!(
+        config.kubernetes.start_timeout.get(),
+        Duration::from_secs(90)
+    );
+    assert_eq!(config.kubernetes.security, SecurityProfile::Restricted);
+    assert_eq!(
+        config.kubernetes.image_pull_policy,
+        Some(PullPolicy::Always)
+    );
+    assert_eq!(config.kubernetes.run_as_user.as_deref(), Some("1000"));
+    let limits = config.kubernetes.resources.limits.resources();
+    assert_eq!(
+        (limits.cpu_millis, limits.memory_bytes),
+        (Some(2000), Some(1_000_000_000))
+    );
+}
+
+#[test]
+fn each_typed_value_names_its_key_and_what_was_expected() {
+    for (yaml, key, expected) in [
+        (
+            "runner:\n  max_lifetime: soon\n",
+            "runner.max_lifetime",
+            "a duration like",
+        ),
+        (
+            "runner:\n  pull_policy: sometimes\n",
+            "runner.pull_policy",
+            "always, if_not_present or never",
+        ),
+        (
+            "runner:\n  resources:\n    cpu: 0\n",
+            "runner.resources.cpu",
+            "positive CPU quantity",
+        ),
+        (
+            "runner:\n  resources:\n    pids: 0\n",
+            "runner.resources.pids",
+            "positive process count",
+        ),
+        (
+            "kubernetes:\n  start_timeout: 0s\n",
+            "kubernetes.start_timeout",
+            "a duration like",
+        ),
+        (
+            "kubernetes:\n  scale_up_grace: later\n",
+            "kubernetes.scale_up_grace",
+            "a duration like",
+        ),
+        (
+            "kubernetes:\n  security: strict\n",
+            "kubernetes.security",
+            "hardened or restricted",
+        ),
+        (
+            "kubernetes:\n  image_pull_policy: always\n",
+            "kubernetes.image_pull_policy",
+            "Always, IfNotPresent or Never",
+        ),
+        (
+            "kubernetes:\n  resources:\n    requests:\n      memory: 1Gb\n",
+            "kubernetes.resources.requests.memory",
+            "memory quantity",
+        ),
+        (
+            "copy:\n  max_bytes: lots\n",
+            "copy.max_bytes",
+            "memory quantity",
+        ),
+        (
+            "runner:\n  network: maybe\n",
+            "runner.network",
+            "expected a boolean",
+        ),
+    ] {
+        let err = BerthConfig::from_yaml_str(yaml).expect_err(yaml);
+        let text = err.to_string();
+        assert!(
+            matches!(&err, ConfigError::Invalid { key: k, .. } if k == key),
+            "{yaml}: {text}"
+        );
+        assert!(text.contains(expected), "{yaml}: {text}");
+        assert!(text.contains("inline YAML"), "{text}");
+        assert_eq!(text.matches(key).count(), 1, "{text}");
+    }
+}
+
+#[test]
+fn a_file_names_itself_with_a_typed_value_error() {
+    let err = load_file("lifetime.yaml", b"runner:\n  max_lifetime: forever\n");
+    assert!(err.contains("lifetime.yaml"), "{err}");
+    assert!(err.contains("runner.max_lifetime"), "{err}");
+    assert!(err.contains("\"forever\""), "{err}");
+}
+
+#[test]
+fn numbers_load_from_a_file_where_the_schema_takes_them() {
+    let dir = std::env::temp_dir().join(format!("berth-cfg-numbers-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("numbers.yaml");
+    std::fs::write(
+        &path,
+        "runner:\n  max_lifetime: 90\n  resources:\n    cpu: 2\n    pids: 10\nkubernetes:\n  run_as_user: 1000\ncopy:\n  max_bytes: 5000\n  max_entries: 10\n",
+    )
+    .unwrap();
+    let loaded = BerthConfig::load(&LoadOptions {
+        path: Some(path),
+        ..LoadOptions::default()
+    })
+    .unwrap();
+    assert_eq!(loaded.config.max_lifetime(), Duration::from_secs(90));
+    assert_eq!(loaded.config.copy.limits().max_entries, 10);
+    assert_eq!(loaded.config.copy.limits().max_bytes, 5000);
+    let err = load_file("user.yaml", b"kubernetes:\n  run_as_user: true\n");
+    assert!(
+        err.contains("kubernetes.run_as_user") && err.contains("text or a number"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_config_serialises_to_canonical_text_and_reads_back() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config.example.yaml");
+    let example = BerthConfig::load(&LoadOptions {
+        path: Some(path),
+        ..LoadOptions::default()
+    })
+    .unwrap()
+    .config;
+    let value = serde_json::to_value(&example).unwrap();
+    assert_eq!(value["runner"]["max_lifetime"], "1d");
+    assert_eq!(value["runner"]["backend"], "docker");
+    assert_eq!(value["runner"]["pull_policy"], "if_not_present");
+    assert_eq!(value["runner"]["resources"]["cpu"], "2");
+    assert_eq!(value["runner"]["resources"]["memory"], "4Gi");
+    assert_eq!(value["kubernetes"]["resources"]["limits"]["cpu"], "2");
+    assert_eq!(value["kubernetes"]["resources"]["requests"]["cpu"], "500m");
+    assert_eq!(value["kubernetes"]["image_pull_policy"], "IfNotPresent");
+    assert_eq!(value["kubernetes"]["security"], "hardened");
+    assert_eq!(value["copy"]["max_bytes"], "8Gi");
+    let back: BerthConfig = serde_json::from_value(value.clone()).unwrap();
+    assert_eq!(back, example);
+    // Through the layered loader too.
+    let yaml = serde_json::to_string(&value).unwrap();
+    assert_eq!(BerthConfig::from_yaml_str(&yaml).unwrap(), example);
+    let unlimited =
+        BerthConfig::from_yaml_str("runner:\n  resources:\n    cpu: unlimited\n").unwrap();
+    let value = serde_json::to_value(&unlimited).unwrap();
+    assert_eq!(value["runner"]["resources"]["cpu"], "unlimited");
+}
+
+/// Every path serde knows of the default config, sections included.
+fn serde_paths(prefix: &str, value: &serde_json::Value, out: &mut Vec<String>) {
+    if let serde_json::Value::Object(map) = value {
+        for (key, child) in map {
+            let path = if prefix.is_empty() {
+                key.clone()
+            } else {
+                format!("{prefix}.{key}")
+            };
+            out.push(path.clone());
+            serde_paths(&path, child, out);
+        }
+    }
+}
+
+#[test]
+fn the_known_keys_are_the_schema_fields() {
+    let mut from_serde = Vec::new();
+    serde_paths(
+        "",
+        &serde_json::to_value(BerthConfig::default()).unwrap(),
+        &mut from_serde,
+    );
+    // The workspace's mapping forms are values of a key serde shows as "none".
+    for form in WorkspaceConfig::keys() {
+        let text = format!("runner:\n  workspace: {{{}: /abs}}\n", form.name);
+        let config = BerthConfig::from_yaml_str(&text).unwrap();
+        let value = serde_json::to_value(&config).unwrap();
+        serde_paths("", &value, &mut from_serde);
+    }
+    from_serde.sort();
+    from_serde.dedup();
+    let mut from_schema: Vec<String> = known_paths().into_iter().map(|(p, _)| p).collect();
+    from_schema.sort();
+    assert_eq!(from_schema, from_serde);
+    assert!(known_keys().contains(&"kubernetes.scale_up_grace".to_owned()));
+    assert!(!known_keys().contains(&"kubernetes".to_owned()));
+}
+
+#[test]
+fn a_declared_field_is_known_without_a_list() {
+    super::keys::section! {
+        /// A section as a later issue might add it.
+        #[derive(Debug, Default)]
+        pub struct Extra {
+            /// A new duration.
+            pub idle_timeout: Option<HumanDuration>,
+            /// A nested section.
+            pub nested: QuantityPair,
+        }
+    }
+    let mut paths = Vec::new();
+    super::keys::flatten("extra", &Extra::keys(), &mut paths);
+    let names: Vec<&str> = paths.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "extra.idle_timeout",
+            "extra.nested",
+            "extra.nested.cpu",
+            "extra.nested.memory"
+        ]
+    );
+    assert_eq!(paths[0].1, super::keys::ValueKind::Quantity);
+    let Extra {
+        idle_timeout,
+        nested,
+    } = Extra::default();
+    assert_eq!((idle_timeout, nested), (None, QuantityPair::default()));
+}
+
+#[test]
+fn environment_variables_are_named_for_their_keys() {
+    assert_eq!(
+        variable_of("kubernetes.start_timeout"),
+        "BERTH_KUBERNETES__START_TIMEOUT"
+    );
+}
