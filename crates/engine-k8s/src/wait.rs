@@ -68,70 +68,18 @@ async fn watch_pods(
     target: &Target<'_>,
     timeout: Duration,
 ) -> Result<String> {
-    let pods = engine.pod_api();
     let started = tokio::time::Instant::now();
-    let mut policy = Policy::new(target.what, target.image, engine.config.scale_up_grace);
     // Shared by the work and the timeout that names it.
     let last = std::sync::Mutex::new(Awaiting::Pod);
-    let nodes = node_sizes(engine).await;
-    let nodes = nodes.as_deref();
-    let work = async {
-        loop {
-            let list = pods
-                .list(&ListParams::default().labels(&target.selector))
-                .await
-                .map_err(|e| errors::api(&engine.address, "list pods", e))?;
-            let mut seen: Vec<Option<&Pod>> = list.items.iter().map(Some).collect();
-            if seen.is_empty() {
-                seen.push(None);
-            }
-            for pod in seen {
-                match look(engine, target, &mut policy, pod, nodes, started).await {
-                    Decision::Running(name) => return Ok(name),
-                    Decision::Fail(e) => return Err(e),
-                    Decision::Wait(a) => note(target.what, &last, a),
-                }
-            }
-            // Autoscaler and Job events change no pod, and the scale-up grace is a time:
-            // while they matter, look again soon.
-            let secs = match *last
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-            {
-                Awaiting::Pod | Awaiting::Scheduling(_) => 2,
-                // A node takes minutes to join; its events need no haste.
-                Awaiting::ScaleUp(_) => 5,
-                _ => 30,
-            };
-            let version = list.metadata.resource_version.unwrap_or_else(|| "0".into());
-            let params = WatchParams::default()
-                .labels(&target.selector)
-                .timeout(secs);
-            let mut stream = pods
-                .watch(&params, &version)
-                .await
-                .map_err(|e| errors::api(&engine.address, "watch pods", e))?
-                .boxed();
-            while let Some(event) = stream
-                .try_next()
-                .await
-                .map_err(|e| errors::api(&engine.address, "watch pods", e))?
-            {
-                match event {
-                    WatchEvent::Added(pod) | WatchEvent::Modified(pod) => {
-                        match look(engine, target, &mut policy, Some(&pod), nodes, started).await {
-                            Decision::Running(name) => return Ok(name),
-                            Decision::Fail(e) => return Err(e),
-                            Decision::Wait(a) => note(target.what, &last, a),
-                        }
-                    }
-                    // Expired or otherwise broken: list again.
-                    WatchEvent::Error(_) => break,
-                    _ => {}
-                }
-            }
-        }
+    let mut wait = Wait {
+        engine,
+        target,
+        policy: Policy::new(target.what, target.image, engine.config.scale_up_grace),
+        nodes: node_sizes(engine).await,
+        started,
+        last: &last,
     };
+    let work = wait.until_decided();
     let mut work = std::pin::pin!(work);
     tokio::select! {
         result = &mut work => result.map_err(|e| lost_if_transport(engine, target, e)),
@@ -146,6 +94,142 @@ async fn watch_pods(
         }),
     }
 }
+
+/// The state of one wait: what it watches, its policy, and what it awaits last.
+struct Wait<'a> {
+    engine: &'a KubernetesEngine,
+    target: &'a Target<'a>,
+    policy: Policy,
+    nodes: Option<Vec<(f64, f64)>>,
+    started: tokio::time::Instant,
+    last: &'a std::sync::Mutex<Awaiting>,
+}
+
+impl Wait<'_> {
+    /// Lists the target's pods and watches them from the listed resourceVersion, again and
+    /// again, until one runs or the policy fails the wait; unbounded (the caller bounds it).
+    async fn until_decided(&mut self) -> Result<String> {
+        loop {
+            let list = self
+                .engine
+                .pod_api()
+                .list(&ListParams::default().labels(&self.target.selector))
+                .await
+                .map_err(|e| errors::api(&self.engine.address, "list pods", e))?;
+            if list.items.is_empty() {
+                if let Some(outcome) = self.judge(None).await {
+                    return outcome;
+                }
+            }
+            for pod in &list.items {
+                if let Some(outcome) = self.judge(Some(pod)).await {
+                    return outcome;
+                }
+            }
+            let version = list.metadata.resource_version.unwrap_or_else(|| "0".into());
+            let secs = watch_seconds(self.last);
+            let watched = tokio::time::timeout(
+                Duration::from_secs(secs.into()) + WATCH_MARGIN,
+                self.watch_once(&version, secs),
+            )
+            .await;
+            match watched {
+                Ok(Ok(Some(name))) => return Ok(name),
+                Ok(Err(e)) => return Err(e),
+                // Ended (its timeout, or expired): list again.
+                Ok(Ok(None)) => {}
+                // The server should have ended it by now: its connection went silent while
+                // the API still answers (else the heartbeat would have said so). The list
+                // sees what the watch missed.
+                Err(_) => tracing::info!(
+                    "{}: the watch of its pods was silent {}s past its end; listing again",
+                    self.target.what,
+                    WATCH_MARGIN.as_secs()
+                ),
+            }
+        }
+    }
+
+    /// One watch of the target's pods from `version`, asked to last `secs`: the running
+    /// pod's name, a failure, or `None` when the watch ended (or expired) undecided.
+    async fn watch_once(&mut self, version: &str, secs: u32) -> Result<Option<String>> {
+        let params = WatchParams::default()
+            .labels(&self.target.selector)
+            .timeout(secs);
+        let address = &self.engine.address;
+        let mut stream = self
+            .engine
+            .pod_api()
+            .watch(&params, version)
+            .await
+            .map_err(|e| errors::api(address, "watch pods", e))?
+            .boxed();
+        while let Some(event) = stream
+            .try_next()
+            .await
+            .map_err(|e| errors::api(address, "watch pods", e))?
+        {
+            match event {
+                WatchEvent::Added(pod) | WatchEvent::Modified(pod) => {
+                    if let Some(outcome) = self.judge(Some(&pod)).await {
+                        return outcome.map(Some);
+                    }
+                }
+                // Expired or otherwise broken: list again.
+                WatchEvent::Error(_) => return Ok(None),
+                _ => {}
+            }
+        }
+        Ok(None)
+    }
+
+    /// One look at `pod` (`None`: the Job has none yet): the outcome once decided, else
+    /// notes what is awaited.
+    async fn judge(&mut self, pod: Option<&Pod>) -> Option<Result<String>> {
+        match look(
+            self.engine,
+            self.target,
+            &mut self.policy,
+            pod,
+            self.nodes.as_deref(),
+            self.started,
+        )
+        .await
+        {
+            Decision::Running(name) => Some(Ok(name)),
+            Decision::Fail(e) => Some(Err(e)),
+            Decision::Wait(a) => {
+                note(self.target.what, self.last, a);
+                None
+            }
+        }
+    }
+}
+
+/// How long the API server is asked to keep a watch open (`timeoutSeconds`), from what is
+/// awaited. Autoscaler and Job events change no pod, and the scale-up grace is a time: while
+/// they matter, the wait lists again soon. Otherwise the watch carries every change, and its
+/// length only bounds how late a watch that went silent is noticed (with [`WATCH_MARGIN`]):
+/// 10 s costs one small list per 10 s of waiting.
+fn watch_seconds(last: &std::sync::Mutex<Awaiting>) -> u32 {
+    match *last
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    {
+        Awaiting::Pod | Awaiting::Scheduling(_) => 2,
+        // A node takes minutes to join; its events need no haste.
+        Awaiting::ScaleUp(_) => 5,
+        _ => 10,
+    }
+}
+
+/// How long past its `timeoutSeconds` a watch may stay open before the wait gives up on it
+/// and lists again. kube-apiserver ends a watch at exactly `timeoutSeconds`; the margin
+/// covers its wait for a fresh enough cache before it starts the watch (up to 3 s, then it
+/// answers 504 "Too large resource version") and the round trip. A watch still open after it
+/// went silent: its connection stalled (a proxy, a load balancer, a NAT entry dropped) while
+/// the rest of the API answers, which the heartbeat cannot see.
+const WATCH_MARGIN: Duration = Duration::from_secs(5);
 
 /// How often, and how patiently, a wait checks that the API server still answers: a watch
 /// on a half-open connection (the peer went silent without closing) would otherwise look

@@ -7,8 +7,14 @@
 //! test-image`, to a registry the cluster reads); `BERTH_E2E_NAMESPACE` defaults to `default`.
 //! The host-path workspace case needs the node to share this machine's filesystem (minikube
 //! with the `none` driver); on other clusters expect that one case to fail.
+//!
+//! On k3s in a container, in one command (opt-in, `BERTH_E2E_K3S=1`):
+//! [`k3s_conformance_suite`] starts k3s with testcontainers, loads the test image into it,
+//! and runs this binary again with `BERTH_E2E_KUBECONFIG` pointing at it, so every case goes
+//! through the same fixture; then it removes the container.
 
 mod common;
+mod k3s;
 
 use std::sync::Arc;
 
@@ -127,3 +133,42 @@ async fn k8s_fixture() -> Fixture {
 }
 
 berth_engine_core::conformance_suite!(k8s_fixture());
+
+/// Opt-in (`BERTH_E2E_K3S=1`, with the k3s image present locally): every other case of this
+/// file, run by a child process of this binary against k3s in a container. Without the opt-in
+/// or the image it says why and passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn k3s_conformance_suite() {
+    let k3s_image = match k3s::image_to_run().await {
+        Ok(image) => image,
+        Err(why) => {
+            k3s::say(&format!("k3s_conformance_suite: not run: {why}"));
+            return;
+        }
+    };
+    let docker = berth_engine_docker::DockerEngine::connect(&Default::default())
+        .await
+        .expect("a running Docker daemon");
+    let image = berth_engine_core::testkit::ensure_test_image(&docker)
+        .await
+        .expect("the test image");
+    let cluster = k3s::K3sCluster::start(&k3s_image, &image).await;
+    let mut child = std::process::Command::new(std::env::current_exe().expect("this binary"));
+    child
+        .args(["--skip", "k3s_conformance_suite"])
+        .env("BERTH_E2E_KUBECONFIG", &cluster.kubeconfig)
+        .env("BERTH_E2E_IMAGE", image.as_str())
+        .env("BERTH_E2E_NAMESPACE", "default")
+        // The host-path case makes its directory here, which the node sees at the same path.
+        .env("TMPDIR", &cluster.shared_dir)
+        .env_remove("BERTH_E2E_K3S");
+    let status = tokio::task::spawn_blocking(move || child.status())
+        .await
+        .expect("join")
+        .expect("run the suite");
+    cluster.remove().await;
+    assert!(
+        status.success(),
+        "the conformance suite failed on k3s ({k3s_image}): {status}; its output is above"
+    );
+}

@@ -6,8 +6,6 @@
 mod common;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use berth_engine_core::testkit::ensure_test_image;
@@ -22,8 +20,6 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, ListParams};
 use kube::Api;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
 /// The bound the issue sets: a lost connection is an error within this long.
 const WITHIN: Duration = Duration::from_secs(5);
@@ -85,93 +81,14 @@ async fn connloss_dropped_exec_connections_are_connection_lost() {
     engine.stop(&env).await.expect("stop");
 }
 
-/// A TCP proxy that forwards until frozen, then forwards nothing more in either direction
-/// while keeping every connection open: the client's peer went silent (half-open).
-struct FreezingProxy {
-    addr: std::net::SocketAddr,
-    frozen: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for FreezingProxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    frozen: Arc<AtomicBool>,
-) {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        if frozen.load(Ordering::SeqCst) {
-            // Hold both sockets open and forward nothing, for ever.
-            let _keep = (from, to);
-            std::future::pending::<()>().await;
-            return;
-        }
-        if to.write_all(&buf[..n]).await.is_err() {
-            return;
-        }
-    }
-}
-
-impl FreezingProxy {
-    async fn start(upstream: std::net::SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let frozen = Arc::new(AtomicBool::new(false));
-        let flag = frozen.clone();
-        let task = tokio::spawn(async move {
-            let mut pumps = tokio::task::JoinSet::new();
-            while let Ok((client, _)) = listener.accept().await {
-                let Ok(server) = TcpStream::connect(upstream).await else {
-                    continue;
-                };
-                let (cr, cw) = client.into_split();
-                let (sr, sw) = server.into_split();
-                pumps.spawn(pump(cr, sw, flag.clone()));
-                pumps.spawn(pump(sr, cw, flag.clone()));
-            }
-        });
-        Self { addr, frozen, task }
-    }
-}
-
-/// An engine that reaches `sim` through a [`FreezingProxy`]; the directory holds its
-/// kubeconfig and must outlive the engine's use.
-async fn engine_behind_proxy(sim: &Sim) -> (KubernetesEngine, FreezingProxy, tempfile::TempDir) {
-    let upstream: std::net::SocketAddr = sim
-        .base_url()
-        .trim_start_matches("http://")
-        .parse()
-        .expect("sim address");
-    let proxy = FreezingProxy::start(upstream).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        sim.kubeconfig()
-            .replace(sim.base_url(), &format!("http://{}", proxy.addr)),
-    )
-    .expect("write kubeconfig");
-    (engine_for(&kubeconfig).await, proxy, dir)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connloss_half_open_connection_is_connection_lost() {
     let (_direct, image, guard) = common::sim_engine(|_| {}).await;
-    let (engine, proxy, _dir) = engine_behind_proxy(&guard.sim).await;
+    let (engine, proxy, _dir) = common::proxy::engine_behind_proxy(&guard.sim, |_| {}).await;
     let env = engine.start(&spec(&image)).await.expect("start");
     let process = long_exec(&engine, &env).await;
     let fault = Instant::now();
-    proxy.frozen.store(true, Ordering::SeqCst);
+    proxy.freeze();
     expect_lost(process, fault, &env).await;
     drop(proxy);
     // Clean up through the simulator directly.
@@ -185,12 +102,12 @@ async fn connloss_half_open_during_start_is_connection_lost() {
     let (direct, image, guard) = common::sim_engine(|_| {}).await;
     // The pod stays waiting on a transient pull failure, which the policy waits out.
     guard.sim.fail_pulls(image.as_str(), 1000);
-    let (engine, proxy, _dir) = engine_behind_proxy(&guard.sim).await;
+    let (engine, proxy, _dir) = common::proxy::engine_behind_proxy(&guard.sim, |_| {}).await;
     let spec = spec(&image);
     let start = tokio::time::timeout(Duration::from_secs(40), engine.start(&spec));
     let freeze = async {
         tokio::time::sleep(Duration::from_secs(3)).await;
-        proxy.frozen.store(true, Ordering::SeqCst);
+        proxy.freeze();
         Instant::now()
     };
     let (result, fault) = tokio::join!(start, freeze);

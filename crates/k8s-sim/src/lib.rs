@@ -157,6 +157,13 @@
 //!   volume as soon as no container uses it.
 //! - Namespace deletion removes the namespace's jobs, pods, claims and events, then the
 //!   namespace; `default`, `kube-system` and `kube-public` cannot be deleted (403).
+//! - The network between client and server: the simulator serves loopback HTTP and never
+//!   loses or stalls a connection by itself (only [`Sim::drop_exec_connections`] and a killed
+//!   process do); half-open connections and watches that go silent are made by a TCP proxy in
+//!   the tests (`crates/engine-k8s/tests/common/proxy.rs`). No API Priority and Fairness (no
+//!   429 with `Retry-After` under load) and no request timeout (kube-apiserver ends a request
+//!   other than a watch after 60 s, and a watch without `timeoutSeconds` after a random 30 to
+//!   60 minutes).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), berth_k8s_sim::SimError> {

@@ -8,7 +8,8 @@ use crate::config::BerthConfig;
 /// One verb on one resource berth uses in its namespace, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Permission {
-    /// The authorization verb: `get`, `list`, `watch`, `create`, `delete`.
+    /// The authorization verb: `get`, `list`, `watch`, `create`, `delete`, `patch`,
+    /// `deletecollection`.
     pub verb: &'static str,
     /// The API group (`""` for core, `batch`).
     pub group: &'static str,
@@ -90,6 +91,13 @@ pub fn required(config: &BerthConfig) -> Vec<Permission> {
             "follow an environment's Job",
         ),
         p("delete", "batch", "jobs", None, "stop an environment"),
+        p(
+            "patch",
+            "batch",
+            "jobs",
+            None,
+            "up records the environment as detached (a label)",
+        ),
         p("get", "", "pods", None, "find an environment's pod"),
         p(
             "list",
@@ -106,6 +114,13 @@ pub fn required(config: &BerthConfig) -> Vec<Permission> {
             "pods",
             None,
             "remove doctor's image check pod",
+        ),
+        p(
+            "deletecollection",
+            "",
+            "pods",
+            None,
+            "stop removes an environment's pods at once",
         ),
         p(
             "create",
@@ -215,6 +230,9 @@ mod tests {
         let plain = names(&config);
         assert!(plain.contains(&"create pods/exec".to_owned()));
         assert!(plain.contains(&"watch pods".to_owned()));
+        // `berth up` labels its Job detached; stop deletes the Job's pods as a collection.
+        assert!(plain.contains(&"patch jobs".to_owned()));
+        assert!(plain.contains(&"deletecollection pods".to_owned()));
         assert!(!plain.contains(&"create persistentvolumeclaims".to_owned()));
         config.kubernetes.create_pvc = true;
         let creating = names(&config);

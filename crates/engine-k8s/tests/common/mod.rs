@@ -1,5 +1,8 @@
 //! Shared by the Kubernetes test files: a simulator, a kubeconfig for it, and an engine.
 
+#[allow(dead_code)] // only the files that test silent connections use it
+pub mod proxy;
+
 use std::time::Duration;
 
 use berth_engine_core::testkit::ensure_test_image;
