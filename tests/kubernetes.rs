@@ -2,12 +2,16 @@
 //! the same commands as on Docker, switched by configuration alone.
 
 use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
-use berth_engine_core::testkit::{ensure_test_image, TEST_IMAGE};
+use berth_engine_core::testkit::ensure_test_image;
 use berth_engine_core::SessionId;
 use berth_engine_docker::{DockerConfig, DockerEngine};
 use berth_k8s_sim::Sim;
+
+mod common;
+
+use common::{json_of, text};
 
 struct Cluster {
     sim: Sim,
@@ -28,17 +32,9 @@ impl Cluster {
     }
 
     fn berth(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
-        cmd.args(args)
-            .current_dir(self.dir.path())
-            .env("BERTH_STATE_DIR", self.dir.path().join("state"))
-            .env("BERTH_RUNNER__BACKEND", "kubernetes")
-            .env("BERTH_RUNNER__IMAGE", TEST_IMAGE)
-            .env(
-                "BERTH_KUBERNETES__KUBECONFIG",
-                self.dir.path().join("kubeconfig"),
-            )
-            .env_remove("RUST_LOG");
+        let dir = self.dir.path();
+        let mut cmd = common::berth_in(dir, &dir.join("state"), args);
+        common::on_kubernetes(&mut cmd, &dir.join("kubeconfig"));
         cmd
     }
 }
@@ -52,20 +48,6 @@ fn check_of(report: &serde_json::Value, name: &str) -> serde_json::Value {
         .find(|c| c["check"] == name)
         .unwrap_or_else(|| panic!("no {name} check: {report}"))
         .clone()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn json_of(out: &Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {} / {}",
-            text(&out.stdout),
-            text(&out.stderr)
-        )
-    })
 }
 
 #[tokio::test]
@@ -404,7 +386,7 @@ async fn simwait_doctor_checks_every_verb_and_names_the_rule_that_grants_it() {
     let watch = check("rbac: watch pods");
     assert_eq!(watch["ok"], false, "{watch}");
     assert!(
-        watch["detail"].as_str().unwrap_or("").contains(
+        watch["fix"].as_str().unwrap_or("").contains(
             r#"grant it with the Role rule {apiGroups: [""], resources: ["pods"], verbs: ["watch"]}"#
         ),
         "{watch}"

@@ -8,49 +8,17 @@ use berth_engine_core::SessionId;
 
 mod common;
 
-use common::test_image;
+use common::{containers_of, json_of, test_image, text, volumes_of};
 
+/// The binary, with one state directory for every test of this file, as one user's machine
+/// would have.
 fn berth(args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
-    cmd.args(args)
-        .current_dir(env!("CARGO_TARGET_TMPDIR"))
-        .env("BERTH_STATE_DIR", state_dir())
-        .env_remove("RUST_LOG");
-    for (k, _) in std::env::vars() {
-        if k.starts_with("BERTH_") && k.contains("__") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd
+    common::berth_with_state("berth-state", args)
 }
 
 /// One state directory for every test of this binary, as one user's machine would have.
 fn state_dir() -> String {
     format!("{}/berth-state", env!("CARGO_TARGET_TMPDIR"))
-}
-
-fn json_of(out: &Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {} / {}",
-            text(&out.stdout),
-            text(&out.stderr)
-        )
-    })
-}
-
-fn volumes_of(session: &str) -> Vec<String> {
-    let out = Command::new("docker")
-        .args([
-            "volume",
-            "ls",
-            "-q",
-            "--filter",
-            &format!("label=berth.dev/session={session}"),
-        ])
-        .output()
-        .expect("docker CLI");
-    text(&out.stdout).lines().map(str::to_owned).collect()
 }
 
 /// Removes a session's containers and volumes with the docker CLI when a test ends, pass or
@@ -70,24 +38,6 @@ impl Drop for Cleanup {
                 .output();
         }
     }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Containers labelled with `session`, via the docker CLI (a client berth did not write).
-fn containers_of(session: &str) -> Vec<String> {
-    let out = Command::new("docker")
-        .args([
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=berth.dev/session={session}"),
-        ])
-        .output()
-        .expect("docker CLI");
-    text(&out.stdout).lines().map(str::to_owned).collect()
 }
 
 #[tokio::test]
