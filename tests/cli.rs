@@ -66,34 +66,25 @@ async fn run_forwards_streams_and_exit_code_and_leaves_nothing() {
 #[tokio::test]
 async fn run_passes_stdin_env_workdir_and_user() {
     test_image().await;
-    let mut child = berth(&[
-        "run",
-        "--image",
-        TEST_IMAGE,
-        "-i",
-        "-e",
-        "GREETING=hi there",
-        "-w",
-        "/tmp",
-        "-u",
-        "1000",
-        "--",
-        "sh",
-        "-c",
-        "echo \"$GREETING\"; pwd; id -u; cat",
-    ])
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .expect("spawn berth");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(b"from stdin\n")
-        .expect("write");
-    let out = child.wait_with_output().expect("wait");
+    let out = common::output_with_stdin(
+        &mut berth(&[
+            "run",
+            "--image",
+            TEST_IMAGE,
+            "-i",
+            "-e",
+            "GREETING=hi there",
+            "-w",
+            "/tmp",
+            "-u",
+            "1000",
+            "--",
+            "sh",
+            "-c",
+            "echo \"$GREETING\"; pwd; id -u; cat",
+        ]),
+        b"from stdin\n",
+    );
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "hi there\n/tmp\n1000\nfrom stdin\n");
 }
@@ -942,4 +933,42 @@ async fn connloss_environment_removed_under_exec_exits_125_saying_so() {
         "{}",
         text(&out.stderr)
     );
+}
+
+#[tokio::test]
+async fn up_reports_each_phase_on_stderr_and_json_stays_quiet() {
+    test_image().await;
+    let session = SessionId::generate().to_string();
+    let _cleanup = Cleanup(session.clone());
+    let out = berth(&["up", "--image", TEST_IMAGE, "--session", &session])
+        .output()
+        .expect("up");
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // Not a terminal: one plain line per phase, in order.
+    let starting = stderr
+        .find("berth: starting: waiting for the container")
+        .unwrap_or_else(|| panic!("no starting line: {stderr}"));
+    let ready = stderr
+        .find(&format!("berth: ready: {}", text(&out.stdout).trim()))
+        .unwrap_or_else(|| panic!("no ready line: {stderr}"));
+    assert!(starting < ready, "{stderr}");
+    let out = berth(&[
+        "--json",
+        "up",
+        "--image",
+        TEST_IMAGE,
+        "--session",
+        &session,
+        "--name",
+        "quiet",
+    ])
+    .output()
+    .expect("up --json");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stderr), "", "--json prints no progress");
+    let out = berth(&["down", "--session", &session])
+        .output()
+        .expect("down");
+    assert!(out.status.success(), "{}", text(&out.stderr));
 }

@@ -106,8 +106,8 @@ async fn up_exec_cp_ls_down_on_kubernetes() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let id = json_of(&out)["id"].as_str().expect("id").to_owned();
 
-    let mut child = c
-        .berth(&[
+    let out = common::output_with_stdin(
+        &mut c.berth(&[
             "exec",
             "-i",
             "-u",
@@ -117,19 +117,9 @@ async fn up_exec_cp_ls_down_on_kubernetes() {
             "sh",
             "-c",
             "id -u; cat",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("exec");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(b"piped in\n")
-        .expect("write");
-    let out = child.wait_with_output().expect("wait");
+        ]),
+        b"piped in\n",
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "1000\npiped in\n");
 

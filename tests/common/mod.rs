@@ -2,8 +2,9 @@
 //! (registered as integration tests of `berth-cli`, so `CARGO_BIN_EXE_berth` is the binary).
 #![allow(dead_code)] // each test file uses its own subset
 
+use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 use berth_engine_core::testkit::ensure_test_image;
 use berth_engine_docker::{DockerConfig, DockerEngine};
@@ -39,6 +40,23 @@ pub fn on_kubernetes<'a>(cmd: &'a mut Command, kubeconfig: &Path) -> &'a mut Com
             berth_engine_core::testkit::TEST_IMAGE,
         )
         .env("BERTH_KUBERNETES__KUBECONFIG", kubeconfig)
+}
+
+/// Runs `cmd` with `input` on its stdin (then EOF), capturing its output.
+pub fn output_with_stdin(cmd: &mut Command, input: &[u8]) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn berth");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("write");
+    child.wait_with_output().expect("wait")
 }
 
 /// Bytes as text, lossily.

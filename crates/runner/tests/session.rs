@@ -167,3 +167,31 @@ async fn a_start_in_flight_at_shutdown_stops_what_it_started() {
     let left = engine.list(&selector).await.expect("list");
     assert!(left.is_empty(), "escaped shutdown: {left:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_reports_its_phases_in_order() {
+    use berth_runner::lifecycle::{self, StartPhase, StartProgress};
+    let (engine, template) = engine().await;
+    let session = Session::new(engine, template);
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let progress = StartProgress::new(move |phase: &StartPhase| {
+        record.lock().expect("lock").push(phase.clone());
+    });
+    let id = lifecycle::start(
+        &session,
+        "watched",
+        berth_engine_core::PullPolicy::IfNotPresent,
+        &progress,
+    )
+    .await
+    .expect("start");
+    session.shutdown().await.expect("shutdown");
+    let seen = seen.lock().expect("lock").clone();
+    assert_eq!(seen.last(), Some(&StartPhase::Ready { id }), "{seen:?}");
+    let starting = seen
+        .iter()
+        .position(|p| matches!(p, StartPhase::Starting { .. }))
+        .unwrap_or_else(|| panic!("no Starting: {seen:?}"));
+    assert_eq!(starting, seen.len() - 2, "{seen:?}");
+}
