@@ -480,3 +480,29 @@ async fn simwait_render_rbac_prints_a_valid_least_privilege_role() {
         "least privilege: {rules:?}"
     );
 }
+
+#[tokio::test]
+async fn simwait_up_says_what_a_start_waits_for() {
+    let c = Cluster::start().await;
+    c.sim.fail_pulls(berth_engine_core::testkit::TEST_IMAGE, 2);
+    let session = SessionId::generate().to_string();
+    let out = c
+        .berth(&["up", "--session", &session])
+        .output()
+        .expect("up");
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // Not a terminal: a line each time what the start waits for changes, then ready.
+    let waiting = stderr
+        .find("berth: starting: waiting for the kubelet to retry the image pull")
+        .unwrap_or_else(|| panic!("the pull retry was not said: {stderr}"));
+    let ready = stderr
+        .find("berth: ready: ")
+        .unwrap_or_else(|| panic!("no ready line: {stderr}"));
+    assert!(waiting < ready, "{stderr}");
+    let out = c
+        .berth(&["down", "--session", &session])
+        .output()
+        .expect("down");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}

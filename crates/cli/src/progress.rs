@@ -66,15 +66,15 @@ pub fn start(mode: Mode) -> (StartProgress, SpinnerGuard) {
             (progress, SpinnerGuard(Some(bar)))
         }
         Mode::Lines => {
-            let last = Arc::new(Mutex::new(None::<&'static str>));
+            let last = Arc::new(Mutex::new(String::new()));
             let progress = StartProgress::new(move |phase| {
-                let key = phase_key(phase);
+                let line = line(phase);
                 let mut last = last
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                if *last != Some(key) {
-                    *last = Some(key);
-                    eprintln!("berth: {}", line(phase));
+                if *last != line {
+                    eprintln!("berth: {line}");
+                    *last = line;
                 }
             });
             (progress, SpinnerGuard(None))
@@ -82,17 +82,8 @@ pub fn start(mode: Mode) -> (StartProgress, SpinnerGuard) {
     }
 }
 
-/// Which phase this is, so a line is printed once per phase, not per pull event.
-fn phase_key(phase: &StartPhase) -> &'static str {
-    match phase {
-        StartPhase::Pulling { .. } => "pulling",
-        StartPhase::Starting { .. } => "starting",
-        StartPhase::Ready { .. } => "ready",
-        _ => "other",
-    }
-}
-
-/// The line for a phase: a pull names its image only (its layers change too fast to list).
+/// The line for a phase, printed when it differs from the last: a pull names its image only
+/// (its layers change too fast to list).
 fn line(phase: &StartPhase) -> String {
     match phase {
         StartPhase::Pulling { image, .. } => format!("pulling {image}"),
@@ -129,6 +120,5 @@ mod tests {
             event: ProgressEvent::status(Some("layer".into()), "Downloading"),
         };
         assert_eq!(line(&phase), "pulling busybox:1");
-        assert_eq!(phase_key(&phase), "pulling");
     }
 }

@@ -33,6 +33,13 @@ pub enum StartPhase {
         /// The backend, which says what is awaited.
         backend: BackendKind,
     },
+    /// The start waits for something in particular (on Kubernetes: the Job controller, a
+    /// node with room, a scale-up, a claim to bind, a pull retry, the container), said
+    /// each time it changes.
+    Waiting {
+        /// What is awaited, in words.
+        what: String,
+    },
     /// The environment takes commands.
     Ready {
         /// Its id.
@@ -62,6 +69,7 @@ impl fmt::Display for StartPhase {
             StartPhase::Starting {
                 backend: BackendKind::Kubernetes,
             } => f.write_str("starting: waiting for the pod to be scheduled and running"),
+            StartPhase::Waiting { what } => write!(f, "starting: waiting for {what}"),
             StartPhase::Ready { id } => write!(f, "ready: {id}"),
         }
     }
@@ -137,7 +145,19 @@ pub async fn start(
     progress.report(&StartPhase::Starting {
         backend: engine.backend(),
     });
-    let id = session.start(name).await?;
+    let id = match &progress.0 {
+        // A backend that can say what it waits for (Kubernetes) says it here.
+        Some(f) => {
+            let f = f.clone();
+            let on_wait = move |what: &str| {
+                f(&StartPhase::Waiting {
+                    what: what.to_owned(),
+                });
+            };
+            berth_engine_k8s::progress::report_waits(on_wait, session.start(name)).await?
+        }
+        None => session.start(name).await?,
+    };
     progress.report(&StartPhase::Ready { id: id.clone() });
     Ok(id)
 }
