@@ -1,7 +1,6 @@
 //! The `berth` binary with `runner.backend: kubernetes`, end to end against the simulator:
 //! the same commands as on Docker, switched by configuration alone.
 
-use std::io::Write;
 use std::process::{Command, Stdio};
 
 use berth_engine_core::testkit::ensure_test_image;
@@ -259,21 +258,12 @@ async fn rendered_yaml_is_accepted_by_kubectl_create() {
         .output()
         .expect("render");
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let mut kubectl = Command::new("kubectl")
-        .args(["create", "-f", "-", "-o", "name"])
-        .env("KUBECONFIG", c.dir.path().join("kubeconfig"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl");
-    kubectl
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(&out.stdout)
-        .expect("write");
-    let created = kubectl.wait_with_output().expect("kubectl");
+    let created = common::output_with_stdin(
+        Command::new("kubectl")
+            .args(["create", "-f", "-", "-o", "name"])
+            .env("KUBECONFIG", c.dir.path().join("kubeconfig")),
+        &out.stdout,
+    );
     assert!(
         created.status.success(),
         "kubectl refused berth render's YAML: {}",

@@ -49,7 +49,7 @@ pub fn output_with_stdin(cmd: &mut Command, input: &[u8]) -> Output {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn berth");
+        .expect("spawn");
     child
         .stdin
         .take()

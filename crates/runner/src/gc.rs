@@ -119,6 +119,16 @@ pub struct Plan {
     pub kept: usize,
 }
 
+impl Plan {
+    /// Removes (as `action` says) when there is a reason, else keeps.
+    fn decide(&mut self, reason: Option<String>, action: impl FnOnce(String) -> Action) {
+        match reason {
+            Some(reason) => self.actions.push(action(reason)),
+            None => self.kept += 1,
+        }
+    }
+}
+
 /// The environments that are garbage, without I/O: exited ones, ones older than
 /// `options.older_than`, and ones whose owner (as `owners` reports it, by id) is gone without
 /// detaching them. `now` is the current time in seconds since the Unix epoch.
@@ -149,14 +159,11 @@ pub fn plan_environments(
                 view.legacy_marker,
             )
         });
-        match reason {
-            Some(reason) => plan.actions.push(Action::RemoveEnvironment {
-                id: env.id.clone(),
-                session: env.session.clone(),
-                reason,
-            }),
-            None => plan.kept += 1,
-        }
+        plan.decide(reason, |reason| Action::RemoveEnvironment {
+            id: env.id.clone(),
+            session: env.session.clone(),
+            reason,
+        });
     }
     plan
 }
@@ -177,14 +184,11 @@ pub fn plan_volumes(volumes: &[VolumeStatus], options: &GcOptions, now: u64) -> 
             )),
             (true, false, Some(_), _) => None,
         };
-        match reason {
-            Some(reason) => plan.actions.push(Action::RemoveVolume {
-                name: volume.name.clone(),
-                session: volume.session.clone(),
-                reason,
-            }),
-            None => plan.kept += 1,
-        }
+        plan.decide(reason, |reason| Action::RemoveVolume {
+            name: volume.name.clone(),
+            session: volume.session.clone(),
+            reason,
+        });
     }
     plan
 }
