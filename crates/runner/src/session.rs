@@ -347,3 +347,7 @@ impl Drop for Session {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "session_tests.rs"]
+mod tests;
