@@ -365,5 +365,4 @@ pub fn source_name(path: &str) -> Option<&OsStr> {
 }
 
 #[cfg(test)]
-#[path = "../copy_tests.rs"]
 mod tests;
