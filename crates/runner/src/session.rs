@@ -306,7 +306,7 @@ impl Drop for Session {
     /// runtime, and a stop spawned in the background dies with that runtime. So inside a
     /// multi-thread Tokio runtime the drop waits in [`tokio::task::block_in_place`], which
     /// hands this worker's queued tasks to a fresh worker first: the runtime keeps its full
-    /// capacity, and only the dropping task waits, for at most [`DROP_STOP_LIMIT`]. Call
+    /// capacity, and only the dropping task waits, for at most a minute (`DROP_STOP_LIMIT`). Call
     /// [`Session::shutdown`] to stop without waiting in a drop. On a current-thread runtime
     /// the stops can only be spawned; without a runtime nothing can be stopped. Either way
     /// `berth gc` finds what is left.

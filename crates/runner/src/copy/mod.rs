@@ -1,6 +1,6 @@
 //! Copying out of an environment: the archive an environment sends is untrusted data.
 //!
-//! [`extract`] reads a tar stream with berth's own loop (not `tar::Archive::unpack`, which keeps
+//! [`extract_to`] reads a tar stream with berth's own loop (not `tar::Archive::unpack`, which keeps
 //! every directory entry in memory and reads GNU long names and PAX headers of any size), so
 //! memory stays bounded whatever the archive holds. It writes into a private temporary
 //! directory next to the destination and moves the result into place only once the whole
@@ -75,7 +75,7 @@ impl Default for CopyLimits {
     }
 }
 
-/// How [`extract`] treats an archive.
+/// How [`extract_to`] treats an archive.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ExtractOptions {
