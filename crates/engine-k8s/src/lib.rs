@@ -25,6 +25,7 @@ mod errors;
 mod exec;
 pub mod manifest;
 mod policy;
+pub mod progress;
 mod retry;
 mod wait;
 mod ws;

@@ -327,6 +327,7 @@ fn note(what: &str, last: &std::sync::Mutex<Awaiting>, now: Awaiting) {
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     if *last != now {
         tracing::info!("{what}: waiting for {now}");
+        crate::progress::waiting_for(&now);
         *last = now;
     }
 }

@@ -1,86 +1,117 @@
-//! `berth doctor` on Kubernetes: the namespace and claim, every permission berth uses (one
-//! SelfSubjectAccessReview each, a missing one named with the Role rule that grants it), and
-//! the image run in a pod built exactly like an environment's.
+//! `berth doctor` as data: the config in use, the limits, the engine, what only the backend
+//! can check (on Kubernetes: the namespace and claim, every permission berth uses, one
+//! SelfSubjectAccessReview each), and the image. Each finding is a typed [`Check`].
 
-use berth_engine_core::{EnvironmentSpec, ImageRef, SessionId};
-use berth_engine_k8s::KubernetesEngine;
+use serde::Serialize;
 
-use crate::backend;
-use crate::config::BerthConfig;
-use crate::rbac;
+use crate::backend::Backend;
+use crate::config::{ConfigSource, Loaded};
+use crate::spec;
 
-/// One line of the report: the check's name, whether it passed, and what was seen.
-pub type Check = (String, bool, String);
+/// One finding of `berth doctor`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Check {
+    /// What was checked (`engine`, `image`, `rbac: create jobs`).
+    #[serde(rename = "check")]
+    pub name: String,
+    /// Whether it passed.
+    pub ok: bool,
+    /// What was seen.
+    pub detail: String,
+    /// What to do about a failure, when berth knows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
 
-/// The namespace and claim checks, then one check per permission of [`rbac::required`].
-pub async fn kubernetes(engine: &KubernetesEngine, config: &BerthConfig) -> Vec<Check> {
-    let k = &config.kubernetes;
-    let mut out = engine.checks(k.pvc_name.as_deref()).await;
-    for perm in rbac::required(config) {
-        let name = format!("rbac: {}", perm.name());
-        let answer = engine
-            .can_i(perm.verb, perm.group, perm.resource, perm.subresource)
-            .await;
-        out.push(match answer {
-            Ok(Some(true)) => (name, true, format!("allowed in {}", k.namespace)),
-            Ok(Some(false)) => (
-                name,
-                false,
-                format!(
-                    "forbidden in {} (berth needs it to {}); grant it with the Role rule {} (berth render --rbac prints the whole Role)",
-                    k.namespace,
-                    perm.why,
-                    perm.rule()
-                ),
-            ),
-            Ok(None) => (
-                name,
-                true,
-                "skipped: the API server does not serve SelfSubjectAccessReview".into(),
-            ),
-            Err(e) => (name, false, e.to_string()),
-        });
+impl Check {
+    /// A passed check.
+    #[must_use]
+    pub fn pass(name: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            ok: true,
+            detail: detail.into(),
+            fix: None,
+        }
     }
-    out
+
+    /// A failed check.
+    #[must_use]
+    pub fn fail(name: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            ..Self::pass(name, detail)
+        }
+    }
+
+    /// With advice on how to fix it.
+    #[must_use]
+    pub fn with_fix(mut self, fix: impl Into<String>) -> Self {
+        self.fix = Some(fix.into());
+        self
+    }
 }
 
-/// The environment spec the image check runs: what `berth up` would make of the config
-/// (resources, lifetime, user, security profile), without a workspace.
-#[must_use]
-pub fn check_spec(config: &BerthConfig, image: ImageRef) -> EnvironmentSpec {
-    let resources = config.runner_resources();
-    let mut spec = EnvironmentSpec::new(image, SessionId::generate())
-        .with_resources(resources)
-        .with_max_lifetime(config.max_lifetime());
-    spec.user.clone_from(&config.kubernetes.run_as_user);
-    spec.security = config.kubernetes.security;
-    spec
-}
-
-/// The image check: `image` in a short-lived pod built like an environment (same security
-/// profile, resources, service account and pull policy; never `imagePullPolicy: Never`),
-/// so Pod Security admission and quotas judge it as they will judge the environment.
-pub async fn kubernetes_image(config: &BerthConfig, image: &str) -> Check {
-    let name = "image".to_owned();
-    let spec = match ImageRef::new(image)
-        .map_err(anyhow::Error::from)
-        .map(|i| check_spec(config, i))
-    {
-        Ok(spec) => spec,
-        Err(e) => return (name, false, e.to_string()),
+/// Every check `berth doctor` makes for `loaded`, in order; `image` overrides `runner.image`.
+/// Nothing is printed.
+pub async fn run(loaded: &Loaded, image: Option<&str>) -> Vec<Check> {
+    let config = &loaded.config;
+    let source = match &loaded.source {
+        ConfigSource::Defaults => "built-in defaults".to_owned(),
+        ConfigSource::File(p) => p.display().to_string(),
     };
-    match KubernetesEngine::connect(backend::kubernetes_config(config)).await {
-        Err(e) => (name, false, e.to_string()),
-        Ok(engine) => match engine.check_image_like(&spec).await {
-            Ok(()) => (
-                name,
-                true,
-                format!(
-                    "{image} runs in {} as an environment would",
-                    config.kubernetes.namespace
-                ),
-            ),
-            Err(e) => (name, false, e.to_string()),
+    let mut checks = vec![
+        Check::pass("config", source),
+        Check::pass("backend", config.runner.backend.to_string()),
+        Check::pass("limits", spec::limits(config).note),
+    ];
+    checks.extend(crate::backend::target_checks(config));
+    let backend = match Backend::connect(config).await {
+        Ok(backend) => backend,
+        Err(e) => {
+            checks.push(Check::fail("engine", e.to_string()));
+            return checks;
+        }
+    };
+    let info = match backend.engine().init().await {
+        Ok(info) => info,
+        Err(e) => {
+            checks.push(Check::fail("engine", e.to_string()));
+            return checks;
+        }
+    };
+    checks.extend(backend.checks(config).await);
+    checks.push(Check::pass(
+        "engine",
+        format!(
+            "{} at {}, server {}{}",
+            info.backend,
+            info.endpoint,
+            info.server_version,
+            info.api_version
+                .map(|a| format!(", API {a}"))
+                .unwrap_or_default()
+        ),
+    ));
+    let image = image
+        .map(str::to_owned)
+        .or_else(|| config.runner.image.clone());
+    checks.push(match image {
+        None => Check::fail(
+            "image",
+            "no image configured (runner.image) or given (--image)",
+        ),
+        Some(image) => match berth_engine_core::ImageRef::new(image) {
+            Ok(image) => backend.check_image(config, &image).await,
+            Err(e) => Check::fail("image", e.to_string()),
         },
-    }
+    });
+    checks
+}
+
+/// Whether every check passed.
+#[must_use]
+pub fn all_ok(checks: &[Check]) -> bool {
+    checks.iter().all(|c| c.ok)
 }

@@ -3,12 +3,15 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::collections::BTreeMap;
+
 use berth_engine_core::{
-    ContainerEngine, EnvironmentId, EnvironmentState, EnvironmentStatus, LabelSelector, Result,
-    SessionId, DETACHED_REQUESTED, DETACHED_YES, LABEL_DETACHED,
+    ContainerEngine, EnvironmentId, EnvironmentState, EnvironmentStatus, LabelSelector, SessionId,
+    VolumeStatus, DETACHED_REQUESTED, DETACHED_YES, LABEL_DETACHED,
 };
 use serde::Serialize;
 
+use crate::error::{Result, RunnerError};
 use crate::owner::Owner;
 use crate::state::StateDir;
 
@@ -73,11 +76,163 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// What is known on this host about an environment's owner: whether the process still runs
+/// (`None` when unknowable, e.g. it ran on another host) and whether an old state-directory
+/// marker says it was detached.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OwnerView {
+    /// The owner's liveness as [`Owner::is_alive`] reports it.
+    pub alive: Option<bool>,
+    /// An old berth recorded the environment as detached in the state directory.
+    pub legacy_marker: bool,
+}
+
+/// One removal gc decided on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Stop and remove an environment.
+    RemoveEnvironment {
+        /// The environment.
+        id: EnvironmentId,
+        /// Its session.
+        session: Option<SessionId>,
+        /// Why it is garbage.
+        reason: String,
+    },
+    /// Remove a workspace volume.
+    RemoveVolume {
+        /// The volume (or claim).
+        name: String,
+        /// The session that created it.
+        session: Option<SessionId>,
+        /// Why it is garbage.
+        reason: String,
+    },
+}
+
+/// What gc decided about a set of objects: the removals, and how many it keeps.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// The removals, in order.
+    pub actions: Vec<Action>,
+    /// How many objects are kept.
+    pub kept: usize,
+}
+
+impl Plan {
+    /// Removes (as `action` says) when there is a reason, else keeps.
+    fn decide(&mut self, reason: Option<String>, action: impl FnOnce(String) -> Action) {
+        match reason {
+            Some(reason) => self.actions.push(action(reason)),
+            None => self.kept += 1,
+        }
+    }
+}
+
+/// The environments that are garbage, without I/O: exited ones, ones older than
+/// `options.older_than`, and ones whose owner (as `owners` reports it, by id) is gone without
+/// detaching them. `now` is the current time in seconds since the Unix epoch.
+#[must_use]
+pub fn plan_environments(
+    envs: &[EnvironmentStatus],
+    owners: &BTreeMap<EnvironmentId, OwnerView>,
+    options: &GcOptions,
+    now: u64,
+) -> Plan {
+    let mut plan = Plan::default();
+    for env in envs {
+        let age = env.created_unix_secs.map(|c| now.saturating_sub(c));
+        let reason = if env.state == EnvironmentState::Exited {
+            Some("its keepalive has exited (lifetime over or killed)".to_owned())
+        } else if let (Some(limit), Some(age)) = (options.older_than, age) {
+            (age > limit.as_secs()).then(|| format!("older than {}s ({age}s)", limit.as_secs()))
+        } else {
+            None
+        };
+        let reason = reason.or_else(|| {
+            let owner = Owner::from_labels(&env.labels)?;
+            let view = owners.get(&env.id).copied().unwrap_or_default();
+            owner_gone_reason(
+                env.labels.get(LABEL_DETACHED).map(String::as_str),
+                &owner,
+                view.alive,
+                view.legacy_marker,
+            )
+        });
+        plan.decide(reason, |reason| Action::RemoveEnvironment {
+            id: env.id.clone(),
+            session: env.session.clone(),
+            reason,
+        });
+    }
+    plan
+}
+
+/// The workspace volumes that are garbage, without I/O: with `options.volumes`, those no
+/// environment uses (and older than `options.older_than` when set).
+#[must_use]
+pub fn plan_volumes(volumes: &[VolumeStatus], options: &GcOptions, now: u64) -> Plan {
+    let mut plan = Plan::default();
+    for volume in volumes {
+        let age = volume.created_unix_secs.map(|c| now.saturating_sub(c));
+        let reason = match (options.volumes, volume.in_use, options.older_than, age) {
+            (false, ..) | (true, true, ..) => None,
+            (true, false, None, _) => Some("no environment uses it".to_owned()),
+            (true, false, Some(limit), Some(age)) if age > limit.as_secs() => Some(format!(
+                "no environment uses it, and it is older than {}s ({age}s)",
+                limit.as_secs()
+            )),
+            (true, false, Some(_), _) => None,
+        };
+        plan.decide(reason, |reason| Action::RemoveVolume {
+            name: volume.name.clone(),
+            session: volume.session.clone(),
+            reason,
+        });
+    }
+    plan
+}
+
+/// Runs blocking file-system work (the state directory, `/proc`) off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| RunnerError::Io {
+            what: "a state-directory task failed".into(),
+            source: std::io::Error::other(e),
+        })
+}
+
+/// What this host knows about the owners of `envs`.
+async fn observe_owners(
+    envs: &[EnvironmentStatus],
+    state: &StateDir,
+) -> Result<BTreeMap<EnvironmentId, OwnerView>> {
+    let owners: Vec<(EnvironmentId, Option<Owner>)> = envs
+        .iter()
+        .map(|e| (e.id.clone(), Owner::from_labels(&e.labels)))
+        .collect();
+    let state = state.clone();
+    blocking(move || {
+        owners
+            .into_iter()
+            .map(|(id, owner)| {
+                let view = OwnerView {
+                    alive: owner.as_ref().and_then(Owner::is_alive),
+                    legacy_marker: state.is_detached(&id),
+                };
+                (id, view)
+            })
+            .collect()
+    })
+    .await
+}
+
 /// Finds and (unless `dry_run`) removes berth's leftovers: environments that have exited,
 /// whose owning process on this host is gone without detaching them, or that are older than
 /// `older_than`. Anonymous workspace volumes go with their environment; named ones (Docker
 /// volumes, Kubernetes claims berth created) only with [`GcOptions::volumes`], and only once
-/// no environment uses them.
+/// no environment uses them. The decisions are [`plan_environments`] and [`plan_volumes`].
 ///
 /// # Errors
 /// The engine's error when listing fails; removal failures are reported per item.
@@ -91,70 +246,104 @@ pub async fn collect_garbage(
         None => LabelSelector::all(),
     };
     let found = engine.list(&selector).await?;
-    let mut report = GcReport::default();
-    for env in &found {
-        let age = env.created_unix_secs.map(|c| now().saturating_sub(c));
-        let owner = Owner::from_labels(&env.labels);
-        let reason = if env.state == EnvironmentState::Exited {
-            Some("its keepalive has exited (lifetime over or killed)".to_owned())
-        } else if let (Some(limit), Some(age)) = (options.older_than, age) {
-            (age > limit.as_secs()).then(|| format!("older than {}s ({age}s)", limit.as_secs()))
-        } else {
-            None
+    let owners = observe_owners(&found, state).await?;
+    let plan = plan_environments(&found, &owners, options, now());
+    let mut report = GcReport {
+        kept: plan.kept,
+        ..GcReport::default()
+    };
+    let mut forget = Vec::new();
+    for action in plan.actions {
+        let Action::RemoveEnvironment {
+            id,
+            session,
+            reason,
+        } = action
+        else {
+            continue;
         };
-        let reason = reason.or_else(|| owner_gone(env, owner.as_ref()?, state));
-        match reason {
-            Some(reason) => {
-                let removed = if options.dry_run {
-                    false
-                } else {
-                    match engine.stop(&env.id).await {
-                        Ok(_) => {
-                            state.forget(&env.id);
-                            true
-                        }
-                        Err(e) => {
-                            tracing::warn!(env = %env.id, error = %e, "gc could not remove");
-                            false
-                        }
-                    }
-                };
-                report.garbage.push(GcItem {
-                    id: env.id.clone(),
-                    session: env.session.clone(),
-                    reason,
-                    removed,
-                });
-            }
-            None => report.kept += 1,
-        }
+        let removed = !options.dry_run && remove(engine, &id, &mut forget).await;
+        report.garbage.push(GcItem {
+            id,
+            session,
+            reason,
+            removed,
+        });
     }
-    collect_volumes(engine, &selector, options, &mut report).await?;
-    if !options.dry_run && options.session.is_none() {
-        for marker in state.detached() {
-            if !found.iter().any(|e| e.id == marker) {
-                state.forget(&marker);
+    // Volumes are listed after the environments are gone, so that a volume they held is free.
+    let volumes = engine.list_volumes(&selector).await?;
+    let plan = plan_volumes(&volumes, options, now());
+    report.volumes_kept = plan.kept;
+    for action in plan.actions {
+        let Action::RemoveVolume {
+            name,
+            session,
+            reason,
+        } = action
+        else {
+            continue;
+        };
+        let removed = !options.dry_run && remove_volume(engine, &name).await;
+        report.volumes.push(GcVolumeItem {
+            name,
+            session,
+            reason,
+            removed,
+        });
+    }
+    if !options.dry_run {
+        let sweep = options.session.is_none();
+        let state = state.clone();
+        blocking(move || {
+            for env in &forget {
+                state.forget(env);
             }
-        }
+            if sweep {
+                for marker in state.detached() {
+                    if !found.iter().any(|e| e.id == marker) {
+                        state.forget(&marker);
+                    }
+                }
+            }
+        })
+        .await?;
     }
     Ok(report)
 }
 
-/// Why `env` is garbage because of its owner, if it is: the owner ran on this host (another
-/// host's processes are unknowable here, so never judged dead), is gone, and did not detach
-/// it. Detachment is read from the environment itself ([`LABEL_DETACHED`]), so every host and
-/// state directory agrees; markers in `state` from older berth versions still count.
-fn owner_gone(env: &EnvironmentStatus, owner: &Owner, state: &StateDir) -> Option<String> {
-    owner_gone_reason(
-        env.labels.get(LABEL_DETACHED).map(String::as_str),
-        owner,
-        owner.is_alive(),
-        state.is_detached(&env.id),
-    )
+async fn remove(
+    engine: &dyn ContainerEngine,
+    env: &EnvironmentId,
+    forget: &mut Vec<EnvironmentId>,
+) -> bool {
+    match engine.stop(env).await {
+        Ok(_) => {
+            forget.push(env.clone());
+            true
+        }
+        Err(e) => {
+            tracing::warn!(env = %env, error = %e, "gc could not remove");
+            false
+        }
+    }
 }
 
-/// The pure decision of [`owner_gone`]: `detached` is the label's value, `alive` the owner's
-/// liveness as [`Owner::is_alive`] reports it, `legacy_marker` an old state-directory record.
+async fn remove_volume(engine: &dyn ContainerEngine, name: &str) -> bool {
+    match engine.remove_volume(name).await {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::warn!(volume = %name, error = %e, "gc could not remove");
+            false
+        }
+    }
+}
+
+/// Why an environment is garbage because of its owner, if it is: the owner ran on this host
+/// (another host's processes are unknowable here, so never judged dead), is gone, and did not
+/// detach it. Detachment is read from the environment itself ([`LABEL_DETACHED`]), so every
+/// host and state directory agrees; markers from older berth versions still count.
+/// `detached` is the label's value, `alive` the owner's liveness as [`Owner::is_alive`]
+/// reports it, `legacy_marker` an old state-directory record.
 fn owner_gone_reason(
     detached: Option<&str>,
     owner: &Owner,
@@ -175,51 +364,6 @@ fn owner_gone_reason(
             owner.pid, owner.host
         )
     })
-}
-
-/// The volume half of [`collect_garbage`], run after the environments are gone so that a
-/// volume they held is free.
-async fn collect_volumes(
-    engine: &dyn ContainerEngine,
-    selector: &LabelSelector,
-    options: &GcOptions,
-    report: &mut GcReport,
-) -> Result<()> {
-    let volumes = engine.list_volumes(selector).await?;
-    for volume in volumes {
-        let age = volume.created_unix_secs.map(|c| now().saturating_sub(c));
-        let reason = match (options.volumes, volume.in_use, options.older_than, age) {
-            (false, ..) | (true, true, ..) => None,
-            (true, false, None, _) => Some("no environment uses it".to_owned()),
-            (true, false, Some(limit), Some(age)) if age > limit.as_secs() => Some(format!(
-                "no environment uses it, and it is older than {}s ({age}s)",
-                limit.as_secs()
-            )),
-            (true, false, Some(_), _) => None,
-        };
-        let Some(reason) = reason else {
-            report.volumes_kept += 1;
-            continue;
-        };
-        let removed = if options.dry_run {
-            false
-        } else {
-            match engine.remove_volume(&volume.name).await {
-                Ok(_) => true,
-                Err(e) => {
-                    tracing::warn!(volume = %volume.name, error = %e, "gc could not remove");
-                    false
-                }
-            }
-        };
-        report.volumes.push(GcVolumeItem {
-            name: volume.name,
-            session: volume.session,
-            reason,
-            removed,
-        });
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -266,5 +410,93 @@ mod tests {
             );
         }
         assert_eq!(owner_gone_reason(None, &owner(), Some(false), true), None);
+    }
+
+    fn env(
+        id: &str,
+        state: EnvironmentState,
+        created: u64,
+        labels: &[(&str, &str)],
+    ) -> EnvironmentStatus {
+        let mut status = EnvironmentStatus::new(
+            EnvironmentId::new(id).expect("id"),
+            "img".to_owned(),
+            state,
+            labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        );
+        status.created_unix_secs = Some(created);
+        status
+    }
+
+    fn owner_labels() -> Vec<(&'static str, &'static str)> {
+        vec![
+            (crate::owner::LABEL_OWNER_HOST, "h"),
+            (crate::owner::LABEL_OWNER_PID, "7"),
+            (crate::owner::LABEL_OWNER_START, "1"),
+        ]
+    }
+
+    #[test]
+    fn the_plan_removes_exited_old_and_orphaned_environments_and_keeps_the_rest() {
+        let orphan = EnvironmentId::new("orphan").expect("id");
+        let owned = owner_labels();
+        let envs = [
+            env("exited", EnvironmentState::Exited, 990, &[]),
+            env("young", EnvironmentState::Running, 990, &[]),
+            env("old", EnvironmentState::Running, 100, &[]),
+            env("orphan", EnvironmentState::Running, 990, &owned),
+        ];
+        let owners = BTreeMap::from([(
+            orphan.clone(),
+            OwnerView {
+                alive: Some(false),
+                legacy_marker: false,
+            },
+        )]);
+        let options = GcOptions {
+            older_than: Some(Duration::from_secs(60)),
+            ..GcOptions::default()
+        };
+        let plan = plan_environments(&envs, &owners, &options, 1000);
+        let removed: Vec<String> = plan
+            .actions
+            .iter()
+            .map(|a| match a {
+                Action::RemoveEnvironment { id, .. } => id.to_string(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(removed, ["exited", "old", "orphan"]);
+        assert_eq!(plan.kept, 1);
+        // Without --older-than the old one stays; an owner not known to be dead keeps its own.
+        let plan = plan_environments(&envs, &BTreeMap::new(), &GcOptions::default(), 1000);
+        assert_eq!(plan.actions.len(), 1);
+        assert_eq!(plan.kept, 3);
+    }
+
+    #[test]
+    fn volumes_go_only_when_asked_unused_and_old_enough() {
+        let volume = |name: &str, in_use: bool| {
+            let mut v = VolumeStatus::new(name, BTreeMap::new(), in_use);
+            v.created_unix_secs = Some(900);
+            v
+        };
+        let volumes = [volume("used", true), volume("free", false)];
+        assert_eq!(plan_volumes(&volumes, &GcOptions::default(), 1000).kept, 2);
+        let asked = GcOptions {
+            volumes: true,
+            ..GcOptions::default()
+        };
+        let plan = plan_volumes(&volumes, &asked, 1000);
+        assert_eq!(plan.kept, 1);
+        assert!(matches!(&plan.actions[..], [Action::RemoveVolume { name, .. }] if name == "free"));
+        let young = GcOptions {
+            older_than: Some(Duration::from_secs(500)),
+            ..asked
+        };
+        assert!(plan_volumes(&volumes, &young, 1000).actions.is_empty());
     }
 }

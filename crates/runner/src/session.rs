@@ -5,26 +5,31 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use berth_engine_core::{
-    ContainerEngine, EnvironmentId, EnvironmentSpec, Error, ExecOutput, ExecRequest, Result,
-    SessionId, StopOutcome,
+    ContainerEngine, EnvironmentId, EnvironmentSpec, ExecOutput, ExecRequest, SessionId,
+    StopOutcome,
 };
 use futures_util::future::join_all;
 
+use crate::error::{Result, RunnerError};
 use crate::owner::Owner;
 
 /// One engine and the environments a session started on it.
 ///
 /// Every environment carries the session id, a creation time and this process as its owner in
-/// its labels. [`Session::shutdown`] stops them all and reports the outcome; dropping the
-/// session stops them too (inside a multi-thread Tokio runtime, before the drop returns),
-/// unless [`Session::detach`] handed them over.
+/// its labels. [`Session::shutdown`] stops them all and reports every failure; dropping the
+/// session stops them too (inside a multi-thread Tokio runtime, before the drop returns; see
+/// the `Drop` impl for why that waits), unless [`Session::detach`] handed them over.
+///
+/// A name is reserved when its start begins: a second start of the same name fails at once,
+/// and an environment whose start was still running when the session shut down is stopped
+/// as soon as it is up, so none escapes.
 ///
 /// ```no_run
 /// use std::sync::Arc;
 /// use berth_engine_core::{ContainerEngine, EnvironmentSpec, ExecRequest, ImageRef, SessionId};
 /// use berth_runner::session::Session;
 ///
-/// async fn agents(engine: Arc<dyn ContainerEngine>) -> berth_engine_core::Result<()> {
+/// async fn agents(engine: Arc<dyn ContainerEngine>) -> berth_runner::Result<()> {
 ///     let template = EnvironmentSpec::new(ImageRef::new("busybox:1.36")?, SessionId::generate());
 ///     let session = Session::new(engine, template);
 ///     session.start_many(&["planner", "coder", "tester"]).await?;
@@ -36,7 +41,58 @@ use crate::owner::Owner;
 pub struct Session {
     engine: Arc<dyn ContainerEngine>,
     template: EnvironmentSpec,
-    envs: Mutex<BTreeMap<String, EnvironmentId>>,
+    envs: Mutex<Envs>,
+}
+
+/// The session's names: reserved while starting, then bound to an environment.
+#[derive(Debug, Default)]
+struct Envs {
+    slots: BTreeMap<String, Slot>,
+    /// Bumped by every shutdown and detach, so a start that began before one knows its
+    /// reservation was cleared.
+    epoch: u64,
+}
+
+#[derive(Debug, Clone)]
+enum Slot {
+    Starting { epoch: u64 },
+    Running(EnvironmentId),
+}
+
+impl Envs {
+    /// Takes every running environment and clears every reservation.
+    fn take_running(&mut self) -> BTreeMap<String, EnvironmentId> {
+        self.epoch += 1;
+        std::mem::take(&mut self.slots)
+            .into_iter()
+            .filter_map(|(name, slot)| match slot {
+                Slot::Running(id) => Some((name, id)),
+                Slot::Starting { .. } => None,
+            })
+            .collect()
+    }
+}
+
+/// Clears a start's reservation if the start ends without binding it (failure, or the start
+/// future dropped).
+struct Reservation<'a> {
+    session: &'a Session,
+    name: &'a str,
+    epoch: u64,
+    armed: bool,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let mut envs = self.session.envs();
+        if matches!(envs.slots.get(self.name), Some(Slot::Starting { epoch }) if *epoch == self.epoch)
+        {
+            envs.slots.remove(self.name);
+        }
+    }
 }
 
 impl std::fmt::Debug for Session {
@@ -57,7 +113,7 @@ impl Session {
         Self {
             engine,
             template,
-            envs: Mutex::new(BTreeMap::new()),
+            envs: Mutex::new(Envs::default()),
         }
     }
 
@@ -73,7 +129,13 @@ impl Session {
         &self.engine
     }
 
-    fn envs(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, EnvironmentId>> {
+    /// The spec every environment of the session is made from (with its own name).
+    #[must_use]
+    pub fn template(&self) -> &EnvironmentSpec {
+        &self.template
+    }
+
+    fn envs(&self) -> std::sync::MutexGuard<'_, Envs> {
         self.envs
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -82,20 +144,52 @@ impl Session {
     /// Starts the environment `name`.
     ///
     /// # Errors
-    /// [`Error::Conflict`] when the session already has an environment of that name; the
+    /// [`RunnerError::NameInUse`] when the session already has (or is starting) an
+    /// environment of that name; [`RunnerError::ShutDownWhileStarting`] when the session
+    /// shut down (or detached) while this start ran, after stopping what it started; the
     /// engine's error otherwise.
     pub async fn start(&self, name: &str) -> Result<EnvironmentId> {
-        if self.envs().contains_key(name) {
-            return Err(Error::Conflict {
-                what: "environment",
-                name: name.to_owned(),
-                reason: format!("session {} already has one of that name", self.id()),
-            });
-        }
+        let epoch = {
+            let mut envs = self.envs();
+            if envs.slots.contains_key(name) {
+                return Err(RunnerError::NameInUse {
+                    session: self.id().clone(),
+                    name: name.to_owned(),
+                });
+            }
+            let epoch = envs.epoch;
+            envs.slots.insert(name.to_owned(), Slot::Starting { epoch });
+            epoch
+        };
+        let mut reservation = Reservation {
+            session: self,
+            name,
+            epoch,
+            armed: true,
+        };
         let spec = self.template.clone().with_name(name);
         let id = self.engine.start(&spec).await?;
-        self.envs().insert(name.to_owned(), id.clone());
-        Ok(id)
+        let bound = {
+            let mut envs = self.envs();
+            let still_ours =
+                envs.epoch == epoch && matches!(envs.slots.get(name), Some(Slot::Starting { .. }));
+            if still_ours {
+                envs.slots
+                    .insert(name.to_owned(), Slot::Running(id.clone()));
+            }
+            still_ours
+        };
+        reservation.armed = false;
+        if bound {
+            return Ok(id);
+        }
+        // Shut down (or detached) while starting: what came up is stopped, not escaped.
+        let stopped = self.engine.stop(&id).await;
+        Err(RunnerError::ShutDownWhileStarting {
+            session: self.id().clone(),
+            name: name.to_owned(),
+            stop_failed: stopped.err().map(Box::new),
+        })
     }
 
     /// Starts several environments concurrently. Those that started stay in the session (and
@@ -110,58 +204,94 @@ impl Session {
             .collect()
     }
 
-    /// The environment called `name`.
+    /// The environment called `name`, once started.
     #[must_use]
     pub fn get(&self, name: &str) -> Option<EnvironmentId> {
-        self.envs().get(name).cloned()
+        match self.envs().slots.get(name) {
+            Some(Slot::Running(id)) => Some(id.clone()),
+            _ => None,
+        }
     }
 
-    /// Every environment, by name.
+    /// Every started environment, by name.
     #[must_use]
     pub fn environments(&self) -> BTreeMap<String, EnvironmentId> {
-        self.envs().clone()
+        self.envs()
+            .slots
+            .iter()
+            .filter_map(|(name, slot)| match slot {
+                Slot::Running(id) => Some((name.clone(), id.clone())),
+                Slot::Starting { .. } => None,
+            })
+            .collect()
     }
 
     /// Runs a command in the environment called `name`.
     ///
     /// # Errors
-    /// [`Error::NotFound`] for an unknown name; the engine's error otherwise.
+    /// [`RunnerError::UnknownName`] for a name the session has not started; the engine's
+    /// error otherwise.
     pub async fn exec(&self, name: &str, req: ExecRequest) -> Result<ExecOutput> {
-        let env = self.get(name).ok_or_else(|| Error::NotFound {
-            what: "environment",
-            name: format!("{name} in session {}", self.id()),
+        let env = self.get(name).ok_or_else(|| RunnerError::UnknownName {
+            session: self.id().clone(),
+            name: name.to_owned(),
         })?;
-        self.engine.exec(&env, req).await
+        Ok(self.engine.exec(&env, req).await?)
     }
 
     /// Stops the environment called `name`.
     ///
     /// # Errors
-    /// The engine's error.
+    /// [`RunnerError::StopFailed`] with the engine's error.
     pub async fn stop(&self, name: &str) -> Result<StopOutcome> {
-        let Some(env) = self.envs().remove(name) else {
-            return Ok(StopOutcome::AlreadyGone);
+        let env = {
+            let mut envs = self.envs();
+            match envs.slots.remove(name) {
+                Some(Slot::Running(id)) => id,
+                Some(starting) => {
+                    envs.slots.insert(name.to_owned(), starting);
+                    return Ok(StopOutcome::AlreadyGone);
+                }
+                None => return Ok(StopOutcome::AlreadyGone),
+            }
         };
-        self.engine.stop(&env).await
+        self.engine
+            .stop(&env)
+            .await
+            .map_err(|source| RunnerError::StopFailed {
+                env,
+                source: Box::new(source),
+            })
     }
 
-    /// Stops every environment concurrently.
+    /// Stops every environment concurrently; starts still running stop theirs when they end.
     ///
     /// # Errors
-    /// The first failure (every stop is attempted).
+    /// [`RunnerError::Shutdown`] listing every environment that did not stop (every stop is
+    /// attempted).
     pub async fn shutdown(&self) -> Result<()> {
-        let envs: Vec<EnvironmentId> = std::mem::take(&mut *self.envs()).into_values().collect();
+        let envs: Vec<EnvironmentId> = self.envs().take_running().into_values().collect();
         let results = join_all(envs.iter().map(|e| self.engine.stop(e))).await;
-        results
+        let failures: Vec<_> = envs
             .into_iter()
-            .find_map(Result::err)
-            .map_or(Ok(()), Err)
+            .zip(results)
+            .filter_map(|(env, r)| r.err().map(|e| (env, e)))
+            .collect();
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(RunnerError::Shutdown {
+                session: self.id().clone(),
+                failures,
+            })
+        }
     }
 
-    /// Hands the environments over to the caller: the session no longer stops them.
+    /// Hands the started environments over to the caller: the session no longer stops them.
+    /// A start still running is not handed over: it stops what it starts.
     #[must_use]
     pub fn detach(&self) -> BTreeMap<String, EnvironmentId> {
-        std::mem::take(&mut *self.envs())
+        self.envs().take_running()
     }
 }
 
@@ -169,13 +299,19 @@ impl Session {
 const DROP_STOP_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Drop for Session {
-    /// Stops the environments before returning where it can: inside a multi-thread Tokio
-    /// runtime it blocks this thread (not the runtime) until every stop is done or
-    /// [`DROP_STOP_LIMIT`] passes, so nothing outlives the session even when the runtime
-    /// ends right after. On a current-thread runtime it can only spawn the stops; without a
-    /// runtime it cannot stop anything. Either way `berth gc` finds what is left.
+    /// Stops the environments before returning where it can, so that nothing outlives the
+    /// session even when the runtime ends right after (a `main` returning).
+    ///
+    /// Why this waits: the stops need the engine's connections, which live on the caller's
+    /// runtime, and a stop spawned in the background dies with that runtime. So inside a
+    /// multi-thread Tokio runtime the drop waits in [`tokio::task::block_in_place`], which
+    /// hands this worker's queued tasks to a fresh worker first: the runtime keeps its full
+    /// capacity, and only the dropping task waits, for at most a minute (`DROP_STOP_LIMIT`). Call
+    /// [`Session::shutdown`] to stop without waiting in a drop. On a current-thread runtime
+    /// the stops can only be spawned; without a runtime nothing can be stopped. Either way
+    /// `berth gc` finds what is left.
     fn drop(&mut self) {
-        let envs: Vec<EnvironmentId> = std::mem::take(&mut *self.envs()).into_values().collect();
+        let envs: Vec<EnvironmentId> = self.envs().take_running().into_values().collect();
         if envs.is_empty() {
             return;
         }
@@ -211,3 +347,7 @@ impl Drop for Session {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "session_tests.rs"]
+mod tests;

@@ -4,6 +4,8 @@
 
 use std::process::{Command, Output};
 
+mod common;
+
 /// A kubeconfig for an API server on a port where nothing listens.
 fn unreachable_kubeconfig(dir: &std::path::Path) -> std::path::PathBuf {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -23,14 +25,8 @@ fn unreachable_kubeconfig(dir: &std::path::Path) -> std::path::PathBuf {
 }
 
 fn berth(dir: &std::path::Path, kubeconfig: &std::path::Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
-    cmd.args(args)
-        .current_dir(dir)
-        .env("BERTH_STATE_DIR", dir.join("state"))
-        .env("BERTH_RUNNER__BACKEND", "kubernetes")
-        .env("BERTH_RUNNER__IMAGE", "berth-test/busybox:2")
-        .env("BERTH_KUBERNETES__KUBECONFIG", kubeconfig)
-        .env_remove("RUST_LOG");
+    let mut cmd = common::berth_in(dir, &dir.join("state"), args);
+    common::on_kubernetes(&mut cmd, kubeconfig);
     cmd
 }
 

@@ -1,16 +1,20 @@
-//! The `berth` binary: thin glue between the command line and the runner library.
+//! The `berth` binary: parses the command line, calls the `berth-runner` library, prints.
+//! Nothing else in berth prints.
 
-mod cli;
+mod args;
 mod commands;
+mod output;
+mod progress;
 mod terminal;
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use berth_engine_core::ErrorKind;
+use berth_runner::RunnerError;
 use clap::Parser;
 
-use crate::cli::Cli;
+use crate::args::Cli;
 
 /// Exit code for berth's own failures, as docker uses.
 pub(crate) const EXIT_BERTH_FAILED: u8 = 125;
@@ -41,25 +45,33 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            if let Some(interrupted) = e.downcast_ref::<commands::Interrupted>() {
-                eprintln!("berth: {e:#}");
-                return ExitCode::from(interrupted.exit_code());
-            }
-            if e.downcast_ref::<commands::CommandNotFound>().is_some() {
-                eprintln!("berth: {e:#}");
-                return ExitCode::from(EXIT_NOT_FOUND);
-            }
             eprintln!("berth: {e:#}");
-            let timed_out = e
-                .chain()
-                .filter_map(|c| c.downcast_ref::<berth_engine_core::Error>())
-                .any(|e| e.kind() == ErrorKind::Timeout);
-            ExitCode::from(if timed_out {
-                EXIT_TIMED_OUT
-            } else {
-                EXIT_BERTH_FAILED
-            })
+            ExitCode::from(failure_code(&e))
         }
+    }
+}
+
+/// The exit code of a failure: 128 + the signal for an interrupted `run`/`shell`, 127 for a
+/// command not found, 124 for a timeout, else berth's own 125.
+fn failure_code(e: &anyhow::Error) -> u8 {
+    if let Some(interrupted) = e.downcast_ref::<output::Interrupted>() {
+        return interrupted.exit_code();
+    }
+    let runner = e.chain().filter_map(|c| c.downcast_ref::<RunnerError>());
+    let mut kinds = e
+        .chain()
+        .filter_map(|c| c.downcast_ref::<berth_engine_core::Error>())
+        .map(berth_engine_core::Error::kind)
+        .chain(runner.clone().filter_map(RunnerError::engine_kind));
+    if runner
+        .clone()
+        .any(|r| matches!(r, RunnerError::CommandNotFound { .. }))
+    {
+        EXIT_NOT_FOUND
+    } else if kinds.any(|k| k == ErrorKind::Timeout) {
+        EXIT_TIMED_OUT
+    } else {
+        EXIT_BERTH_FAILED
     }
 }
 
@@ -81,8 +93,8 @@ fn usage_error(e: &clap::Error) -> ExitCode {
 /// since berth reports each failure itself, once, in its own words.
 fn default_log_filter(verbose: u8) -> &'static str {
     match verbose {
-        0 => "off,berth=warn,berth_runner=warn,berth_engine_core=warn,berth_engine_docker=warn,berth_engine_k8s=warn",
-        1 => "info,berth=debug,berth_runner=debug,berth_engine_docker=debug,berth_engine_core=debug,berth_engine_k8s=debug",
+        0 => "off,berth=warn,berth_cli=warn,berth_runner=warn,berth_engine_core=warn,berth_engine_docker=warn,berth_engine_k8s=warn",
+        1 => "info,berth=debug,berth_cli=debug,berth_runner=debug,berth_engine_docker=debug,berth_engine_core=debug,berth_engine_k8s=debug",
         _ => "trace",
     }
 }
@@ -116,5 +128,6 @@ mod tests {
             );
         }
         assert!(default_log_filter(1).starts_with("info,"));
+        assert!(default_log_filter(1).contains("berth_engine_k8s=debug"));
     }
 }

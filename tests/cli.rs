@@ -8,49 +8,17 @@ use berth_engine_core::SessionId;
 
 mod common;
 
-use common::test_image;
+use common::{containers_of, json_of, test_image, text, volumes_of};
 
+/// The binary, with one state directory for every test of this file, as one user's machine
+/// would have.
 fn berth(args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
-    cmd.args(args)
-        .current_dir(env!("CARGO_TARGET_TMPDIR"))
-        .env("BERTH_STATE_DIR", state_dir())
-        .env_remove("RUST_LOG");
-    for (k, _) in std::env::vars() {
-        if k.starts_with("BERTH_") && k.contains("__") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd
+    common::berth_with_state("berth-state", args)
 }
 
 /// One state directory for every test of this binary, as one user's machine would have.
 fn state_dir() -> String {
     format!("{}/berth-state", env!("CARGO_TARGET_TMPDIR"))
-}
-
-fn json_of(out: &Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {} / {}",
-            text(&out.stdout),
-            text(&out.stderr)
-        )
-    })
-}
-
-fn volumes_of(session: &str) -> Vec<String> {
-    let out = Command::new("docker")
-        .args([
-            "volume",
-            "ls",
-            "-q",
-            "--filter",
-            &format!("label=berth.dev/session={session}"),
-        ])
-        .output()
-        .expect("docker CLI");
-    text(&out.stdout).lines().map(str::to_owned).collect()
 }
 
 /// Removes a session's containers and volumes with the docker CLI when a test ends, pass or
@@ -70,24 +38,6 @@ impl Drop for Cleanup {
                 .output();
         }
     }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Containers labelled with `session`, via the docker CLI (a client berth did not write).
-fn containers_of(session: &str) -> Vec<String> {
-    let out = Command::new("docker")
-        .args([
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=berth.dev/session={session}"),
-        ])
-        .output()
-        .expect("docker CLI");
-    text(&out.stdout).lines().map(str::to_owned).collect()
 }
 
 #[tokio::test]
@@ -116,34 +66,25 @@ async fn run_forwards_streams_and_exit_code_and_leaves_nothing() {
 #[tokio::test]
 async fn run_passes_stdin_env_workdir_and_user() {
     test_image().await;
-    let mut child = berth(&[
-        "run",
-        "--image",
-        TEST_IMAGE,
-        "-i",
-        "-e",
-        "GREETING=hi there",
-        "-w",
-        "/tmp",
-        "-u",
-        "1000",
-        "--",
-        "sh",
-        "-c",
-        "echo \"$GREETING\"; pwd; id -u; cat",
-    ])
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .expect("spawn berth");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(b"from stdin\n")
-        .expect("write");
-    let out = child.wait_with_output().expect("wait");
+    let out = common::output_with_stdin(
+        &mut berth(&[
+            "run",
+            "--image",
+            TEST_IMAGE,
+            "-i",
+            "-e",
+            "GREETING=hi there",
+            "-w",
+            "/tmp",
+            "-u",
+            "1000",
+            "--",
+            "sh",
+            "-c",
+            "echo \"$GREETING\"; pwd; id -u; cat",
+        ]),
+        b"from stdin\n",
+    );
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "hi there\n/tmp\n1000\nfrom stdin\n");
 }
@@ -992,4 +933,42 @@ async fn connloss_environment_removed_under_exec_exits_125_saying_so() {
         "{}",
         text(&out.stderr)
     );
+}
+
+#[tokio::test]
+async fn up_reports_each_phase_on_stderr_and_json_stays_quiet() {
+    test_image().await;
+    let session = SessionId::generate().to_string();
+    let _cleanup = Cleanup(session.clone());
+    let out = berth(&["up", "--image", TEST_IMAGE, "--session", &session])
+        .output()
+        .expect("up");
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // Not a terminal: one plain line per phase, in order.
+    let starting = stderr
+        .find("berth: starting: waiting for the container")
+        .unwrap_or_else(|| panic!("no starting line: {stderr}"));
+    let ready = stderr
+        .find(&format!("berth: ready: {}", text(&out.stdout).trim()))
+        .unwrap_or_else(|| panic!("no ready line: {stderr}"));
+    assert!(starting < ready, "{stderr}");
+    let out = berth(&[
+        "--json",
+        "up",
+        "--image",
+        TEST_IMAGE,
+        "--session",
+        &session,
+        "--name",
+        "quiet",
+    ])
+    .output()
+    .expect("up --json");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stderr), "", "--json prints no progress");
+    let out = berth(&["down", "--session", &session])
+        .output()
+        .expect("down");
+    assert!(out.status.success(), "{}", text(&out.stderr));
 }

@@ -13,6 +13,10 @@ use berth_engine_core::SessionId;
 use berth_engine_docker::{DockerConfig, DockerEngine};
 use berth_k8s_sim::Sim;
 
+mod common;
+
+use common::text;
+
 /// What a hostile copy may add to berth's peak memory.
 const MEMORY_BUDGET_KIB: u64 = 64 * 1024;
 
@@ -62,22 +66,11 @@ impl Env {
     }
 
     fn berth(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
-        for (k, _) in std::env::vars() {
-            if k.starts_with("BERTH_") && k.contains("__") {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.args(args)
-            .current_dir(self.dir.path())
-            .env("BERTH_STATE_DIR", self.dir.path().join("state"))
-            .env("BERTH_RUNNER__IMAGE", TEST_IMAGE)
-            .env_remove("RUST_LOG");
+        let dir = self.dir.path();
+        let mut cmd = common::berth_in(dir, &dir.join("state"), args);
+        cmd.env("BERTH_RUNNER__IMAGE", TEST_IMAGE);
         if self.sim.is_some() {
-            cmd.env("BERTH_RUNNER__BACKEND", "kubernetes").env(
-                "BERTH_KUBERNETES__KUBECONFIG",
-                self.dir.path().join("kubeconfig"),
-            );
+            common::on_kubernetes(&mut cmd, &dir.join("kubeconfig"));
         }
         cmd
     }
@@ -212,10 +205,6 @@ impl Drop for Env {
             .arg(self.dir.path())
             .output();
     }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 fn vm_hwm_kib(status: &str) -> Option<u64> {

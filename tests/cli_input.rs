@@ -9,42 +9,18 @@ use berth_engine_core::SessionId;
 
 mod common;
 
-use common::test_image;
+use common::{containers_of, docker, test_image, text};
 
-/// The binary with a state directory of this test file's own and no config variables.
+/// The binary with a state directory of this test file's own and the test image configured.
 fn berth(args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
-    cmd.args(args)
-        .current_dir(env!("CARGO_TARGET_TMPDIR"))
-        .env(
-            "BERTH_STATE_DIR",
-            format!("{}/berth-state-input", env!("CARGO_TARGET_TMPDIR")),
-        )
-        .env("BERTH_RUNNER__IMAGE", TEST_IMAGE)
-        .env_remove("RUST_LOG");
-    for (k, _) in std::env::vars() {
-        if k.starts_with("BERTH_") && k.contains("__") {
-            cmd.env_remove(k);
-        }
-    }
+    let mut cmd = common::berth_with_state("berth-state-input", args);
+    cmd.env("BERTH_RUNNER__IMAGE", TEST_IMAGE);
     cmd
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 fn output(cmd: &mut Command) -> (Option<i32>, String, String) {
     let out: Output = cmd.output().expect("run berth");
     (out.status.code(), text(&out.stdout), text(&out.stderr))
-}
-
-fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .expect("docker CLI");
-    text(&out.stdout).trim().to_owned()
 }
 
 /// Removes a session's containers (berth's, by label) and any named containers when a test
@@ -81,14 +57,6 @@ async fn fresh_environment() -> (String, Cleanup, String) {
     let (code, stdout, stderr) = output(&mut berth(&["up", "--session", &session]));
     assert_eq!(code, Some(0), "{stderr}");
     (session, cleanup, stdout.trim().to_owned())
-}
-
-fn containers_of(session: &str) -> Vec<String> {
-    let filter = format!("label=berth.dev/session={session}");
-    docker(&["ps", "-aq", "--filter", &filter])
-        .lines()
-        .map(str::to_owned)
-        .collect()
 }
 
 #[test]

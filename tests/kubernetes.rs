@@ -1,13 +1,16 @@
 //! The `berth` binary with `runner.backend: kubernetes`, end to end against the simulator:
 //! the same commands as on Docker, switched by configuration alone.
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
-use berth_engine_core::testkit::{ensure_test_image, TEST_IMAGE};
+use berth_engine_core::testkit::ensure_test_image;
 use berth_engine_core::SessionId;
 use berth_engine_docker::{DockerConfig, DockerEngine};
 use berth_k8s_sim::Sim;
+
+mod common;
+
+use common::{json_of, text};
 
 struct Cluster {
     sim: Sim,
@@ -28,17 +31,9 @@ impl Cluster {
     }
 
     fn berth(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
-        cmd.args(args)
-            .current_dir(self.dir.path())
-            .env("BERTH_STATE_DIR", self.dir.path().join("state"))
-            .env("BERTH_RUNNER__BACKEND", "kubernetes")
-            .env("BERTH_RUNNER__IMAGE", TEST_IMAGE)
-            .env(
-                "BERTH_KUBERNETES__KUBECONFIG",
-                self.dir.path().join("kubeconfig"),
-            )
-            .env_remove("RUST_LOG");
+        let dir = self.dir.path();
+        let mut cmd = common::berth_in(dir, &dir.join("state"), args);
+        common::on_kubernetes(&mut cmd, &dir.join("kubeconfig"));
         cmd
     }
 }
@@ -52,20 +47,6 @@ fn check_of(report: &serde_json::Value, name: &str) -> serde_json::Value {
         .find(|c| c["check"] == name)
         .unwrap_or_else(|| panic!("no {name} check: {report}"))
         .clone()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn json_of(out: &Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {} / {}",
-            text(&out.stdout),
-            text(&out.stderr)
-        )
-    })
 }
 
 #[tokio::test]
@@ -124,8 +105,8 @@ async fn up_exec_cp_ls_down_on_kubernetes() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let id = json_of(&out)["id"].as_str().expect("id").to_owned();
 
-    let mut child = c
-        .berth(&[
+    let out = common::output_with_stdin(
+        &mut c.berth(&[
             "exec",
             "-i",
             "-u",
@@ -135,19 +116,9 @@ async fn up_exec_cp_ls_down_on_kubernetes() {
             "sh",
             "-c",
             "id -u; cat",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("exec");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(b"piped in\n")
-        .expect("write");
-    let out = child.wait_with_output().expect("wait");
+        ]),
+        b"piped in\n",
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "1000\npiped in\n");
 
@@ -287,21 +258,12 @@ async fn rendered_yaml_is_accepted_by_kubectl_create() {
         .output()
         .expect("render");
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let mut kubectl = Command::new("kubectl")
-        .args(["create", "-f", "-", "-o", "name"])
-        .env("KUBECONFIG", c.dir.path().join("kubeconfig"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl");
-    kubectl
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(&out.stdout)
-        .expect("write");
-    let created = kubectl.wait_with_output().expect("kubectl");
+    let created = common::output_with_stdin(
+        Command::new("kubectl")
+            .args(["create", "-f", "-", "-o", "name"])
+            .env("KUBECONFIG", c.dir.path().join("kubeconfig")),
+        &out.stdout,
+    );
     assert!(
         created.status.success(),
         "kubectl refused berth render's YAML: {}",
@@ -404,7 +366,7 @@ async fn simwait_doctor_checks_every_verb_and_names_the_rule_that_grants_it() {
     let watch = check("rbac: watch pods");
     assert_eq!(watch["ok"], false, "{watch}");
     assert!(
-        watch["detail"].as_str().unwrap_or("").contains(
+        watch["fix"].as_str().unwrap_or("").contains(
             r#"grant it with the Role rule {apiGroups: [""], resources: ["pods"], verbs: ["watch"]}"#
         ),
         "{watch}"
@@ -514,4 +476,30 @@ async fn simwait_render_rbac_prints_a_valid_least_privilege_role() {
                     || (v == "patch" && r["resources"][0] != "jobs")))),
         "least privilege: {rules:?}"
     );
+}
+
+#[tokio::test]
+async fn simwait_up_says_what_a_start_waits_for() {
+    let c = Cluster::start().await;
+    c.sim.fail_pulls(berth_engine_core::testkit::TEST_IMAGE, 2);
+    let session = SessionId::generate().to_string();
+    let out = c
+        .berth(&["up", "--session", &session])
+        .output()
+        .expect("up");
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // Not a terminal: a line each time what the start waits for changes, then ready.
+    let waiting = stderr
+        .find("berth: starting: waiting for the kubelet to retry the image pull")
+        .unwrap_or_else(|| panic!("the pull retry was not said: {stderr}"));
+    let ready = stderr
+        .find("berth: ready: ")
+        .unwrap_or_else(|| panic!("no ready line: {stderr}"));
+    assert!(waiting < ready, "{stderr}");
+    let out = c
+        .berth(&["down", "--session", &session])
+        .output()
+        .expect("down");
+    assert!(out.status.success(), "{}", text(&out.stderr));
 }

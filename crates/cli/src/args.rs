@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use berth_engine_core::BackendKind;
 use clap::{Args, Parser, Subcommand};
 
 /// The opening line of `berth --help`: what berth is for, to a user.
@@ -17,8 +18,8 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Backend, overriding runner.backend: docker or kubernetes.
-    #[arg(long, global = true, value_name = "NAME")]
-    pub backend: Option<String>,
+    #[arg(long, global = true, value_name = "NAME", value_parser = parse_backend)]
+    pub backend: Option<BackendKind>,
     /// Docker daemon address, overriding docker.host.
     #[arg(long, global = true, value_name = "ADDRESS")]
     pub docker_host: Option<String>,
@@ -273,6 +274,12 @@ pub struct ImageBuildArgs {
     pub context: PathBuf,
 }
 
+/// `--backend`: a backend's name, as `runner.backend` takes it.
+fn parse_backend(text: &str) -> Result<BackendKind, String> {
+    text.parse()
+        .map_err(|_| format!("unknown backend {text:?}: expected docker or kubernetes"))
+}
+
 /// `--timeout`: a duration as `--older-than` takes it, plain seconds included.
 fn parse_timeout(text: &str) -> Result<Duration, String> {
     berth_runner::config::parse_duration(text).map_err(|e| e.to_string())
@@ -299,6 +306,17 @@ mod tests {
                 "{bad} was accepted"
             );
         }
+    }
+
+    #[test]
+    fn backend_is_parsed_as_a_kind() {
+        let cli = Cli::try_parse_from(["berth", "--backend", "k8s", "ls"]).expect("k8s");
+        assert_eq!(cli.backend, Some(BackendKind::Kubernetes));
+        let err = Cli::try_parse_from(["berth", "--backend", "dockr", "ls"]).expect_err("typo");
+        assert!(
+            err.to_string().contains("expected docker or kubernetes"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,0 +1,67 @@
+//! `berth down`: stop environments by id or by session.
+
+use std::process::ExitCode;
+
+use anyhow::bail;
+use berth_engine_core::{EnvironmentId, StopOutcome};
+use berth_runner::lifecycle;
+use berth_runner::state::StateDir;
+use serde_json::json;
+
+use super::{env_id, session_id, Ctx};
+use crate::args::DownArgs;
+
+pub async fn down(ctx: &Ctx, args: DownArgs) -> anyhow::Result<ExitCode> {
+    let named: Vec<EnvironmentId> = args
+        .environments
+        .iter()
+        .map(|e| env_id(e))
+        .collect::<anyhow::Result<_>>()?;
+    let session = args.session.as_deref().map(session_id).transpose()?;
+    if named.is_empty() && session.is_none() {
+        bail!("nothing to stop: name environments, or pass --session");
+    }
+    let none_named = named.is_empty();
+    let engine = ctx.engine().await?;
+    let report = lifecycle::down(
+        engine.as_ref(),
+        named,
+        session.as_ref(),
+        &StateDir::from_env(),
+    )
+    .await?;
+    if let (Some(s), true, true) = (&session, report.session_empty, none_named) {
+        // Nothing to stop is success: the session is as asked, without environments.
+        eprintln!("berth: session {s} has no environments; nothing to stop");
+    }
+    if ctx.json {
+        let list: Vec<_> = report
+            .stopped
+            .iter()
+            .map(|(id, o)| json!({"id": id, "outcome": o}))
+            .collect();
+        ctx.print_json(&json!(list));
+    } else {
+        for (id, outcome) in &report.stopped {
+            let what = match outcome {
+                StopOutcome::Stopped => "stopped",
+                StopOutcome::AlreadyGone => "already gone",
+            };
+            println!("{id}: {what}");
+        }
+    }
+    // Every failure is said; the last one is the error.
+    let mut failures: Vec<anyhow::Error> = report
+        .failures
+        .into_iter()
+        .map(anyhow::Error::from)
+        .collect();
+    let last = failures.pop();
+    for failure in &failures {
+        eprintln!("berth: {failure:#}");
+    }
+    match last {
+        Some(e) => Err(e),
+        None => Ok(ExitCode::SUCCESS),
+    }
+}

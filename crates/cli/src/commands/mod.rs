@@ -1,0 +1,128 @@
+//! One file per subcommand: each parses its flags into library values, calls the library,
+//! and prints. [`dispatch`] loads the config and picks the file.
+
+mod cp;
+mod doctor;
+mod down;
+mod exec;
+mod gc;
+mod image;
+mod ls;
+mod render;
+mod run;
+mod shell;
+mod up;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use berth_engine_core::{ContainerEngine, EnvironmentId, ImageRef, SessionId};
+use berth_runner::config::{BerthConfig, LoadOptions, Loaded};
+use berth_runner::spec::EnvOptions;
+
+use crate::args::{Cli, Command, EnvArgs, ImageCommand};
+
+/// What every command sees: the loaded config and the global flags.
+pub struct Ctx {
+    /// The config and where it came from.
+    pub loaded: Loaded,
+    /// `--json`.
+    pub json: bool,
+}
+
+impl Ctx {
+    /// The config.
+    pub fn config(&self) -> &BerthConfig {
+        &self.loaded.config
+    }
+
+    /// The configured engine.
+    pub async fn engine(&self) -> anyhow::Result<Arc<dyn ContainerEngine>> {
+        let config = self.config();
+        berth_runner::backend::connect(config)
+            .await
+            .with_context(|| format!("cannot use the {} backend", config.runner.backend))
+    }
+
+    /// Prints one JSON value on stdout.
+    pub fn print_json(&self, value: &serde_json::Value) {
+        println!("{value}");
+    }
+}
+
+/// Loads the config (flags over environment over file) and runs the command.
+pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let mut options = LoadOptions::default();
+    options.path = cli.config.clone();
+    if let Some(b) = cli.backend {
+        options
+            .overrides
+            .push(("runner.backend".to_owned(), b.as_str().to_owned()));
+    }
+    if let Some(h) = &cli.docker_host {
+        options
+            .overrides
+            .push(("docker.host".to_owned(), h.clone()));
+    }
+    let loaded = BerthConfig::load(&options)?;
+    let ctx = Ctx {
+        loaded,
+        json: cli.json,
+    };
+    match cli.command {
+        Command::Doctor(a) => doctor::doctor(&ctx, a).await,
+        Command::Up(a) => up::up(&ctx, a).await,
+        Command::Exec(a) => exec::exec(&ctx, a).await,
+        Command::Run(a) => run::run(&ctx, a).await,
+        Command::Shell(a) => shell::shell(&ctx, a).await,
+        Command::Cp(a) => cp::cp(&ctx, a).await,
+        Command::Ls(a) => ls::ls(&ctx, a).await,
+        Command::Down(a) => down::down(&ctx, a).await,
+        Command::Gc(a) => gc::gc(&ctx, a).await,
+        Command::Image(ImageCommand::Ensure(a)) => image::ensure(&ctx, a).await,
+        Command::Image(ImageCommand::Build(a)) => image::build(&ctx, a).await,
+        Command::Render(a) => render::render(&ctx, a),
+    }
+}
+
+/// An environment id argument.
+pub fn env_id(text: &str) -> anyhow::Result<EnvironmentId> {
+    EnvironmentId::new(text).context("invalid environment id")
+}
+
+/// A `--session` argument.
+pub fn session_id(text: &str) -> anyhow::Result<SessionId> {
+    SessionId::new(text).context("invalid --session")
+}
+
+/// `--image`, `--session` and `--name` as the library's options.
+pub fn env_options(args: &EnvArgs) -> anyhow::Result<EnvOptions> {
+    let image = args
+        .image
+        .clone()
+        .map(ImageRef::new)
+        .transpose()
+        .context("invalid --image")?;
+    let session = args.session.as_deref().map(session_id).transpose()?;
+    Ok(EnvOptions::named(args.name.clone())
+        .with_image(image)
+        .with_session(session))
+}
+
+/// `KEY=VALUE` flags as pairs.
+pub fn parse_pairs(flag: &str, pairs: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    pairs
+        .iter()
+        .map(|p| {
+            p.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| anyhow::anyhow!("invalid {flag} {p:?}: expected KEY=VALUE"))
+        })
+        .collect()
+}
+
+/// A process exit code from a command's.
+pub fn exit_code(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(255))
+}

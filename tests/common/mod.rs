@@ -1,0 +1,110 @@
+//! The one helper module of the end-to-end tests that drive the built `berth` binary
+//! (registered as integration tests of `berth-cli`, so `CARGO_BIN_EXE_berth` is the binary).
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use berth_engine_core::testkit::ensure_test_image;
+use berth_engine_docker::{DockerConfig, DockerEngine};
+
+/// The built `berth`, run in `dir` with the state directory `state`: no `RUST_LOG` and no
+/// `BERTH_*__*` config variables from the caller's environment.
+pub fn berth_in(dir: &Path, state: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("BERTH_") && k.contains("__") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.args(args)
+        .current_dir(dir)
+        .env("BERTH_STATE_DIR", state)
+        .env_remove("RUST_LOG");
+    cmd
+}
+
+/// `berth_in` the test target's scratch directory, with the state directory `state_name`
+/// under it.
+pub fn berth_with_state(state_name: &str, args: &[&str]) -> Command {
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    berth_in(tmp, &tmp.join(state_name), args)
+}
+
+/// Points `cmd` at a cluster through `kubeconfig`, with the test image as `runner.image`.
+pub fn on_kubernetes<'a>(cmd: &'a mut Command, kubeconfig: &Path) -> &'a mut Command {
+    cmd.env("BERTH_RUNNER__BACKEND", "kubernetes")
+        .env(
+            "BERTH_RUNNER__IMAGE",
+            berth_engine_core::testkit::TEST_IMAGE,
+        )
+        .env("BERTH_KUBERNETES__KUBECONFIG", kubeconfig)
+}
+
+/// Runs `cmd` with `input` on its stdin (then EOF), capturing its output.
+pub fn output_with_stdin(cmd: &mut Command, input: &[u8]) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("write");
+    child.wait_with_output().expect("wait")
+}
+
+/// Bytes as text, lossily.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The JSON `berth --json` printed, or a panic showing what it printed instead.
+pub fn json_of(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {} / {}",
+            text(&out.stdout),
+            text(&out.stderr)
+        )
+    })
+}
+
+/// The docker CLI's trimmed stdout (a client berth did not write).
+pub fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker CLI");
+    text(&out.stdout).trim().to_owned()
+}
+
+fn labelled(kind: &[&str], session: &str) -> Vec<String> {
+    let filter = format!("label=berth.dev/session={session}");
+    let mut args = kind.to_vec();
+    args.extend(["-q", "--filter", &filter]);
+    docker(&args).lines().map(str::to_owned).collect()
+}
+
+/// Containers labelled with `session`, stopped ones included.
+pub fn containers_of(session: &str) -> Vec<String> {
+    labelled(&["ps", "-a"], session)
+}
+
+/// Volumes labelled with `session`.
+pub fn volumes_of(session: &str) -> Vec<String> {
+    labelled(&["volume", "ls"], session)
+}
+
+/// Builds the test image once, failing loudly without a Docker daemon.
+pub async fn test_image() {
+    let engine = DockerEngine::connect(&DockerConfig::default())
+        .await
+        .unwrap_or_else(|e| panic!("these tests need a running Docker daemon: {e}"));
+    ensure_test_image(&engine).await.expect("test image");
+}
