@@ -22,11 +22,13 @@
 //! }
 //! ```
 
+mod detached;
 mod error;
 mod exec;
 mod ids;
 mod image;
 mod kill;
+mod shell;
 mod spec;
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -37,6 +39,10 @@ use std::str::FromStr;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+pub use detached::{
+    AttachFrom, CommandId, CommandState, DetachedCommand, DetachedCommands, DetachedStatus,
+    DETACHED_DIR, DETACHED_OUTPUT_CAP,
+};
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use exec::{
     ExecOutcome, ExecOutput, ExecProcess, ExecRequest, ExecStdin, ExitStatus, OomKill, OomReport,
@@ -48,7 +54,8 @@ pub use image::{
     collect_tar_stream, tar_stream_from_bytes, BuildSpec, ImageInfo, Progress, ProgressEvent,
     PullPolicy, TarStream,
 };
-pub use kill::{sweep_argv, watchdog_argv, SweepReport};
+pub use kill::{sweep_argv, sweep_sparing_argv, watchdog_argv, SweepReport};
+pub use shell::{Shell, ShellCommand, ShellInterrupter, ShellOptions, TIMEOUT_GRACE};
 pub use spec::{
     validate_env, EnvironmentSpec, EnvironmentState, EnvironmentStatus, LabelSelector, Resources,
     SecurityProfile, StopOutcome, VolumeStatus, Workspace, HARDENED_CAPABILITIES, LABEL_CREATED,
