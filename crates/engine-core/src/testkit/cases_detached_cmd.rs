@@ -99,6 +99,18 @@ pub async fn detached_output_is_capped_keeping_the_first_bytes(fx: &Fixture) {
         assert_eq!(out.stdout_lossy(), full[..100]);
         assert_eq!(out.stderr_lossy(), "done\n");
         assert!(out.status.success());
+
+        // The starting exec's kill marker does not reach the command (dropping or timing out
+        // that exec must not kill it): the command carries its own only.
+        let id = commands
+            .start(DetachedCommand::new(
+                "echo \"$BERTH_EXEC_ID\"; tr '\\0' '\\n' </proc/$PPID/environ | grep BERTH_EXEC_ID; echo end",
+            ))
+            .await
+            .expect("start");
+        let out = commands.attach(&id, AttachFrom::default()).await.expect("attach");
+        let out = out.collect(1024).await.expect("collect");
+        assert_eq!(out.stdout_lossy(), format!("berth-cmd-{id}-c\nend\n"));
     })
     .await;
 }
