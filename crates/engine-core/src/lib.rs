@@ -21,6 +21,35 @@
 //!     Ok(())
 //! }
 //! ```
+//!
+//! A stateful shell runs many commands in one long-lived `sh` (sub-millisecond dispatch, state
+//! kept between commands), and a detached command outlives the client that started it; both
+//! are built here on [`ContainerEngine::exec_streaming`], so every backend has them:
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use berth_engine_core::{
+//!     AttachFrom, ContainerEngine, DetachedCommand, DetachedCommands, EnvironmentId, Shell,
+//!     ShellCommand, ShellOptions,
+//! };
+//!
+//! async fn agent(engine: Arc<dyn ContainerEngine>, env: EnvironmentId) -> berth_engine_core::Result<()> {
+//!     let mut shell = Shell::open(engine.clone(), &env, ShellOptions::default()).await?;
+//!     shell.run(ShellCommand::new("cd /workspace && export MODE=fast")).await?;
+//!     let out = shell.run(ShellCommand::new("echo $MODE in $(pwd)")).await?;
+//!     assert_eq!(out.stdout_lossy(), "fast in /workspace\n");
+//!     let slow = ShellCommand::new("make test").with_timeout(Duration::from_secs(600));
+//!     println!("tests: {}", shell.run(slow).await?.status);
+//!
+//!     let commands = DetachedCommands::new(engine, env);
+//!     let id = commands.start(DetachedCommand::new("./long-job.sh")).await?;
+//!     // Later, from this or any other process:
+//!     let job = commands.attach(&id, AttachFrom::default()).await?;
+//!     println!("job ended with {}", job.wait().await?);
+//!     shell.close().await
+//! }
+//! ```
 
 mod detached;
 mod error;
