@@ -191,6 +191,11 @@ async fn scenarios(ctx: &Ctx, smoke: bool) -> anyhow::Result<Vec<Scenario>> {
                 ("raw Docker exec into the pod's container (floor)", rate(&d)),
             ],
         ));
+        let engine: Arc<dyn ContainerEngine> = ctx.engine.clone();
+        out.extend(
+            crate::shell_bench::scenarios(engine, &env, "Kubernetes simulator", &container, smoke)
+                .await?,
+        );
         anyhow::Ok(())
     }
     .await;

@@ -24,6 +24,7 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 mod kube_bench;
+mod shell_bench;
 
 /// Which scenarios to run.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -285,6 +286,21 @@ impl Bench {
             bail!("docker {args:?} failed: {status}");
         }
         Ok(())
+    }
+
+    /// Shells and detached commands against fresh execs and the `docker exec -i sh` floor.
+    async fn shells(&self) -> anyhow::Result<Vec<Scenario>> {
+        let env = self.engine.start(&self.spec()).await?;
+        let result = shell_bench::scenarios(
+            self.engine.clone(),
+            &env,
+            "Docker",
+            env.as_str(),
+            self.smoke,
+        )
+        .await;
+        self.engine.stop(&env).await?;
+        result
     }
 
     /// Scenario 1: `echo hi` latency, 200 sequential execs in one environment.
@@ -663,6 +679,7 @@ async fn main() -> anyhow::Result<()> {
         scenarios.push(bench.concurrent(10).await?);
         scenarios.push(bench.concurrent(20).await?);
         scenarios.push(bench.memory_50().await?);
+        scenarios.extend(bench.shells().await?);
         anyhow::Ok(scenarios)
     };
     let kubernetes = async { kube_bench::run(&bench.image, args.smoke).await };
