@@ -1,27 +1,5 @@
 //! Detached commands: commands that outlive the connection (and the process) that started
-//! them, re-attachable from any offset by any later client.
-//!
-//! [`DetachedCommands::start`] runs a small `sh` supervisor inside the environment, in a
-//! session of its own, without the starting exec's
-//! [`EXEC_MARKER_VAR`](crate::EXEC_MARKER_VAR) and re-parented to PID 1, so neither the end of
-//! the starting exec nor its kill-on-drop reaches it. The supervisor writes under
-//! [`DETACHED_DIR`]`/<id>/`: `out` and `err` (the command's output), `code` (its exit code,
-//! written once both streams are complete), `pid`, `spid` (the supervisor's), `started` (Unix
-//! seconds) and `cmd` (the script). The files live in the environment's `/tmp`, so they go
-//! with the environment.
-//!
-//! Output is bounded: each stream keeps its first `output_cap` bytes (the oldest data), the
-//! rest is read and dropped (the command is never blocked or signalled for printing too much).
-//!
-//! [`DetachedCommands::attach`] is an exec that follows the files from the given offsets and
-//! exits with the command's exit code: the same bytes every time, from any process.
-//!
-//! # Caveats
-//! The command's exit code is written once its output streams close: a background process
-//! the command left holding its stdout delays it, as it delays the end of a plain exec. The
-//! image needs `sh`, `mkfifo`, `setsid`, `dd` (with `iflag=count_bytes`: busybox, GNU),
-//! `head`, `tail`, `wc` and `sleep` (busybox has them
-//! all); without `setsid` the supervisor stays in the starting exec's session.
+//! them, re-attachable from any offset by any later client. See [`DetachedCommands`].
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -282,6 +260,28 @@ impl DetachedStatus {
 }
 
 /// The detached commands of one environment.
+///
+/// [`DetachedCommands::start`] runs a small `sh` supervisor inside the environment, in a
+/// session of its own, without the starting exec's
+/// [`EXEC_MARKER_VAR`](crate::EXEC_MARKER_VAR) and re-parented to PID 1, so neither the end of
+/// the starting exec nor its kill-on-drop reaches it. The supervisor writes under
+/// [`DETACHED_DIR`]`/<id>/`: `out` and `err` (the command's output), `code` (its exit code,
+/// written once both streams are complete), `pid`, `spid` (the supervisor's), `started` (Unix
+/// seconds) and `cmd` (the script). The files live in the environment's `/tmp`, so they go
+/// with the environment.
+///
+/// Output is bounded: each stream keeps its first `output_cap` bytes (the oldest data), the
+/// rest is read and dropped (the command is never blocked or signalled for printing too much).
+///
+/// [`DetachedCommands::attach`] is an exec that follows the files from the given offsets and
+/// exits with the command's exit code: the same bytes every time, from any process.
+///
+/// # Caveats
+/// The command's exit code is written once its output streams close: a background process
+/// the command left holding its stdout delays it, as it delays the end of a plain exec. The
+/// image needs `sh`, `mkfifo`, `setsid`, `dd` (with `iflag=count_bytes`: busybox, GNU),
+/// `head`, `tail`, `wc` and `sleep` (busybox has them
+/// all); without `setsid` the supervisor stays in the starting exec's session.
 ///
 /// ```no_run
 /// use std::sync::Arc;

@@ -1,44 +1,5 @@
 //! Stateful shells: one long-lived `sh` over one [`ContainerEngine::exec_streaming`] stream,
-//! running commands one at a time at the speed of the shell itself.
-//!
-//! # How it works
-//! The shell runs a small driver loop (plain POSIX `sh`: busybox `ash`, `dash` and `bash` run
-//! it alike). For each command the client writes one frame on the exec's stdin: a header line
-//! (sequence number, stdin length, per-command marker), the script's lines, a line holding
-//! the shell's random token, then the command's stdin bytes. The driver reads the script with
-//! the `read` builtin, copies the stdin bytes to a file with `dd` (only when there are any),
-//! prints a start marker on both streams, runs the script with `command eval` in the shell
-//! itself (so `cd`, `export`, functions and aliases persist) with stdin from that file or
-//! `/dev/null`, then prints an end marker with the exit code on both streams.
-//!
-//! Markers start with a 128-bit random token chosen when the shell opens, so no output can
-//! fake one by accident: output containing marker-like text, binary output, output without a
-//! trailing newline and very long lines come through exactly. Bytes outside the current
-//! command's frame (see [background jobs](#background-jobs)) are dropped.
-//!
-//! # Timeouts and interrupts
-//! Each command's processes carry their own value of
-//! [`EXEC_MARKER_VAR`](crate::EXEC_MARKER_VAR). At the timeout the same sweep as plain exec
-//! timeouts ([`sweep_sparing_argv`](crate::sweep_sparing_argv)) kills the command's process
-//! tree, sparing the shell; the shell prints its end marker and the command reports
-//! [`Error::Timeout`]. [`ShellInterrupter::interrupt`] sends SIGINT to the command's processes
-//! (Ctrl-C: a foreground `sleep` ends with 130, the shell lives on).
-//!
-//! # Caveats
-//! - A command that runs only shell builtins (`while :; do :; done`) has no process to
-//!   signal. An interrupt does not stop it; at its timeout the shell itself is ended (after a
-//!   grace period of [`TIMEOUT_GRACE`]), the command reports [`Error::Timeout`] and later
-//!   commands [`Error::ShellClosed`].
-//! - `exit`, `exec CMD`, `set -e` with a failing command, or a killed shell end the shell: the
-//!   command in flight reports [`Error::ShellClosed`], never an exit status.
-//! - Dropping a [`Shell`] kills the shell and everything started from it (the exec's
-//!   kill-on-drop); [`Shell::close`] ends it gracefully, leaving background jobs running.
-//! - <a id="background-jobs"></a>Background jobs (`cmd &`) return at once. Their output
-//!   written between two commands is dropped; output written while a later command runs is
-//!   indistinguishable from that command's and arrives with it. Redirect a background job's
-//!   output (`cmd >log 2>&1 &`) to keep it apart.
-//! - A future of [`Shell::run`] dropped before the command ended leaves the command running;
-//!   the next command starts after it, and its output is not mixed in.
+//! running commands one at a time at the speed of the shell itself. See [`Shell`].
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -217,7 +178,46 @@ impl ShellCommand {
 }
 
 /// A long-lived `sh` in an environment, running commands one at a time with its state (working
-/// directory, variables, functions, aliases) kept between them. See the [module docs](self).
+/// directory, variables, functions, aliases) kept between them.
+///
+/// # How it works
+/// The shell runs a small driver loop (plain POSIX `sh`: busybox `ash`, `dash` and `bash` run
+/// it alike). For each command the client writes one frame on the exec's stdin: a header line
+/// (sequence number, stdin length, per-command marker), the script's lines, a line holding
+/// the shell's random token, then the command's stdin bytes. The driver reads the script with
+/// the `read` builtin, copies the stdin bytes to a file with `dd` (only when there are any),
+/// prints a start marker on both streams, runs the script with `command eval` in the shell
+/// itself (so `cd`, `export`, functions and aliases persist) with stdin from that file or
+/// `/dev/null`, then prints an end marker with the exit code on both streams.
+///
+/// Markers start with a 128-bit random token chosen when the shell opens, so no output can
+/// fake one by accident: output containing marker-like text, binary output, output without a
+/// trailing newline and very long lines come through exactly. Bytes outside the current
+/// command's frame (see the caveat on background jobs) are dropped.
+///
+/// # Timeouts and interrupts
+/// Each command's processes carry their own value of
+/// [`EXEC_MARKER_VAR`](crate::EXEC_MARKER_VAR). At the timeout the same sweep as plain exec
+/// timeouts ([`sweep_sparing_argv`](crate::sweep_sparing_argv)) kills the command's process
+/// tree, sparing the shell; the shell prints its end marker and the command reports
+/// [`Error::Timeout`]. [`ShellInterrupter::interrupt`] sends SIGINT to the command's processes
+/// (Ctrl-C: a foreground `sleep` ends with 130, the shell lives on).
+///
+/// # Caveats
+/// - A command that runs only shell builtins (`while :; do :; done`) has no process to
+///   signal. An interrupt does not stop it; at its timeout the shell itself is ended (after a
+///   grace period of [`TIMEOUT_GRACE`]), the command reports [`Error::Timeout`] and later
+///   commands [`Error::ShellClosed`].
+/// - `exit`, `exec CMD`, `set -e` with a failing command, or a killed shell end the shell: the
+///   command in flight reports [`Error::ShellClosed`], never an exit status.
+/// - Dropping a [`Shell`] kills the shell and everything started from it (the exec's
+///   kill-on-drop); [`Shell::close`] ends it gracefully, leaving background jobs running.
+/// - Background jobs (`cmd &`) return at once. Their output
+///   written between two commands is dropped; output written while a later command runs is
+///   indistinguishable from that command's and arrives with it. Redirect a background job's
+///   output (`cmd >log 2>&1 &`) to keep it apart.
+/// - A future of [`Shell::run`] dropped before the command ended leaves the command running;
+///   the next command starts after it, and its output is not mixed in.
 ///
 /// ```no_run
 /// use std::sync::Arc;
@@ -491,7 +491,9 @@ impl Shell {
     /// [`Error::InvalidSpec`] before any I/O; [`Error::Timeout`] after killing the command's
     /// tree at its timeout (the shell lives on, unless the command ran only builtins: see the
     /// module's caveats); [`Error::ShellClosed`] when the shell ended (the command ran `exit`
-    /// or `exec`, it was killed, its stream dropped) or had ended before.
+    /// or `exec`, it was killed, its stream dropped) or had ended before;
+    /// [`Error::ConnectionLost`] or [`Error::EnvironmentGone`] when the engine says the
+    /// connection broke or the environment stopped under the command.
     pub async fn run(&mut self, command: ShellCommand) -> Result<ExecOutput> {
         let limit = command.output_limit;
         let started = Instant::now();
@@ -582,16 +584,17 @@ impl Shell {
         while out_end.is_none() || err_end.is_none() {
             tokio::select! {
                 chunk = self.output.next_chunk() => {
-                    let (framer, is_out) = match &chunk {
-                        Some(OutputChunk::Stdout(_)) => (&mut self.stdout, true),
-                        Some(OutputChunk::Stderr(_)) => (&mut self.stderr, false),
-                        None => {
-                            if let Some(task) = sweep { task.abort(); }
-                            return Err(self.ended("running a command", "the shell's output ended").await);
+                    let Some(chunk) = chunk else {
+                        if let Some(task) = sweep {
+                            task.abort();
                         }
+                        return Err(self.ended("running a command", "the shell's output ended").await);
                     };
-                    let (Some(OutputChunk::Stdout(b)) | Some(OutputChunk::Stderr(b))) = chunk else { unreachable!() };
-                    framer.push(&b, &mut events);
+                    let (framer, bytes, is_out) = match chunk {
+                        OutputChunk::Stdout(b) => (&mut self.stdout, b, true),
+                        OutputChunk::Stderr(b) => (&mut self.stderr, b, false),
+                    };
+                    framer.push(&bytes, &mut events);
                     for event in events.drain(..) {
                         match event {
                             Event::Data(d) if sweep.is_none() => on_output(if is_out {
@@ -599,9 +602,8 @@ impl Shell {
                             } else {
                                 OutputChunk::Stderr(d)
                             }),
-                            Event::End(n, rc) if n == seq => {
-                                if is_out { out_end = Some(rc) } else { err_end = Some(rc) }
-                            }
+                            Event::End(n, rc) if n == seq && is_out => out_end = Some(rc),
+                            Event::End(n, rc) if n == seq => err_end = Some(rc),
                             _ => {}
                         }
                     }
@@ -648,10 +650,14 @@ impl Shell {
     /// Records that the shell ended, learning its exit code where possible.
     async fn ended(&mut self, operation: &str, why: &str) -> Error {
         let mut reason = why.to_owned();
+        let mut engine_error = None;
         if let Some(process) = self.process.take() {
             match tokio::time::timeout(Duration::from_secs(5), process.wait()).await {
                 Ok(Ok(status)) => reason = format!("{reason}; the shell exited with {status}"),
-                Ok(Err(e)) => reason = format!("{reason}; {e}"),
+                Ok(Err(e)) => {
+                    reason = format!("{reason}; {e}");
+                    engine_error = Some(e);
+                }
                 Err(_) => {}
             }
         }
@@ -659,6 +665,15 @@ impl Shell {
             reason = "the shell ended".into();
         }
         self.closed = Some(reason.clone());
+        // A lost connection or a stopped environment says more than "closed", and is typed.
+        if let Some(e) = engine_error.filter(|e| {
+            matches!(
+                e.kind(),
+                crate::ErrorKind::ConnectionLost | crate::ErrorKind::EnvironmentGone
+            )
+        }) {
+            return e;
+        }
         Error::ShellClosed {
             env: self.env.to_string(),
             operation: operation.into(),
