@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use berth_engine_core::{
-    ContainerEngine, EnvironmentId, EnvironmentSpec, ExecRequest, ImageRef, OutputChunk, SessionId,
+    ContainerEngine, EnvironmentId, EnvironmentSpec, ExecRequest, ImageRef, SessionId,
 };
 use berth_engine_k8s::{KubernetesConfig, KubernetesEngine};
 use berth_k8s_sim::Sim;
@@ -160,15 +160,9 @@ async fn scenarios(ctx: &Ctx, smoke: bool) -> anyhow::Result<Vec<Scenario>> {
         let (mut b, mut k, mut d) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..rounds {
             let t = Instant::now();
-            let mut p = ctx.engine.exec_streaming(&env, ExecRequest::new(argv)).await?;
-            let mut output = p.take_output().expect("output");
-            let mut got = 0u64;
-            while let Some(chunk) = output.next_chunk().await {
-                if let OutputChunk::Stdout(bytes) = chunk {
-                    got += bytes.len() as u64;
-                }
-            }
-            p.wait().await?;
+            let got =
+                crate::shell_bench::stream_counting(ctx.engine.as_ref(), &env, ExecRequest::new(argv))
+                    .await?;
             b.push(t.elapsed());
             anyhow::ensure!(got == total, "berth streamed {got} of {total}");
             let t = Instant::now();

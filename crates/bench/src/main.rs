@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use berth_engine_core::testkit::ensure_test_image;
 use berth_engine_core::{
-    ContainerEngine, EnvironmentId, EnvironmentSpec, ExecRequest, ImageRef, OutputChunk, SessionId,
+    ContainerEngine, EnvironmentId, EnvironmentSpec, ExecRequest, ImageRef, SessionId,
     LABEL_MANAGED_BY, LABEL_SESSION, MANAGED_BY_VALUE,
 };
 use berth_engine_docker::{DockerConfig, DockerEngine};
@@ -354,18 +354,12 @@ impl Bench {
                 reset_peak();
                 let (rss_before, _) = memory();
                 let t = Instant::now();
-                let mut process = self
-                    .engine
-                    .exec_streaming(&env, ExecRequest::new(argv))
-                    .await?;
-                let mut output = process.take_output().expect("output");
-                let mut got = 0u64;
-                while let Some(chunk) = output.next_chunk().await {
-                    if let OutputChunk::Stdout(b) = chunk {
-                        got += b.len() as u64;
-                    }
-                }
-                process.wait().await?;
+                let got = shell_bench::stream_counting(
+                    self.engine.as_ref(),
+                    &env,
+                    ExecRequest::new(argv),
+                )
+                .await?;
                 berth.push(t.elapsed());
                 let (_, peak) = memory();
                 peak_growth = peak_growth.max(peak.saturating_sub(rss_before));

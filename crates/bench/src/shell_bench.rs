@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
 use berth_engine_core::{
-    AttachFrom, ContainerEngine, DetachedCommand, DetachedCommands, EnvironmentId, ExecRequest,
-    OutputChunk, Shell, ShellCommand, ShellOptions,
+    AttachFrom, CommandId, ContainerEngine, DetachedCommand, DetachedCommands, EnvironmentId,
+    ExecRequest, OutputChunk, Shell, ShellCommand, ShellOptions,
 };
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -66,6 +66,34 @@ impl Floor {
         drop(self.stdin);
         let _ = self.child.wait().await;
     }
+}
+
+/// Streams `req`'s output to the end and returns how many stdout bytes came.
+pub(crate) async fn stream_counting(
+    engine: &dyn ContainerEngine,
+    env: &EnvironmentId,
+    req: ExecRequest,
+) -> anyhow::Result<u64> {
+    let mut process = engine.exec_streaming(env, req).await?;
+    let mut output = process.take_output().context("output")?;
+    let mut got = 0u64;
+    while let Some(chunk) = output.next_chunk().await {
+        if let OutputChunk::Stdout(b) = chunk {
+            got += b.len() as u64;
+        }
+    }
+    process.wait().await?;
+    Ok(got)
+}
+
+async fn attach_to_end(commands: &DetachedCommands, id: &CommandId) -> anyhow::Result<()> {
+    let o = commands
+        .attach(id, AttachFrom::default())
+        .await?
+        .collect(1 << 20)
+        .await?;
+    ensure!(o.stdout_lossy() == "hi\n", "detached output {o:?}");
+    Ok(())
 }
 
 /// The shell and detached scenarios for `engine`, measured in `env`; `floor` is the Docker
@@ -131,17 +159,7 @@ pub(crate) async fn scenarios(
         via_shell.push(t.elapsed());
         ensure!(got == total, "the shell streamed {got} of {total}");
         let t = Instant::now();
-        let mut p = engine
-            .exec_streaming(env, ExecRequest::shell(script.clone()))
-            .await?;
-        let mut output = p.take_output().context("output")?;
-        let mut got = 0u64;
-        while let Some(chunk) = output.next_chunk().await {
-            if let OutputChunk::Stdout(b) = chunk {
-                got += b.len() as u64;
-            }
-        }
-        p.wait().await?;
+        let got = stream_counting(engine.as_ref(), env, ExecRequest::shell(script.clone())).await?;
         plain.push(t.elapsed());
         ensure!(got == total, "the exec streamed {got} of {total}");
     }
@@ -165,21 +183,11 @@ pub(crate) async fn scenarios(
     for _ in 0..n {
         let t = Instant::now();
         let id = commands.start(DetachedCommand::new("echo hi")).await?;
-        let o = commands
-            .attach(&id, AttachFrom::default())
-            .await?
-            .collect(1 << 20)
-            .await?;
+        attach_to_end(&commands, &id).await?;
         detached.push(t.elapsed());
-        ensure!(o.stdout_lossy() == "hi\n", "detached output {o:?}");
         let t = Instant::now();
-        let o = commands
-            .attach(&id, AttachFrom::default())
-            .await?
-            .collect(1 << 20)
-            .await?;
+        attach_to_end(&commands, &id).await?;
         reattach.push(t.elapsed());
-        ensure!(o.stdout_lossy() == "hi\n", "re-attached output {o:?}");
         let t = Instant::now();
         engine.exec(env, ExecRequest::new(["echo", "hi"])).await?;
         fresh.push(t.elapsed());

@@ -1,7 +1,6 @@
 //! Detached commands: commands that outlive the connection (and the process) that started
 //! them, re-attachable from any offset by any later client. See [`DetachedCommands`].
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -9,7 +8,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::exec::{ExecOutput, ExecProcess, ExitStatus};
-use crate::{sweep_argv, ContainerEngine, EnvironmentId, ExecRequest, SweepReport};
+use crate::{sweep_argv, ContainerEngine, EnvironmentId, ExecRequest, ShellOptions, SweepReport};
 
 /// Where detached commands keep their files in the environment.
 pub const DETACHED_DIR: &str = "/tmp/.berth/cmd";
@@ -98,8 +97,7 @@ impl CommandId {
     /// A fresh random id.
     #[must_use]
     pub fn generate() -> Self {
-        let hex = uuid::Uuid::new_v4().simple().to_string();
-        Self(hex[..12].to_owned())
+        Self(crate::SessionId::generate().as_str().to_owned())
     }
 
     /// The id as text.
@@ -146,12 +144,8 @@ impl FromStr for CommandId {
 pub struct DetachedCommand {
     /// The script.
     pub script: String,
-    /// Extra environment variables.
-    pub env: BTreeMap<String, String>,
-    /// Working directory, default the environment's.
-    pub workdir: Option<String>,
-    /// User, default the environment's.
-    pub user: Option<String>,
+    /// Who runs it and where (env, workdir, user); unset fields take the environment's.
+    pub options: ShellOptions,
     /// Bytes kept per stream (the first ones); default [`DETACHED_OUTPUT_CAP`].
     pub output_cap: u64,
 }
@@ -161,31 +155,15 @@ impl DetachedCommand {
     pub fn new(script: impl Into<String>) -> Self {
         Self {
             script: script.into(),
-            env: BTreeMap::new(),
-            workdir: None,
-            user: None,
+            options: ShellOptions::default(),
             output_cap: DETACHED_OUTPUT_CAP,
         }
     }
 
-    /// Adds one environment variable.
+    /// Sets who runs it and where.
     #[must_use]
-    pub fn with_env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.env.insert(key.into(), value.into());
-        self
-    }
-
-    /// Sets the working directory.
-    #[must_use]
-    pub fn with_workdir(mut self, dir: impl Into<String>) -> Self {
-        self.workdir = Some(dir.into());
-        self
-    }
-
-    /// Sets the user.
-    #[must_use]
-    pub fn with_user(mut self, user: impl Into<String>) -> Self {
-        self.user = Some(user.into());
+    pub fn with_options(mut self, options: ShellOptions) -> Self {
+        self.options = options;
         self
     }
 
@@ -348,9 +326,9 @@ impl DetachedCommands {
             id.marker(),
             command.script,
         ]);
-        req.env = command.env;
-        req.workdir = command.workdir;
-        req.user = command.user;
+        req.env = command.options.env;
+        req.workdir = command.options.workdir;
+        req.user = command.options.user;
         let out = self.engine.exec(&self.env, req).await?;
         if !out.status.success() {
             return Err(Error::backend(

@@ -71,8 +71,9 @@ done
 exit 0
 "#;
 
-/// How a [`Shell`] is opened: who runs it and where. Unset fields take the environment's
-/// spec (its env, workdir and user apply as for any exec).
+/// How a [`Shell`] is opened, or a [`DetachedCommand`](crate::DetachedCommand) run: who runs
+/// it and where. Unset fields take the environment's spec (its env, workdir and user apply as
+/// for any exec).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ShellOptions {
@@ -161,19 +162,10 @@ impl ShellCommand {
         if self.script.contains('\0') {
             return Err(Error::invalid_spec("script", "contains a NUL byte"));
         }
-        if self.timeout == Some(Duration::ZERO) {
-            return Err(Error::invalid_spec(
-                "timeout",
-                "must be greater than zero (leave it unset to wait for ever)",
-            ));
-        }
-        if self.output_limit == 0 {
-            return Err(Error::invalid_spec(
-                "output_limit",
-                "must be greater than zero",
-            ));
-        }
-        Ok(())
+        // The same rules as an exec's for the fields they share.
+        let mut req = ExecRequest::new(["sh"]).with_output_limit(self.output_limit);
+        req.timeout = self.timeout;
+        req.validate()
     }
 }
 
