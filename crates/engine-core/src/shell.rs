@@ -31,12 +31,12 @@ const DRIVER: &str = r#"__berth_t=$1
 shift
 exec 8>&1 9>&2
 printf '%s R %s\n' "$__berth_t" "$$" >&8
-while IFS=' ' read -r __berth_n __berth_i __berth_m; do
+while IFS=' ' read -r __berth_n __berth_i __berth_k; do
   __berth_c=
-  while IFS= read -r __berth_l; do
-    [ "$__berth_l" = "$__berth_t" ] && break
+  while [ "$__berth_k" -gt 0 ] && IFS= read -r __berth_l; do
     __berth_c="$__berth_c$__berth_l
 "
+    __berth_k=$((__berth_k - 1))
   done
   __berth_f=/dev/null
   if [ "$__berth_i" -gt 0 ]; then
@@ -48,7 +48,7 @@ while IFS=' ' read -r __berth_n __berth_i __berth_m; do
   fi
   printf '%s S %s\n' "$__berth_t" "$__berth_n" >&8
   printf '%s S %s\n' "$__berth_t" "$__berth_n" >&9
-  BERTH_EXEC_ID=$__berth_m
+  BERTH_EXEC_ID=$__berth_t-$__berth_n-c
   export BERTH_EXEC_ID
   command eval "$__berth_c" <"$__berth_f" 8>&- 9>&-
   __berth_r=$?
@@ -175,8 +175,8 @@ impl ShellCommand {
 /// # How it works
 /// The shell runs a small driver loop (plain POSIX `sh`: busybox `ash`, `dash` and `bash` run
 /// it alike). For each command the client writes one frame on the exec's stdin: a header line
-/// (sequence number, stdin length, per-command marker), the script's lines, a line holding
-/// the shell's random token, then the command's stdin bytes. The driver reads the script with
+/// (sequence number, stdin length, number of script lines), the script's lines, then the
+/// command's stdin bytes. The driver reads the script with
 /// the `read` builtin, copies the stdin bytes to a file with `dd` (only when there are any),
 /// prints a start marker on both streams, runs the script with `command eval` in the shell
 /// itself (so `cd`, `export`, functions and aliases persist) with stdin from that file or
@@ -530,13 +530,8 @@ impl Shell {
         self.stderr.want = seq;
         let marker = format!("{}-{seq}-c", self.token);
         let stdin = command.stdin.unwrap_or_default();
-        let mut frame = format!(
-            "{seq} {} {marker}\n{}\n{}\n",
-            stdin.len(),
-            command.script,
-            self.token
-        )
-        .into_bytes();
+        let lines = command.script.split('\n').count();
+        let mut frame = format!("{seq} {} {lines}\n{}\n", stdin.len(), command.script).into_bytes();
         frame.extend_from_slice(&stdin);
         *lock(&self.running) = Some(marker.clone());
         let started = Instant::now();
