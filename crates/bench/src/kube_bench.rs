@@ -92,7 +92,11 @@ impl Ctx {
     }
 }
 
-pub(crate) async fn run(image: &ImageRef, smoke: bool) -> anyhow::Result<Vec<Scenario>> {
+pub(crate) async fn run(
+    image: &ImageRef,
+    smoke: bool,
+    shells_only: bool,
+) -> anyhow::Result<Vec<Scenario>> {
     let sim = Sim::start().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let dir = std::env::temp_dir().join(format!("berth-bench-{}", SessionId::generate()));
     std::fs::create_dir_all(&dir)?;
@@ -108,7 +112,17 @@ pub(crate) async fn run(image: &ImageRef, smoke: bool) -> anyhow::Result<Vec<Sce
         image: image.clone(),
         session: SessionId::generate(),
     };
-    let result = scenarios(&ctx, smoke).await;
+    let result = if shells_only {
+        shell_scenarios(&ctx, smoke).await
+    } else {
+        match scenarios(&ctx, smoke).await {
+            Ok(mut all) => shell_scenarios(&ctx, smoke).await.map(|shells| {
+                all.extend(shells);
+                all
+            }),
+            Err(e) => Err(e),
+        }
+    };
     let leftovers = ctx
         .engine
         .list(&berth_engine_core::LabelSelector::session(&ctx.session))
@@ -120,6 +134,20 @@ pub(crate) async fn run(image: &ImageRef, smoke: bool) -> anyhow::Result<Vec<Sce
     sim.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
     result
+}
+
+/// Shells and detached commands on the simulator; the floor is `docker exec -i sh` into the
+/// pod's container.
+async fn shell_scenarios(ctx: &Ctx, smoke: bool) -> anyhow::Result<Vec<Scenario>> {
+    let env = ctx.engine.start(&ctx.spec()).await?;
+    let measured = async {
+        let container = ctx.container_of(&env).await?;
+        let engine: Arc<dyn ContainerEngine> = ctx.engine.clone();
+        crate::shell_bench::scenarios(engine, &env, "Kubernetes simulator", &container, smoke).await
+    }
+    .await;
+    ctx.engine.stop(&env).await?;
+    measured
 }
 
 async fn scenarios(ctx: &Ctx, smoke: bool) -> anyhow::Result<Vec<Scenario>> {
@@ -185,11 +213,6 @@ async fn scenarios(ctx: &Ctx, smoke: bool) -> anyhow::Result<Vec<Scenario>> {
                 ("raw Docker exec into the pod's container (floor)", rate(&d)),
             ],
         ));
-        let engine: Arc<dyn ContainerEngine> = ctx.engine.clone();
-        out.extend(
-            crate::shell_bench::scenarios(engine, &env, "Kubernetes simulator", &container, smoke)
-                .await?,
-        );
         anyhow::Ok(())
     }
     .await;

@@ -35,6 +35,8 @@ enum Suite {
     Kubernetes,
     /// Both.
     All,
+    /// Only the shell and detached-command scenarios, on Docker and the simulator.
+    Shells,
 }
 
 #[derive(Debug, Parser)]
@@ -676,17 +678,25 @@ async fn main() -> anyhow::Result<()> {
         scenarios.extend(bench.shells().await?);
         anyhow::Ok(scenarios)
     };
-    let kubernetes = async { kube_bench::run(&bench.image, args.smoke).await };
+    let shells_only = matches!(args.suite, Suite::Shells);
+    let kubernetes = async { kube_bench::run(&bench.image, args.smoke, shells_only).await };
     let scenarios = match args.suite {
         Suite::Docker => docker.await,
         Suite::Kubernetes => kubernetes.await,
-        Suite::All => match docker.await {
-            Ok(mut d) => kubernetes.await.map(|k| {
-                d.extend(k);
-                d
-            }),
-            Err(e) => Err(e),
-        },
+        Suite::Shells | Suite::All => {
+            let first = if shells_only {
+                bench.shells().await
+            } else {
+                docker.await
+            };
+            match first {
+                Ok(mut d) => kubernetes.await.map(|k| {
+                    d.extend(k);
+                    d
+                }),
+                Err(e) => Err(e),
+            }
+        }
     };
     // Whatever happened, remove what the bench made.
     let leftovers = bench
