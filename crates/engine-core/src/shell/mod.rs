@@ -1,19 +1,24 @@
 //! Stateful shells: one long-lived `sh` over one [`ContainerEngine::exec_streaming`] stream,
 //! running commands one at a time at the speed of the shell itself. See [`Shell`].
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use memchr::memmem;
+use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
+
+mod command;
+mod framer;
+mod scripts;
+
+pub use command::{ShellCommand, ShellOptions};
+use framer::{Event, Framer};
+use scripts::{DRIVER, INTERRUPT};
 
 use crate::error::{Error, Result};
 use crate::exec::{ExecOutput, ExecProcess, ExecStdin, OutputChunk, OutputStream, Stdin};
 use crate::{
     sweep_sparing_argv, ContainerEngine, EnvironmentId, ExecRequest, ExitStatus, SweepReport,
-    DEFAULT_OUTPUT_LIMIT,
 };
 
 /// How long a timed-out command may take to end after its tree was killed before the shell
@@ -22,152 +27,6 @@ pub const TIMEOUT_GRACE: Duration = Duration::from_secs(5);
 
 /// How long [`Shell::open`] waits for the shell to say it is ready.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// The driver loop; see the module docs. `$1` is the token. Its variables start with
-/// `__berth_` so that commands are unlikely to clobber them. Markers go to fds 8 and 9 (copies
-/// of stdout and stderr made at start), so a command that redirects its shell's stdout
-/// (`exec >log`) does not lose them; commands run with 8 and 9 closed.
-const DRIVER: &str = r#"__berth_t=$1
-shift
-exec 8>&1 9>&2
-printf '%s R %s\n' "$__berth_t" "$$" >&8
-while IFS=' ' read -r __berth_n __berth_i __berth_k; do
-  __berth_c=
-  while [ "$__berth_k" -gt 0 ] && IFS= read -r __berth_l; do
-    __berth_c="$__berth_c$__berth_l
-"
-    __berth_k=$((__berth_k - 1))
-  done
-  __berth_f=/dev/null
-  if [ "$__berth_i" -gt 0 ]; then
-    __berth_f=/tmp/.berth-shell-$__berth_t.in
-    __berth_b=$((__berth_i / 65536))
-    { [ "$__berth_b" -eq 0 ] || dd bs=65536 count="$__berth_b" iflag=fullblock
-      [ $((__berth_i % 65536)) -eq 0 ] || dd bs=$((__berth_i % 65536)) count=1 iflag=fullblock
-    } 2>/dev/null >"$__berth_f"
-  fi
-  printf '%s S %s\n' "$__berth_t" "$__berth_n" >&8
-  printf '%s S %s\n' "$__berth_t" "$__berth_n" >&9
-  BERTH_EXEC_ID=$__berth_t-$__berth_n-c
-  export BERTH_EXEC_ID
-  command eval "$__berth_c" <"$__berth_f" 8>&- 9>&-
-  __berth_r=$?
-  [ "$__berth_f" = /dev/null ] || rm -f "$__berth_f"
-  printf '%s E %s %s\n' "$__berth_t" "$__berth_n" "$__berth_r" >&8
-  printf '%s E %s %s\n' "$__berth_t" "$__berth_n" "$__berth_r" >&9
-done
-"#;
-
-/// Sends SIGINT to every process whose environment carries `BERTH_EXEC_ID=$1` (a command's
-/// processes; the shell itself carries another value). Only builtins: `read` drops the NULs
-/// between variables, and markers end in `-c`, so one command's marker is never a part of
-/// another's.
-const INTERRUPT: &str = r#"m="BERTH_EXEC_ID=$1"
-for d in /proc/[0-9]*; do
-  { while IFS= read -r e || [ -n "$e" ]; do
-      case $e in *"$m"*) kill -INT "${d#/proc/}"; break ;; esac; e=
-    done < "$d/environ"; } 2>/dev/null
-done
-exit 0
-"#;
-
-/// How a [`Shell`] is opened, or a [`DetachedCommand`](crate::DetachedCommand) run: who runs
-/// it and where. Unset fields take the environment's spec (its env, workdir and user apply as
-/// for any exec).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ShellOptions {
-    /// Extra environment variables, on top of the environment's.
-    pub env: BTreeMap<String, String>,
-    /// Starting directory, default the environment's.
-    pub workdir: Option<String>,
-    /// User (`uid`, `uid:gid`, `name`), default the environment's.
-    pub user: Option<String>,
-}
-
-impl ShellOptions {
-    /// Adds one environment variable.
-    #[must_use]
-    pub fn with_env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.env.insert(key.into(), value.into());
-        self
-    }
-
-    /// Sets the starting directory.
-    #[must_use]
-    pub fn with_workdir(mut self, dir: impl Into<String>) -> Self {
-        self.workdir = Some(dir.into());
-        self
-    }
-
-    /// Sets the user.
-    #[must_use]
-    pub fn with_user(mut self, user: impl Into<String>) -> Self {
-        self.user = Some(user.into());
-        self
-    }
-}
-
-/// One command for [`Shell::run`]: a shell script run in the shell's own process.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ShellCommand {
-    /// The script (any `sh` text, several lines included).
-    pub script: String,
-    /// What the command reads on stdin, then end of file; `None` is end of file at once.
-    pub stdin: Option<Bytes>,
-    /// Kill the command's process tree after this long; the shell lives on.
-    pub timeout: Option<Duration>,
-    /// Per-stream cap of the output [`Shell::run`] keeps; the rest is read and dropped.
-    pub output_limit: usize,
-}
-
-impl ShellCommand {
-    /// A command running `script`, with no stdin, no timeout and the default output cap.
-    pub fn new(script: impl Into<String>) -> Self {
-        Self {
-            script: script.into(),
-            stdin: None,
-            timeout: None,
-            output_limit: DEFAULT_OUTPUT_LIMIT,
-        }
-    }
-
-    /// Gives the command these stdin bytes.
-    #[must_use]
-    pub fn with_stdin(mut self, stdin: impl Into<Bytes>) -> Self {
-        self.stdin = Some(stdin.into());
-        self
-    }
-
-    /// Sets the timeout.
-    #[must_use]
-    pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
-        self
-    }
-
-    /// Sets the per-stream output cap.
-    #[must_use]
-    pub fn with_output_limit(mut self, limit: usize) -> Self {
-        self.output_limit = limit;
-        self
-    }
-
-    /// Checks the command before any I/O.
-    ///
-    /// # Errors
-    /// [`Error::InvalidSpec`] naming `script`, `timeout` or `output_limit`.
-    pub fn validate(&self) -> Result<()> {
-        if self.script.contains('\0') {
-            return Err(Error::invalid_spec("script", "contains a NUL byte"));
-        }
-        // The same rules as an exec's for the fields they share.
-        let mut req = ExecRequest::new(["sh"]).with_output_limit(self.output_limit);
-        req.timeout = self.timeout;
-        req.validate()
-    }
-}
 
 /// A long-lived `sh` in an environment, running commands one at a time with its state (working
 /// directory, variables, functions, aliases) kept between them.
@@ -247,89 +106,6 @@ impl std::fmt::Debug for Shell {
             .field("commands", &self.seq)
             .field("closed", &self.closed)
             .finish_non_exhaustive()
-    }
-}
-
-/// What was seen on one stream of the shell.
-#[derive(Debug, PartialEq, Eq)]
-enum Event {
-    /// Output of the command being waited for.
-    Data(Bytes),
-    /// The shell is ready; its pid.
-    Ready(u32),
-    /// The command with this sequence number ended with this code.
-    End(u64, i32),
-}
-
-/// Splits one output stream of the shell into the current command's bytes and markers.
-struct Framer {
-    /// `TOKEN ` as bytes.
-    prefix: memmem::Finder<'static>,
-    prefix_len: usize,
-    buf: BytesMut,
-    /// The sequence number whose output is wanted.
-    want: u64,
-    inside: bool,
-}
-
-impl Framer {
-    fn new(token: &str) -> Self {
-        let prefix = format!("{token} ").into_bytes();
-        Self {
-            prefix_len: prefix.len(),
-            prefix: memmem::Finder::new(&prefix).into_owned(),
-            buf: BytesMut::new(),
-            want: 0,
-            inside: false,
-        }
-    }
-
-    fn emit(&mut self, upto: usize, events: &mut Vec<Event>) {
-        let bytes = self.buf.split_to(upto).freeze();
-        if self.inside && !bytes.is_empty() {
-            events.push(Event::Data(bytes));
-        }
-    }
-
-    fn push(&mut self, chunk: &[u8], events: &mut Vec<Event>) {
-        self.buf.extend_from_slice(chunk);
-        loop {
-            let Some(at) = self.prefix.find(&self.buf) else {
-                // Keep what could be the start of a marker split across chunks.
-                let keep = (self.prefix_len - 1).min(self.buf.len());
-                self.emit(self.buf.len() - keep, events);
-                return;
-            };
-            self.emit(at, events);
-            let Some(nl) = memchr::memchr(b'\n', &self.buf[self.prefix_len..]) else {
-                return;
-            };
-            let line = self.buf.split_to(self.prefix_len + nl + 1);
-            let text = String::from_utf8_lossy(&line[self.prefix_len..line.len() - 1]);
-            let mut words = text.split(' ');
-            match (words.next(), words.next(), words.next()) {
-                (Some("R"), Some(pid), None) => {
-                    if let Ok(pid) = pid.parse() {
-                        events.push(Event::Ready(pid));
-                    }
-                }
-                (Some("S"), Some(n), None) => {
-                    self.inside = n.parse() == Ok(self.want);
-                }
-                (Some("E"), Some(n), Some(rc)) => {
-                    self.inside = false;
-                    if let (Ok(n), Ok(rc)) = (n.parse(), rc.parse()) {
-                        events.push(Event::End(n, rc));
-                    }
-                }
-                // Not a marker of ours (only a command that read the token can print this).
-                _ => {
-                    if self.inside {
-                        events.push(Event::Data(line.freeze()));
-                    }
-                }
-            }
-        }
     }
 }
 
@@ -711,66 +487,5 @@ impl Capped {
             self.truncated = true;
         }
         self.buf.extend_from_slice(&data[..data.len().min(room)]);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn feed(framer: &mut Framer, pieces: &[&[u8]]) -> (Vec<u8>, Vec<Event>) {
-        let mut events = Vec::new();
-        for p in pieces {
-            framer.push(p, &mut events);
-        }
-        let mut data = Vec::new();
-        let mut rest = Vec::new();
-        for e in events {
-            match e {
-                Event::Data(d) => data.extend_from_slice(&d),
-                other => rest.push(other),
-            }
-        }
-        (data, rest)
-    }
-
-    /// Markers split anywhere across chunks are found; stray bytes outside the wanted frame
-    /// are dropped; marker-like text with another token, and no trailing newline, pass.
-    #[test]
-    fn framer_splits_output_and_markers_at_any_chunk_boundary() {
-        let token = "berthT0K";
-        let stream: Vec<u8> =
-            b"stray berthT0K R 42\nberthT0K S 1\nold\nberthT0K E 1 0\nbg\nberthT0K S 2\nberthX E 2 5\n\x00\xffno newlineberthT0K E 2 7\nlate"
-                .to_vec();
-        for cut in 0..stream.len() {
-            let mut framer = Framer::new(token);
-            framer.want = 2;
-            let (data, events) = feed(&mut framer, &[&stream[..cut], &stream[cut..]]);
-            assert_eq!(
-                data,
-                b"berthX E 2 5\n\x00\xffno newline".to_vec(),
-                "cut at {cut}"
-            );
-            assert_eq!(
-                events,
-                [Event::Ready(42), Event::End(1, 0), Event::End(2, 7)],
-                "cut at {cut}"
-            );
-        }
-    }
-
-    #[test]
-    fn command_validation_names_the_field() {
-        assert!(ShellCommand::new("true").validate().is_ok());
-        let err = ShellCommand::new("a\0b").validate().unwrap_err();
-        assert!(err.to_string().contains("script"), "{err}");
-        assert!(ShellCommand::new("x")
-            .with_timeout(Duration::ZERO)
-            .validate()
-            .is_err());
-        assert!(ShellCommand::new("x")
-            .with_output_limit(0)
-            .validate()
-            .is_err());
     }
 }
