@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use berth_engine_core::{
-    ContainerEngine, EnvironmentId, EnvironmentSpec, ExecRequest, ImageRef, OutputChunk, SessionId,
+    ContainerEngine, EnvironmentId, EnvironmentSpec, ExecRequest, ImageRef, SessionId,
 };
 use berth_engine_k8s::{KubernetesConfig, KubernetesEngine};
 use berth_k8s_sim::Sim;
@@ -92,7 +92,11 @@ impl Ctx {
     }
 }
 
-pub(crate) async fn run(image: &ImageRef, smoke: bool) -> anyhow::Result<Vec<Scenario>> {
+pub(crate) async fn run(
+    image: &ImageRef,
+    smoke: bool,
+    shells_only: bool,
+) -> anyhow::Result<Vec<Scenario>> {
     let sim = Sim::start().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let dir = std::env::temp_dir().join(format!("berth-bench-{}", SessionId::generate()));
     std::fs::create_dir_all(&dir)?;
@@ -108,7 +112,17 @@ pub(crate) async fn run(image: &ImageRef, smoke: bool) -> anyhow::Result<Vec<Sce
         image: image.clone(),
         session: SessionId::generate(),
     };
-    let result = scenarios(&ctx, smoke).await;
+    let result = if shells_only {
+        shell_scenarios(&ctx, smoke).await
+    } else {
+        match scenarios(&ctx, smoke).await {
+            Ok(mut all) => shell_scenarios(&ctx, smoke).await.map(|shells| {
+                all.extend(shells);
+                all
+            }),
+            Err(e) => Err(e),
+        }
+    };
     let leftovers = ctx
         .engine
         .list(&berth_engine_core::LabelSelector::session(&ctx.session))
@@ -120,6 +134,20 @@ pub(crate) async fn run(image: &ImageRef, smoke: bool) -> anyhow::Result<Vec<Sce
     sim.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
     result
+}
+
+/// Shells and detached commands on the simulator; the floor is `docker exec -i sh` into the
+/// pod's container.
+async fn shell_scenarios(ctx: &Ctx, smoke: bool) -> anyhow::Result<Vec<Scenario>> {
+    let env = ctx.engine.start(&ctx.spec()).await?;
+    let measured = async {
+        let container = ctx.container_of(&env).await?;
+        let engine: Arc<dyn ContainerEngine> = ctx.engine.clone();
+        crate::shell_bench::scenarios(engine, &env, "Kubernetes simulator", &container, smoke).await
+    }
+    .await;
+    ctx.engine.stop(&env).await?;
+    measured
 }
 
 async fn scenarios(ctx: &Ctx, smoke: bool) -> anyhow::Result<Vec<Scenario>> {
@@ -160,15 +188,9 @@ async fn scenarios(ctx: &Ctx, smoke: bool) -> anyhow::Result<Vec<Scenario>> {
         let (mut b, mut k, mut d) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..rounds {
             let t = Instant::now();
-            let mut p = ctx.engine.exec_streaming(&env, ExecRequest::new(argv)).await?;
-            let mut output = p.take_output().expect("output");
-            let mut got = 0u64;
-            while let Some(chunk) = output.next_chunk().await {
-                if let OutputChunk::Stdout(bytes) = chunk {
-                    got += bytes.len() as u64;
-                }
-            }
-            p.wait().await?;
+            let got =
+                crate::shell_bench::stream_counting(ctx.engine.as_ref(), &env, ExecRequest::new(argv))
+                    .await?;
             b.push(t.elapsed());
             anyhow::ensure!(got == total, "berth streamed {got} of {total}");
             let t = Instant::now();

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use berth_engine_core::testkit::ensure_test_image;
 use berth_engine_core::{
-    ContainerEngine, EnvironmentId, EnvironmentSpec, ExecRequest, ImageRef, OutputChunk, SessionId,
+    ContainerEngine, EnvironmentId, EnvironmentSpec, ExecRequest, ImageRef, SessionId,
     LABEL_MANAGED_BY, LABEL_SESSION, MANAGED_BY_VALUE,
 };
 use berth_engine_docker::{DockerConfig, DockerEngine};
@@ -24,6 +24,7 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 mod kube_bench;
+mod shell_bench;
 
 /// Which scenarios to run.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -34,6 +35,8 @@ enum Suite {
     Kubernetes,
     /// Both.
     All,
+    /// Only the shell and detached-command scenarios, on Docker and the simulator.
+    Shells,
 }
 
 #[derive(Debug, Parser)]
@@ -287,6 +290,21 @@ impl Bench {
         Ok(())
     }
 
+    /// Shells and detached commands against fresh execs and the `docker exec -i sh` floor.
+    async fn shells(&self) -> anyhow::Result<Vec<Scenario>> {
+        let env = self.engine.start(&self.spec()).await?;
+        let result = shell_bench::scenarios(
+            self.engine.clone(),
+            &env,
+            "Docker",
+            env.as_str(),
+            self.smoke,
+        )
+        .await;
+        self.engine.stop(&env).await?;
+        result
+    }
+
     /// Scenario 1: `echo hi` latency, 200 sequential execs in one environment.
     async fn exec_latency(&self) -> anyhow::Result<Scenario> {
         let iterations = if self.smoke { 5 } else { 200 };
@@ -338,18 +356,12 @@ impl Bench {
                 reset_peak();
                 let (rss_before, _) = memory();
                 let t = Instant::now();
-                let mut process = self
-                    .engine
-                    .exec_streaming(&env, ExecRequest::new(argv))
-                    .await?;
-                let mut output = process.take_output().expect("output");
-                let mut got = 0u64;
-                while let Some(chunk) = output.next_chunk().await {
-                    if let OutputChunk::Stdout(b) = chunk {
-                        got += b.len() as u64;
-                    }
-                }
-                process.wait().await?;
+                let got = shell_bench::stream_counting(
+                    self.engine.as_ref(),
+                    &env,
+                    ExecRequest::new(argv),
+                )
+                .await?;
                 berth.push(t.elapsed());
                 let (_, peak) = memory();
                 peak_growth = peak_growth.max(peak.saturating_sub(rss_before));
@@ -663,19 +675,28 @@ async fn main() -> anyhow::Result<()> {
         scenarios.push(bench.concurrent(10).await?);
         scenarios.push(bench.concurrent(20).await?);
         scenarios.push(bench.memory_50().await?);
+        scenarios.extend(bench.shells().await?);
         anyhow::Ok(scenarios)
     };
-    let kubernetes = async { kube_bench::run(&bench.image, args.smoke).await };
+    let shells_only = matches!(args.suite, Suite::Shells);
+    let kubernetes = async { kube_bench::run(&bench.image, args.smoke, shells_only).await };
     let scenarios = match args.suite {
         Suite::Docker => docker.await,
         Suite::Kubernetes => kubernetes.await,
-        Suite::All => match docker.await {
-            Ok(mut d) => kubernetes.await.map(|k| {
-                d.extend(k);
-                d
-            }),
-            Err(e) => Err(e),
-        },
+        Suite::Shells | Suite::All => {
+            let first = if shells_only {
+                bench.shells().await
+            } else {
+                docker.await
+            };
+            match first {
+                Ok(mut d) => kubernetes.await.map(|k| {
+                    d.extend(k);
+                    d
+                }),
+                Err(e) => Err(e),
+            }
+        }
     };
     // Whatever happened, remove what the bench made.
     let leftovers = bench

@@ -176,6 +176,18 @@ pub enum Error {
         /// What the engine reported about the environment.
         reason: String,
     },
+    /// A [`Shell`](crate::Shell) ended (the command ran `exit` or `exec`, the shell was killed,
+    /// its stream dropped) while a command ran in it, or was used after it ended. The command's
+    /// outcome is unknown; open a new shell (its state starts fresh).
+    #[error("the shell in {env} is closed ({operation}): {reason}")]
+    ShellClosed {
+        /// The environment.
+        env: String,
+        /// What was under way ("running a command", "opening").
+        operation: String,
+        /// What ended it.
+        reason: String,
+    },
     /// An operation failed, and cleaning up after it failed too; both are reported.
     #[error("{primary}; cleanup also failed: {cleanup}")]
     CleanupFailed {
@@ -216,6 +228,8 @@ pub enum ErrorKind {
     ConnectionLost,
     /// See [`Error::EnvironmentGone`].
     EnvironmentGone,
+    /// See [`Error::ShellClosed`].
+    ShellClosed,
     /// See [`Error::Backend`].
     Other,
 }
@@ -238,6 +252,7 @@ impl Error {
             Error::InvalidSpec { .. } => ErrorKind::InvalidSpec,
             Error::ConnectionLost { .. } => ErrorKind::ConnectionLost,
             Error::EnvironmentGone { .. } => ErrorKind::EnvironmentGone,
+            Error::ShellClosed { .. } => ErrorKind::ShellClosed,
             Error::Backend { .. } => ErrorKind::Other,
             Error::CleanupFailed { primary, .. } => primary.kind(),
         }

@@ -150,7 +150,7 @@ kill -KILL "$k" 2>/dev/null
 exit "$rc"
 "#;
 
-/// `sh -c SWEEP berth-sweep MARKER SINCE_TICKS_AGO`: kills the marked tree (as the watchdog
+/// `sh -c SWEEP berth-sweep MARKER SINCE_TICKS_AGO [SPARE_PID]`: kills the marked tree (as the watchdog
 /// does, seeded by the marker alone), then prints one line per process left:
 /// `survivor PID NAME` for members still alive, `escaped PID NAME` for processes started
 /// since the exec that carry no berth marker at all (readable environment, no
@@ -161,6 +161,7 @@ mk="BERTH_EXEC_ID=$1"
 self
 st "$me"
 keep="$keep$sid $pg "
+if [ -n "$3" ] && st "$3"; then keep="$keep$sid $pg "; skip="$skip$3 "; fi
 tree=" "; sids=" "; pgs=" "
 reap
 { read -r u _ < /proc/uptime; } 2>/dev/null
@@ -216,6 +217,16 @@ pub fn sweep_argv(marker: &str, since: Duration) -> Vec<String> {
         marker.to_owned(),
         ticks,
     ]
+}
+
+/// Like [`sweep_argv`], sparing the process `spare` and never following its session or
+/// process group: for a command run by a long-lived shell (see [`Shell`](crate::Shell)), whose
+/// children share the shell's session, the command's tree dies and the shell lives on.
+#[must_use]
+pub fn sweep_sparing_argv(marker: &str, since: Duration, spare: u32) -> Vec<String> {
+    let mut argv = sweep_argv(marker, since);
+    argv.push(spare.to_string());
+    argv
 }
 
 /// What a sweep found after killing an exec's tree.

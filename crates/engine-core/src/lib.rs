@@ -21,12 +21,43 @@
 //!     Ok(())
 //! }
 //! ```
+//!
+//! A stateful shell runs many commands in one long-lived `sh` (sub-millisecond dispatch, state
+//! kept between commands), and a detached command outlives the client that started it; both
+//! are built here on [`ContainerEngine::exec_streaming`], so every backend has them:
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use berth_engine_core::{
+//!     AttachFrom, ContainerEngine, DetachedCommand, DetachedCommands, EnvironmentId, Shell,
+//!     ShellCommand, ShellOptions,
+//! };
+//!
+//! async fn agent(engine: Arc<dyn ContainerEngine>, env: EnvironmentId) -> berth_engine_core::Result<()> {
+//!     let mut shell = Shell::open(engine.clone(), &env, ShellOptions::default()).await?;
+//!     shell.run(ShellCommand::new("cd /workspace && export MODE=fast")).await?;
+//!     let out = shell.run(ShellCommand::new("echo $MODE in $(pwd)")).await?;
+//!     assert_eq!(out.stdout_lossy(), "fast in /workspace\n");
+//!     let slow = ShellCommand::new("make test").with_timeout(Duration::from_secs(600));
+//!     println!("tests: {}", shell.run(slow).await?.status);
+//!
+//!     let commands = DetachedCommands::new(engine, env);
+//!     let id = commands.start(DetachedCommand::new("./long-job.sh")).await?;
+//!     // Later, from this or any other process:
+//!     let job = commands.attach(&id, AttachFrom::default()).await?;
+//!     println!("job ended with {}", job.wait().await?);
+//!     shell.close().await
+//! }
+//! ```
 
+mod detached;
 mod error;
 mod exec;
 mod ids;
 mod image;
 mod kill;
+mod shell;
 mod spec;
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -37,6 +68,10 @@ use std::str::FromStr;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+pub use detached::{
+    AttachFrom, CommandId, CommandState, DetachedCommand, DetachedCommands, DetachedStatus,
+    DETACHED_DIR, DETACHED_OUTPUT_CAP,
+};
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use exec::{
     ExecOutcome, ExecOutput, ExecProcess, ExecRequest, ExecStdin, ExitStatus, OomKill, OomReport,
@@ -48,7 +83,8 @@ pub use image::{
     collect_tar_stream, tar_stream_from_bytes, BuildSpec, ImageInfo, Progress, ProgressEvent,
     PullPolicy, TarStream,
 };
-pub use kill::{sweep_argv, watchdog_argv, SweepReport};
+pub use kill::{sweep_argv, sweep_sparing_argv, watchdog_argv, SweepReport};
+pub use shell::{Shell, ShellCommand, ShellInterrupter, ShellOptions, TIMEOUT_GRACE};
 pub use spec::{
     validate_env, EnvironmentSpec, EnvironmentState, EnvironmentStatus, LabelSelector, Resources,
     SecurityProfile, StopOutcome, VolumeStatus, Workspace, HARDENED_CAPABILITIES, LABEL_CREATED,

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use berth_engine_core::{
-    ContainerEngine, EnvironmentId, EnvironmentSpec, ExecOutput, ExecRequest, SessionId,
-    StopOutcome,
+    ContainerEngine, DetachedCommands, EnvironmentId, EnvironmentSpec, ExecOutput, ExecRequest,
+    SessionId, Shell, ShellOptions, StopOutcome,
 };
 use futures_util::future::join_all;
 
@@ -232,11 +232,35 @@ impl Session {
     /// [`RunnerError::UnknownName`] for a name the session has not started; the engine's
     /// error otherwise.
     pub async fn exec(&self, name: &str, req: ExecRequest) -> Result<ExecOutput> {
-        let env = self.get(name).ok_or_else(|| RunnerError::UnknownName {
+        let env = self.named(name)?;
+        Ok(self.engine.exec(&env, req).await?)
+    }
+
+    fn named(&self, name: &str) -> Result<EnvironmentId> {
+        self.get(name).ok_or_else(|| RunnerError::UnknownName {
             session: self.id().clone(),
             name: name.to_owned(),
-        })?;
-        Ok(self.engine.exec(&env, req).await?)
+        })
+    }
+
+    /// Opens a stateful shell in the environment called `name` (one per agent, as many as
+    /// needed); it ends when dropped, closed, or when the environment stops.
+    ///
+    /// # Errors
+    /// [`RunnerError::UnknownName`] for an unknown name; as [`Shell::open`] otherwise.
+    pub async fn shell(&self, name: &str, options: ShellOptions) -> Result<Shell> {
+        Ok(Shell::open(self.engine.clone(), &self.named(name)?, options).await?)
+    }
+
+    /// The detached commands of the environment called `name`.
+    ///
+    /// # Errors
+    /// [`RunnerError::UnknownName`] for an unknown name.
+    pub fn detached(&self, name: &str) -> Result<DetachedCommands> {
+        Ok(DetachedCommands::new(
+            self.engine.clone(),
+            self.named(name)?,
+        ))
     }
 
     /// Stops the environment called `name`.

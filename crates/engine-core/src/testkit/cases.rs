@@ -9,6 +9,7 @@ use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 
 pub use super::cases_detached::*;
+pub use super::cases_detached_cmd::*;
 pub use super::cases_foreign::*;
 use super::Fixture;
 use crate::{
@@ -19,6 +20,7 @@ use crate::{
 
 pub use super::cases_kill::*;
 pub use super::cases_outcomes::*;
+pub use super::cases_shell::*;
 pub use super::cases_zombies::no_zombie_is_left_behind;
 
 const MIB: usize = 1024 * 1024;
@@ -306,7 +308,7 @@ pub async fn binary_output_round_trips(fx: &Fixture) {
     .await;
 }
 
-fn resident_bytes() -> Option<u64> {
+pub(super) fn resident_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;

@@ -22,9 +22,11 @@
 
 pub mod cases;
 pub mod cases_detached;
+pub mod cases_detached_cmd;
 pub mod cases_foreign;
 pub mod cases_kill;
 pub mod cases_outcomes;
+pub mod cases_shell;
 mod cases_zombies;
 
 use std::future::Future;
@@ -345,6 +347,17 @@ macro_rules! conformance_suite {
             no_zombie_is_left_behind,
             out_of_memory_is_reported_as_such,
             stop_under_a_running_exec_is_environment_gone,
+            shell_keeps_its_state_between_commands,
+            shell_exit_codes_and_streams,
+            shell_stdin_is_isolated,
+            shell_output_is_exact_whatever_it_holds,
+            shell_streams_64_mib_with_bounded_memory,
+            shell_timeout_kills_the_command_and_the_shell_lives_on,
+            shell_interrupt_stops_the_command,
+            shell_background_job_returns_at_once,
+            shell_killed_or_exited_is_shell_closed,
+            detached_command_survives_a_dropped_client,
+            detached_output_is_capped_keeping_the_first_bytes,
         );
     };
     (@cases $fixture:expr; $($case:ident),* $(,)?) => {
