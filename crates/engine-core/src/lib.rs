@@ -22,6 +22,7 @@
 //! }
 //! ```
 
+pub mod backend;
 mod error;
 mod exec;
 mod ids;
@@ -39,16 +40,14 @@ use serde::{Deserialize, Serialize};
 
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use exec::{
-    ExecOutcome, ExecOutput, ExecProcess, ExecRequest, ExecStdin, ExitStatus, OomKill, OomReport,
-    OutputChunk, OutputChunks, OutputSink, OutputStream, Resizer, Stdin, TtySize,
-    DEFAULT_OUTPUT_LIMIT, EXEC_MARKER_VAR, OUTPUT_CHANNEL_CHUNKS,
+    ExecOutcome, ExecOutput, ExecProcess, ExecRequest, ExecStdin, ExitStatus, OomKill, OutputChunk,
+    OutputStream, Stdin, TtySize, DEFAULT_OUTPUT_LIMIT,
 };
 pub use ids::{EnvironmentId, ImageRef, SessionId, MAX_SESSION_ID_LEN};
 pub use image::{
     collect_tar_stream, tar_stream_from_bytes, BuildSpec, ImageInfo, Progress, ProgressEvent,
     PullPolicy, TarStream,
 };
-pub use kill::{sweep_argv, watchdog_argv, SweepReport};
 pub use spec::{
     validate_env, EnvironmentSpec, EnvironmentState, EnvironmentStatus, LabelSelector, Resources,
     SecurityProfile, StopOutcome, VolumeStatus, Workspace, HARDENED_CAPABILITIES, LABEL_CREATED,
@@ -194,7 +193,7 @@ pub trait ContainerEngine: Send + Sync {
     /// As [`ContainerEngine::exec_streaming`]; [`Error::Timeout`] after killing the command's
     /// whole process tree when its timeout elapsed, or [`Error::TimeoutLeftProcesses`] (of
     /// the same kind) when processes that may have come from it outlived the kill (see
-    /// [`watchdog_argv`] for how the kill works and its limits); [`Error::InvalidSpec`] for
+    /// [`backend::watchdog_argv`] for how the kill works and its limits); [`Error::InvalidSpec`] for
     /// [`Stdin::Piped`], which needs `exec_streaming`.
     async fn exec(&self, env: &EnvironmentId, req: ExecRequest) -> Result<ExecOutput> {
         if req.stdin == Stdin::Piped {

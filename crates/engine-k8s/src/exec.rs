@@ -4,10 +4,13 @@
 
 use std::time::{Duration, Instant};
 
+use berth_engine_core::backend::{
+    self, sweep_argv, watchdog_argv, ExecProcessExt, OomReport, OutputSink, SweepReport,
+    EXEC_MARKER_VAR,
+};
 use berth_engine_core::{
-    sweep_argv, watchdog_argv, EnvironmentId, Error, ExecProcess, ExecRequest, ExecStdin,
-    ExitStatus, OomKill, OomReport, OutputChunk, OutputSink, Result, Stdin, SweepReport, TarStream,
-    TtySize, EXEC_MARKER_VAR,
+    EnvironmentId, Error, ExecProcess, ExecRequest, ExecStdin, ExitStatus, OomKill, OutputChunk,
+    Result, Stdin, TarStream, TtySize,
 };
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -376,7 +379,7 @@ pub(crate) async fn exec_streaming(
         address: engine.address.clone(),
         oom: oom.clone(),
     };
-    let process = ExecProcess::spawn(stdin_handle, move |sink| async move {
+    let process = backend::spawn(stdin_handle, move |sink| async move {
         // Keep the attached process (its websocket task) alive for the whole exec.
         let attached = attached;
         let write = async move {
