@@ -29,7 +29,9 @@ use tokio::task::JoinHandle;
 
 use crate::error::Result;
 use crate::exec::lock;
-use crate::{ExecProcess, ExecStdin, ExitStatus, OomKill, OutputChunk, TtySize};
+use crate::{
+    EnvironmentSpec, Error, ExecProcess, ExecStdin, ExitStatus, OomKill, OutputChunk, TtySize,
+};
 
 pub use crate::kill::{sweep_argv, watchdog_argv, SweepReport};
 
@@ -145,5 +147,53 @@ impl ExecProcessExt for ExecProcess {
 
     fn with_oom_report(self, report: OomReport) -> Self {
         ExecProcess::with_oom_report(self, report)
+    }
+}
+
+/// Seconds since the Unix epoch now (0 if the clock is before it): the value of
+/// [`LABEL_CREATED`](crate::LABEL_CREATED) on the objects a backend creates.
+#[must_use]
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The name of the object that holds an environment: `<prefix>-<session>-<name>` cut to leave
+/// room within `max_len` characters, then `-` and five random hex digits, so two starts of
+/// one spec never collide. With `max_len` 63 it is a DNS label (Kubernetes object names).
+///
+/// ```
+/// use berth_engine_core::{backend, EnvironmentSpec, ImageRef, SessionId};
+///
+/// let session = SessionId::new("s1").unwrap();
+/// let spec = EnvironmentSpec::new(ImageRef::new("busybox").unwrap(), session);
+/// let name = backend::object_name(&spec, 63);
+/// assert!(name.starts_with(&format!("{}-s1-", spec.name_prefix)), "{name}");
+/// assert_ne!(name, backend::object_name(&spec, 63));
+/// ```
+#[must_use]
+pub fn object_name(spec: &EnvironmentSpec, max_len: usize) -> String {
+    const SUFFIX: usize = 5;
+    let mut base = format!("{}-{}-{}", spec.name_prefix, spec.session, spec.name);
+    base.truncate(max_len.saturating_sub(SUFFIX + 1));
+    let base = base.trim_end_matches('-');
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..SUFFIX];
+    format!("{base}-{suffix}")
+}
+
+/// Checks that `path`, the argument named `field` of a copy in or out, is absolute: a copy
+/// never depends on the environment's working directory.
+///
+/// # Errors
+/// [`Error::InvalidSpec`] naming `field`.
+pub fn require_absolute(field: &str, path: &str) -> Result<()> {
+    if path.starts_with('/') {
+        Ok(())
+    } else {
+        Err(Error::invalid_spec(
+            field,
+            format!("must be an absolute path, got {path:?}"),
+        ))
     }
 }

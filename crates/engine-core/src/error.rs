@@ -278,6 +278,15 @@ impl Error {
         }
     }
 
+    /// The [`Error::NotFound`] of a `path` that does not exist in the environment `env` (a
+    /// copy's source or destination).
+    pub fn path_not_found(path: &str, env: impl std::fmt::Display) -> Self {
+        Error::NotFound {
+            what: "path",
+            name: format!("{path} in {env}"),
+        }
+    }
+
     /// An [`Error::ConnectionLost`] during a command in `env`: the hint says the command may
     /// still be running and how to look.
     pub fn connection_lost_in_exec(

@@ -24,8 +24,8 @@
 mod errors;
 mod exec;
 
+use berth_engine_core::backend;
 use std::collections::HashMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use berth_engine_core::{
@@ -100,12 +100,6 @@ impl DockerConfig {
 pub struct DockerEngine {
     docker: Docker,
     address: String,
-}
-
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 impl DockerEngine {
@@ -375,15 +369,14 @@ fn label_filters(selector: &LabelSelector) -> HashMap<String, Vec<String>> {
 }
 
 fn labels_map(spec: &EnvironmentSpec) -> HashMap<String, String> {
-    spec.object_labels(now_unix()).into_iter().collect()
+    spec.object_labels(backend::now_unix())
+        .into_iter()
+        .collect()
 }
 
+/// Docker's names have no length limit that berth's names could reach.
 fn container_name(spec: &EnvironmentSpec) -> String {
-    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..5];
-    format!(
-        "{}-{}-{}-{suffix}",
-        spec.name_prefix, spec.session, spec.name
-    )
+    backend::object_name(spec, usize::MAX)
 }
 
 #[async_trait]
@@ -550,12 +543,7 @@ impl ContainerEngine for DockerEngine {
     }
 
     async fn copy_in(&self, env: &EnvironmentId, dest: &str, tar: TarStream) -> Result<()> {
-        if !dest.starts_with('/') {
-            return Err(Error::invalid_spec(
-                "dest",
-                format!("must be an absolute path, got {dest:?}"),
-            ));
-        }
+        backend::require_absolute("dest", dest)?;
         let env = &self.resolve_existing(env).await?;
         self.docker
             .upload_to_container(
@@ -571,12 +559,7 @@ impl ContainerEngine for DockerEngine {
     }
 
     async fn copy_out(&self, env: &EnvironmentId, path: &str) -> Result<TarStream> {
-        if !path.starts_with('/') {
-            return Err(Error::invalid_spec(
-                "path",
-                format!("must be an absolute path, got {path:?}"),
-            ));
-        }
+        backend::require_absolute("path", path)?;
         let env = &self.resolve_existing(env).await?;
         let mut stream = self.docker.download_from_container(
             env.as_str(),
@@ -911,10 +894,7 @@ impl DockerEngine {
     ) -> Error {
         match errors::status(&e) {
             Some((404, msg)) if !msg.to_lowercase().contains("no such container") => {
-                Error::NotFound {
-                    what: "path",
-                    name: format!("{path} in {env}"),
-                }
+                Error::path_not_found(path, env)
             }
             Some((400, msg)) if msg.contains("not a directory") => {
                 Error::invalid_spec("dest", format!("{path} in {env} is not a directory"))

@@ -660,12 +660,7 @@ pub(crate) async fn copy_in(
     dest: &str,
     mut tar: TarStream,
 ) -> Result<()> {
-    if !dest.starts_with('/') {
-        return Err(Error::invalid_spec(
-            "dest",
-            format!("must be an absolute path, got {dest:?}"),
-        ));
-    }
+    backend::require_absolute("dest", dest)?;
     let pod = engine.pod_of(env).await?;
     let script = format!(
         "test -d \"$1\" || {{ echo \"berth: no directory $1\" >&2; exit {EXIT_BERTH_MISSING}; }}; \
@@ -702,10 +697,7 @@ pub(crate) async fn copy_in(
     let status = exit_status(status, &engine.address, env, Carrying::Copy(true, dest))?;
     let err = String::from_utf8_lossy(&err).into_owned();
     if status.code() == EXIT_BERTH_MISSING {
-        return Err(Error::NotFound {
-            what: "path",
-            name: format!("{dest} in {env}"),
-        });
+        return Err(Error::path_not_found(dest, env));
     }
     if !status.success() {
         return Err(Error::backend(
@@ -723,12 +715,7 @@ pub(crate) async fn copy_out(
     env: &EnvironmentId,
     path: &str,
 ) -> Result<TarStream> {
-    if !path.starts_with('/') {
-        return Err(Error::invalid_spec(
-            "path",
-            format!("must be an absolute path, got {path:?}"),
-        ));
-    }
+    backend::require_absolute("path", path)?;
     let pod = engine.pod_of(env).await?;
     let script = format!(
         "test -e \"$1\" || test -L \"$1\" || {{ echo \"berth: no such path $1\" >&2; exit {EXIT_BERTH_MISSING}; }}; \
@@ -760,10 +747,7 @@ pub(crate) async fn copy_out(
         let (err, status) = tokio::join!(stderr, status);
         let status = exit_status(status, &address, &env, Carrying::Copy(false, &path))?;
         if status.code() == EXIT_BERTH_MISSING {
-            return Err(Error::NotFound {
-                what: "path",
-                name: format!("{path} in {env}"),
-            });
+            return Err(Error::path_not_found(&path, &env));
         }
         return Err(Error::backend(
             BACKEND,

@@ -32,7 +32,7 @@ mod ws;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use berth_engine_core::{
@@ -122,11 +122,7 @@ impl std::fmt::Debug for KubernetesEngine {
     }
 }
 
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+pub(crate) use berth_engine_core::backend::now_unix;
 
 impl KubernetesEngine {
     /// Builds a client from the kubeconfig (or in-cluster config) and checks nothing yet; call

@@ -25,11 +25,7 @@ pub use berth_engine_core::HARDENED_CAPABILITIES;
 /// a DNS label.
 #[must_use]
 pub fn job_name(spec: &EnvironmentSpec) -> String {
-    let mut base = format!("{}-{}-{}", spec.name_prefix, spec.session, spec.name);
-    base.truncate(57);
-    let base = base.trim_end_matches('-');
-    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..5];
-    format!("{base}-{suffix}")
+    berth_engine_core::backend::object_name(spec, 63)
 }
 
 fn quantity_cpu(millis: u64) -> Quantity {
