@@ -1,9 +1,9 @@
 //! Mapping bollard's errors onto the engine contract's kinds.
 
-use berth_engine_core::Error;
+use berth_engine_core::{BackendKind, Error};
 use bollard::errors::Error as BollardError;
 
-pub(crate) const BACKEND: &str = "docker";
+pub(crate) const BACKEND: BackendKind = BackendKind::Docker;
 
 /// The HTTP status and message of a daemon error response.
 pub(crate) fn status(err: &BollardError) -> Option<(u16, &str)> {

@@ -1,8 +1,8 @@
 //! Mapping kube's errors onto the engine contract's kinds.
 
-use berth_engine_core::Error;
+use berth_engine_core::{BackendKind, Error};
 
-pub(crate) const BACKEND: &str = "kubernetes";
+pub(crate) const BACKEND: BackendKind = BackendKind::Kubernetes;
 
 pub(crate) fn unavailable(
     address: &str,

@@ -330,11 +330,9 @@ impl ExecProcess {
             Status::Future(finish) => finish.await,
             Status::Task(rx) => match rx.await {
                 Ok(result) => result,
-                Err(_) => Err(Error::backend(
-                    "core",
-                    "learn the exit status of an exec",
-                    "the exec I/O task ended without a status (it panicked or was aborted)",
-                )),
+                Err(_) => Err(Error::Internal {
+                    what: "exec I/O task".into(),
+                }),
             },
         };
         self.finished = true;
@@ -488,7 +486,11 @@ mod tests {
     async fn a_failed_direct_read_is_reported_by_wait() {
         let chunks = futures_util::stream::iter([
             Ok(OutputChunk::Stdout(Bytes::from_static(b"x"))),
-            Err(Error::backend("test", "read output", "connection reset")),
+            Err(Error::backend(
+                crate::BackendKind::Docker,
+                "read output",
+                "connection reset",
+            )),
         ]);
         let process =
             ExecProcess::direct(None, Box::pin(chunks), async { Ok(ExitStatus(0)) }, None);
