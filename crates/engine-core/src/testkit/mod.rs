@@ -319,7 +319,7 @@ macro_rules! conformance_suite {
         $crate::conformance_suite!(@list (@names_of))
     };
     (@list ($($then:tt)*)) => {
-        $crate::conformance_suite!($($then)*;
+        $crate::conformance_suite! { $($then)*;
             exit_codes,
             stdout_and_stderr_are_kept_apart,
             stdin_bytes_are_echoed_exactly,
@@ -356,7 +356,7 @@ macro_rules! conformance_suite {
             no_zombie_is_left_behind,
             out_of_memory_is_reported_as_such,
             stop_under_a_running_exec_is_environment_gone,
-        )
+        }
     };
     (@names_of; $($case:ident),* $(,)?) => {
         &[$(stringify!($case)),*]
