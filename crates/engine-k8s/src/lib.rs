@@ -21,11 +21,14 @@
 //! }
 //! ```
 
+mod attach;
+mod copy;
 mod errors;
 mod exec;
 pub mod manifest;
 mod policy;
 mod retry;
+mod status;
 mod wait;
 mod ws;
 
@@ -613,12 +616,12 @@ impl ContainerEngine for KubernetesEngine {
 
     async fn copy_in(&self, env: &EnvironmentId, dest: &str, tar: TarStream) -> Result<()> {
         self.check_berths(env).await?;
-        exec::copy_in(self, env, dest, tar).await
+        copy::copy_in(self, env, dest, tar).await
     }
 
     async fn copy_out(&self, env: &EnvironmentId, path: &str) -> Result<TarStream> {
         self.check_berths(env).await?;
-        exec::copy_out(self, env, path).await
+        copy::copy_out(self, env, path).await
     }
 
     async fn stop(&self, env: &EnvironmentId) -> Result<StopOutcome> {
