@@ -33,7 +33,7 @@ use async_trait::async_trait;
 use berth_engine_core::{
     BackendKind, BuildSpec, ContainerEngine, EngineInfo, EnvironmentId, EnvironmentSpec,
     EnvironmentStatus, Error, ExecProcess, ExecRequest, ImageInfo, ImageRef, LabelSelector,
-    Progress, PullPolicy, Result, StopOutcome, TarStream, VolumeStatus,
+    Progress, PullPolicy, RemoveOutcome, Result, StopOutcome, TarStream, VolumeStatus,
 };
 use bollard::Docker;
 /// The daemon address used when neither [`DockerConfig::host`] nor `DOCKER_HOST` is set.
@@ -192,7 +192,7 @@ impl ContainerEngine for DockerEngine {
         volume::list(self, selector).await
     }
 
-    async fn remove_volume(&self, name: &str) -> Result<StopOutcome> {
+    async fn remove_volume(&self, name: &str) -> Result<RemoveOutcome> {
         volume::remove(self, name).await
     }
 }

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use berth_engine_core::{Error, LabelSelector, Result, StopOutcome, VolumeStatus};
+use berth_engine_core::{Error, LabelSelector, RemoveOutcome, Result, VolumeStatus};
 use bollard::models::VolumeCreateRequest;
 use bollard::query_parameters::{ListVolumesOptions, RemoveVolumeOptions};
 
@@ -49,15 +49,15 @@ pub(crate) async fn list(
     Ok(out)
 }
 
-pub(crate) async fn remove(engine: &DockerEngine, name: &str) -> Result<StopOutcome> {
+pub(crate) async fn remove(engine: &DockerEngine, name: &str) -> Result<RemoveOutcome> {
     match engine
         .docker
         .remove_volume(name, None::<RemoveVolumeOptions>)
         .await
     {
-        Ok(()) => Ok(StopOutcome::Stopped),
+        Ok(()) => Ok(RemoveOutcome::Removed),
         Err(e) => match errors::status(&e) {
-            Some((404, _)) => Ok(StopOutcome::AlreadyGone),
+            Some((404, _)) => Ok(RemoveOutcome::AlreadyGone),
             Some((409, msg)) => Err(Error::Conflict {
                 what: "volume",
                 name: name.to_owned(),

@@ -1,6 +1,6 @@
 //! Persistent volume claims: the workspace claims berth creates, lists and removes.
 
-use berth_engine_core::{EnvironmentSpec, LabelSelector, Result, StopOutcome, VolumeStatus};
+use berth_engine_core::{EnvironmentSpec, LabelSelector, RemoveOutcome, Result, VolumeStatus};
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::Api;
@@ -57,10 +57,10 @@ pub(crate) async fn list(
     Ok(out)
 }
 
-pub(crate) async fn remove(engine: &KubernetesEngine, name: &str) -> Result<StopOutcome> {
+pub(crate) async fn remove(engine: &KubernetesEngine, name: &str) -> Result<RemoveOutcome> {
     match engine.claims().delete(name, &DeleteParams::default()).await {
-        Ok(_) => Ok(StopOutcome::Stopped),
-        Err(e) if errors::is_not_found(&e) => Ok(StopOutcome::AlreadyGone),
+        Ok(_) => Ok(RemoveOutcome::Removed),
+        Err(e) if errors::is_not_found(&e) => Ok(RemoveOutcome::AlreadyGone),
         Err(e) => Err(errors::api(
             &engine.address,
             "delete persistent volume claim",

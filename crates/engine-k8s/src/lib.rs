@@ -46,7 +46,7 @@ use async_trait::async_trait;
 use berth_engine_core::{
     BackendKind, BuildSpec, ContainerEngine, EngineInfo, EnvironmentId, EnvironmentSpec,
     EnvironmentStatus, Error, ExecProcess, ExecRequest, ImageInfo, ImageRef, LabelSelector,
-    Progress, PullPolicy, Resources, Result, StopOutcome, TarStream, VolumeStatus,
+    Progress, PullPolicy, RemoveOutcome, Resources, Result, StopOutcome, TarStream, VolumeStatus,
 };
 
 use crate::errors::BACKEND;
@@ -219,7 +219,7 @@ impl ContainerEngine for KubernetesEngine {
         claim::list(self, selector).await
     }
 
-    async fn remove_volume(&self, name: &str) -> Result<StopOutcome> {
+    async fn remove_volume(&self, name: &str) -> Result<RemoveOutcome> {
         claim::remove(self, name).await
     }
 }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::cases::run;
 use super::Fixture;
-use crate::{ExecRequest, LabelSelector, SessionId, StopOutcome, Workspace};
+use crate::{ExecRequest, LabelSelector, RemoveOutcome, SessionId, Workspace};
 
 /// A host-path workspace written by one environment is read by the next.
 pub async fn host_path_workspace_persists_across_environments(fx: &Fixture) {
@@ -56,10 +56,10 @@ pub async fn volume_workspace_persists_across_environments(fx: &Fixture) {
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }
-    assert_eq!(removed.expect("remove_volume"), StopOutcome::Stopped);
+    assert_eq!(removed.expect("remove_volume"), RemoveOutcome::Removed);
     assert_eq!(
         fx.engine.remove_volume(&name).await.expect("remove again"),
-        StopOutcome::AlreadyGone
+        RemoveOutcome::AlreadyGone
     );
 }
 
@@ -124,7 +124,7 @@ pub async fn list_volumes_finds_workspace_volumes_by_label(fx: &Fixture) {
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }
-    assert_eq!(removed.expect("remove_volume"), StopOutcome::Stopped);
+    assert_eq!(removed.expect("remove_volume"), RemoveOutcome::Removed);
     let left = fx
         .engine
         .list_volumes(selector)
