@@ -101,7 +101,7 @@ impl FromStr for BackendKind {
             "docker" => Ok(BackendKind::Docker),
             "kubernetes" | "k8s" => Ok(BackendKind::Kubernetes),
             other => Err(Error::invalid_spec(
-                "runner.backend",
+                "backend",
                 format!("unknown backend {other:?}: expected docker or kubernetes"),
             )),
         }

@@ -31,7 +31,7 @@ pub(crate) fn is_transport(err: &BollardError) -> bool {
 }
 
 /// What to tell a user whose daemon cannot be reached.
-pub(crate) const UNAVAILABLE_HINT: &str = "is the Docker daemon running? Start it (`sudo dockerd` or `sudo systemctl start docker`), or point DOCKER_HOST / docker.host at a running one";
+pub(crate) const UNAVAILABLE_HINT: &str = "is the Docker daemon running? Start it (`sudo dockerd` or `sudo systemctl start docker`), or point DOCKER_HOST (or the host configured) at a running one";
 
 pub(crate) fn unavailable(address: &str, err: BollardError) -> Error {
     Error::Unavailable {

@@ -95,12 +95,13 @@ impl DockerEngine {
     ///
     /// # Errors
     /// [`Error::Unavailable`] naming the address when the daemon cannot be reached;
-    /// [`Error::InvalidSpec`] naming `docker.host` when the address is malformed.
+    /// [`Error::InvalidSpec`] naming `host` ([`DockerConfig::host`]) when the address is
+    /// malformed.
     pub async fn connect(config: &DockerConfig) -> Result<Self> {
         let address = config.address();
         let docker = Docker::connect_with_host(&address).map_err(|e| match e {
             bollard::errors::Error::UnsupportedURISchemeError { .. } => Error::invalid_spec(
-                "docker.host",
+                "host",
                 format!(
                     "{address:?} is not a daemon address: expected unix:///path, tcp://host:port or http(s)://host:port"
                 ),

@@ -53,7 +53,7 @@ impl KubernetesEngine {
                     "pvc".into(),
                     false,
                     format!(
-                        "{claim} does not exist in {}; create it or set kubernetes.create_pvc",
+                        "{claim} does not exist in {}; create it, or let berth create missing claims",
                         self.config.namespace
                     ),
                 ),

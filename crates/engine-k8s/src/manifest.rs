@@ -264,10 +264,7 @@ pub fn workspace_claim(
 /// Checks the config's quantities before any I/O.
 pub(crate) fn validate_config(config: &KubernetesConfig) -> Result<()> {
     if config.namespace.is_empty() {
-        return Err(Error::invalid_spec(
-            "kubernetes.namespace",
-            "must not be empty",
-        ));
+        return Err(Error::invalid_spec("namespace", "must not be empty"));
     }
     Ok(())
 }

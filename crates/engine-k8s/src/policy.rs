@@ -191,9 +191,9 @@ pub(crate) fn refusal_hint(message: &str) -> &'static str {
     if message.contains("violates PodSecurity") {
         "the namespace enforces a Pod Security level (label pod-security.kubernetes.io/enforce); kubernetes.security: restricted passes every level"
     } else if message.contains("exceeded quota") || message.contains("failed quota") {
-        "a ResourceQuota of the namespace refuses it (kubectl describe resourcequota); lower kubernetes.resources or free quota"
+        "a ResourceQuota of the namespace refuses it (kubectl describe resourcequota); lower the environment's resources or free quota"
     } else if message.contains("per Container") || message.contains("per Pod") {
-        "a LimitRange of the namespace refuses it (kubectl describe limitrange); fit kubernetes.resources into its bounds"
+        "a LimitRange of the namespace refuses it (kubectl describe limitrange); fit the environment's resources into its bounds"
     } else {
         "grant the service account or user RBAC for it (kubectl auth can-i; berth render --rbac prints a Role)"
     }
@@ -236,7 +236,7 @@ impl Policy {
                 }
                 if message.contains("is invalid") {
                     return Decision::Fail(Error::invalid_spec(
-                        "kubernetes",
+                        crate::errors::field_in_message(&message).unwrap_or("pod"),
                         format!("the API server refused the pod of {}: {message}", self.what),
                     ));
                 }
@@ -309,7 +309,9 @@ impl Policy {
                     }
                     "CreateContainerConfigError" | "CreateContainerError" | "RunContainerError" => {
                         return Some(Decision::Fail(Error::invalid_spec(
-                            "kubernetes",
+                            // The container's configuration as the kubelet assembled it
+                            // (env and volume references, user, security context).
+                            "spec.template.spec.containers[0]",
                             format!(
                                 "{}'s container cannot start: {reason}: {message}",
                                 self.what
