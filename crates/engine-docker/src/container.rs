@@ -6,24 +6,26 @@ use std::collections::HashMap;
 use berth_engine_core::backend;
 use berth_engine_core::{
     EnvironmentId, EnvironmentSpec, EnvironmentState, EnvironmentStatus, Error, LabelSelector,
-    Resources, Result, SecurityProfile, StopOutcome, Workspace, DETACHED_REQUESTED, DETACHED_YES,
-    HARDENED_CAPABILITIES, LABEL_DETACHED,
+    Result, StopOutcome, Workspace, DETACHED_REQUESTED, DETACHED_YES, LABEL_DETACHED,
 };
-use bollard::models::{
-    ContainerCreateBody, ContainerSummaryStateEnum, HostConfig, Mount, MountType,
-    MountVolumeOptions,
-};
+use bollard::models::ContainerSummaryStateEnum;
 use bollard::query_parameters::{
     CreateContainerOptions, ListContainersOptions, RemoveContainerOptions, UploadToContainerOptions,
 };
 
+use crate::body;
 use crate::errors::{self, BACKEND};
-use crate::{DockerEngine, DEFAULT_PIDS_LIMIT, DETACHED_MARKER};
+use crate::{DockerEngine, DETACHED_MARKER};
 
 pub(crate) async fn start(engine: &DockerEngine, spec: &EnvironmentSpec) -> Result<EnvironmentId> {
     spec.validate()?;
     let labels = labels_map(spec);
-    let body = engine.container_body(spec, &labels)?;
+    let body = body::container_body(
+        spec,
+        &labels,
+        &engine.address,
+        &engine.docker.client_version(),
+    )?;
     if let Workspace::Volume { name, .. } = &spec.workspace {
         engine.ensure_volume(name, &labels).await?;
     }
@@ -178,107 +180,6 @@ pub(crate) async fn list(
 }
 
 impl DockerEngine {
-    pub(crate) fn container_body(
-        &self,
-        spec: &EnvironmentSpec,
-        labels: &HashMap<String, String>,
-    ) -> Result<ContainerCreateBody> {
-        let mount = match &spec.workspace {
-            Workspace::HostPath { path } => Some(Mount {
-                target: Some(spec.mount_path.clone()),
-                source: Some(path.to_string_lossy().into_owned()),
-                typ: Some(MountType::BIND),
-                ..Default::default()
-            }),
-            Workspace::Volume { name, sub_path } => {
-                if sub_path.is_some() && !self.supports_volume_subpath() {
-                    return Err(Error::Unsupported {
-                        backend: BACKEND,
-                        operation: "workspace.sub_path",
-                        reason: format!(
-                            "volume sub-paths need Docker Engine 26 (API 1.45) or newer, and the daemon at {} speaks API {}; mount the whole volume or upgrade the daemon",
-                            self.address,
-                            self.docker.client_version()
-                        ),
-                    });
-                }
-                Some(Mount {
-                    target: Some(spec.mount_path.clone()),
-                    source: Some(name.clone()),
-                    typ: Some(MountType::VOLUME),
-                    volume_options: Some(MountVolumeOptions {
-                        subpath: sub_path.clone(),
-                        labels: Some(labels.clone()),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                })
-            }
-            Workspace::Ephemeral => Some(Mount {
-                target: Some(spec.mount_path.clone()),
-                typ: Some(MountType::VOLUME),
-                volume_options: Some(MountVolumeOptions {
-                    labels: Some(labels.clone()),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            _ => None,
-        };
-        let Resources {
-            cpu_millis,
-            memory_bytes,
-            pids,
-            ..
-        } = spec.resources.clone();
-        let (cap_drop, cap_add) = match spec.security {
-            SecurityProfile::Restricted => (vec!["ALL".to_owned()], vec![]),
-            _ => (
-                vec!["ALL".to_owned()],
-                HARDENED_CAPABILITIES
-                    .iter()
-                    .map(|c| (*c).to_owned())
-                    .collect(),
-            ),
-        };
-        let host_config = HostConfig {
-            init: Some(true),
-            privileged: Some(false),
-            security_opt: Some(vec!["no-new-privileges:true".to_owned()]),
-            cap_drop: Some(cap_drop),
-            cap_add: Some(cap_add),
-            pids_limit: Some(i64::try_from(pids.unwrap_or(DEFAULT_PIDS_LIMIT)).unwrap_or(i64::MAX)),
-            memory: memory_bytes.map(|m| i64::try_from(m).unwrap_or(i64::MAX)),
-            // No swap on top, as on Kubernetes: the limit is where the out-of-memory killer
-            // acts, not where the environment starts swapping.
-            memory_swap: memory_bytes.map(|m| i64::try_from(m).unwrap_or(i64::MAX)),
-            nano_cpus: cpu_millis
-                .map(|c| i64::try_from(c.saturating_mul(1_000_000)).unwrap_or(i64::MAX)),
-            network_mode: Some(if spec.network { "bridge" } else { "none" }.to_owned()),
-            mounts: mount.map(|m| vec![m]),
-            ..Default::default()
-        };
-        let env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        Ok(ContainerCreateBody {
-            image: Some(spec.image.to_string()),
-            entrypoint: Some(vec!["sleep".to_owned()]),
-            cmd: Some(vec![spec.max_lifetime.as_secs().to_string()]),
-            env: Some(env),
-            labels: Some(labels.clone()),
-            user: spec.user.clone(),
-            working_dir: spec.workdir.clone(),
-            // SIGTERM ends `sleep` at once under Docker's init; no grace period is needed.
-            stop_timeout: Some(1),
-            host_config: Some(host_config),
-            ..Default::default()
-        })
-    }
-
-    pub(crate) fn supports_volume_subpath(&self) -> bool {
-        let v = self.docker.client_version();
-        (v.major_version, v.minor_version) >= (1, 45)
-    }
-
     pub(crate) async fn remove_container(&self, name: &str) -> Result<StopOutcome> {
         let removed = self
             .docker

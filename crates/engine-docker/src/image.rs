@@ -179,3 +179,40 @@ fn classify_pull_failure(image: &ImageRef, reason: String) -> Error {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use berth_engine_core::ErrorKind;
+
+    use super::*;
+
+    fn kind_of(reason: &str) -> ErrorKind {
+        let image = ImageRef::new("registry.example/team/app:1").unwrap();
+        let err = classify_pull_failure(&image, reason.to_owned());
+        assert!(
+            err.to_string().contains(reason),
+            "the daemon's words are kept: {err}"
+        );
+        err.kind()
+    }
+
+    #[test]
+    fn a_missing_image_is_image_not_found_anything_else_a_pull_failure() {
+        for missing in [
+            "manifest for registry.example/team/app:1 not found: manifest unknown: manifest unknown",
+            "pull access denied for team/app, repository does not exist or may require 'docker login'",
+            "repository registry.example/team/app does not exist",
+            "Error response from daemon: MANIFEST UNKNOWN",
+        ] {
+            assert_eq!(kind_of(missing), ErrorKind::ImageNotFound, "{missing}");
+        }
+        for transient in [
+            "toomanyrequests: You have reached your pull rate limit",
+            "Get \"https://registry.example/v2/\": dial tcp 10.0.0.1:443: connect: connection refused",
+            "received unexpected HTTP status: 503 Service Unavailable",
+            "no space left on device",
+        ] {
+            assert_eq!(kind_of(transient), ErrorKind::ImagePull, "{transient}");
+        }
+    }
+}

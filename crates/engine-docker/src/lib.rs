@@ -21,6 +21,7 @@
 //! }
 //! ```
 
+mod body;
 mod container;
 mod copy;
 mod errors;
