@@ -20,6 +20,9 @@
 //!   autoscaler scans every ~10 s), then fails with the scheduler's message.
 //! - Everything is bounded by `kubernetes.start_timeout`; the caller then fails with
 //!   [`Error::Timeout`] naming the last thing awaited ([`Awaiting`]).
+//!
+//! Longer than 500 lines for a reason: about half is the fixture tests of the decision
+//! table (one per reason above), which belong next to it.
 
 use std::time::Duration;
 
