@@ -91,7 +91,7 @@ impl OutputSink {
 
 /// An [`ExecProcess`] whose I/O runs in a task of its own: `io` streams the command's output
 /// into the [`OutputSink`] and resolves to its exit status (or to
-/// [`Error::Timeout`](crate::Error::Timeout) after killing it). Dropping the process aborts
+/// [`Error::Timeout`] after killing it). Dropping the process aborts
 /// the task.
 pub fn spawn<F, Fut>(stdin: Option<ExecStdin>, io: F) -> ExecProcess
 where

@@ -1,8 +1,11 @@
 //! The berth contract: one [`ContainerEngine`] trait that every backend (Docker, Kubernetes)
 //! implements, with the specs, ids, errors and exec I/O types it speaks in.
 //!
-//! This crate knows no backend and exposes no backend SDK type. The conformance suite every
-//! backend must pass lives in [`testkit`] behind the `testkit` feature.
+//! This crate knows no backend and exposes no backend SDK type. What callers use is at the
+//! root; what only backends use to implement the trait (building an [`ExecProcess`], the
+//! in-environment kill scripts, object naming) is in [`backend`]. The conformance suite every
+//! backend must pass lives in `testkit` behind the `testkit` feature. `Arc<E>` and `Box<E>`
+//! of an engine are engines too, so a wrapper can hold either.
 //!
 //! ```no_run
 //! use berth_engine_core::{

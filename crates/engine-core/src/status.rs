@@ -125,7 +125,7 @@ impl EnvironmentStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct VolumeStatus {
-    /// The volume's (or claim's) name, as in [`Workspace::Volume`].
+    /// The volume's (or claim's) name, as in [`Workspace::Volume`](crate::Workspace::Volume).
     pub name: String,
     /// The session that created it, when labelled.
     pub session: Option<SessionId>,

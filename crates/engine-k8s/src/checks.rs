@@ -68,9 +68,9 @@ impl KubernetesEngine {
     /// `berth doctor`'s image check, judged by admission and quotas as the environment will be.
     ///
     /// # Errors
-    /// As [`ContainerEngine::start`] would fail for the same spec: [`Error::ImageNotFound`],
-    /// [`Error::Forbidden`] (RBAC or admission), [`Error::Unschedulable`],
-    /// [`Error::Timeout`] naming what was awaited, ...
+    /// As [`ContainerEngine::start`](berth_engine_core::ContainerEngine::start) would fail for the same spec: [`Error::ImageNotFound`](berth_engine_core::Error::ImageNotFound),
+    /// [`Error::Forbidden`](berth_engine_core::Error::Forbidden) (RBAC or admission), [`Error::Unschedulable`](berth_engine_core::Error::Unschedulable),
+    /// [`Error::Timeout`](berth_engine_core::Error::Timeout) naming what was awaited, ...
     pub async fn check_image_like(&self, spec: &EnvironmentSpec) -> Result<()> {
         wait::check_image(self, spec, PullPolicy::IfNotPresent).await
     }

@@ -11,10 +11,10 @@ use crate::{manifest, retry, KubernetesConfig, KubernetesEngine};
 
 impl KubernetesEngine {
     /// Builds a client from the kubeconfig (or in-cluster config) and checks nothing yet; call
-    /// [`ContainerEngine::init`] to reach the API server.
+    /// [`ContainerEngine::init`](berth_engine_core::ContainerEngine::init) to reach the API server.
     ///
     /// # Errors
-    /// [`Error::Unavailable`] when no usable configuration is found; [`Error::InvalidSpec`]
+    /// [`Error::Unavailable`](berth_engine_core::Error::Unavailable) when no usable configuration is found; [`Error::InvalidSpec`](berth_engine_core::Error::InvalidSpec)
     /// for a bad namespace.
     pub async fn connect(config: KubernetesConfig) -> Result<Self> {
         manifest::validate_config(&config)?;

@@ -81,7 +81,7 @@ pub struct KubernetesConfig {
     pub ttl_seconds_after_finished: i32,
     /// Storage request of workspace claims berth creates.
     pub workspace_size: String,
-    /// Create a workspace claim ([`Workspace::Volume`]) when it is missing; otherwise a
+    /// Create a workspace claim ([`Workspace::Volume`](berth_engine_core::Workspace::Volume)) when it is missing; otherwise a
     /// missing claim is an error at start.
     pub create_missing_claims: bool,
 }

@@ -104,9 +104,9 @@ pub struct ExecOutcome {
 pub struct ExecOutput {
     /// How the command ended.
     pub status: ExitStatus,
-    /// Standard output, at most [`ExecRequest::output_limit`] bytes.
+    /// Standard output, at most [`ExecRequest::output_limit`](crate::ExecRequest::output_limit) bytes.
     pub stdout: Bytes,
-    /// Standard error, at most [`ExecRequest::output_limit`] bytes.
+    /// Standard error, at most [`ExecRequest::output_limit`](crate::ExecRequest::output_limit) bytes.
     pub stderr: Bytes,
     /// Whether stdout was cut at the limit.
     pub stdout_truncated: bool,
@@ -147,11 +147,11 @@ pub enum OutputChunk {
     Stderr(Bytes),
 }
 
-/// Where a read failure of a direct output stream is kept for [`ExecProcess::wait`].
+/// Where a read failure of a direct output stream is kept for [`ExecProcess::wait`](crate::ExecProcess::wait).
 pub(crate) type FailureSlot = Arc<Mutex<Option<Error>>>;
 
 /// Where a direct output stream dropped before its end is handed back, so that
-/// [`ExecProcess::wait`] can drain it instead of closing the backend's connection (which, on
+/// [`ExecProcess::wait`](crate::ExecProcess::wait) can drain it instead of closing the backend's connection (which, on
 /// Docker, makes the daemon signal the command and report exit code 126).
 pub(crate) type LeftoverSlot = Arc<Mutex<Option<OutputChunks>>>;
 
@@ -170,7 +170,7 @@ pub(crate) enum Source {
     },
 }
 
-/// The output of an [`ExecProcess`]: a bounded stream of [`OutputChunk`]s.
+/// The output of an [`ExecProcess`](crate::ExecProcess): a bounded stream of [`OutputChunk`]s.
 pub struct OutputStream {
     pub(crate) source: Source,
 }
@@ -186,7 +186,7 @@ impl fmt::Debug for OutputStream {
 
 impl OutputStream {
     /// The next chunk, or `None` when the command closed both streams (or reading failed:
-    /// [`ExecProcess::wait`] then reports the failure).
+    /// [`ExecProcess::wait`](crate::ExecProcess::wait) then reports the failure).
     pub async fn next_chunk(&mut self) -> Option<OutputChunk> {
         futures_util::StreamExt::next(self).await
     }

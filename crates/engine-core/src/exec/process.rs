@@ -248,7 +248,7 @@ impl ExecProcess {
         self
     }
 
-    /// Changes the terminal size of an exec started with [`ExecRequest::tty`].
+    /// Changes the terminal size of an exec started with [`ExecRequest::tty`](crate::ExecRequest::tty).
     ///
     /// # Errors
     /// [`Error::InvalidSpec`] naming `tty` when the exec has no terminal; the backend's error
@@ -263,7 +263,7 @@ impl ExecProcess {
         }
     }
 
-    /// The stdin writer, once, when the request asked for [`Stdin::Piped`].
+    /// The stdin writer, once, when the request asked for [`Stdin::Piped`](crate::Stdin::Piped).
     pub fn take_stdin(&mut self) -> Option<ExecStdin> {
         self.stdin.take()
     }

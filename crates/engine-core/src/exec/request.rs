@@ -21,7 +21,7 @@ pub enum Stdin {
     Null,
     /// These bytes, then end of file.
     Bytes(Bytes),
-    /// A writer handed out by [`ExecProcess::take_stdin`]; only for
+    /// A writer handed out by [`ExecProcess::take_stdin`](crate::ExecProcess::take_stdin); only for
     /// [`ContainerEngine::exec_streaming`](crate::ContainerEngine::exec_streaming).
     Piped,
 }
@@ -56,13 +56,13 @@ pub struct ExecRequest {
     pub stdin: Stdin,
     /// Kill the command (its whole process tree) after this long; `None` waits for ever. The
     /// command then runs under a watchdog in the environment (see
-    /// [`watchdog_argv`](crate::watchdog_argv)), which needs `sh` and `sleep` in the image.
+    /// [`watchdog_argv`](crate::backend::watchdog_argv)), which needs `sh` and `sleep` in the image.
     pub timeout: Option<Duration>,
     /// Per-stream cap of the output [`ContainerEngine::exec`](crate::ContainerEngine::exec)
-    /// keeps; the rest is read and dropped, and [`ExecOutput`] says it was truncated.
+    /// keeps; the rest is read and dropped, and [`ExecOutput`](crate::ExecOutput) says it was truncated.
     pub output_limit: usize,
     /// Run under a terminal of this size: stdout and stderr then arrive merged as
-    /// [`OutputChunk::Stdout`], and [`ExecProcess::resize`] changes the size.
+    /// [`OutputChunk::Stdout`](crate::OutputChunk::Stdout), and [`ExecProcess::resize`](crate::ExecProcess::resize) changes the size.
     pub tty: Option<TtySize>,
 }
 

@@ -17,7 +17,7 @@
 //!
 //! The test image is built without a registry: a `FROM scratch` image holding the host's
 //! statically linked busybox (Debian's `busybox-static`), built with the engine's own
-//! [`ContainerEngine::build_image`](crate::ContainerEngine::build_image). See
+//! `ContainerEngine::build_image`. See
 //! [`busybox_build_context`].
 
 pub mod cases;
