@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::exec::{ExecOutput, ExecProcess, ExitStatus};
-use crate::{sweep_argv, ContainerEngine, EnvironmentId, ExecRequest, ShellOptions, SweepReport};
+use crate::kill::{sweep_argv, SweepReport};
+use crate::{ContainerEngine, EnvironmentId, ExecRequest, ShellOptions};
 
 /// Where detached commands keep their files in the environment.
 pub const DETACHED_DIR: &str = "/tmp/.berth/cmd";
@@ -332,7 +333,7 @@ impl DetachedCommands {
         let out = self.engine.exec(&self.env, req).await?;
         if !out.status.success() {
             return Err(Error::backend(
-                "core",
+                self.engine.backend(),
                 "start a detached command",
                 format!(
                     "making {} failed ({}): {}",
@@ -454,7 +455,7 @@ impl DetachedCommands {
             .await?;
         if !out.status.success() {
             return Err(Error::backend(
-                "core",
+                self.engine.backend(),
                 "remove a detached command",
                 format!("rm -rf {} failed: {}", id.dir(), out.stderr_lossy().trim()),
             ));

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::BackendKind;
+
 /// A boxed cause from a backend SDK, kept as a `#[source]` without exposing the SDK's type.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -24,7 +26,7 @@ pub enum Error {
     #[error("{backend} engine unavailable at {address}: {hint}")]
     Unavailable {
         /// Which backend was being contacted.
-        backend: &'static str,
+        backend: BackendKind,
         /// The address that was tried (socket path, URL, kube context).
         address: String,
         /// What to do about it.
@@ -80,7 +82,7 @@ pub enum Error {
     #[error("{backend} engine at {address} forbids {action}: {reason}")]
     Forbidden {
         /// Which backend.
-        backend: &'static str,
+        backend: BackendKind,
         /// The address (API server URL and namespace, daemon socket).
         address: String,
         /// What was refused, as a verb phrase ("create job").
@@ -122,7 +124,7 @@ pub enum Error {
     #[error("{operation} is not supported by the {backend} backend: {reason}")]
     Unsupported {
         /// Which backend.
-        backend: &'static str,
+        backend: BackendKind,
         /// The operation that was asked for.
         operation: &'static str,
         /// Why not, and what to use instead.
@@ -140,7 +142,7 @@ pub enum Error {
     #[error("{backend} backend failed to {step}")]
     Backend {
         /// Which backend.
-        backend: &'static str,
+        backend: BackendKind,
         /// The step that failed, named as a verb phrase ("create exec", "inspect container").
         step: String,
         /// The SDK error.
@@ -154,7 +156,7 @@ pub enum Error {
     #[error("lost the connection to the {backend} engine at {address} during {operation}: {hint}")]
     ConnectionLost {
         /// Which backend.
-        backend: &'static str,
+        backend: BackendKind,
         /// The address that was connected to.
         address: String,
         /// What was under way ("exec in ENV", "copy out of ENV").
@@ -187,6 +189,23 @@ pub enum Error {
         operation: String,
         /// What ended it.
         reason: String,
+    },
+    /// Reading or writing a stream failed outside any backend call (a tar stream handed in by
+    /// the caller, a local file).
+    #[error("failed to {step}")]
+    Io {
+        /// The step, as a verb phrase ("read a tar stream").
+        step: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A task of berth's own ended without a result: it panicked or was aborted. A bug in
+    /// berth or in a backend, never the environment's doing; `what` says which task.
+    #[error("berth's {what} ended without a result (it panicked or was aborted)")]
+    Internal {
+        /// The task, e.g. "exec I/O task".
+        what: String,
     },
     /// An operation failed, and cleaning up after it failed too; both are reported.
     #[error("{primary}; cleanup also failed: {cleanup}")]
@@ -230,7 +249,7 @@ pub enum ErrorKind {
     EnvironmentGone,
     /// See [`Error::ShellClosed`].
     ShellClosed,
-    /// See [`Error::Backend`].
+    /// See [`Error::Backend`], [`Error::Io`] and [`Error::Internal`].
     Other,
 }
 
@@ -253,7 +272,7 @@ impl Error {
             Error::ConnectionLost { .. } => ErrorKind::ConnectionLost,
             Error::EnvironmentGone { .. } => ErrorKind::EnvironmentGone,
             Error::ShellClosed { .. } => ErrorKind::ShellClosed,
-            Error::Backend { .. } => ErrorKind::Other,
+            Error::Backend { .. } | Error::Io { .. } | Error::Internal { .. } => ErrorKind::Other,
             Error::CleanupFailed { primary, .. } => primary.kind(),
         }
     }
@@ -268,7 +287,7 @@ impl Error {
 
     /// Shorthand for an [`Error::Backend`] wrapping an SDK error.
     pub fn backend(
-        backend: &'static str,
+        backend: BackendKind,
         step: impl Into<String>,
         source: impl Into<BoxError>,
     ) -> Self {
@@ -293,10 +312,19 @@ impl Error {
         }
     }
 
+    /// The [`Error::NotFound`] of a `path` that does not exist in the environment `env` (a
+    /// copy's source or destination).
+    pub fn path_not_found(path: &str, env: impl std::fmt::Display) -> Self {
+        Error::NotFound {
+            what: "path",
+            name: format!("{path} in {env}"),
+        }
+    }
+
     /// An [`Error::ConnectionLost`] during a command in `env`: the hint says the command may
     /// still be running and how to look.
     pub fn connection_lost_in_exec(
-        backend: &'static str,
+        backend: BackendKind,
         address: impl Into<String>,
         env: &str,
         source: Option<BoxError>,
@@ -315,7 +343,7 @@ impl Error {
     /// An [`Error::ConnectionLost`] during a copy into or out of `env` (`operation` says
     /// which): what arrived is incomplete.
     pub fn connection_lost_in_copy(
-        backend: &'static str,
+        backend: BackendKind,
         address: impl Into<String>,
         env: &str,
         operation: impl Into<String>,
@@ -329,6 +357,25 @@ impl Error {
                 "the copy is incomplete and may still be running in the environment; look with `berth exec {env} -- ps`, then copy again"
             ),
             source,
+        }
+    }
+
+    /// The error of a failed read or write of a stream during `step`: the engine error the
+    /// stream carried, when a backend's stream failed with one (so a lost connection stays
+    /// [`ErrorKind::ConnectionLost`]), or an [`Error::Io`].
+    #[must_use]
+    pub fn from_io(step: impl Into<String>, mut err: std::io::Error) -> Self {
+        if err.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+            let kind = err.kind();
+            err = match err.into_inner().map(|inner| inner.downcast::<Error>()) {
+                Some(Ok(engine)) => return *engine,
+                Some(Err(other)) => std::io::Error::new(kind, other),
+                None => std::io::Error::from(kind),
+            };
+        }
+        Error::Io {
+            step: step.into(),
+            source: err,
         }
     }
 
@@ -404,7 +451,12 @@ mod tests {
 
     #[test]
     fn connection_lost_says_what_may_still_run_and_how_to_look() {
-        let err = Error::connection_lost_in_exec("kubernetes", "https://api:6443", "env-1", None);
+        let err = Error::connection_lost_in_exec(
+            BackendKind::Kubernetes,
+            "https://api:6443",
+            "env-1",
+            None,
+        );
         assert_eq!(err.kind(), ErrorKind::ConnectionLost);
         assert!(err.is_connection_lost());
         assert!(!err.is_timeout() && !err.is_retryable());
@@ -424,6 +476,25 @@ mod tests {
     }
 
     #[test]
+    fn an_engine_error_inside_an_io_error_keeps_its_kind() {
+        let lost = Error::connection_lost_in_copy(
+            BackendKind::Docker,
+            "unix:///var/run/docker.sock",
+            "env-1",
+            "copy out of env-1",
+            None,
+        );
+        let err = Error::from_io("read a tar stream", std::io::Error::other(lost));
+        assert_eq!(err.kind(), ErrorKind::ConnectionLost);
+        let plain = Error::from_io(
+            "read a tar stream",
+            std::io::ErrorKind::UnexpectedEof.into(),
+        );
+        assert_eq!(plain.kind(), ErrorKind::Other);
+        assert_eq!(plain.to_string(), "failed to read a tar stream");
+    }
+
+    #[test]
     fn retryable_kinds() {
         assert!(Error::Timeout {
             operation: "x".into(),
@@ -432,7 +503,7 @@ mod tests {
         .is_retryable());
         assert!(!Error::invalid_spec("argv", "empty").is_retryable());
         let forbidden = Error::Forbidden {
-            backend: "kubernetes",
+            backend: BackendKind::Kubernetes,
             address: "https://api:6443 (namespace ci)".into(),
             action: "create job".into(),
             reason: "jobs.batch is forbidden".into(),

@@ -25,12 +25,12 @@ pub fn tar_stream_from_bytes(bytes: impl Into<Bytes>) -> TarStream {
 /// Reads a whole [`TarStream`] into memory, refusing more than `limit` bytes.
 ///
 /// # Errors
-/// [`Error::InvalidSpec`] naming `tar` when the archive is larger than `limit`, or a backend
-/// error when the stream fails.
+/// [`Error::InvalidSpec`] naming `tar` when the archive is larger than `limit`; the error
+/// the stream failed with (see [`Error::from_io`]).
 pub async fn collect_tar_stream(mut stream: TarStream, limit: usize) -> Result<Bytes> {
     let mut buf = bytes::BytesMut::new();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| Error::backend("core", "read a tar stream", e))?;
+        let chunk = chunk.map_err(|e| Error::from_io("read a tar stream", e))?;
         if buf.len() + chunk.len() > limit {
             return Err(Error::invalid_spec(
                 "tar",

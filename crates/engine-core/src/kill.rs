@@ -17,7 +17,7 @@
 //! Both find the tree the same way, re-scanning `/proc` until nothing new turns up: the root
 //! and its descendants (by parent pid), every process in a session or process group of a
 //! member (never PID 1's), and every process whose environment carries the exec's
-//! [`EXEC_MARKER_VAR`](crate::EXEC_MARKER_VAR). Every member is stopped (SIGSTOP) before any is killed, so a shell
+//! [`EXEC_MARKER_VAR`](crate::backend::EXEC_MARKER_VAR). Every member is stopped (SIGSTOP) before any is killed, so a shell
 //! never sees its child die and runs its next statement; then all are SIGKILLed, and the scan
 //! repeats until none is left.
 //!
@@ -185,7 +185,7 @@ exit 0
 /// The argv that runs `argv` under the timeout watchdog: its tree is stopped and killed from
 /// inside the environment once `limit` (rounded up to whole seconds, so the watchdog never
 /// fires before the caller's own deadline) has passed. The exec must carry
-/// [`EXEC_MARKER_VAR`](crate::EXEC_MARKER_VAR); the image needs `sh` and `sleep`.
+/// [`EXEC_MARKER_VAR`](crate::backend::EXEC_MARKER_VAR); the image needs `sh` and `sleep`.
 #[must_use]
 pub fn watchdog_argv(limit: Duration, argv: &[String]) -> Vec<String> {
     let secs = limit.as_secs() + u64::from(limit.subsec_nanos() > 0);

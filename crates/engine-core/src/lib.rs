@@ -1,8 +1,11 @@
 //! The berth contract: one [`ContainerEngine`] trait that every backend (Docker, Kubernetes)
 //! implements, with the specs, ids, errors and exec I/O types it speaks in.
 //!
-//! This crate knows no backend and exposes no backend SDK type. The conformance suite every
-//! backend must pass lives in [`testkit`] behind the `testkit` feature.
+//! This crate knows no backend and exposes no backend SDK type. What callers use is at the
+//! root; what only backends use to implement the trait (building an [`ExecProcess`], the
+//! in-environment kill scripts, object naming) is in [`backend`]. The conformance suite every
+//! backend must pass lives in `testkit` behind the `testkit` feature. `Arc<E>` and `Box<E>`
+//! of an engine are engines too, so a wrapper can hold either.
 //!
 //! ```no_run
 //! use berth_engine_core::{
@@ -51,14 +54,17 @@
 //! }
 //! ```
 
+pub mod backend;
 mod detached;
 mod error;
 mod exec;
+mod forward;
 mod ids;
 mod image;
 mod kill;
 mod shell;
 mod spec;
+mod status;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
@@ -74,23 +80,23 @@ pub use detached::{
 };
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use exec::{
-    ExecOutcome, ExecOutput, ExecProcess, ExecRequest, ExecStdin, ExitStatus, OomKill, OomReport,
-    OutputChunk, OutputChunks, OutputSink, OutputStream, Resizer, Stdin, TtySize,
-    DEFAULT_OUTPUT_LIMIT, EXEC_MARKER_VAR, OUTPUT_CHANNEL_CHUNKS,
+    ExecOutcome, ExecOutput, ExecProcess, ExecRequest, ExecStdin, ExitStatus, OomKill, OutputChunk,
+    OutputStream, Stdin, TtySize, DEFAULT_OUTPUT_LIMIT,
 };
 pub use ids::{EnvironmentId, ImageRef, SessionId, MAX_SESSION_ID_LEN};
 pub use image::{
     collect_tar_stream, tar_stream_from_bytes, BuildSpec, ImageInfo, Progress, ProgressEvent,
     PullPolicy, TarStream,
 };
-pub use kill::{sweep_argv, sweep_sparing_argv, watchdog_argv, SweepReport};
 pub use shell::{Shell, ShellCommand, ShellInterrupter, ShellOptions, TIMEOUT_GRACE};
 pub use spec::{
-    validate_env, EnvironmentSpec, EnvironmentState, EnvironmentStatus, LabelSelector, Resources,
-    SecurityProfile, StopOutcome, VolumeStatus, Workspace, HARDENED_CAPABILITIES, LABEL_CREATED,
-    LABEL_MANAGED_BY, LABEL_NAME, LABEL_SESSION, MANAGED_BY_VALUE,
+    validate_env, EnvironmentSpec, Resources, SecurityProfile, Workspace, HARDENED_CAPABILITIES,
+    LABEL_CREATED, LABEL_MANAGED_BY, LABEL_NAME, LABEL_SESSION, MANAGED_BY_VALUE,
 };
 pub use spec::{DETACHED_REQUESTED, DETACHED_YES, LABEL_DETACHED};
+pub use status::{
+    EnvironmentState, EnvironmentStatus, LabelSelector, RemoveOutcome, StopOutcome, VolumeStatus,
+};
 
 /// Which engine runs the environments.
 ///
@@ -134,7 +140,7 @@ impl FromStr for BackendKind {
             "docker" => Ok(BackendKind::Docker),
             "kubernetes" | "k8s" => Ok(BackendKind::Kubernetes),
             other => Err(Error::invalid_spec(
-                "runner.backend",
+                "backend",
                 format!("unknown backend {other:?}: expected docker or kubernetes"),
             )),
         }
@@ -230,7 +236,7 @@ pub trait ContainerEngine: Send + Sync {
     /// As [`ContainerEngine::exec_streaming`]; [`Error::Timeout`] after killing the command's
     /// whole process tree when its timeout elapsed, or [`Error::TimeoutLeftProcesses`] (of
     /// the same kind) when processes that may have come from it outlived the kill (see
-    /// [`watchdog_argv`] for how the kill works and its limits); [`Error::InvalidSpec`] for
+    /// [`backend::watchdog_argv`] for how the kill works and its limits); [`Error::InvalidSpec`] for
     /// [`Stdin::Piped`], which needs `exec_streaming`.
     async fn exec(&self, env: &EnvironmentId, req: ExecRequest) -> Result<ExecOutput> {
         if req.stdin == Stdin::Piped {
@@ -292,7 +298,7 @@ pub trait ContainerEngine: Send + Sync {
     /// [`Error::Unsupported`] (the default) when the backend cannot record it.
     async fn mark_detached(&self, env: &EnvironmentId) -> Result<()> {
         Err(Error::Unsupported {
-            backend: self.backend().as_str(),
+            backend: self.backend(),
             operation: "mark_detached",
             reason: format!(
                 "this engine cannot record on {env} that it was detached; keep the owning process alive or stop the environment yourself"
@@ -314,9 +320,10 @@ pub trait ContainerEngine: Send + Sync {
     /// [`Error::Unavailable`] when the engine cannot be reached.
     async fn list_volumes(&self, selector: &LabelSelector) -> Result<Vec<VolumeStatus>>;
 
-    /// Removes a workspace volume (see [`Workspace::Volume`]); idempotent.
+    /// Removes a workspace volume (see [`Workspace::Volume`]); idempotent: a missing volume is
+    /// [`RemoveOutcome::AlreadyGone`].
     ///
     /// # Errors
     /// [`Error::Conflict`] while an environment still uses it.
-    async fn remove_volume(&self, name: &str) -> Result<StopOutcome>;
+    async fn remove_volume(&self, name: &str) -> Result<RemoveOutcome>;
 }

@@ -1,9 +1,9 @@
 //! Mapping bollard's errors onto the engine contract's kinds.
 
-use berth_engine_core::Error;
+use berth_engine_core::{BackendKind, Error};
 use bollard::errors::Error as BollardError;
 
-pub(crate) const BACKEND: &str = "docker";
+pub(crate) const BACKEND: BackendKind = BackendKind::Docker;
 
 /// The HTTP status and message of a daemon error response.
 pub(crate) fn status(err: &BollardError) -> Option<(u16, &str)> {
@@ -31,7 +31,7 @@ pub(crate) fn is_transport(err: &BollardError) -> bool {
 }
 
 /// What to tell a user whose daemon cannot be reached.
-pub(crate) const UNAVAILABLE_HINT: &str = "is the Docker daemon running? Start it (`sudo dockerd` or `sudo systemctl start docker`), or point DOCKER_HOST / docker.host at a running one";
+pub(crate) const UNAVAILABLE_HINT: &str = "is the Docker daemon running? Start it (`sudo dockerd` or `sudo systemctl start docker`), or point DOCKER_HOST (or the host configured) at a running one";
 
 pub(crate) fn unavailable(address: &str, err: BollardError) -> Error {
     Error::Unavailable {

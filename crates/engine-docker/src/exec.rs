@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, watch};
 
+use berth_engine_core::backend::{self, ExecProcessExt, OomReport, SweepReport, EXEC_MARKER_VAR};
 use berth_engine_core::{
-    EnvironmentId, Error, ExecProcess, ExecRequest, ExecStdin, ExitStatus, OomKill, OomReport,
-    OutputChunk, Result, Stdin, SweepReport, TtySize, EXEC_MARKER_VAR,
+    EnvironmentId, Error, ExecProcess, ExecRequest, ExecStdin, ExitStatus, OomKill, OutputChunk,
+    Result, Stdin, TtySize,
 };
 use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, ResizeExecOptions, StartExecOptions, StartExecResults};
@@ -66,7 +67,7 @@ async fn exec_streaming_inner(
                 // deadline without forking (a fork bomb cannot disarm it). A terminal's
                 // foreground job must stay the command itself, so tty execs rely on the sweep.
                 cmd: Some(match (req.timeout, req.tty) {
-                    (Some(limit), None) => berth_engine_core::watchdog_argv(limit, &req.argv),
+                    (Some(limit), None) => backend::watchdog_argv(limit, &req.argv),
                     _ => req.argv.clone(),
                 }),
                 user: req.user.clone(),
@@ -105,7 +106,7 @@ async fn exec_streaming_inner(
                 env.clone(),
                 created.id.clone(),
             );
-            let resizer: berth_engine_core::Resizer = Box::new(move |size| {
+            let resizer: backend::Resizer = Box::new(move |size| {
                 let (docker, address, env, id) =
                     (docker.clone(), address.clone(), env.clone(), id.clone());
                 Box::pin(async move { resize(&docker, &address, &env, &id, size).await })
@@ -206,7 +207,7 @@ async fn exec_streaming_inner(
         let report = io.timeout_report().await;
         Err(report.timeout_error(format!("exec in {}", io.env), limit))
     };
-    let process = ExecProcess::direct(stdin_handle, Box::pin(chunks), finish, helper)
+    let process = backend::direct(stdin_handle, Box::pin(chunks), finish, helper)
         .with_oom_report(oom)
         .with_kill_on_drop(async move { killer.kill_tree().await });
     Ok(match resizer {
@@ -445,11 +446,8 @@ impl ExecIo {
     /// reports what outlived it. `None` when the sweep could not run; that is worth a warning
     /// only while the environment still runs (a removed environment has nothing left).
     async fn sweep(&self) -> Option<SweepReport> {
-        let req = ExecRequest::new(berth_engine_core::sweep_argv(
-            &self.marker,
-            self.started_at.elapsed(),
-        ))
-        .with_output_limit(64 * 1024);
+        let req = ExecRequest::new(backend::sweep_argv(&self.marker, self.started_at.elapsed()))
+            .with_output_limit(64 * 1024);
         let req = match &self.user {
             Some(user) => req.with_user(user.clone()),
             None => req,

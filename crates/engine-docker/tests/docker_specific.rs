@@ -46,7 +46,15 @@ async fn malformed_host_is_invalid_spec() {
         .await
         .expect_err("not a daemon address");
     assert_eq!(err.kind(), ErrorKind::InvalidSpec, "{err}");
-    assert!(err.to_string().contains("docker.host"), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("invalid host: \"ftp://example\""),
+        "{err}"
+    );
+    assert!(
+        !err.to_string().contains("docker.host"),
+        "engines name no config keys: {err}"
+    );
 }
 
 #[tokio::test]

@@ -1,24 +1,25 @@
 //! Exec over the pod exec websocket, and what Kubernetes exec lacks made up inside the pod:
-//! env, workdir and user by wrapping the argv; timeouts by killing the marked process tree;
-//! copies as tar streams through `tar`.
+//! env, workdir and user by wrapping the argv; timeouts by killing the marked process tree.
 
 use std::time::{Duration, Instant};
 
-use berth_engine_core::{
-    sweep_argv, watchdog_argv, EnvironmentId, Error, ExecProcess, ExecRequest, ExecStdin,
-    ExitStatus, OomKill, OomReport, OutputChunk, OutputSink, Result, Stdin, SweepReport, TarStream,
-    TtySize, EXEC_MARKER_VAR,
+use berth_engine_core::backend::{
+    self, sweep_argv, watchdog_argv, ExecProcessExt, OomReport, SweepReport, EXEC_MARKER_VAR,
 };
-use bytes::Bytes;
-use futures_util::StreamExt;
+use berth_engine_core::{
+    EnvironmentId, Error, ExecProcess, ExecRequest, ExecStdin, Result, Stdin, TtySize,
+};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{AttachParams, TerminalSize};
 use kube::Api;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
-use crate::errors::{self, BACKEND};
+use crate::attach::{
+    attach, exit_status, pump, read_capped, run_raw, Carrying, EXIT_BERTH_MISSING,
+};
+use crate::errors::BACKEND;
 use crate::manifest::CONTAINER;
-use crate::ws::{self, End};
+use crate::status::Verdict;
 use crate::KubernetesEngine;
 
 /// How an image lets a root exec become another user.
@@ -32,20 +33,12 @@ pub(crate) enum UserTool {
     None,
 }
 
-/// Pipe size between kube's websocket task and our reader: large enough for throughput.
-const PIPE: usize = 256 * 1024;
-
-const READ_CHUNK: usize = 64 * 1024;
-
 /// How long after its deadline a timed-out exec may take to end (its in-pod watchdog fires at
 /// the same deadline, rounded up to a whole second) before the sweep runs anyway.
 const KILL_GRACE: Duration = Duration::from_secs(5);
 
 /// How long the sweep after a timeout or a drop may take.
 const SWEEP_LIMIT: Duration = Duration::from_secs(30);
-
-/// Exit code our wrappers use for "the thing berth needs is missing".
-const EXIT_BERTH_MISSING: i32 = 44;
 
 fn wrap_user(tool: UserTool, user: &str, inner: Vec<String>) -> Result<Vec<String>> {
     let (uid, gid) = user.split_once(':').unwrap_or((user, ""));
@@ -137,175 +130,6 @@ async fn user_tool(engine: &KubernetesEngine, env: &EnvironmentId, pod: &str) ->
     Ok(tool)
 }
 
-fn attach_error(engine: &KubernetesEngine, env: &EnvironmentId, e: kube::Error) -> Error {
-    let text = e.to_string();
-    if errors::is_not_found(&e)
-        || text.contains("not found")
-        || text.contains("not running")
-        || text.contains("container not found")
-    {
-        engine.forget_pod(env);
-        return Error::NotFound {
-            what: "running environment",
-            name: env.to_string(),
-        };
-    }
-    errors::api(&engine.address, "exec in pod", e)
-}
-
-async fn attach(
-    engine: &KubernetesEngine,
-    env: &EnvironmentId,
-    pod: &str,
-    argv: Vec<String>,
-    stdin: bool,
-    tty: bool,
-) -> Result<ws::Exec> {
-    let mut params = AttachParams::default()
-        .container(CONTAINER)
-        .stdin(stdin)
-        .stdout(true)
-        .stderr(!tty)
-        .tty(tty);
-    params.max_stdin_buf_size = Some(PIPE);
-    params.max_stdout_buf_size = Some(PIPE);
-    params.max_stderr_buf_size = Some(PIPE);
-    ws::exec(
-        &engine.client,
-        &engine.config.namespace,
-        pod,
-        argv,
-        &params,
-        PIPE,
-    )
-    .await
-    .map_err(|e| attach_error(engine, env, e))
-}
-
-/// What a stream was carrying, for the error when its connection is lost.
-#[derive(Debug, Clone, Copy)]
-enum Carrying<'a> {
-    /// A command.
-    Command,
-    /// An archive into (`true`) or out of the path.
-    Copy(bool, &'a str),
-}
-
-/// The exit status from the status channel; a stream that ended without one (the connection
-/// broke, or went silent) is [`Error::ConnectionLost`]: the command may still be running.
-fn exit_status(
-    end: End,
-    address: &str,
-    env: &EnvironmentId,
-    carrying: Carrying<'_>,
-) -> Result<ExitStatus> {
-    let status = match end {
-        End::Status(status) => *status,
-        End::Lost(why) => {
-            return Err(match carrying {
-                Carrying::Command => {
-                    Error::connection_lost_in_exec(BACKEND, address, env.as_str(), Some(why.into()))
-                }
-                Carrying::Copy(inward, path) => Error::connection_lost_in_copy(
-                    BACKEND,
-                    address,
-                    env.as_str(),
-                    if inward {
-                        format!("copy into {env}:{path}")
-                    } else {
-                        format!("copy out of {env}:{path}")
-                    },
-                    Some(why.into()),
-                ),
-            })
-        }
-    };
-    if status.status.as_deref() == Some("Success") {
-        return Ok(ExitStatus(0));
-    }
-    if status.reason.as_deref() == Some("NonZeroExitCode") {
-        let code = status
-            .details
-            .as_ref()
-            .and_then(|d| d.causes.as_ref())
-            .and_then(|causes| {
-                causes
-                    .iter()
-                    .find(|c| c.reason.as_deref() == Some("ExitCode"))
-            })
-            .and_then(|c| c.message.as_deref())
-            .and_then(|m| m.parse().ok());
-        if let Some(code) = code {
-            return Ok(ExitStatus(code));
-        }
-    }
-    let message = status.message.unwrap_or_default();
-    if message.contains("executable file not found") || message.contains("no such file") {
-        return Ok(ExitStatus(127));
-    }
-    Err(Error::backend(
-        BACKEND,
-        "exec in pod",
-        format!("the exec in {env} failed: {message}"),
-    ))
-}
-
-/// Runs `argv` to completion without wrapping; returns (status, stdout, stderr), capped.
-async fn run_raw(
-    engine: &KubernetesEngine,
-    env: &EnvironmentId,
-    pod: &str,
-    argv: Vec<String>,
-) -> Result<(ExitStatus, Vec<u8>, Vec<u8>)> {
-    let mut attached = attach(engine, env, pod, argv, false, false).await?;
-    let end = attached.take_end().expect("the end is taken once");
-    let out = read_capped(attached.stdout(), 1 << 20);
-    let err = read_capped(attached.stderr(), 1 << 20);
-    let (out, err, end) = tokio::join!(out, err, end);
-    Ok((
-        exit_status(end, &engine.address, env, Carrying::Command)?,
-        out,
-        err,
-    ))
-}
-
-async fn read_capped(reader: Option<impl AsyncRead + Unpin>, cap: usize) -> Vec<u8> {
-    let mut buf = Vec::new();
-    if let Some(mut r) = reader {
-        let mut chunk = vec![0u8; READ_CHUNK];
-        while let Ok(n) = r.read(&mut chunk).await {
-            if n == 0 {
-                break;
-            }
-            if buf.len() < cap {
-                buf.extend_from_slice(&chunk[..n.min(cap - buf.len())]);
-            }
-        }
-    }
-    buf
-}
-
-async fn pump(reader: Option<impl AsyncRead + Unpin>, sink: &OutputSink, stderr: bool) {
-    let Some(mut r) = reader else {
-        return;
-    };
-    let mut chunk = vec![0u8; READ_CHUNK];
-    loop {
-        match r.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                let bytes = Bytes::copy_from_slice(&chunk[..n]);
-                sink.send(if stderr {
-                    OutputChunk::Stderr(bytes)
-                } else {
-                    OutputChunk::Stdout(bytes)
-                })
-                .await;
-            }
-        }
-    }
-}
-
 pub(crate) async fn exec_streaming(
     engine: &KubernetesEngine,
     env: &EnvironmentId,
@@ -376,7 +200,7 @@ pub(crate) async fn exec_streaming(
         address: engine.address.clone(),
         oom: oom.clone(),
     };
-    let process = ExecProcess::spawn(stdin_handle, move |sink| async move {
+    let process = backend::spawn(stdin_handle, move |sink| async move {
         // Keep the attached process (its websocket task) alive for the whole exec.
         let attached = attached;
         let write = async move {
@@ -520,292 +344,6 @@ impl Killer {
     }
 }
 
-/// How long to watch the pod after a command died of SIGKILL (137) for the reason: the
-/// kubelet reports an out-of-memory kill or a deletion a moment after the exec stream ends.
-const VERDICT_WINDOW: Duration = Duration::from_secs(2);
-
-/// What the pod says about an exec that died of SIGKILL or lost its connection.
-struct Verdict {
-    pods: Api<Pod>,
-    pod: String,
-    address: String,
-    oom: OomReport,
-}
-
-/// What a pod's state means for a command that was running in it.
-#[derive(Debug, PartialEq, Eq)]
-enum PodFate {
-    /// Running as before: the exit code is the command's own.
-    Running,
-    /// Its container was killed by the out-of-memory killer (limit in bytes, if set).
-    OomKilled(Option<u64>),
-    /// Deleted, being deleted, or its container ended: the reason.
-    Gone(String),
-}
-
-/// Reads a pod (`None`: it no longer exists) the way [`Verdict`] needs.
-fn pod_fate(pod: Option<&Pod>) -> PodFate {
-    let Some(pod) = pod else {
-        return PodFate::Gone("its pod was deleted".to_owned());
-    };
-    let limit = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.containers.iter().find(|c| c.name == CONTAINER))
-        .and_then(|c| c.resources.as_ref())
-        .and_then(|r| r.limits.as_ref())
-        .and_then(|l| l.get("memory"))
-        .and_then(|q| parse_memory(&q.0));
-    let status = pod.status.as_ref();
-    let terminated = status
-        .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|cs| cs.iter().find(|c| c.name == CONTAINER))
-        .and_then(|c| c.state.as_ref())
-        .and_then(|st| st.terminated.as_ref());
-    if let Some(t) = terminated {
-        if t.reason.as_deref() == Some("OOMKilled") {
-            return PodFate::OomKilled(limit);
-        }
-        return PodFate::Gone(format!(
-            "its container ended with exit code {} ({})",
-            t.exit_code,
-            t.reason.as_deref().unwrap_or("no reason given")
-        ));
-    }
-    if pod.metadata.deletion_timestamp.is_some() {
-        return PodFate::Gone("its pod was deleted".to_owned());
-    }
-    match status.and_then(|s| s.phase.as_deref()) {
-        Some(phase @ ("Failed" | "Succeeded")) => PodFate::Gone(format!("its pod is {phase}")),
-        _ => PodFate::Running,
-    }
-}
-
-/// A memory quantity (`64Mi`, `1G`, `67108864`) in bytes; `None` for forms berth never
-/// writes (milli-bytes, exponents).
-fn parse_memory(q: &str) -> Option<u64> {
-    let digits = q.find(|c: char| !c.is_ascii_digit()).unwrap_or(q.len());
-    let (number, unit) = q.split_at(digits);
-    let number: u64 = number.parse().ok()?;
-    let factor: u64 = match unit {
-        "" => 1,
-        "Ki" => 1 << 10,
-        "Mi" => 1 << 20,
-        "Gi" => 1 << 30,
-        "Ti" => 1 << 40,
-        "k" => 1_000,
-        "M" => 1_000_000,
-        "G" => 1_000_000_000,
-        "T" => 1_000_000_000_000,
-        _ => return None,
-    };
-    number.checked_mul(factor)
-}
-
-impl Verdict {
-    /// Turns a command's 137, or a lost connection, into what happened to the environment:
-    /// an out-of-memory kill (recorded in the report, the 137 kept), or
-    /// [`Error::EnvironmentGone`] when the pod was deleted or its container ended.
-    async fn judge(&self, env: &EnvironmentId, result: Result<ExitStatus>) -> Result<ExitStatus> {
-        let lost = matches!(&result, Err(e) if e.is_connection_lost());
-        let suspicious = match &result {
-            Ok(status) => status.code() == 137,
-            // A pod deleted under the exec can end its stream with a failure status.
-            Err(e) => !e.is_timeout(),
-        };
-        if !suspicious {
-            return result;
-        }
-        let started = tokio::time::Instant::now();
-        loop {
-            let fate =
-                match tokio::time::timeout(VERDICT_WINDOW, self.pods.get_opt(&self.pod)).await {
-                    Ok(Ok(pod)) => pod_fate(pod.as_ref()),
-                    // The API server is not answering either: the lost connection stands.
-                    _ => return result,
-                };
-            match fate {
-                PodFate::OomKilled(limit) => {
-                    self.oom.set(OomKill::new(limit));
-                    return Ok(ExitStatus(137));
-                }
-                PodFate::Gone(reason) => {
-                    return Err(Error::EnvironmentGone {
-                        env: env.to_string(),
-                        operation: "the command".to_owned(),
-                        reason,
-                    })
-                }
-                PodFate::Running
-                    if lost || result.is_err() || started.elapsed() >= VERDICT_WINDOW =>
-                {
-                    tracing::debug!(address = %self.address, pod = %self.pod, "pod still running after the exec ended");
-                    return result;
-                }
-                PodFate::Running => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-    }
-}
-
-/// Extracts `tar` into `dest` with `tar -x` in the pod. Completeness is checked twice: tar
-/// fails on an archive cut short, and the exit status must arrive on the status channel (a
-/// stream that ends without one is an error, never a success: the `kubectl cp` truncation).
-pub(crate) async fn copy_in(
-    engine: &KubernetesEngine,
-    env: &EnvironmentId,
-    dest: &str,
-    mut tar: TarStream,
-) -> Result<()> {
-    if !dest.starts_with('/') {
-        return Err(Error::invalid_spec(
-            "dest",
-            format!("must be an absolute path, got {dest:?}"),
-        ));
-    }
-    let pod = engine.pod_of(env).await?;
-    let script = format!(
-        "test -d \"$1\" || {{ echo \"berth: no directory $1\" >&2; exit {EXIT_BERTH_MISSING}; }}; \
-         exec tar -xf - -C \"$1\""
-    );
-    let argv = vec![
-        "sh".into(),
-        "-c".into(),
-        script,
-        "sh".into(),
-        dest.to_owned(),
-    ];
-    let mut attached = attach(engine, env, &pod, argv, true, false).await?;
-    let mut stdin = attached.stdin().expect("stdin requested");
-    let status = attached.take_end().expect("the end is taken once");
-    let out = read_capped(attached.stdout(), 4096);
-    let err = read_capped(attached.stderr(), 64 * 1024);
-    let write = async move {
-        while let Some(chunk) = tar.next().await {
-            let chunk =
-                chunk.map_err(|e| Error::backend(BACKEND, "read the archive to copy in", e))?;
-            stdin
-                .write_all(&chunk)
-                .await
-                .map_err(|e| Error::backend(BACKEND, "send the archive into the pod", e))?;
-        }
-        stdin
-            .shutdown()
-            .await
-            .map_err(|e| Error::backend(BACKEND, "close the archive stream", e))?;
-        Ok::<(), Error>(())
-    };
-    let (written, _, err, status) = tokio::join!(write, out, err, status);
-    let status = exit_status(status, &engine.address, env, Carrying::Copy(true, dest))?;
-    let err = String::from_utf8_lossy(&err).into_owned();
-    if status.code() == EXIT_BERTH_MISSING {
-        return Err(Error::NotFound {
-            what: "path",
-            name: format!("{dest} in {env}"),
-        });
-    }
-    if !status.success() {
-        return Err(Error::backend(
-            BACKEND,
-            "extract an archive in the pod",
-            format!("tar exited with {status}: {}", err.trim()),
-        ));
-    }
-    written
-}
-
-/// Streams `path` out of the pod as a tar archive made by `tar -c`.
-pub(crate) async fn copy_out(
-    engine: &KubernetesEngine,
-    env: &EnvironmentId,
-    path: &str,
-) -> Result<TarStream> {
-    if !path.starts_with('/') {
-        return Err(Error::invalid_spec(
-            "path",
-            format!("must be an absolute path, got {path:?}"),
-        ));
-    }
-    let pod = engine.pod_of(env).await?;
-    let script = format!(
-        "test -e \"$1\" || test -L \"$1\" || {{ echo \"berth: no such path $1\" >&2; exit {EXIT_BERTH_MISSING}; }}; \
-         cd \"$(dirname \"$1\")\" && exec tar -cf - \"$(basename \"$1\")\""
-    );
-    let argv = vec![
-        "sh".into(),
-        "-c".into(),
-        script,
-        "sh".into(),
-        path.to_owned(),
-    ];
-    let mut attached = attach(engine, env, &pod, argv, false, false).await?;
-    let status = attached.take_end().expect("the end is taken once");
-    let mut stdout = attached.stdout().expect("stdout");
-    let stderr = read_capped(attached.stderr(), 64 * 1024);
-    // Read the first piece before returning, so a missing path is an error here, not half-way
-    // through the caller's read.
-    let mut first = vec![0u8; READ_CHUNK];
-    let n = stdout
-        .read(&mut first)
-        .await
-        .map_err(|e| Error::backend(BACKEND, "read the archive from the pod", e))?;
-    first.truncate(n);
-    let env = env.clone();
-    let path = path.to_owned();
-    let address = engine.address.clone();
-    if n == 0 {
-        let (err, status) = tokio::join!(stderr, status);
-        let status = exit_status(status, &address, &env, Carrying::Copy(false, &path))?;
-        if status.code() == EXIT_BERTH_MISSING {
-            return Err(Error::NotFound {
-                what: "path",
-                name: format!("{path} in {env}"),
-            });
-        }
-        return Err(Error::backend(
-            BACKEND,
-            "archive a path in the pod",
-            format!(
-                "tar exited with {status}: {}",
-                String::from_utf8_lossy(&err).trim()
-            ),
-        ));
-    }
-    let state = (Some(attached), stdout, Some((status, stderr)), env);
-    let rest = futures_util::stream::unfold(state, move |(attached, mut stdout, finish, env)| {
-        let (address, path) = (address.clone(), path.clone());
-        async move {
-            let mut buf = vec![0u8; READ_CHUNK];
-            match stdout.read(&mut buf).await {
-                Ok(0) => {
-                    let (status, stderr) = finish?;
-                    let (err, status) = tokio::join!(stderr, status);
-                    drop(attached);
-                    match exit_status(status, &address, &env, Carrying::Copy(false, &path)) {
-                        Ok(s) if s.success() => None,
-                        Ok(s) => Some((
-                            Err(std::io::Error::other(format!(
-                                "tar in {env} exited with {s}: {}",
-                                String::from_utf8_lossy(&err).trim()
-                            ))),
-                            (None, stdout, None, env),
-                        )),
-                        Err(e) => Some((Err(std::io::Error::other(e)), (None, stdout, None, env))),
-                    }
-                }
-                Ok(n) => {
-                    buf.truncate(n);
-                    Some((Ok(Bytes::from(buf)), (attached, stdout, finish, env)))
-                }
-                Err(e) => Some((Err(e), (None, stdout, None, env))),
-            }
-        }
-    });
-    Ok(Box::pin(
-        futures_util::stream::iter([Ok(Bytes::from(first))]).chain(rest),
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -836,53 +374,6 @@ mod tests {
         let plain = wrap(&ExecRequest::new(["true"]), "m2", None).unwrap();
         assert_eq!(plain, ["env", "BERTH_EXEC_ID=m2", "true"]);
     }
-
-    #[test]
-    fn memory_quantities() {
-        assert_eq!(parse_memory("64Mi"), Some(64 << 20));
-        assert_eq!(parse_memory("1G"), Some(1_000_000_000));
-        assert_eq!(parse_memory("67108864"), Some(67_108_864));
-        assert_eq!(parse_memory("100m"), None);
-    }
-
-    fn pod(json: serde_json::Value) -> Pod {
-        serde_json::from_value(json).expect("a pod")
-    }
-
-    #[test]
-    fn pod_fates() {
-        assert!(matches!(pod_fate(None), PodFate::Gone(_)));
-        let running = pod(serde_json::json!({
-            "metadata": {"name": "p"},
-            "spec": {"containers": [{"name": CONTAINER, "resources": {"limits": {"memory": "64Mi"}}}]},
-            "status": {"phase": "Running", "containerStatuses": [{"name": CONTAINER, "image": "i",
-                "imageID": "", "ready": true, "restartCount": 0, "state": {"running": {}}}]},
-        }));
-        assert_eq!(pod_fate(Some(&running)), PodFate::Running);
-        let mut oom = running.clone();
-        let st = oom
-            .status
-            .as_mut()
-            .unwrap()
-            .container_statuses
-            .as_mut()
-            .unwrap();
-        st[0].state = Some(
-            serde_json::from_value(serde_json::json!(
-                {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}
-            ))
-            .unwrap(),
-        );
-        assert_eq!(pod_fate(Some(&oom)), PodFate::OomKilled(Some(64 << 20)));
-        let mut deleted = running;
-        deleted.metadata.deletion_timestamp = oom.metadata.creation_timestamp.clone().or(Some(
-            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                "2026-11-29T15:00:00Z".parse().unwrap(),
-            ),
-        ));
-        assert!(matches!(pod_fate(Some(&deleted)), PodFate::Gone(r) if r.contains("deleted")));
-    }
-
     #[test]
     fn no_user_tool_is_unsupported_with_a_reason() {
         let req = ExecRequest::new(["id"]).with_user("1000");

@@ -25,11 +25,7 @@ pub use berth_engine_core::HARDENED_CAPABILITIES;
 /// a DNS label.
 #[must_use]
 pub fn job_name(spec: &EnvironmentSpec) -> String {
-    let mut base = format!("{}-{}-{}", spec.name_prefix, spec.session, spec.name);
-    base.truncate(57);
-    let base = base.trim_end_matches('-');
-    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..5];
-    format!("{base}-{suffix}")
+    berth_engine_core::backend::object_name(spec, 63)
 }
 
 fn quantity_cpu(millis: u64) -> Quantity {
@@ -268,10 +264,7 @@ pub fn workspace_claim(
 /// Checks the config's quantities before any I/O.
 pub(crate) fn validate_config(config: &KubernetesConfig) -> Result<()> {
     if config.namespace.is_empty() {
-        return Err(Error::invalid_spec(
-            "kubernetes.namespace",
-            "must not be empty",
-        ));
+        return Err(Error::invalid_spec("namespace", "must not be empty"));
     }
     Ok(())
 }

@@ -20,6 +20,9 @@
 //!   autoscaler scans every ~10 s), then fails with the scheduler's message.
 //! - Everything is bounded by `kubernetes.start_timeout`; the caller then fails with
 //!   [`Error::Timeout`] naming the last thing awaited ([`Awaiting`]).
+//!
+//! Longer than 500 lines for a reason: about half is the fixture tests of the decision
+//! table (one per reason above), which belong next to it.
 
 use std::time::Duration;
 
@@ -191,9 +194,9 @@ pub(crate) fn refusal_hint(message: &str) -> &'static str {
     if message.contains("violates PodSecurity") {
         "the namespace enforces a Pod Security level (label pod-security.kubernetes.io/enforce); kubernetes.security: restricted passes every level"
     } else if message.contains("exceeded quota") || message.contains("failed quota") {
-        "a ResourceQuota of the namespace refuses it (kubectl describe resourcequota); lower kubernetes.resources or free quota"
+        "a ResourceQuota of the namespace refuses it (kubectl describe resourcequota); lower the environment's resources or free quota"
     } else if message.contains("per Container") || message.contains("per Pod") {
-        "a LimitRange of the namespace refuses it (kubectl describe limitrange); fit kubernetes.resources into its bounds"
+        "a LimitRange of the namespace refuses it (kubectl describe limitrange); fit the environment's resources into its bounds"
     } else {
         "grant the service account or user RBAC for it (kubectl auth can-i; berth render --rbac prints a Role)"
     }
@@ -236,7 +239,7 @@ impl Policy {
                 }
                 if message.contains("is invalid") {
                     return Decision::Fail(Error::invalid_spec(
-                        "kubernetes",
+                        crate::errors::field_in_message(&message).unwrap_or("pod"),
                         format!("the API server refused the pod of {}: {message}", self.what),
                     ));
                 }
@@ -309,7 +312,9 @@ impl Policy {
                     }
                     "CreateContainerConfigError" | "CreateContainerError" | "RunContainerError" => {
                         return Some(Decision::Fail(Error::invalid_spec(
-                            "kubernetes",
+                            // The container's configuration as the kubelet assembled it
+                            // (env and volume references, user, security context).
+                            "spec.template.spec.containers[0]",
                             format!(
                                 "{}'s container cannot start: {reason}: {message}",
                                 self.what

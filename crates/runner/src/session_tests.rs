@@ -7,7 +7,8 @@ use std::sync::Mutex as StdMutex;
 use async_trait::async_trait;
 use berth_engine_core::{
     BackendKind, BuildSpec, EngineInfo, EnvironmentStatus, Error, ExecProcess, ImageInfo, ImageRef,
-    LabelSelector, Progress, PullPolicy, Result as EngineResult, TarStream, VolumeStatus,
+    LabelSelector, Progress, PullPolicy, RemoveOutcome, Result as EngineResult, TarStream,
+    VolumeStatus,
 };
 use tokio::sync::Notify;
 
@@ -25,7 +26,7 @@ struct Memory {
 
 fn unsupported(operation: &'static str) -> Error {
     Error::Unsupported {
-        backend: "docker",
+        backend: BackendKind::Docker,
         operation,
         reason: "not in the in-memory test engine".into(),
     }
@@ -81,7 +82,7 @@ impl ContainerEngine for Memory {
     async fn list_volumes(&self, _: &LabelSelector) -> EngineResult<Vec<VolumeStatus>> {
         Err(unsupported("list_volumes"))
     }
-    async fn remove_volume(&self, _: &str) -> EngineResult<StopOutcome> {
+    async fn remove_volume(&self, _: &str) -> EngineResult<RemoveOutcome> {
         Err(unsupported("remove_volume"))
     }
 }

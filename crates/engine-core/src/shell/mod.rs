@@ -17,9 +17,8 @@ use scripts::{DRIVER, INTERRUPT};
 
 use crate::error::{Error, Result};
 use crate::exec::{ExecOutput, ExecProcess, ExecStdin, OutputChunk, OutputStream, Stdin};
-use crate::{
-    sweep_sparing_argv, ContainerEngine, EnvironmentId, ExecRequest, ExitStatus, SweepReport,
-};
+use crate::kill::{sweep_sparing_argv, SweepReport};
+use crate::{ContainerEngine, EnvironmentId, ExecRequest, ExitStatus};
 
 /// How long a timed-out command may take to end after its tree was killed before the shell
 /// itself is ended (a command looping in shell builtins has no process to kill).
@@ -172,7 +171,7 @@ impl Shell {
         let mut process = engine.exec_streaming(env, req).await?;
         let (Some(stdin), Some(output)) = (process.take_stdin(), process.take_output()) else {
             return Err(Error::backend(
-                "core",
+                engine.backend(),
                 "open a shell",
                 "the engine's exec gave no stdin or output stream",
             ));

@@ -4,7 +4,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::cases::{resident_bytes, run};
+use super::cases::run;
+use super::cases_exec::resident_bytes;
 use super::Fixture;
 use crate::{
     EnvironmentId, ErrorKind, ExecOutput, ExecRequest, OutputChunk, Shell, ShellCommand,

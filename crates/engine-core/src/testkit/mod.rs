@@ -17,16 +17,20 @@
 //!
 //! The test image is built without a registry: a `FROM scratch` image holding the host's
 //! statically linked busybox (Debian's `busybox-static`), built with the engine's own
-//! [`ContainerEngine::build_image`](crate::ContainerEngine::build_image). See
+//! `ContainerEngine::build_image`. See
 //! [`busybox_build_context`].
 
 pub mod cases;
+pub mod cases_copy;
 pub mod cases_detached;
 pub mod cases_detached_cmd;
+pub mod cases_exec;
 pub mod cases_foreign;
 pub mod cases_kill;
+pub mod cases_lifecycle;
 pub mod cases_outcomes;
 pub mod cases_shell;
+pub mod cases_workspace;
 mod cases_zombies;
 
 use std::future::Future;
@@ -307,10 +311,17 @@ fn append_file<W: std::io::Write>(
 /// Expands to one `#[tokio::test]` per conformance case, each calling
 /// `testkit::cases::<case>(&$fixture.await)`. The calling crate needs `tokio` with the
 /// `macros` and `rt-multi-thread` features.
+///
+/// The list of cases is written here once; `conformance_suite!(@names)` gives it as a
+/// `&[&str]`, and a unit test of this crate fails when a `pub async fn` of a `cases*.rs`
+/// file is missing from it (or listed twice), so a case cannot be added without running.
 #[macro_export]
 macro_rules! conformance_suite {
-    ($fixture:expr) => {
-        $crate::conformance_suite!(@cases $fixture;
+    (@names) => {
+        $crate::conformance_suite!(@list (@names_of))
+    };
+    (@list ($($then:tt)*)) => {
+        $crate::conformance_suite! { $($then)*;
             exit_codes,
             stdout_and_stderr_are_kept_apart,
             stdin_bytes_are_echoed_exactly,
@@ -358,7 +369,13 @@ macro_rules! conformance_suite {
             shell_killed_or_exited_is_shell_closed,
             detached_command_survives_a_dropped_client,
             detached_output_is_capped_keeping_the_first_bytes,
-        );
+        }
+    };
+    (@names_of; $($case:ident),* $(,)?) => {
+        &[$(stringify!($case)),*]
+    };
+    ($fixture:expr) => {
+        $crate::conformance_suite!(@list (@cases $fixture));
     };
     (@cases $fixture:expr; $($case:ident),* $(,)?) => {
         $(
@@ -369,4 +386,50 @@ macro_rules! conformance_suite {
             }
         )*
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    /// Every `pub async fn` in a `cases*.rs` file is a case and must be in the suite's list
+    /// exactly once (a listed name with no function is already a compile error).
+    #[test]
+    fn every_case_function_is_in_the_suite_list_once() {
+        let listed: &[&str] = crate::conformance_suite!(@names);
+        let unique: BTreeSet<&str> = listed.iter().copied().collect();
+        assert_eq!(
+            unique.len(),
+            listed.len(),
+            "a case is listed twice: {listed:?}"
+        );
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/testkit");
+        let mut defined = BTreeSet::new();
+        for entry in std::fs::read_dir(&dir).expect("read src/testkit") {
+            let path = entry.expect("entry").path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            if !(name.starts_with("cases") && name.ends_with(".rs")) {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("read a cases file");
+            for line in text.lines() {
+                if let Some(rest) = line.trim_start().strip_prefix("pub async fn ") {
+                    let case = rest.split(['(', '<']).next().unwrap_or_default().trim();
+                    defined.insert(case.to_owned());
+                }
+            }
+        }
+        let missing: Vec<_> = defined
+            .iter()
+            .filter(|case| !unique.contains(case.as_str()))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "cases not in conformance_suite!'s list (add them there): {missing:?}"
+        );
+    }
 }

@@ -1,0 +1,88 @@
+//! Volumes: the workspace volumes berth creates, lists and removes.
+
+use std::collections::HashMap;
+
+use berth_engine_core::{Error, LabelSelector, RemoveOutcome, Result, VolumeStatus};
+use bollard::models::VolumeCreateRequest;
+use bollard::query_parameters::{ListVolumesOptions, RemoveVolumeOptions};
+
+use crate::container::label_filters;
+use crate::errors::{self};
+use crate::DockerEngine;
+
+pub(crate) async fn list(
+    engine: &DockerEngine,
+    selector: &LabelSelector,
+) -> Result<Vec<VolumeStatus>> {
+    let list = |dangling: bool| {
+        let mut filters = label_filters(selector);
+        if dangling {
+            // Dangling: referenced by no container, running or not.
+            filters.insert("dangling".into(), vec!["true".into()]);
+        }
+        engine.docker.list_volumes(Some(ListVolumesOptions {
+            filters: Some(filters),
+        }))
+    };
+    let listed = list(false).await.map_err(engine.other("list volumes"))?;
+    let unused: std::collections::HashSet<String> = list(true)
+        .await
+        .map_err(engine.other("list unused volumes"))?
+        .volumes
+        .unwrap_or_default()
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    let mut out: Vec<VolumeStatus> = listed
+        .volumes
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|v| {
+            let labels: std::collections::BTreeMap<String, String> = v.labels.into_iter().collect();
+            let in_use = !unused.contains(&v.name);
+            selector
+                .matches(&labels)
+                .then(|| VolumeStatus::new(v.name, labels, in_use))
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+pub(crate) async fn remove(engine: &DockerEngine, name: &str) -> Result<RemoveOutcome> {
+    match engine
+        .docker
+        .remove_volume(name, None::<RemoveVolumeOptions>)
+        .await
+    {
+        Ok(()) => Ok(RemoveOutcome::Removed),
+        Err(e) => match errors::status(&e) {
+            Some((404, _)) => Ok(RemoveOutcome::AlreadyGone),
+            Some((409, msg)) => Err(Error::Conflict {
+                what: "volume",
+                name: name.to_owned(),
+                reason: msg.to_owned(),
+            }),
+            _ => Err(errors::other(&engine.address, "remove volume", e)),
+        },
+    }
+}
+
+impl DockerEngine {
+    pub(crate) async fn ensure_volume(
+        &self,
+        name: &str,
+        labels: &HashMap<String, String>,
+    ) -> Result<()> {
+        // Creating an existing volume returns it unchanged, so this is one call either way.
+        self.docker
+            .create_volume(VolumeCreateRequest {
+                name: Some(name.to_owned()),
+                labels: Some(labels.clone()),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ())
+            .map_err(self.other("create volume"))
+    }
+}

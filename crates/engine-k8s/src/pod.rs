@@ -1,0 +1,73 @@
+//! Pods: the running pod of an environment, learned once and checked on every use.
+
+use berth_engine_core::{EnvironmentId, Error, Result, LABEL_MANAGED_BY, MANAGED_BY_VALUE};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::ListParams;
+use kube::Api;
+
+use crate::errors::{self};
+use crate::KubernetesEngine;
+
+impl KubernetesEngine {
+    pub(crate) fn pod_api(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), &self.config.namespace)
+    }
+
+    pub(crate) fn forget_pod(&self, env: &EnvironmentId) {
+        self.pods
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(env);
+    }
+
+    /// The running pod of `env`, checked afresh on every call: a pod being deleted (stopped,
+    /// or past its deadline) must not take commands.
+    pub(crate) async fn pod_of(&self, env: &EnvironmentId) -> Result<String> {
+        let cached = self
+            .pods
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(env)
+            .cloned();
+        let live = |p: &Pod| {
+            p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                && p.metadata.deletion_timestamp.is_none()
+        };
+        let not_found = || Error::NotFound {
+            what: "running environment",
+            name: env.to_string(),
+        };
+        if let Some(name) = cached {
+            return match self.pod_api().get_opt(&name).await {
+                Ok(Some(pod)) if live(&pod) => Ok(name),
+                Ok(_) => {
+                    self.forget_pod(env);
+                    Err(not_found())
+                }
+                Err(e) => Err(errors::api(&self.address, "get pod", e)),
+            };
+        }
+        let pods = self
+            .pod_api()
+            .list(&ListParams::default().labels(&format!(
+                "job-name={env},{LABEL_MANAGED_BY}={MANAGED_BY_VALUE}"
+            )))
+            .await
+            .map_err(|e| errors::api(&self.address, "list pods", e))?;
+        match pods
+            .items
+            .into_iter()
+            .find(live)
+            .and_then(|p| p.metadata.name)
+        {
+            Some(name) => {
+                self.pods
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(env.clone(), name.clone());
+                Ok(name)
+            }
+            None => Err(not_found()),
+        }
+    }
+}
