@@ -8,7 +8,7 @@ use berth_engine_core::SessionId;
 
 mod common;
 
-use common::{containers_of, json_of, test_image, text, volumes_of};
+use common::{containers_of, json_of, kill9, test_image, text, volumes_of, Cleanup};
 
 /// The binary, with one state directory for every test of this file, as one user's machine
 /// would have.
@@ -19,25 +19,6 @@ fn berth(args: &[&str]) -> Command {
 /// One state directory for every test of this binary, as one user's machine would have.
 fn state_dir() -> String {
     format!("{}/berth-state", env!("CARGO_TARGET_TMPDIR"))
-}
-
-/// Removes a session's containers and volumes with the docker CLI when a test ends, pass or
-/// fail.
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for id in containers_of(&self.0) {
-            let _ = Command::new("docker")
-                .args(["rm", "-f", "-v", &id])
-                .output();
-        }
-        for volume in volumes_of(&self.0) {
-            let _ = Command::new("docker")
-                .args(["volume", "rm", "-f", &volume])
-                .output();
-        }
-    }
 }
 
 #[tokio::test]
@@ -466,14 +447,6 @@ fn wait_for_container(session: &str, child: &mut std::process::Child) -> bool {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     false
-}
-
-fn kill9(child: &mut std::process::Child) {
-    Command::new("kill")
-        .args(["-9", &child.id().to_string()])
-        .status()
-        .expect("kill -9");
-    let _ = child.wait();
 }
 
 fn gc_session(session: &str) -> serde_json::Value {

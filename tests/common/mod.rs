@@ -101,6 +101,34 @@ pub fn volumes_of(session: &str) -> Vec<String> {
     labelled(&["volume", "ls"], session)
 }
 
+/// Removes a session's containers and volumes with the docker CLI when a test ends, pass or
+/// fail.
+pub struct Cleanup(pub String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for id in containers_of(&self.0) {
+            let _ = Command::new("docker")
+                .args(["rm", "-f", "-v", &id])
+                .output();
+        }
+        for volume in volumes_of(&self.0) {
+            let _ = Command::new("docker")
+                .args(["volume", "rm", "-f", &volume])
+                .output();
+        }
+    }
+}
+
+/// Kills `child` with SIGKILL (no chance to clean up) and reaps it.
+pub fn kill9(child: &mut std::process::Child) {
+    Command::new("kill")
+        .args(["-9", &child.id().to_string()])
+        .status()
+        .expect("kill -9");
+    let _ = child.wait();
+}
+
 /// Builds the test image once, failing loudly without a Docker daemon.
 pub async fn test_image() {
     let engine = DockerEngine::connect(&DockerConfig::default())

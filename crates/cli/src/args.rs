@@ -41,8 +41,16 @@ pub enum Command {
     Doctor(DoctorArgs),
     /// Start an environment and print its id; it runs until `berth down` or its lifetime.
     Up(UpArgs),
-    /// Run a command in a running environment.
+    /// Run a command in a running environment (with --detach: in the background, printing
+    /// its id for `berth attach`, `berth ps` and `berth kill`).
     Exec(ExecArgs),
+    /// Follow a detached command's output to its end; exit with the command's exit code.
+    /// Any process may attach, as often as it likes, and gets the same bytes.
+    Attach(AttachArgs),
+    /// List an environment's detached commands: running, exited (with the code) or lost.
+    Ps(PsArgs),
+    /// Kill a detached command's whole process tree.
+    Kill(KillArgs),
     /// Start an environment, run one command, stop it; exit with the command's exit code.
     Run(RunArgs),
     /// An interactive shell (a TTY) in an environment, or in a fresh one with --image.
@@ -133,11 +141,59 @@ pub struct ExecArgs {
     /// How to run it.
     #[command(flatten)]
     pub cmd: CommandArgs,
+    /// Start the command in the background under a supervisor in the environment, print its
+    /// id and exit at once; it outlives this process (`berth attach` follows it). Its stdin
+    /// is empty; no --timeout (`berth kill` ends it).
+    #[arg(short = 'd', long, conflicts_with_all = ["interactive", "timeout"])]
+    pub detach: bool,
     /// The environment id (from `berth up` or `berth ls`).
     pub environment: String,
     /// The command and its arguments.
     #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+/// A detached command of an environment (`attach`, `kill`).
+#[derive(Debug, Args)]
+pub struct DetachedArgs {
+    /// The environment id (as `berth exec` takes it).
+    pub environment: String,
+    /// The command id `berth exec --detach` printed.
+    #[arg(value_name = "ID")]
+    pub id: String,
+}
+
+/// `berth attach`.
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    /// Which command.
+    #[command(flatten)]
+    pub command: DetachedArgs,
+    /// Start at this byte of the command's stdout (default: its beginning).
+    #[arg(long, value_name = "BYTES", default_value_t = 0)]
+    pub stdout_offset: u64,
+    /// Start at this byte of the command's stderr (default: its beginning).
+    #[arg(long, value_name = "BYTES", default_value_t = 0)]
+    pub stderr_offset: u64,
+}
+
+/// `berth ps`.
+#[derive(Debug, Args)]
+pub struct PsArgs {
+    /// The environment id (as `berth exec` takes it).
+    pub environment: String,
+    /// Also remove the files of the commands that have ended (exited or lost); they are no
+    /// longer listed or attachable.
+    #[arg(long)]
+    pub prune: bool,
+}
+
+/// `berth kill`.
+#[derive(Debug, Args)]
+pub struct KillArgs {
+    /// Which command.
+    #[command(flatten)]
+    pub command: DetachedArgs,
 }
 
 /// `berth run`.

@@ -22,7 +22,8 @@ async fn read_all_stdin() -> anyhow::Result<bytes::Bytes> {
     Ok(buf.into())
 }
 
-fn output_json(out: &ExecOutput) -> serde_json::Value {
+/// A command's captured output as `--json` prints it.
+pub fn output_json(out: &ExecOutput) -> serde_json::Value {
     json!({
         "exit_code": out.status.code(),
         "stdout": out.stdout_lossy(),

@@ -9,7 +9,7 @@ use super::{session_id, Ctx};
 use crate::args::LsArgs;
 
 /// How long ago `created` (seconds since the epoch) was, in one unit.
-fn age(created: Option<u64>) -> String {
+pub(super) fn age(created: Option<u64>) -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());

@@ -1,13 +1,16 @@
 //! One file per subcommand: each parses its flags into library values, calls the library,
 //! and prints. [`dispatch`] loads the config and picks the file.
 
+mod attach;
 mod cp;
 mod doctor;
 mod down;
 mod exec;
 mod gc;
 mod image;
+mod kill;
 mod ls;
+mod ps;
 mod render;
 mod run;
 mod shell;
@@ -17,11 +20,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use berth_engine_core::{ContainerEngine, EnvironmentId, ImageRef, SessionId};
+use berth_engine_core::{
+    CommandId, ContainerEngine, DetachedCommands, EnvironmentId, ImageRef, SessionId,
+};
 use berth_runner::config::{BerthConfig, LoadOptions, Loaded};
 use berth_runner::spec::EnvOptions;
 
-use crate::args::{Cli, Command, EnvArgs, ImageCommand};
+use crate::args::{Cli, Command, DetachedArgs, EnvArgs, ImageCommand};
 
 /// What every command sees: the loaded config and the global flags.
 pub struct Ctx {
@@ -74,6 +79,9 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Doctor(a) => doctor::doctor(&ctx, a).await,
         Command::Up(a) => up::up(&ctx, a).await,
         Command::Exec(a) => exec::exec(&ctx, a).await,
+        Command::Attach(a) => attach::attach(&ctx, a).await,
+        Command::Ps(a) => ps::ps(&ctx, a).await,
+        Command::Kill(a) => kill::kill(&ctx, a).await,
         Command::Run(a) => run::run(&ctx, a).await,
         Command::Shell(a) => shell::shell(&ctx, a).await,
         Command::Cp(a) => cp::cp(&ctx, a).await,
@@ -89,6 +97,25 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 /// An environment id argument.
 pub fn env_id(text: &str) -> anyhow::Result<EnvironmentId> {
     EnvironmentId::new(text).context("invalid environment id")
+}
+
+/// The detached commands of an environment argument, resolved as `berth exec` resolves it.
+pub async fn detached_commands(ctx: &Ctx, environment: &str) -> anyhow::Result<DetachedCommands> {
+    let env = env_id(environment)?;
+    Ok(DetachedCommands::new(ctx.engine().await?, env))
+}
+
+/// The environment's detached commands and the command an `ENV ID` pair names; the id is
+/// checked before any I/O.
+pub async fn detached_command(
+    ctx: &Ctx,
+    args: &DetachedArgs,
+) -> anyhow::Result<(DetachedCommands, CommandId)> {
+    let id: CommandId = args
+        .id
+        .parse()
+        .with_context(|| format!("invalid ID argument {:?}", args.id))?;
+    Ok((detached_commands(ctx, &args.environment).await?, id))
 }
 
 /// A `--session` argument.
