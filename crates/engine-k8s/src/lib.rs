@@ -135,14 +135,6 @@ impl KubernetesEngine {
     pub fn config(&self) -> &KubernetesConfig {
         &self.config
     }
-
-    /// The objects `start` would create for `spec`, without creating them (`berth render`).
-    ///
-    /// # Errors
-    /// [`Error::InvalidSpec`] when the spec is invalid.
-    pub fn render(&self, spec: &EnvironmentSpec) -> Result<Vec<serde_json::Value>> {
-        render(spec, &self.config)
-    }
 }
 
 #[async_trait]

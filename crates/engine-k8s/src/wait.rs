@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use berth_engine_core::{EnvironmentSpec, Error, PullPolicy, Result};
+use berth_engine_core::{EnvironmentSpec, Error, ErrorKind, PullPolicy, Result};
 use futures_util::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -402,7 +402,7 @@ pub(crate) async fn check_image(
         engine.config.start_timeout,
     )
     .await;
-    let _ = engine
+    let cleanup = match engine
         .pod_api()
         .delete(
             &name,
@@ -411,8 +411,17 @@ pub(crate) async fn check_image(
                 ..DeleteParams::default()
             },
         )
-        .await;
-    match result {
+        .await
+    {
+        Err(e) => Some(errors::api(
+            &engine.address,
+            "delete the image check pod",
+            e,
+        ))
+        .filter(|e| e.kind() != ErrorKind::NotFound),
+        Ok(_) => None,
+    };
+    let checked = match result {
         Ok(_) => Ok(()),
         // An image without `sleep` still exists.
         Err(Error::InvalidSpec { field, .. }) if field == "image" => Ok(()),
@@ -421,5 +430,12 @@ pub(crate) async fn check_image(
     .map_err(|e: Error| match e {
         Error::Backend { .. } => Error::backend(BACKEND, "check image", e),
         other => other,
-    })
+    });
+    // A failed check and its failed cleanup are both reported; a passed check whose pod could
+    // not be deleted reports the leak rather than success.
+    match (checked, cleanup) {
+        (Err(e), Some(cleanup)) => Err(e.with_cleanup_failure(cleanup)),
+        (Ok(()), Some(cleanup)) => Err(cleanup),
+        (checked, None) => checked,
+    }
 }

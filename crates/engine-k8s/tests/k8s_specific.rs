@@ -199,7 +199,7 @@ async fn render_shows_the_job_and_claim_without_creating_them() {
             sub_path: None,
         },
     );
-    let objects = c.engine.render(&spec).expect("render");
+    let objects = berth_engine_k8s::render(&spec, c.engine.config()).expect("render");
     assert_eq!(objects.len(), 2);
     assert_eq!(objects[0]["kind"], "PersistentVolumeClaim");
     assert_eq!(objects[1]["kind"], "Job");

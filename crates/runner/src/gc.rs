@@ -1,10 +1,10 @@
 //! Garbage collection: find what berth left behind (a crashed process's environments, expired
 //! ones, old ones) by label, and remove it.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
 use std::collections::BTreeMap;
+use std::time::Duration;
 
+use berth_engine_core::backend::now_unix as now;
 use berth_engine_core::{
     ContainerEngine, EnvironmentId, EnvironmentState, EnvironmentStatus, LabelSelector, SessionId,
     VolumeStatus, DETACHED_REQUESTED, DETACHED_YES, LABEL_DETACHED,
@@ -68,12 +68,6 @@ pub struct GcReport {
     pub volumes: Vec<GcVolumeItem>,
     /// How many workspace volumes were kept: in use, young, or not asked for.
     pub volumes_kept: usize,
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// What is known on this host about an environment's owner: whether the process still runs
