@@ -320,3 +320,21 @@ async fn restricted_environment_reaps_orphans_and_kills_timed_out_trees() {
         "the timed-out tree survived: {left}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_check_whose_pod_cannot_be_deleted_says_so() {
+    let c = cluster(|_| {}).await;
+    c.guard.sim.deny("delete", "pods");
+    let spec = EnvironmentSpec::new(c.image.clone(), SessionId::generate());
+    let err = c
+        .engine
+        .check_image_like(&spec)
+        .await
+        .expect_err("a passed check whose pod is left behind is not a success");
+    assert_eq!(err.kind(), ErrorKind::Forbidden, "{err}");
+    assert!(
+        err.to_string().contains("delete the image check pod"),
+        "names the cleanup: {err}"
+    );
+    c.guard.sim.allow("delete", "pods");
+}
