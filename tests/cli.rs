@@ -8,7 +8,9 @@ use berth_engine_core::SessionId;
 
 mod common;
 
-use common::{containers_of, json_of, kill9, test_image, text, volumes_of, Cleanup};
+use common::{
+    assert_stderr_has, containers_of, fresh_session, json_of, kill9, test_image, text, volumes_of,
+};
 
 /// The binary, with one state directory for every test of this file, as one user's machine
 /// would have.
@@ -91,11 +93,7 @@ async fn run_timeout_exits_124() {
         "stderr: {}",
         text(&out.stderr)
     );
-    assert!(
-        text(&out.stderr).contains("timed out"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_stderr_has(&out, "timed out");
 }
 
 /// `berth run --timeout` ends its whole environment: nothing runs after the deadline (no
@@ -103,9 +101,7 @@ async fn run_timeout_exits_124() {
 /// a failed kill is printed when nothing survived.
 #[tokio::test]
 async fn run_timeout_ends_the_environment_without_a_spurious_warning() {
-    test_image().await;
-    let session = SessionId::generate().to_string();
-    let _cleanup = Cleanup(session.clone());
+    let (session, _cleanup) = fresh_session().await;
     let out = berth(&[
         "run",
         "--image",
@@ -144,11 +140,7 @@ fn missing_image_exits_125_naming_it() {
         .output()
         .expect("run berth");
     assert_eq!(out.status.code(), Some(125));
-    assert!(
-        text(&out.stderr).contains("berth-test/absent:0"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_stderr_has(&out, "berth-test/absent:0");
 }
 
 #[test]
@@ -254,9 +246,7 @@ fn kubernetes_without_a_cluster_is_a_clear_error() {
 
 #[tokio::test]
 async fn up_exec_ls_cp_down_with_json() {
-    test_image().await;
-    let session = SessionId::generate().to_string();
-    let _cleanup = Cleanup(session.clone());
+    let (session, _cleanup) = fresh_session().await;
     let out = berth(&[
         "--json",
         "up",
@@ -367,11 +357,7 @@ async fn up_exec_ls_cp_down_with_json() {
     .output()
     .expect("cp missing");
     assert_eq!(out.status.code(), Some(125));
-    assert!(
-        text(&out.stderr).contains("/no/such"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_stderr_has(&out, "/no/such");
 
     let out = berth(&["--json", "down", &id]).output().expect("down");
     assert_eq!(json_of(&out)[0]["outcome"], "stopped");
@@ -384,9 +370,7 @@ async fn up_exec_ls_cp_down_with_json() {
 
 #[tokio::test]
 async fn down_by_session_stops_all_of_it() {
-    test_image().await;
-    let session = SessionId::generate().to_string();
-    let _cleanup = Cleanup(session.clone());
+    let (session, _cleanup) = fresh_session().await;
     for name in ["a", "b"] {
         let out = berth(&[
             "up",
@@ -459,9 +443,7 @@ fn gc_session(session: &str) -> serde_json::Value {
 
 #[tokio::test]
 async fn kill_9_of_run_then_gc_leaves_nothing() {
-    test_image().await;
-    let session = SessionId::generate().to_string();
-    let _cleanup = Cleanup(session.clone());
+    let (session, _cleanup) = fresh_session().await;
     let mut child = berth(&[
         "run",
         "--image",
@@ -511,9 +493,7 @@ async fn kill_9_of_run_then_gc_leaves_nothing() {
 
 #[tokio::test]
 async fn kill_9_of_up_then_gc_leaves_nothing_but_detached_ones_stay() {
-    test_image().await;
-    let session = SessionId::generate().to_string();
-    let _cleanup = Cleanup(session.clone());
+    let (session, _cleanup) = fresh_session().await;
     // Kill `berth up` while it starts; if it finished first (it takes well under a second),
     // try again with a fresh environment name.
     let mut crashed = false;
@@ -571,9 +551,7 @@ async fn kill_9_of_up_then_gc_leaves_nothing_but_detached_ones_stay() {
 
 #[tokio::test]
 async fn gc_older_than_and_dry_run() {
-    test_image().await;
-    let session = SessionId::generate().to_string();
-    let _cleanup = Cleanup(session.clone());
+    let (session, _cleanup) = fresh_session().await;
     let out = berth(&["up", "--image", TEST_IMAGE, "--session", &session])
         .output()
         .expect("up");
@@ -618,9 +596,7 @@ async fn gc_older_than_and_dry_run() {
 
 #[tokio::test]
 async fn gc_volumes_removes_unused_workspace_volumes_only_when_asked() {
-    test_image().await;
-    let session = SessionId::generate().to_string();
-    let _cleanup = Cleanup(session.clone());
+    let (session, _cleanup) = fresh_session().await;
     let volume = format!("berth-test-{session}");
     let out = berth(&["up", "--image", TEST_IMAGE, "--session", &session])
         .env("BERTH_RUNNER__WORKSPACE__VOLUME", &volume)
@@ -774,11 +750,7 @@ async fn doctor_and_image_commands() {
     .output()
     .expect("broken build");
     assert_eq!(out.status.code(), Some(125));
-    assert!(
-        text(&out.stderr).contains("berth-test/cli-broken:1"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_stderr_has(&out, "berth-test/cli-broken:1");
 }
 
 #[test]
@@ -836,11 +808,7 @@ fn config_layers_env_over_file_and_flag_over_env() {
         .output()
         .expect("doctor");
     assert_eq!(out.status.code(), Some(125));
-    assert!(
-        text(&out.stderr).contains("did you mean BERTH_RUNNER__IMAGE"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_stderr_has(&out, "did you mean BERTH_RUNNER__IMAGE");
 }
 
 /// `berth up` with a 64Mi memory limit; the id of the environment.
@@ -855,20 +823,14 @@ fn up_with_memory_limit(session: &str) -> String {
 
 #[tokio::test]
 async fn connloss_oom_kill_is_said_on_stderr_and_in_json() {
-    test_image().await;
-    let session = SessionId::generate().to_string();
-    let _cleanup = Cleanup(session.clone());
+    let (session, _cleanup) = fresh_session().await;
     let id = up_with_memory_limit(&session);
     let hog = "head -c 200m /dev/zero | tail";
     let out = berth(&["exec", &id, "--", "sh", "-c", hog])
         .output()
         .expect("exec");
     assert_eq!(out.status.code(), Some(137), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stderr).contains("killed: out of memory (limit 64Mi)"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_stderr_has(&out, "killed: out of memory (limit 64Mi)");
     let out = berth(&["--json", "exec", &id, "--", "sh", "-c", hog])
         .output()
         .expect("exec --json");
@@ -887,9 +849,7 @@ async fn connloss_oom_kill_is_said_on_stderr_and_in_json() {
 
 #[tokio::test]
 async fn connloss_environment_removed_under_exec_exits_125_saying_so() {
-    test_image().await;
-    let session = SessionId::generate().to_string();
-    let _cleanup = Cleanup(session.clone());
+    let (session, _cleanup) = fresh_session().await;
     let id = up_with_memory_limit(&session);
     let exec = berth(&["exec", &id, "--", "sleep", "300"])
         .stdout(Stdio::piped())
@@ -901,18 +861,12 @@ async fn connloss_environment_removed_under_exec_exits_125_saying_so() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let out = exec.wait_with_output().expect("exec ends");
     assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stderr).contains("stopped while the command ran"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_stderr_has(&out, "stopped while the command ran");
 }
 
 #[tokio::test]
 async fn up_reports_each_phase_on_stderr_and_json_stays_quiet() {
-    test_image().await;
-    let session = SessionId::generate().to_string();
-    let _cleanup = Cleanup(session.clone());
+    let (session, _cleanup) = fresh_session().await;
     let out = berth(&["up", "--image", TEST_IMAGE, "--session", &session])
         .output()
         .expect("up");

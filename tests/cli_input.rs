@@ -9,7 +9,7 @@ use berth_engine_core::SessionId;
 
 mod common;
 
-use common::{containers_of, docker, test_image, text};
+use common::{assert_stderr_has, containers_of, docker, test_image, text};
 
 /// The binary with a state directory of this test file's own and the test image configured.
 fn berth(args: &[&str]) -> Command {
@@ -239,11 +239,7 @@ async fn shell_refuses_a_pipe_and_leaves_no_orphan() {
         let _ = child.stdin.take().expect("stdin").write_all(b"echo hi\n");
         let out = child.wait_with_output().expect("wait");
         assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
-        assert!(
-            text(&out.stderr).contains("stdin is not a terminal; use `berth exec -i"),
-            "{}",
-            text(&out.stderr)
-        );
+        assert_stderr_has(&out, "stdin is not a terminal; use `berth exec -i");
     }
     let top = docker(&["top", &env, "-o", "pid,args"]);
     assert!(

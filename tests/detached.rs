@@ -10,7 +10,7 @@ use berth_engine_core::SessionId;
 
 mod common;
 
-use common::{json_of, kill9, test_image, text, Cleanup};
+use common::{assert_stderr_has, json_of, kill9, test_image, text, Cleanup};
 
 /// The binary, with one state directory for every test of this file.
 fn berth(args: &[&str]) -> Command {
@@ -175,11 +175,7 @@ async fn kill_ends_a_long_command_and_a_lost_supervisor_is_said() {
     let out = run(&["attach", &env, &lost]);
     assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "before\n");
-    assert!(
-        text(&out.stderr).contains(&format!("{lost} was lost")),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_stderr_has(&out, &format!("{lost} was lost"));
 }
 
 #[tokio::test]

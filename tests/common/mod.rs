@@ -136,3 +136,18 @@ pub async fn test_image() {
         .unwrap_or_else(|e| panic!("these tests need a running Docker daemon: {e}"));
     ensure_test_image(&engine).await.expect("test image");
 }
+
+/// Asserts that `out`'s stderr contains `needle`, showing the whole stderr when it does not.
+#[track_caller]
+pub fn assert_stderr_has(out: &Output, needle: &str) {
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains(needle), "stderr lacks {needle:?}: {stderr}");
+}
+
+/// Builds the test image and gives a fresh session id, with the guard that removes what the
+/// session leaves behind when the test ends.
+pub async fn fresh_session() -> (String, Cleanup) {
+    test_image().await;
+    let session = berth_engine_core::SessionId::generate().to_string();
+    (session.clone(), Cleanup(session))
+}
