@@ -176,6 +176,21 @@ async fn kill_ends_a_long_command_and_a_lost_supervisor_is_said() {
     assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "before\n");
     assert_stderr_has(&out, &format!("{lost} was lost"));
+    // Its command outlived the supervisor; `berth kill` still ends it.
+    let sleeping = || {
+        let ps = Command::new("docker")
+            .args(["exec", &env, "ps", "-o", "args"])
+            .output()
+            .expect("docker exec ps");
+        text(&ps.stdout).contains("sleep 300")
+    };
+    assert!(sleeping(), "the lost command still runs before the kill");
+    let out = run(&["kill", &env, &lost]);
+    assert!(
+        !sleeping(),
+        "berth kill left a lost command running: {}",
+        text(&out.stderr)
+    );
 }
 
 #[tokio::test]

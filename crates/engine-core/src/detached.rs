@@ -415,14 +415,15 @@ impl DetachedCommands {
 
     /// Kills the command's process tree (the same kill as exec timeouts) and waits up to five
     /// seconds for the supervisor to record its end. A command that already ended is left as
-    /// it is.
+    /// it is; a lost one (its supervisor killed from outside) may still have processes
+    /// running, and they are killed too.
     ///
     /// # Errors
     /// [`Error::NotFound`] when there is no such command; the engine's error when the kill
     /// could not run.
     pub async fn kill(&self, id: &CommandId) -> Result<SweepReport> {
         let status = self.status(id).await?;
-        if status.state != CommandState::Running {
+        if let CommandState::Exited(_) = status.state {
             return Ok(SweepReport::default());
         }
         let out = self
