@@ -298,6 +298,19 @@ impl Error {
         }
     }
 
+    /// The [`Error::NotFound`] of a workspace volume (a Docker volume, a claim) that exists but
+    /// was not created by berth: `remove_volume` refuses it and leaves it alone.
+    pub fn not_a_berth_volume(name: impl std::fmt::Display) -> Self {
+        Error::NotFound {
+            what: "berth volume",
+            name: format!(
+                "{name} (not a berth volume: it exists but lacks the label {}={}, so berth leaves it alone)",
+                crate::LABEL_MANAGED_BY,
+                crate::MANAGED_BY_VALUE
+            ),
+        }
+    }
+
     /// The refusal of an object berth did not create: `name` names a container, Job or pod
     /// that exists but lacks the label `app.kubernetes.io/managed-by=berth`. A
     /// [`ErrorKind::NotFound`], because to berth it is not an environment; nothing was touched.

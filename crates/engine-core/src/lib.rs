@@ -324,6 +324,8 @@ pub trait ContainerEngine: Send + Sync {
     /// [`RemoveOutcome::AlreadyGone`].
     ///
     /// # Errors
-    /// [`Error::Conflict`] while an environment still uses it.
+    /// [`Error::Conflict`] while an environment still uses it; [`Error::NotFound`]
+    /// ([`Error::not_a_berth_volume`]) for a volume or claim berth did not create, which is
+    /// left alone.
     async fn remove_volume(&self, name: &str) -> Result<RemoveOutcome>;
 }

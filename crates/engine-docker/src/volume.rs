@@ -2,7 +2,9 @@
 
 use std::collections::HashMap;
 
-use berth_engine_core::{Error, LabelSelector, RemoveOutcome, Result, VolumeStatus};
+use berth_engine_core::{
+    Error, LabelSelector, RemoveOutcome, Result, VolumeStatus, LABEL_MANAGED_BY, MANAGED_BY_VALUE,
+};
 use bollard::models::VolumeCreateRequest;
 use bollard::query_parameters::{ListVolumesOptions, RemoveVolumeOptions};
 
@@ -50,6 +52,18 @@ pub(crate) async fn list(
 }
 
 pub(crate) async fn remove(engine: &DockerEngine, name: &str) -> Result<RemoveOutcome> {
+    // Only berth's own volumes: a volume without berth's label is refused and left alone.
+    match engine.docker.inspect_volume(name).await {
+        Ok(volume) => {
+            if volume.labels.get(LABEL_MANAGED_BY).map(String::as_str) != Some(MANAGED_BY_VALUE) {
+                return Err(Error::not_a_berth_volume(name));
+            }
+        }
+        Err(e) => match errors::status(&e) {
+            Some((404, _)) => return Ok(RemoveOutcome::AlreadyGone),
+            _ => return Err(errors::other(&engine.address, "inspect volume", e)),
+        },
+    }
     match engine
         .docker
         .remove_volume(name, None::<RemoveVolumeOptions>)

@@ -66,6 +66,32 @@ impl ForeignObjects for PlainContainers {
             )
             .await;
     }
+
+    async fn create_volume(&self) -> String {
+        let name = format!(
+            "foreign-vol-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        self.0
+            .create_volume(bollard::models::VolumeCreateRequest {
+                name: Some(name.clone()),
+                ..Default::default()
+            })
+            .await
+            .expect("create a foreign volume");
+        name
+    }
+
+    async fn volume_exists(&self, name: &str) -> bool {
+        self.0.inspect_volume(name).await.is_ok()
+    }
+
+    async fn remove_volume(&self, name: &str) {
+        let _ = self
+            .0
+            .remove_volume(name, None::<bollard::query_parameters::RemoveVolumeOptions>)
+            .await;
+    }
 }
 
 async fn docker_fixture() -> Fixture {

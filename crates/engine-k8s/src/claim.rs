@@ -1,6 +1,9 @@
 //! Persistent volume claims: the workspace claims berth creates, lists and removes.
 
-use berth_engine_core::{EnvironmentSpec, LabelSelector, RemoveOutcome, Result, VolumeStatus};
+use berth_engine_core::{
+    EnvironmentSpec, Error, LabelSelector, RemoveOutcome, Result, VolumeStatus, LABEL_MANAGED_BY,
+    MANAGED_BY_VALUE,
+};
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::Api;
@@ -58,7 +61,32 @@ pub(crate) async fn list(
 }
 
 pub(crate) async fn remove(engine: &KubernetesEngine, name: &str) -> Result<RemoveOutcome> {
-    match engine.claims().delete(name, &DeleteParams::default()).await {
+    // Only berth's own claims: a claim without berth's label is refused and left alone; the
+    // delete is conditional on the uid that was checked, so a claim replaced in between is
+    // not deleted either.
+    let claim = match engine.claims().get_opt(name).await {
+        Ok(Some(claim)) => claim,
+        Ok(None) => return Ok(RemoveOutcome::AlreadyGone),
+        Err(e) => {
+            return Err(errors::api(
+                &engine.address,
+                "read persistent volume claim",
+                e,
+            ))
+        }
+    };
+    let labels = claim.metadata.labels.unwrap_or_default();
+    if labels.get(LABEL_MANAGED_BY).map(String::as_str) != Some(MANAGED_BY_VALUE) {
+        return Err(Error::not_a_berth_volume(name));
+    }
+    let params = DeleteParams {
+        preconditions: claim.metadata.uid.map(|uid| kube::api::Preconditions {
+            uid: Some(uid),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match engine.claims().delete(name, &params).await {
         Ok(_) => Ok(RemoveOutcome::Removed),
         Err(e) if errors::is_not_found(&e) => Ok(RemoveOutcome::AlreadyGone),
         Err(e) => Err(errors::api(

@@ -22,7 +22,7 @@ use berth_engine_core::testkit::{Fixture, ForeignObjects};
 use berth_engine_core::ImageRef;
 use berth_engine_k8s::{KubernetesConfig, KubernetesEngine};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{DeleteParams, ListParams, PostParams, PropagationPolicy};
 use kube::Api;
 
@@ -31,6 +31,7 @@ use kube::Api;
 struct PlainJobs {
     jobs: Api<Job>,
     pods: Api<Pod>,
+    claims: Api<PersistentVolumeClaim>,
 }
 
 impl PlainJobs {
@@ -43,7 +44,8 @@ impl PlainJobs {
         let client = kube::Client::try_from(kube_config).expect("client");
         Self {
             jobs: Api::namespaced(client.clone(), &config.namespace),
-            pods: Api::namespaced(client, &config.namespace),
+            pods: Api::namespaced(client.clone(), &config.namespace),
+            claims: Api::namespaced(client, &config.namespace),
         }
     }
 }
@@ -97,6 +99,31 @@ impl ForeignObjects for PlainJobs {
                 &ListParams::default().labels(&format!("job-name={name}")),
             )
             .await;
+    }
+
+    async fn create_volume(&self) -> String {
+        let name = format!("foreign-claim-{}", std::process::id() ^ rand_suffix());
+        let claim: PersistentVolumeClaim = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        }))
+        .expect("claim");
+        self.claims
+            .create(&PostParams::default(), &claim)
+            .await
+            .expect("create a foreign claim");
+        name
+    }
+
+    async fn volume_exists(&self, name: &str) -> bool {
+        matches!(self.claims.get_opt(name).await, Ok(Some(c)) if c.metadata.deletion_timestamp.is_none())
+    }
+
+    async fn remove_volume(&self, name: &str) {
+        let _ = self.claims.delete(name, &DeleteParams::default()).await;
     }
 }
 

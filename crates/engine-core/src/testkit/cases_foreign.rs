@@ -100,3 +100,36 @@ pub async fn foreign_objects_are_refused_and_left_alone(fx: &Fixture) {
         std::panic::resume_unwind(panic);
     }
 }
+
+/// A workspace volume (a Docker volume, a claim) berth did not create is refused by
+/// `remove_volume` with NotFound "not a berth volume", and stays where it is.
+pub async fn foreign_volumes_are_refused_and_left_alone(fx: &Fixture) {
+    let foreign = fx.foreign.as_ref().expect(
+        "this fixture cannot make foreign objects: give it a ForeignObjects hook (Fixture::with_foreign)",
+    );
+    let name = foreign.create_volume().await;
+    let outcome = AssertUnwindSafe(async {
+        match fx.engine.remove_volume(&name).await {
+            Ok(outcome) => panic!(
+                "remove_volume of {name}, a volume berth did not create, succeeded: {outcome:?}"
+            ),
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+                assert!(
+                    e.to_string().contains("not a berth volume"),
+                    "the message should say it is not a berth volume: {e}"
+                );
+            }
+        }
+        assert!(
+            foreign.volume_exists(&name).await,
+            "the foreign volume {name} did not survive remove_volume"
+        );
+    })
+    .catch_unwind()
+    .await;
+    foreign.remove_volume(&name).await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}

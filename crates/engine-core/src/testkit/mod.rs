@@ -80,6 +80,13 @@ pub trait ForeignObjects: Send + Sync {
     async fn is_alive(&self, name: &str) -> bool;
     /// Removes it (best effort; the test is over).
     async fn remove(&self, name: &str);
+    /// Creates a workspace volume (a Docker volume, a claim) without berth's labels and
+    /// returns its name.
+    async fn create_volume(&self) -> String;
+    /// Whether the volume called `name` still exists.
+    async fn volume_exists(&self, name: &str) -> bool;
+    /// Removes that volume (best effort; the test is over).
+    async fn remove_volume(&self, name: &str);
 }
 
 impl Fixture {
@@ -354,6 +361,7 @@ macro_rules! conformance_suite {
             environment_ends_after_max_lifetime,
             build_image_or_unsupported,
             foreign_objects_are_refused_and_left_alone,
+            foreign_volumes_are_refused_and_left_alone,
             mark_detached_is_recorded_on_the_environment,
             no_zombie_is_left_behind,
             out_of_memory_is_reported_as_such,
