@@ -6,7 +6,7 @@ mod output;
 mod process;
 mod request;
 
-pub(crate) use output::lock;
+pub(crate) use output::{lock, CappedBuffer};
 pub use output::{ExecOutcome, ExecOutput, ExitStatus, OomKill, OutputChunk, OutputStream};
 pub use process::{ExecProcess, ExecStdin};
 pub use request::{ExecRequest, Stdin, TtySize, DEFAULT_OUTPUT_LIMIT};

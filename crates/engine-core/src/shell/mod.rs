@@ -4,7 +4,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
 mod command;
@@ -16,7 +15,9 @@ use framer::{Event, Framer};
 use scripts::{DRIVER, INTERRUPT};
 
 use crate::error::{Error, Result};
-use crate::exec::{ExecOutput, ExecProcess, ExecStdin, OutputChunk, OutputStream, Stdin};
+use crate::exec::{
+    CappedBuffer, ExecOutput, ExecProcess, ExecStdin, OutputChunk, OutputStream, Stdin,
+};
 use crate::kill::{sweep_sparing_argv, SweepReport};
 use crate::{ContainerEngine, EnvironmentId, ExecRequest, ExitStatus};
 
@@ -264,7 +265,7 @@ impl Shell {
     pub async fn run(&mut self, command: ShellCommand) -> Result<ExecOutput> {
         let limit = command.output_limit;
         let started = Instant::now();
-        let (mut stdout, mut stderr) = (Capped::new(limit), Capped::new(limit));
+        let (mut stdout, mut stderr) = (CappedBuffer::new(limit), CappedBuffer::new(limit));
         let status = self
             .run_streaming(command, |chunk| match chunk {
                 OutputChunk::Stdout(b) => stdout.push(&b),
@@ -462,29 +463,5 @@ impl Shell {
             process.wait().await?;
         }
         Ok(())
-    }
-}
-
-struct Capped {
-    buf: BytesMut,
-    limit: usize,
-    truncated: bool,
-}
-
-impl Capped {
-    fn new(limit: usize) -> Self {
-        Self {
-            buf: BytesMut::new(),
-            limit,
-            truncated: false,
-        }
-    }
-
-    fn push(&mut self, data: &[u8]) {
-        let room = self.limit.saturating_sub(self.buf.len());
-        if data.len() > room {
-            self.truncated = true;
-        }
-        self.buf.extend_from_slice(&data[..data.len().min(room)]);
     }
 }
