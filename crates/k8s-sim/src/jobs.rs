@@ -252,6 +252,10 @@ pub(crate) fn reconcile(inner: &Arc<Inner>) {
     if inner.stopping.load(std::sync::atomic::Ordering::SeqCst) {
         return;
     }
+    let _one_at_a_time = inner
+        .reconciling
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     terminate_namespaces(inner);
     let (jobs, _) = inner.store.list(Res::Job, None);
     let (pods, _) = inner.store.list(Res::Pod, None);

@@ -259,6 +259,10 @@ pub(crate) struct Inner {
     /// them as failed even after they are gone (a real one keeps them with its tracking
     /// finalizer until counted).
     pub(crate) deleted_unfinished: Mutex<std::collections::HashMap<String, HashSet<String>>>,
+    /// Held while the Job controller reconciles: it runs from its own loop and from the API
+    /// handler that creates a Job, and two runs at once would both see a new Job without a
+    /// pod and create two.
+    pub(crate) reconciling: Mutex<()>,
 }
 
 impl Inner {
@@ -339,6 +343,7 @@ impl Sim {
                 stopping: AtomicBool::new(false),
                 exec_cut: tokio::sync::Notify::new(),
                 deleted_unfinished: Mutex::default(),
+                reconciling: Mutex::default(),
             });
             for ns in ["default", "kube-system", "kube-public"] {
                 inner

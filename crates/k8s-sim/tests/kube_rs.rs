@@ -344,3 +344,55 @@ async fn simproto_kube_rs_field_validation_and_quantities() {
     );
     sim.shutdown().await;
 }
+
+/// Jobs created many at once get one pod each: the Job controller runs from its own loop and
+/// from the handler that creates a Job, and two runs at once created a second pod for a Job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_created_at_once_get_one_pod_each() {
+    support::ensure_image().await;
+    let sim = Sim::start().await.expect("the simulator starts");
+    let client = client(&sim).await;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    // A pod that cannot be scheduled keeps the Job active without a container to start.
+    let job = |name: String| -> Job {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": name},
+            "spec": {"backoffLimit": 0, "template": {"spec": {
+                "restartPolicy": "Never",
+                "nodeSelector": {"no-such-node": "true"},
+                "containers": [{"name": "main", "image": berth_engine_core::testkit::TEST_IMAGE,
+                    "command": ["sleep", "600"],
+                    "resources": {"requests": {"memory": "1Ei"}}}]}}},
+        }))
+        .expect("job")
+    };
+    let names: Vec<String> = (0..40).map(|i| format!("many-{i}")).collect();
+    futures_util::future::join_all(names.iter().map(|n| {
+        let jobs = jobs.clone();
+        let job = job(n.clone());
+        async move {
+            jobs.create(&PostParams::default(), &job)
+                .await
+                .expect("create job")
+        }
+    }))
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let listed = pods.list(&ListParams::default()).await.expect("list pods");
+    for name in &names {
+        let owned = listed
+            .items
+            .iter()
+            .filter(|p| {
+                p.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("job-name"))
+                    .is_some_and(|j| j == name)
+            })
+            .count();
+        assert_eq!(owned, 1, "job {name} has {owned} pods");
+    }
+}
