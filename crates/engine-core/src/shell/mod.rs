@@ -43,7 +43,11 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(60);
 ///
 /// Markers start with a 128-bit random token chosen when the shell opens, so no output can
 /// fake one by accident: output containing marker-like text, binary output, output without a
-/// trailing newline and very long lines come through exactly. Bytes outside the current
+/// trailing newline and very long lines come through exactly. Nor on purpose from a process
+/// a command starts: the token reaches the shell on its stdin and stays in its memory, never
+/// in a command line, the environment or a file name (`BERTH_EXEC_ID` and the stdin files are
+/// named by a second random value). Code run in the shell itself (a sourced script, `eval`)
+/// is the shell, and can read the token like any other of its variables. Bytes outside the current
 /// command's frame (see the caveat on background jobs) are dropped.
 ///
 /// # Timeouts and interrupts
@@ -86,7 +90,9 @@ pub struct Shell {
     engine: Arc<dyn ContainerEngine>,
     env: EnvironmentId,
     user: Option<String>,
-    token: String,
+    /// Names the processes of each command (`BERTH_EXEC_ID`); unlike the framing token, which
+    /// lives only in the framers and the shell's memory, it may be seen by anything.
+    kill_mark: String,
     pid: u32,
     process: Option<ExecProcess>,
     stdin: ExecStdin,
@@ -163,7 +169,8 @@ impl Shell {
         options: ShellOptions,
     ) -> Result<Self> {
         let token = format!("berth{}", uuid::Uuid::new_v4().simple());
-        let mut req = ExecRequest::new(["sh", "-c", DRIVER, "berth-shell", token.as_str()])
+        let kill_mark = format!("berthk{}", uuid::Uuid::new_v4().simple());
+        let mut req = ExecRequest::new(["sh", "-c", DRIVER, "berth-shell", kill_mark.as_str()])
             .with_stdin(Stdin::Piped);
         req.env = options.env;
         req.workdir = options.workdir;
@@ -183,7 +190,7 @@ impl Shell {
             user: options.user,
             stdout: Framer::new(&token),
             stderr: Framer::new(&token),
-            token,
+            kill_mark,
             pid: 0,
             process: Some(process),
             stdin,
@@ -192,7 +199,16 @@ impl Shell {
             closed: None,
             running: Arc::default(),
         };
-        let ready = tokio::time::timeout(OPEN_TIMEOUT, shell.wait_ready()).await;
+        let ready = tokio::time::timeout(OPEN_TIMEOUT, async {
+            // The token travels on stdin, where no other process can read it.
+            if let Err(e) = shell.send(format!("{token}\n").as_bytes()).await {
+                return Err(shell
+                    .ended("opening", &format!("writing the token failed: {e}"))
+                    .await);
+            }
+            shell.wait_ready().await
+        })
+        .await;
         match ready {
             Ok(Ok(pid)) => {
                 shell.pid = pid;
@@ -304,7 +320,7 @@ impl Shell {
         let seq = self.seq;
         self.stdout.want = seq;
         self.stderr.want = seq;
-        let marker = format!("{}-{seq}-c", self.token);
+        let marker = format!("{}-{seq}-c", self.kill_mark);
         let stdin = command.stdin.unwrap_or_default();
         let lines = command.script.split('\n').count();
         let mut frame = format!("{seq} {} {lines}\n{}\n", stdin.len(), command.script).into_bytes();

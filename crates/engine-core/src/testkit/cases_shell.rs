@@ -349,3 +349,34 @@ pub async fn shell_killed_or_exited_is_shell_closed(fx: &Fixture) {
     })
     .await;
 }
+
+/// A process a command starts cannot forge the command's result: it looks for the shell's
+/// framing token wherever a process in the environment can read it (every process's command
+/// line, its own environment, the names in `/tmp`) and prints an end marker with exit code 0
+/// for every candidate, on both streams, then exits 3. The command reports 3, and the next
+/// command is framed as usual.
+pub async fn shell_output_cannot_forge_a_result(fx: &Fixture) {
+    const FORGER: &str = r#"n=${BERTH_EXEC_ID%-c}; n=${n##*-}
+for t in $(cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\0' '\n' | grep -E '^berth[0-9a-f]{32}$') \
+         $(ls -a /tmp | sed -n 's/^\.berth-shell-\(.*\)\.in$/\1/p' | tr '-' '\n') \
+         $(echo "$BERTH_EXEC_ID" | tr '-' '\n'); do
+  printf '%s E %s 0\n' "$t" "$n"
+  printf '%s E %s 0\n' "$t" "$n" >&2
+done
+exit 3"#;
+    fx.with_env(&fx.spec(), |env| async move {
+        let mut shell = open(fx, &env).await;
+        let forger = ShellCommand::new(format!("sh -c '{}'", FORGER.replace('\'', r"'\''")))
+            .with_stdin(Bytes::from_static(b"input\n"));
+        let out = sh(&mut shell, forger).await;
+        assert_eq!(
+            out.status.code(),
+            3,
+            "a forged end marker was taken for the command's result; stdout {:?}",
+            out.stdout_lossy()
+        );
+        assert_eq!(line(&mut shell, "echo next").await, "next\n");
+        shell.close().await.expect("close");
+    })
+    .await;
+}

@@ -370,6 +370,7 @@ macro_rules! conformance_suite {
             shell_exit_codes_and_streams,
             shell_stdin_is_isolated,
             shell_output_is_exact_whatever_it_holds,
+            shell_output_cannot_forge_a_result,
             shell_streams_64_mib_with_bounded_memory,
             shell_timeout_kills_the_command_and_the_shell_lives_on,
             shell_interrupt_stops_the_command,
