@@ -26,7 +26,8 @@ pub use parse::{
 };
 pub use schema::{
     BerthConfig, CopySection, DockerSection, KubernetesResources, KubernetesSection, QuantityPair,
-    ResourceLimits, RunnerConfig, WorkspaceConfig, DEFAULT_CPU, DEFAULT_MEMORY,
+    ResourceLimits, RunnerConfig, ServerSection, ServerTls, WorkspaceConfig, DEFAULT_CPU,
+    DEFAULT_MEMORY,
 };
 pub use types::{
     kubernetes_pull_policy, CpuQuantity, HumanDuration, Limit, MemoryQuantity, UNLIMITED,

@@ -42,6 +42,8 @@ section! {
         pub kubernetes: KubernetesSection,
         /// Limits of `berth cp` out of an environment.
         pub copy: CopySection,
+        /// `berth serve`: the job agent over HTTP.
+        pub server: ServerSection,
     }
 }
 
@@ -327,6 +329,81 @@ impl CopySection {
     }
 }
 
+section! {
+    /// `server:`: `berth serve`, the job agent over HTTP. Flags of `berth serve` override.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    #[non_exhaustive]
+    pub struct ServerSection {
+        /// The address to listen on, `host:port`. A non-loopback address needs API keys.
+        pub listen: String,
+        /// A file of API keys, one per line (blank lines and `#` comments ignored), read
+        /// again on SIGHUP. `BERTH_SERVER_API_KEYS` (comma-separated) adds keys.
+        pub api_keys_file: Option<PathBuf>,
+        /// Serve HTTPS with this certificate and key (PEM files); unset = plain HTTP.
+        pub tls: ServerTls,
+        /// Jobs that run at once.
+        pub max_concurrent_jobs: u64,
+        /// Jobs that wait, first in first out, for a free slot; beyond them a submission is
+        /// answered 429 with `Retry-After`.
+        pub max_queued_jobs: u64,
+        /// The largest request body, as a quantity (`1Mi`) or a number of bytes.
+        pub max_request_bytes: MemoryQuantity,
+        /// The output of a job the server keeps, per stream (stdout, stderr); followers of
+        /// a job's logs still get all of it as it comes.
+        pub max_output_bytes: MemoryQuantity,
+        /// The timeout of a job that gives none.
+        pub default_job_timeout: HumanDuration,
+        /// The longest timeout a job may ask for.
+        pub max_job_timeout: HumanDuration,
+        /// The most CPU a job may ask for.
+        pub max_cpu: CpuQuantity,
+        /// The most memory a job may ask for.
+        pub max_memory: MemoryQuantity,
+        /// How long running jobs may go on after SIGTERM or SIGINT before they are cancelled.
+        pub drain_timeout: HumanDuration,
+        /// How long a finished job's record and output are kept for `GET /v1/jobs/{id}`.
+        pub job_retention: HumanDuration,
+        /// The image of the Deployment `berth render --server` prints (one that holds the
+        /// `berth` binary).
+        pub image: String,
+    }
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            api_keys_file: None,
+            tls: ServerTls::default(),
+            max_concurrent_jobs: 4,
+            max_queued_jobs: 64,
+            max_request_bytes: MemoryQuantity(1 << 20),
+            max_output_bytes: MemoryQuantity(4 << 20),
+            default_job_timeout: HumanDuration(Duration::from_secs(30 * 60)),
+            max_job_timeout: HumanDuration(Duration::from_secs(6 * 3600)),
+            max_cpu: CpuQuantity(4000),
+            max_memory: MemoryQuantity(8 << 30),
+            drain_timeout: HumanDuration(Duration::from_secs(60)),
+            job_retention: HumanDuration(Duration::from_secs(3600)),
+            image: "berth:latest".into(),
+        }
+    }
+}
+
+section! {
+    /// `server.tls`: both or neither.
+    #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    #[non_exhaustive]
+    pub struct ServerTls {
+        /// The certificate chain, PEM.
+        pub cert: Option<PathBuf>,
+        /// The private key, PEM.
+        pub key: Option<PathBuf>,
+    }
+}
+
 /// A configured limit, the backend's default when unset (Docker bounds untrusted commands by
 /// default), or nothing when lifted.
 fn limit_or_default<T: Copy>(value: Option<Limit<T>>, default: Option<T>) -> Option<T> {
@@ -347,6 +424,29 @@ impl BerthConfig {
         };
         if let Some(image) = &self.runner.image {
             ImageRef::new(image.clone()).map_err(|e| invalid("runner.image", e.to_string()))?;
+        }
+        ImageRef::new(self.server.image.clone())
+            .map_err(|e| invalid("server.image", e.to_string()))?;
+        if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "server.listen",
+                format!(
+                    "expected an address and port like 127.0.0.1:8080 or [::]:8080, got {:?}",
+                    self.server.listen
+                ),
+            ));
+        }
+        if self.server.max_concurrent_jobs == 0 {
+            return Err(invalid(
+                "server.max_concurrent_jobs",
+                "expected at least 1".into(),
+            ));
+        }
+        if self.server.tls.cert.is_some() != self.server.tls.key.is_some() {
+            return Err(invalid(
+                "server.tls",
+                "expected both cert and key, or neither".into(),
+            ));
         }
         let host_path = match &self.runner.workspace {
             WorkspaceConfig::HostPath(p) => Some(p.to_string_lossy().into_owned()),

@@ -452,3 +452,39 @@ fn environment_variables_are_named_for_their_keys() {
         "BERTH_KUBERNETES__START_TIMEOUT"
     );
 }
+
+#[test]
+fn server_values_are_checked_by_name() {
+    for (yaml, key, expected) in [
+        (
+            "server:\n  listen: localhost\n",
+            "server.listen",
+            "127.0.0.1:8080",
+        ),
+        (
+            "server:\n  max_concurrent_jobs: 0\n",
+            "server.max_concurrent_jobs",
+            "at least 1",
+        ),
+        (
+            "server:\n  tls:\n    cert: /c.pem\n",
+            "server.tls",
+            "both cert and key",
+        ),
+        ("server:\n  image: \"Bad Image\"\n", "server.image", ""),
+        (
+            "server:\n  drain_timeout: soon\n",
+            "server.drain_timeout",
+            "duration",
+        ),
+        ("server:\n  listn: 1\n", "listn", "unknown"),
+    ] {
+        let err = BerthConfig::from_yaml_str(yaml).unwrap_err().to_string();
+        assert!(err.contains(key) && err.contains(expected), "{yaml}: {err}");
+    }
+    let ok =
+        BerthConfig::from_yaml_str("server:\n  listen: \"[::]:9000\"\n  max_cpu: 2\n").unwrap();
+    assert_eq!(ok.server.listen, "[::]:9000");
+    assert_eq!(ok.server.max_cpu.millis(), 2000);
+    assert_eq!(ok.server.max_concurrent_jobs, 4);
+}
