@@ -244,6 +244,21 @@ impl Policy {
                     ));
                 }
             }
+            // Or the Job ended before its pod ran: its deadline (the environment's maximum
+            // lifetime) ran out, or its pods failed past the back-off limit, and the Job
+            // controller removed them. Nothing more will come.
+            if let Some(e) = latest(seen.events, &["DeadlineExceeded", "BackoffLimitExceeded"]) {
+                let why = if e.reason.as_deref() == Some("DeadlineExceeded") {
+                    "its maximum lifetime (the Job's activeDeadlineSeconds) ran out before it ran"
+                } else {
+                    "its pod failed more often than the Job's backoffLimit allows"
+                };
+                return Decision::Fail(Error::EnvironmentGone {
+                    env: self.what.clone(),
+                    operation: "the start".into(),
+                    reason: format!("{why} ({})", said(e)),
+                });
+            }
             return Decision::Wait(Awaiting::Pod);
         };
         if let Some(d) = self.containers(pod) {
@@ -555,6 +570,43 @@ mod tests {
             let d = look(&mut policy(), Some(&waiting("ErrImagePull", m)), &[], 0);
             assert!(matches!(d, Decision::Wait(Awaiting::PullRetry(_))), "{m}");
         }
+    }
+
+    #[test]
+    fn a_job_that_ended_before_its_pod_ran_fails_at_once() {
+        let e = fails(look(
+            &mut policy(),
+            None,
+            &[event(
+                "DeadlineExceeded",
+                "Job was active longer than specified deadline",
+                "job-controller",
+                "2026-01-01T00:00:00Z",
+            )],
+            3,
+        ));
+        assert_eq!(
+            e.kind(),
+            berth_engine_core::ErrorKind::EnvironmentGone,
+            "{e}"
+        );
+        assert!(e.to_string().contains("maximum lifetime"), "{e}");
+        let e = fails(look(
+            &mut policy(),
+            None,
+            &[event(
+                "BackoffLimitExceeded",
+                "Job has reached the specified backoff limit",
+                "job-controller",
+                "2026-01-01T00:00:00Z",
+            )],
+            3,
+        ));
+        assert!(e.to_string().contains("backoffLimit"), "{e}");
+        assert!(matches!(
+            look(&mut policy(), None, &[], 3),
+            Decision::Wait(Awaiting::Pod)
+        ));
     }
 
     #[test]
