@@ -10,7 +10,9 @@
 //! - [`doctor`]: typed checks; [`rbac`] and [`render`]: what berth needs and makes on
 //!   Kubernetes;
 //! - [`archive`] and [`copy`]: file transfer, treating what an environment sends as
-//!   untrusted; [`error`]: the runner's own error type.
+//!   untrusted; [`error`]: the runner's own error type;
+//! - [`source`]: a job's repository checked out (shallow, by gix) and its encrypted token
+//!   decrypted.
 //!
 //! An embedder starting a session, running a command, copying a file in and out, and
 //! collecting garbage:
@@ -69,6 +71,7 @@ pub mod owner;
 pub mod rbac;
 pub mod render;
 pub mod session;
+pub mod source;
 pub mod spec;
 pub mod state;
 
