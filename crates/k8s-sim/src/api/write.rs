@@ -373,3 +373,66 @@ pub(super) async fn delete(
             .ok_or_else(|| ApiError::not_found(res, name)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_service_gets_an_address_and_full_ports() {
+        let svc = default_service(json!({"spec": {"ports": [{"port": 8080}],
+            "selector": {"app": "x"}}}));
+        assert_eq!(svc["spec"]["type"], "ClusterIP");
+        let ip = svc["spec"]["clusterIP"].as_str().expect("an address");
+        assert!(ip.starts_with("10.96."), "{ip}");
+        assert_eq!(svc["spec"]["clusterIPs"], json!([ip]));
+        assert_eq!(
+            svc["spec"]["ports"][0],
+            json!({"port": 8080, "protocol": "TCP", "targetPort": 8080})
+        );
+        let other = default_service(json!({"spec": {"ports": [{"port": 80}]}}));
+        assert_ne!(other["spec"]["clusterIP"], svc["spec"]["clusterIP"]);
+        let external = default_service(json!({"spec": {"type": "ExternalName",
+            "externalName": "example.com"}}));
+        assert!(external["spec"]["clusterIP"].is_null(), "{external}");
+    }
+
+    #[test]
+    fn a_deployment_selects_its_own_template() {
+        let deploy = |selector: Value, labels: Value| {
+            json!({"spec": {"selector": {"matchLabels": selector},
+                "template": {"metadata": {"labels": labels},
+                    "spec": {"containers": [{"name": "c", "image": "i"}]}}}})
+        };
+        let ok = default_deployment(deploy(json!({"a": "b"}), json!({"a": "b", "c": "d"})), "d")
+            .expect("a matching selector");
+        assert_eq!(ok["spec"]["replicas"], 1);
+        assert_eq!(ok["spec"]["strategy"]["type"], "RollingUpdate");
+        let kept = default_deployment(
+            {
+                let mut d = deploy(json!({"a": "b"}), json!({"a": "b"}));
+                d["spec"]["replicas"] = json!(3);
+                d
+            },
+            "d",
+        )
+        .expect("ok");
+        assert_eq!(kept["spec"]["replicas"], 3);
+        let bad = default_deployment(deploy(json!({"a": "b"}), json!({"a": "c"})), "d")
+            .expect_err("a selector that does not match");
+        assert_eq!(bad.code, 422);
+        assert!(
+            bad.message
+                .contains("spec.template.metadata.labels: Invalid value"),
+            "{}",
+            bad.message
+        );
+        let none =
+            default_deployment(deploy(json!({}), json!({"a": "b"})), "d").expect_err("no selector");
+        assert!(
+            none.message.contains("spec.selector: Required value"),
+            "{}",
+            none.message
+        );
+    }
+}
