@@ -136,6 +136,7 @@ pub fn server_objects(config: &BerthConfig) -> Result<Vec<Value>> {
     role["metadata"] = metadata(&ns);
     binding["metadata"] = metadata(&ns);
     binding["roleRef"]["name"] = json!(NAME);
+    let text = config_text(&deployed)?;
     Ok(vec![
         json!({
             "apiVersion": "v1",
@@ -149,9 +150,9 @@ pub fn server_objects(config: &BerthConfig) -> Result<Vec<Value>> {
             "apiVersion": "v1",
             "kind": "ConfigMap",
             "metadata": metadata(&ns),
-            "data": {CONFIG_KEY: config_text(&deployed)?},
+            "data": {CONFIG_KEY: text},
         }),
-        deployment(&deployed, &ns),
+        deployment(&deployed, &ns, &text),
         json!({
             "apiVersion": "v1",
             "kind": "Service",
@@ -165,7 +166,20 @@ pub fn server_objects(config: &BerthConfig) -> Result<Vec<Value>> {
     ])
 }
 
-fn deployment(config: &BerthConfig, ns: &str) -> Value {
+/// The pod template's annotation holding a digest of the deployed config: the file is
+/// mounted by `subPath`, which the kubelet never refreshes, so a changed config changes the
+/// template and `kubectl apply` rolls the pod.
+pub const CONFIG_DIGEST_ANNOTATION: &str = "berth.dev/config-digest";
+
+/// FNV-1a, 64 bits: stable across Rust versions and platforms, unlike std's hasher.
+fn digest(text: &str) -> String {
+    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{hash:016x}")
+}
+
+fn deployment(config: &BerthConfig, ns: &str, config_text: &str) -> Value {
     let server = &config.server;
     let tls = tls_enabled(config);
     let scheme = if tls { "HTTPS" } else { "HTTP" };
@@ -238,7 +252,10 @@ fn deployment(config: &BerthConfig, ns: &str) -> Value {
             "replicas": 1,
             "selector": {"matchLabels": {"app.kubernetes.io/name": NAME}},
             "template": {
-                "metadata": {"labels": labels()},
+                "metadata": {
+                    "labels": labels(),
+                    "annotations": {CONFIG_DIGEST_ANNOTATION: digest(config_text)},
+                },
                 "spec": {
                     "serviceAccountName": NAME,
                     "automountServiceAccountToken": true,
@@ -414,6 +431,24 @@ mod tests {
         read.validate("configmap")
             .expect("the deployed config is valid");
         assert!(!text.contains("null"), "{text}");
+    }
+
+    #[test]
+    fn a_changed_config_changes_the_pod_template() {
+        let annotation = |yaml: &str| {
+            let objects = server_objects(&config(yaml)).expect("ok");
+            of_kind(&objects, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+                [CONFIG_DIGEST_ANNOTATION]
+                .as_str()
+                .expect("a digest")
+                .to_owned()
+        };
+        let plain = annotation("{}");
+        assert_eq!(plain.len(), 16, "{plain}");
+        assert_eq!(annotation("{}"), plain);
+        assert_ne!(annotation("server:\n  max_concurrent_jobs: 2\n"), plain);
+        assert_eq!(digest(""), "cbf29ce484222325");
+        assert_eq!(digest("a"), "af63dc4c8601ec8c");
     }
 
     #[test]
