@@ -68,7 +68,8 @@ pub enum Command {
     #[command(subcommand)]
     Image(ImageCommand),
     /// Print the Kubernetes objects (Job, PVC) a session would create, as YAML, without
-    /// creating anything.
+    /// creating anything; with --rbac the Role berth needs, with --server the manifests
+    /// that deploy `berth serve` in the cluster.
     Render(RenderArgs),
 }
 
@@ -82,6 +83,12 @@ pub struct RenderArgs {
     /// service account (default `berth`).
     #[arg(long, value_name = "SERVICE_ACCOUNT", num_args = 0..=1, default_missing_value = "berth")]
     pub rbac: Option<String>,
+    /// Print instead the manifests that run `berth serve` in kubernetes.namespace: a
+    /// ServiceAccount, Role and RoleBinding, a ConfigMap, a Deployment and a Service. The API
+    /// keys come from a Secret you create: berth-server-api-keys, key `keys`. Not with --rbac,
+    /// --image, --session or --name.
+    #[arg(long, conflicts_with_all = ["rbac", "image", "session", "name"])]
+    pub server: bool,
 }
 
 /// `berth doctor`.

@@ -39,6 +39,8 @@ pub(crate) struct Attributes {
 pub(crate) fn implied_group(resource: &str) -> &'static str {
     match resource.split('/').next().unwrap_or("") {
         "jobs" => "batch",
+        "deployments" => "apps",
+        "roles" | "rolebindings" => crate::store::RBAC_GROUP,
         SSAR_PLURAL => GROUP,
         _ => "",
     }
@@ -491,7 +493,7 @@ mod tests {
         );
         assert_eq!(verb_of("", "namespaces", Method::GET, ""), "list");
         // Unknown resources are not authorized here: they stay 404.
-        assert!(attrs("", "namespaces/default/services", Method::GET, "").is_none());
+        assert!(attrs("", "namespaces/default/secrets", Method::GET, "").is_none());
         assert!(attrs("batch", "namespaces/default/pods", Method::GET, "").is_none());
     }
 

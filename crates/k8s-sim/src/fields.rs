@@ -55,9 +55,23 @@ fn canonicalize(res: Res, obj: &mut Value) -> Result<(), ApiError> {
             .and_then(|s| s.get_mut("template"))
             .and_then(|t| t.get_mut("spec"))
             .map_or(Ok(()), quantity::canonicalize_pod_spec),
+        Res::Deployment => obj
+            .get_mut("spec")
+            .and_then(|s| s.get_mut("template"))
+            .and_then(|t| t.get_mut("spec"))
+            .map_or(Ok(()), quantity::canonicalize_pod_spec),
         Res::Pvc => quantity::canonicalize_claim(obj),
         // Quota and LimitRange quantities are stored as sent (not canonicalized).
-        Res::Namespace | Res::Node | Res::Event | Res::ResourceQuota | Res::LimitRange => Ok(()),
+        Res::Namespace
+        | Res::Node
+        | Res::Event
+        | Res::ResourceQuota
+        | Res::LimitRange
+        | Res::ConfigMap
+        | Res::Service
+        | Res::ServiceAccount
+        | Res::Role
+        | Res::RoleBinding => Ok(()),
     };
     result.map_err(|e| decode_error(res, &e))
 }
@@ -70,10 +84,13 @@ fn round_trip<T: DeserializeOwned + Serialize>(obj: &Value) -> Option<Value> {
 }
 
 fn typed(res: Res, obj: &Value) -> Option<Value> {
+    use k8s_openapi::api::apps::v1::Deployment;
     use k8s_openapi::api::batch::v1::Job;
     use k8s_openapi::api::core::v1::{
-        Event, LimitRange, Namespace, Node, PersistentVolumeClaim, Pod, ResourceQuota,
+        ConfigMap, Event, LimitRange, Namespace, Node, PersistentVolumeClaim, Pod, ResourceQuota,
+        Service, ServiceAccount,
     };
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
     match res {
         Res::Pod => round_trip::<Pod>(obj),
         Res::Job => round_trip::<Job>(obj),
@@ -83,6 +100,12 @@ fn typed(res: Res, obj: &Value) -> Option<Value> {
         Res::Event => round_trip::<Event>(obj),
         Res::ResourceQuota => round_trip::<ResourceQuota>(obj),
         Res::LimitRange => round_trip::<LimitRange>(obj),
+        Res::ConfigMap => round_trip::<ConfigMap>(obj),
+        Res::Service => round_trip::<Service>(obj),
+        Res::ServiceAccount => round_trip::<ServiceAccount>(obj),
+        Res::Deployment => round_trip::<Deployment>(obj),
+        Res::Role => round_trip::<Role>(obj),
+        Res::RoleBinding => round_trip::<RoleBinding>(obj),
     }
 }
 

@@ -292,6 +292,14 @@ fn terminate_namespaces(inner: &Arc<Inner>) {
     {
         let name = json_str(&ns["metadata"]["name"]);
         let mut remaining = 0;
+        for res in Res::STORED_ONLY {
+            let (items, _) = inner.store.list(res, Some(name));
+            for item in items {
+                let _ = inner
+                    .store
+                    .remove(res, name, json_str(&item["metadata"]["name"]));
+            }
+        }
         for res in [Res::Job, Res::Pod, Res::Pvc, Res::Event] {
             let (items, _) = inner.store.list(res, Some(name));
             remaining += items.len();

@@ -15,10 +15,14 @@ pub(crate) fn index() -> Value {
         "apis/authorization.k8s.io/v1": {"serverRelativeURL":
             format!("/openapi/v3/apis/authorization.k8s.io/v1?hash={HASH}")},
         "apis/batch/v1": {"serverRelativeURL": format!("/openapi/v3/apis/batch/v1?hash={HASH}")},
+        "apis/apps/v1": {"serverRelativeURL": format!("/openapi/v3/apis/apps/v1?hash={HASH}")},
+        "apis/rbac.authorization.k8s.io/v1": {"serverRelativeURL":
+            format!("/openapi/v3/apis/rbac.authorization.k8s.io/v1?hash={HASH}")},
     }})
 }
 
-/// The document of one group-version (`""`, `"batch"` or `"authorization.k8s.io"`).
+/// The document of one group-version (`""`, `"batch"`, `"apps"`, `"rbac.authorization.k8s.io"`
+/// or `"authorization.k8s.io"`).
 pub(crate) fn group_version(group: &str) -> Value {
     let mut paths = Map::new();
     if group == crate::authz::GROUP {

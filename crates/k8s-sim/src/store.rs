@@ -21,10 +21,21 @@ pub(crate) enum Res {
     Event,
     ResourceQuota,
     LimitRange,
+    // Stored only (no controller acts on them), so that what `berth render --server` prints
+    // can be created and read back.
+    ConfigMap,
+    Service,
+    ServiceAccount,
+    Deployment,
+    Role,
+    RoleBinding,
 }
 
+/// The group of Roles and RoleBindings.
+pub(crate) const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
+
 impl Res {
-    pub(crate) const ALL: [Res; 8] = [
+    pub(crate) const ALL: [Res; 14] = [
         Res::Namespace,
         Res::Pod,
         Res::Pvc,
@@ -33,6 +44,22 @@ impl Res {
         Res::Event,
         Res::ResourceQuota,
         Res::LimitRange,
+        Res::ConfigMap,
+        Res::Service,
+        Res::ServiceAccount,
+        Res::Deployment,
+        Res::Role,
+        Res::RoleBinding,
+    ];
+
+    /// The kinds that are only stored: created, read, changed and deleted, nothing more.
+    pub(crate) const STORED_ONLY: [Res; 6] = [
+        Res::ConfigMap,
+        Res::Service,
+        Res::ServiceAccount,
+        Res::Deployment,
+        Res::Role,
+        Res::RoleBinding,
     ];
 
     pub(crate) fn kind(self) -> &'static str {
@@ -45,6 +72,12 @@ impl Res {
             Res::Event => "Event",
             Res::ResourceQuota => "ResourceQuota",
             Res::LimitRange => "LimitRange",
+            Res::ConfigMap => "ConfigMap",
+            Res::Service => "Service",
+            Res::ServiceAccount => "ServiceAccount",
+            Res::Deployment => "Deployment",
+            Res::Role => "Role",
+            Res::RoleBinding => "RoleBinding",
         }
     }
 
@@ -58,12 +91,20 @@ impl Res {
             Res::Event => "events",
             Res::ResourceQuota => "resourcequotas",
             Res::LimitRange => "limitranges",
+            Res::ConfigMap => "configmaps",
+            Res::Service => "services",
+            Res::ServiceAccount => "serviceaccounts",
+            Res::Deployment => "deployments",
+            Res::Role => "roles",
+            Res::RoleBinding => "rolebindings",
         }
     }
 
     pub(crate) fn group(self) -> &'static str {
         match self {
             Res::Job => "batch",
+            Res::Deployment => "apps",
+            Res::Role | Res::RoleBinding => RBAC_GROUP,
             _ => "",
         }
     }
@@ -71,6 +112,8 @@ impl Res {
     pub(crate) fn api_version(self) -> &'static str {
         match self {
             Res::Job => "batch/v1",
+            Res::Deployment => "apps/v1",
+            Res::Role | Res::RoleBinding => "rbac.authorization.k8s.io/v1",
             _ => "v1",
         }
     }

@@ -74,6 +74,47 @@ fn columns(res: Res) -> Vec<Value> {
             age,
         ],
         Res::ResourceQuota | Res::LimitRange => vec![name, age],
+        Res::ConfigMap => vec![
+            name,
+            column("Data", "string", "", 0, "Data contains the configuration data."),
+            age,
+        ],
+        Res::ServiceAccount => vec![
+            name,
+            column("Secrets", "string", "", 0, "Secrets is a list of the secrets in the same namespace that pods running using this ServiceAccount are allowed to use."),
+            age,
+        ],
+        Res::Service => vec![
+            name,
+            column("Type", "string", "", 0, "type determines how the Service is exposed."),
+            column("Cluster-IP", "string", "", 0, "clusterIP is the IP address of the service and is usually assigned randomly."),
+            column("External-IP", "string", "", 0, "externalIPs is a list of IP addresses for which nodes in the cluster will also accept traffic for this service."),
+            column("Port(s)", "string", "", 0, "The list of ports that are exposed by this service."),
+            age,
+            column("Selector", "string", "", 1, "Route service traffic to pods with label keys and values matching this selector."),
+        ],
+        Res::Deployment => vec![
+            name,
+            column("Ready", "string", "", 0, "Number of the pod with ready state"),
+            column("Up-to-date", "string", "", 0, "Total number of non-terminated pods targeted by this deployment that have the desired template spec."),
+            column("Available", "string", "", 0, "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment."),
+            age,
+            column("Containers", "string", "", 1, "Names of each container in the template."),
+            column("Images", "string", "", 1, "Images referenced by each container in the template."),
+            column("Selector", "string", "", 1, "Label selector for pods. Existing ReplicaSets whose pods are selected by this will be the ones affected by this deployment."),
+        ],
+        Res::Role => vec![
+            name,
+            column("Created At", "date", "", 0, "CreationTimestamp is a timestamp representing the server time when this object was created."),
+        ],
+        Res::RoleBinding => vec![
+            name,
+            column("Role", "string", "", 0, "RoleRef is the Role referenced by this binding."),
+            age,
+            column("Users", "string", "", 1, "Users in the roleBinding"),
+            column("Groups", "string", "", 1, "Groups in the roleBinding"),
+            column("ServiceAccounts", "string", "", 1, "ServiceAccounts in the roleBinding"),
+        ],
         Res::Pvc => vec![
             name,
             column("Status", "string", "", 0, "Phase represents the current phase of PersistentVolumeClaim."),
@@ -91,6 +132,23 @@ fn columns(res: Res) -> Vec<Value> {
 /// The string `v` holds as an owned table cell (`""` for anything else).
 fn cell(v: &Value) -> String {
     json_str(v).to_owned()
+}
+
+/// The items of an array (none for anything else).
+fn items(v: &Value) -> Vec<Value> {
+    v.as_array().cloned().unwrap_or_default()
+}
+
+/// A `key=value,...` selector as kubectl prints it.
+fn match_labels(v: &Value) -> String {
+    v.as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
 }
 
 fn or_none(v: String) -> String {
@@ -246,6 +304,92 @@ fn cells(res: Res, obj: &Value) -> Vec<Value> {
             json!(age),
         ],
         Res::ResourceQuota | Res::LimitRange => vec![json!(name), json!(age)],
+        Res::ConfigMap => {
+            let count = |f: &str| obj[f].as_object().map_or(0, serde_json::Map::len);
+            vec![
+                json!(name),
+                json!(count("data") + count("binaryData")),
+                json!(age),
+            ]
+        }
+        Res::ServiceAccount => vec![
+            json!(name),
+            json!(obj["secrets"].as_array().map_or(0, Vec::len)),
+            json!(age),
+        ],
+        Res::Service => {
+            let spec = &obj["spec"];
+            let ports: Vec<String> = items(&spec["ports"])
+                .iter()
+                .map(|p| {
+                    let node_port = p["nodePort"]
+                        .as_i64()
+                        .map_or_else(String::new, |n| format!(":{n}"));
+                    format!("{}{node_port}/{}", p["port"], cell(&p["protocol"]))
+                })
+                .collect();
+            let external: Vec<String> = items(&spec["externalIPs"]).iter().map(cell).collect();
+            vec![
+                json!(name),
+                json!(cell(&spec["type"])),
+                json!(or_none(cell(&spec["clusterIP"]))),
+                json!(or_none(external.join(","))),
+                json!(or_none(ports.join(","))),
+                json!(age),
+                json!(or_none(match_labels(&spec["selector"]))),
+            ]
+        }
+        Res::Deployment => {
+            let spec = &obj["spec"];
+            let status = &obj["status"];
+            let count = |v: &Value| v.as_i64().unwrap_or(0);
+            let containers = items(&spec["template"]["spec"]["containers"]);
+            let names: Vec<String> = containers.iter().map(|c| cell(&c["name"])).collect();
+            let images: Vec<String> = containers.iter().map(|c| cell(&c["image"])).collect();
+            vec![
+                json!(name),
+                json!(format!(
+                    "{}/{}",
+                    count(&status["readyReplicas"]),
+                    count(&spec["replicas"])
+                )),
+                json!(count(&status["updatedReplicas"])),
+                json!(count(&status["availableReplicas"])),
+                json!(age),
+                json!(names.join(",")),
+                json!(images.join(",")),
+                json!(match_labels(&spec["selector"]["matchLabels"])),
+            ]
+        }
+        Res::Role => vec![json!(name), json!(cell(&md["creationTimestamp"]))],
+        Res::RoleBinding => {
+            let subjects = items(&obj["subjects"]);
+            let of_kind = |kind: &str| {
+                subjects
+                    .iter()
+                    .filter(|s| s["kind"] == kind)
+                    .map(|s| match s["namespace"].as_str() {
+                        Some(ns) if kind == "ServiceAccount" => {
+                            format!("{ns}/{}", cell(&s["name"]))
+                        }
+                        _ => cell(&s["name"]),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            vec![
+                json!(name),
+                json!(format!(
+                    "{}/{}",
+                    cell(&obj["roleRef"]["kind"]),
+                    cell(&obj["roleRef"]["name"])
+                )),
+                json!(age),
+                json!(of_kind("User")),
+                json!(of_kind("Group")),
+                json!(of_kind("ServiceAccount")),
+            ]
+        }
         Res::Node => vec![
             json!(name),
             json!("Ready"),

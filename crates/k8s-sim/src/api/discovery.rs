@@ -5,6 +5,7 @@ use hyper::Response;
 use serde_json::{json, Value};
 
 use super::{full, json_response, Body, VERSION_MINOR};
+use crate::store::RBAC_GROUP;
 use crate::{authz, openapi, Inner};
 
 /// The answer to a discovery path (split into segments), or `None` for any other path.
@@ -40,7 +41,8 @@ pub(super) fn answer(inner: &Inner, segs: &[&str]) -> Option<Response<Body>> {
         ["apis"] => json_response(
             200,
             &json!({"kind": "APIGroupList", "apiVersion": "v1",
-            "groups": [authz::group(), batch_group()]}),
+            "groups": [authz::group(), group_entry("batch"), group_entry("apps"),
+                group_entry(RBAC_GROUP)]}),
         ),
         ["apis", authz::GROUP] => {
             let mut g = authz::group();
@@ -49,17 +51,19 @@ pub(super) fn answer(inner: &Inner, segs: &[&str]) -> Option<Response<Body>> {
             json_response(200, &g)
         }
         ["apis", authz::GROUP, "v1"] => json_response(200, &authz::resources()),
-        ["apis", "batch"] => {
-            let mut g = batch_group();
+        ["apis", group @ ("batch" | "apps" | RBAC_GROUP)] => {
+            let mut g = group_entry(group);
             g["kind"] = json!("APIGroup");
             g["apiVersion"] = json!("v1");
             json_response(200, &g)
         }
         ["apis", "batch", "v1"] => json_response(200, &batch_resources()),
+        ["apis", "apps", "v1"] => json_response(200, &apps_resources()),
+        ["apis", RBAC_GROUP, "v1"] => json_response(200, &rbac_resources()),
         ["openapi", "v3"] => json_response(200, &openapi::index()),
         ["openapi", "v3", "api", "v1"] => json_response(200, &openapi::group_version("")),
-        ["openapi", "v3", "apis", "batch", "v1"] => {
-            json_response(200, &openapi::group_version("batch"))
+        ["openapi", "v3", "apis", group @ ("batch" | "apps" | RBAC_GROUP), "v1"] => {
+            json_response(200, &openapi::group_version(group))
         }
         ["openapi", "v3", "apis", authz::GROUP, "v1"] => {
             json_response(200, &openapi::group_version(authz::GROUP))
@@ -85,7 +89,7 @@ fn resource_entry(
     if !short.is_empty() {
         r["shortNames"] = json!(short);
     }
-    if matches!(name, "pods" | "jobs") {
+    if matches!(name, "pods" | "jobs" | "services" | "deployments") {
         r["categories"] = json!(["all"]);
     }
     r
@@ -109,6 +113,7 @@ fn core_resources() -> Value {
         "kind": "APIResourceList",
         "groupVersion": "v1",
         "resources": [
+            resource_entry("configmaps", "configmap", true, "ConfigMap", OBJECT_VERBS, &["cm"]),
             resource_entry("events", "event", true, "Event", OBJECT_VERBS, &["ev"]),
             resource_entry("limitranges", "limitrange", true, "LimitRange", OBJECT_VERBS, &["limits"]),
             resource_entry("namespaces", "namespace", false, "Namespace",
@@ -122,16 +127,21 @@ fn core_resources() -> Value {
             resource_entry("pods/log", "", true, "Pod", &["get"], &[]),
             resource_entry("pods/status", "", true, "Pod", &["get", "patch", "update"], &[]),
             resource_entry("resourcequotas", "resourcequota", true, "ResourceQuota", OBJECT_VERBS, &["quota"]),
+            resource_entry("serviceaccounts", "serviceaccount", true, "ServiceAccount", OBJECT_VERBS, &["sa"]),
+            resource_entry("services", "service", true, "Service",
+                &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"], &["svc"]),
+            resource_entry("services/status", "", true, "Service", &["get", "patch", "update"], &[]),
         ],
     })
 }
 
-/// The `batch` API group.
-fn batch_group() -> Value {
+/// The API group `name`, served at version `v1` only.
+fn group_entry(name: &str) -> Value {
+    let gv = format!("{name}/v1");
     json!({
-        "name": "batch",
-        "versions": [{"groupVersion": "batch/v1", "version": "v1"}],
-        "preferredVersion": {"groupVersion": "batch/v1", "version": "v1"},
+        "name": name,
+        "versions": [{"groupVersion": gv, "version": "v1"}],
+        "preferredVersion": {"groupVersion": gv, "version": "v1"},
     })
 }
 
@@ -144,6 +154,33 @@ fn batch_resources() -> Value {
         "resources": [
             resource_entry("jobs", "job", true, "Job", OBJECT_VERBS, &[]),
             resource_entry("jobs/status", "", true, "Job", &["get", "patch", "update"], &[]),
+        ],
+    })
+}
+
+/// `/apis/apps/v1`: deployments (stored only: no ReplicaSets or pods are made).
+fn apps_resources() -> Value {
+    json!({
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": "apps/v1",
+        "resources": [
+            resource_entry("deployments", "deployment", true, "Deployment", OBJECT_VERBS, &["deploy"]),
+            resource_entry("deployments/status", "", true, "Deployment", &["get", "patch", "update"], &[]),
+        ],
+    })
+}
+
+/// `/apis/rbac.authorization.k8s.io/v1`: roles and role bindings (stored only: the deny list
+/// of [`crate::Sim::deny`] stands in for authorization).
+fn rbac_resources() -> Value {
+    json!({
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": format!("{RBAC_GROUP}/v1"),
+        "resources": [
+            resource_entry("rolebindings", "rolebinding", true, "RoleBinding", OBJECT_VERBS, &[]),
+            resource_entry("roles", "role", true, "Role", OBJECT_VERBS, &[]),
         ],
     })
 }

@@ -33,7 +33,7 @@ use handlers::{collection, object, status_subresource};
 use crate::errors::ApiError;
 use crate::fields;
 use crate::meta;
-use crate::store::Res;
+use crate::store::{Res, RBAC_GROUP};
 use crate::{authz, exec, kubelet, Inner};
 
 /// A response body: whole or streamed.
@@ -203,7 +203,9 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
     }
     let result = match segs.as_slice() {
         ["api", "v1", rest @ ..] => resource(&inner, "", rest, params, req).await,
-        ["apis", "batch", "v1", rest @ ..] => resource(&inner, "batch", rest, params, req).await,
+        ["apis", group @ ("batch" | "apps" | RBAC_GROUP), "v1", rest @ ..] => {
+            resource(&inner, group, rest, params, req).await
+        }
         ["apis", authz::GROUP, "v1", rest @ ..] => authz::serve(&inner, rest, &params, req).await,
         _ => Err(ApiError::new(
             404,

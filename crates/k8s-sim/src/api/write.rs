@@ -101,6 +101,86 @@ pub(crate) fn default_namespace(mut obj: Value) -> Value {
     obj
 }
 
+/// The next service address (the low 16 bits of 10.96.0.0/16), shared by the simulators of
+/// a process: addresses only need to differ.
+static NEXT_SERVICE_IP: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+
+/// Fills a Service's defaults as the API server does: type ClusterIP with an address from
+/// the service range, TCP ports whose target is their own port.
+fn default_service(mut svc: Value) -> Value {
+    let spec = &mut svc["spec"];
+    if spec["type"].is_null() {
+        spec["type"] = json!("ClusterIP");
+    }
+    if spec["type"] != "ExternalName" && spec["clusterIP"].is_null() {
+        let n = NEXT_SERVICE_IP.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ip = format!("10.96.{}.{}", (n >> 8) & 0xff, n & 0xff);
+        spec["clusterIP"] = json!(ip);
+        spec["clusterIPs"] = json!([ip]);
+        spec["ipFamilies"] = json!(["IPv4"]);
+        spec["ipFamilyPolicy"] = json!("SingleStack");
+        spec["internalTrafficPolicy"] = json!("Cluster");
+    }
+    if spec["sessionAffinity"].is_null() {
+        spec["sessionAffinity"] = json!("None");
+    }
+    if let Some(ports) = spec["ports"].as_array_mut() {
+        for port in ports {
+            if port["protocol"].is_null() {
+                port["protocol"] = json!("TCP");
+            }
+            if port["targetPort"].is_null() {
+                port["targetPort"] = port["port"].clone();
+            }
+        }
+    }
+    svc["status"] = json!({"loadBalancer": {}});
+    svc
+}
+
+/// Checks a Deployment as the API server does where a mistake is easy (a selector its pod
+/// template's labels do not match) and fills its defaults. No controller acts on it: it makes
+/// no ReplicaSets or pods, and its status stays empty.
+fn default_deployment(mut deploy: Value, name: &str) -> Result<Value, ApiError> {
+    let selector = deploy["spec"]["selector"]["matchLabels"].clone();
+    let Some(selector) = selector.as_object().filter(|m| !m.is_empty()) else {
+        return Err(ApiError::invalid(
+            Res::Deployment,
+            name,
+            "spec.selector",
+            "FieldValueRequired",
+            "Required value",
+        ));
+    };
+    let labels = &deploy["spec"]["template"]["metadata"]["labels"];
+    if selector.iter().any(|(k, v)| labels[k] != *v) {
+        return Err(ApiError::invalid(
+            Res::Deployment,
+            name,
+            "spec.template.metadata.labels",
+            "FieldValueInvalid",
+            &format!("Invalid value: {labels}: `selector` does not match template `labels`"),
+        ));
+    }
+    let spec = &mut deploy["spec"];
+    for (field, value) in [
+        ("replicas", json!(1)),
+        ("revisionHistoryLimit", json!(10)),
+        ("progressDeadlineSeconds", json!(600)),
+        (
+            "strategy",
+            json!({"type": "RollingUpdate",
+                "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}}),
+        ),
+    ] {
+        if spec[field].is_null() {
+            spec[field] = value;
+        }
+    }
+    deploy["status"] = json!({});
+    Ok(deploy)
+}
+
 /// How long a new claim stays Pending ([`crate::Sim::bind_claims_after`]).
 fn pending_claim_delay(inner: &Inner) -> Option<std::time::Duration> {
     *inner
@@ -153,6 +233,9 @@ pub(super) async fn create(
         }
         Res::Job => jobs::default_job(body, &name)?,
         Res::Node | Res::Event | Res::LimitRange => body,
+        Res::Service => default_service(body),
+        Res::Deployment => default_deployment(body, &name)?,
+        Res::ConfigMap | Res::ServiceAccount | Res::Role | Res::RoleBinding => body,
         Res::ResourceQuota => {
             let mut quota = body;
             quota["status"] = json!({"hard": quota["spec"]["hard"], "used": {}});
@@ -275,9 +358,81 @@ pub(super) async fn delete(
             Ok(obj)
         }
         Res::Job => jobs::delete_job(inner, ns, name, policy),
-        Res::Node | Res::Event | Res::ResourceQuota | Res::LimitRange => inner
+        Res::Node
+        | Res::Event
+        | Res::ResourceQuota
+        | Res::LimitRange
+        | Res::ConfigMap
+        | Res::Service
+        | Res::ServiceAccount
+        | Res::Deployment
+        | Res::Role
+        | Res::RoleBinding => inner
             .store
             .remove(res, ns, name)
             .ok_or_else(|| ApiError::not_found(res, name)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_service_gets_an_address_and_full_ports() {
+        let svc = default_service(json!({"spec": {"ports": [{"port": 8080}],
+            "selector": {"app": "x"}}}));
+        assert_eq!(svc["spec"]["type"], "ClusterIP");
+        let ip = svc["spec"]["clusterIP"].as_str().expect("an address");
+        assert!(ip.starts_with("10.96."), "{ip}");
+        assert_eq!(svc["spec"]["clusterIPs"], json!([ip]));
+        assert_eq!(
+            svc["spec"]["ports"][0],
+            json!({"port": 8080, "protocol": "TCP", "targetPort": 8080})
+        );
+        let other = default_service(json!({"spec": {"ports": [{"port": 80}]}}));
+        assert_ne!(other["spec"]["clusterIP"], svc["spec"]["clusterIP"]);
+        let external = default_service(json!({"spec": {"type": "ExternalName",
+            "externalName": "example.com"}}));
+        assert!(external["spec"]["clusterIP"].is_null(), "{external}");
+    }
+
+    #[test]
+    fn a_deployment_selects_its_own_template() {
+        let deploy = |selector: Value, labels: Value| {
+            json!({"spec": {"selector": {"matchLabels": selector},
+                "template": {"metadata": {"labels": labels},
+                    "spec": {"containers": [{"name": "c", "image": "i"}]}}}})
+        };
+        let ok = default_deployment(deploy(json!({"a": "b"}), json!({"a": "b", "c": "d"})), "d")
+            .expect("a matching selector");
+        assert_eq!(ok["spec"]["replicas"], 1);
+        assert_eq!(ok["spec"]["strategy"]["type"], "RollingUpdate");
+        let kept = default_deployment(
+            {
+                let mut d = deploy(json!({"a": "b"}), json!({"a": "b"}));
+                d["spec"]["replicas"] = json!(3);
+                d
+            },
+            "d",
+        )
+        .expect("ok");
+        assert_eq!(kept["spec"]["replicas"], 3);
+        let bad = default_deployment(deploy(json!({"a": "b"}), json!({"a": "c"})), "d")
+            .expect_err("a selector that does not match");
+        assert_eq!(bad.code, 422);
+        assert!(
+            bad.message
+                .contains("spec.template.metadata.labels: Invalid value"),
+            "{}",
+            bad.message
+        );
+        let none =
+            default_deployment(deploy(json!({}), json!({"a": "b"})), "d").expect_err("no selector");
+        assert!(
+            none.message.contains("spec.selector: Required value"),
+            "{}",
+            none.message
+        );
     }
 }
