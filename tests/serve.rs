@@ -1,0 +1,1 @@
+//! `berth serve` as a user runs it: the real binary, driven with curl.
