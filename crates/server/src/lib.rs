@@ -232,12 +232,13 @@ impl Server {
         Router::new()
             .route("/health", get(routes::health))
             .merge(protected)
+            .layer(DefaultBodyLimit::disable())
+            .layer(RequestBodyLimitLayer::new(limit))
+            // Outside the limit, which answers an announced oversized body by itself.
             .layer(axum::middleware::map_response_with_state(
                 state.clone(),
                 routes::json_413,
             ))
-            .layer(DefaultBodyLimit::disable())
-            .layer(RequestBodyLimitLayer::new(limit))
             .layer(
                 TraceLayer::new_for_http()
                     .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
