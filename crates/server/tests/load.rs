@@ -29,7 +29,8 @@ async fn two_hundred_jobs_from_fifty_clients() {
             let mut results = Vec::new();
             for n in (c..JOBS).step_by(CLIENTS) {
                 // Each job records that it ran, in the workspace all jobs share.
-                let body = json!({"job_id": n, "script": format!("echo {n} >> /workspace/ran; echo {n}")});
+                let body =
+                    json!({"job_id": n, "script": format!("echo {n} >> /workspace/ran; echo {n}")});
                 let r = s.post("/jobs/execute", &body).await;
                 let status = r.status().as_u16();
                 let answer: Value = r.json().await.expect("JSON answer");
@@ -61,14 +62,20 @@ async fn two_hundred_jobs_from_fifty_clients() {
     let recorded = std::fs::read_to_string(shared.path().join("ran")).unwrap();
     let mut recorded: Vec<usize> = recorded.lines().map(|l| l.parse().unwrap()).collect();
     recorded.sort_unstable();
-    assert_eq!(recorded, ran, "each accepted job ran exactly once, no refused one ran");
+    assert_eq!(
+        recorded, ran,
+        "each accepted job ran exactly once, no refused one ran"
+    );
     assert_eq!(ran.len() + refused, JOBS);
     let health = s.get_json("/health").await;
     assert_eq!(health["jobs_running"], 0);
     assert_eq!(health["jobs_queued"], 0);
     let metrics = s.get("/metrics").await.text().await.unwrap();
     assert!(
-        metrics.contains(&format!("berth_jobs_total{{outcome=\"succeeded\"}} {}", ran.len())),
+        metrics.contains(&format!(
+            "berth_jobs_total{{outcome=\"succeeded\"}} {}",
+            ran.len()
+        )),
         "{metrics}"
     );
     let s = Arc::into_inner(s).expect("the only owner");

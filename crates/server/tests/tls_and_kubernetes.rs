@@ -68,7 +68,15 @@ async fn jobs_run_on_kubernetes_through_the_same_api() {
     ));
     let engine = berth_runner::backend::connect(&cfg).await.expect("engine");
     let s = TestServer::start_on(cfg, engine, reqwest::Client::new(), "http").await;
-    let health: Value = s.client.get(s.url("/health")).send().await.unwrap().json().await.unwrap();
+    let health: Value = s
+        .client
+        .get(s.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(health["backend"], "kubernetes", "{health}");
     assert_eq!(health["engine_reachable"], true);
     let answer = s
