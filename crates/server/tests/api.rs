@@ -400,3 +400,101 @@ async fn output_past_the_cap_is_flagged_and_still_streams_to_followers() {
     tokio::time::sleep(Duration::from_millis(10)).await;
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_out_of_memory_kill_says_so() {
+    let s = TestServer::start(docker_config("")).await;
+    // `tail` keeps the last line whole, and /dev/zero has no line ends.
+    let answer: Value = s
+        .post(
+            "/jobs/execute",
+            &json!({"script": "head -c 512m /dev/zero | tail > /dev/null", "memory_limit": "32m", "timeout_seconds": 60}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["state"], "failed", "{answer}");
+    assert_eq!(answer["oom_killed"], true, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("out of memory"),
+        "{answer}"
+    );
+    s.stop().await;
+}
+
+/// A proxy to the Docker socket that can be cut: an engine that was there and went away.
+struct CuttableDocker {
+    path: std::path::PathBuf,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CuttableDocker {
+    fn start(dir: &std::path::Path) -> Self {
+        let path = dir.join("docker.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((mut client, _)) = listener.accept().await {
+                conns.spawn(async move {
+                    let mut daemon = tokio::net::UnixStream::connect("/var/run/docker.sock")
+                        .await
+                        .expect("the Docker socket");
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut daemon).await;
+                });
+            }
+        });
+        Self { path, task }
+    }
+
+    /// Closes the socket and every connection through it.
+    fn cut(&self) {
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_engine_is_reported_not_hidden() {
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = CuttableDocker::start(dir.path());
+    let cfg = support::config(&format!(
+        "runner: {{image: '{}'}}\ndocker: {{host: 'unix://{}'}}\n",
+        berth_engine_core::testkit::TEST_IMAGE,
+        proxy.path.display()
+    ));
+    let mut s = TestServer::start(cfg).await;
+    let health = s.client.get(s.url("/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    proxy.cut();
+    let health = s.client.get(s.url("/health")).send().await.unwrap();
+    assert_eq!(health.status(), 503);
+    let health: Value = health.json().await.unwrap();
+    assert_eq!(health["status"], "unhealthy");
+    assert_eq!(health["engine_reachable"], false);
+    let answer: Value = s
+        .post("/jobs/execute", &json!({"script": "true"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["state"], "failed", "{answer}");
+    assert_eq!(answer["exit_code"], Value::Null, "no fake exit code");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("could not start"),
+        "{answer}"
+    );
+    let metrics = s.get("/metrics").await.text().await.unwrap();
+    assert!(
+        !metrics.contains("berth_engine_errors_total 0"),
+        "{metrics}"
+    );
+    let task = s.task.take();
+    s.handle.begin_drain();
+    if let Some(task) = task {
+        task.await.unwrap().unwrap();
+    }
+}
