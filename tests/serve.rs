@@ -267,3 +267,94 @@ fn kill_9_leaves_what_gc_removes() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(owned_by(pid), Vec::<String>::new(), "gc removed them");
 }
+
+#[test]
+fn sighup_reloads_the_keys_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, "first-key\n").expect("keys");
+    let agent = Agent::start(&["--api-keys-file", keys.to_str().unwrap()]);
+    let code = |key: &str| {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H"])
+            .arg(format!("X-API-Key: {key}"))
+            .arg(agent.url("/v1/jobs"))
+            .output()
+            .expect("curl");
+        text(&out.stdout)
+    };
+    assert_eq!(code("first-key"), "200");
+    assert_eq!(code(KEY), "200", "BERTH_SERVER_API_KEYS adds keys");
+    std::fs::write(&keys, "second-key\n").expect("keys");
+    agent.signal("-HUP");
+    let start = Instant::now();
+    while code("second-key") != "200" {
+        assert!(start.elapsed() < Duration::from_secs(10), "never reloaded");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        code("first-key"),
+        "401",
+        "a key taken out of the file is refused"
+    );
+}
+
+#[test]
+fn a_public_address_without_keys_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = common::berth_in(
+        dir.path(),
+        &dir.path().join("state"),
+        &["serve", "--listen", "0.0.0.0:0"],
+    )
+    .env("BERTH_RUNNER__IMAGE", TEST_IMAGE)
+    .env_remove("BERTH_SERVER_API_KEYS")
+    .output()
+    .expect("berth serve");
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("without API keys") && stderr.contains("--listen"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_second_sigterm_cancels_running_jobs_at_once() {
+    let mut agent = Agent::start(&["--drain-timeout", "10m"]);
+    let job = agent.json(
+        "POST",
+        "/v1/jobs",
+        Some(r#"{"script": "echo started; sleep 120"}"#),
+    );
+    let id = job["id"].as_str().expect("id").to_owned();
+    let start = Instant::now();
+    while agent.json("GET", &format!("/v1/jobs/{id}"), None)["output_bytes"] == 0 {
+        assert!(start.elapsed() < Duration::from_secs(60), "never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let follower = agent
+        .curl("GET", &format!("/v1/jobs/{id}/logs?follow=true"), None)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("curl");
+    agent.signal("-TERM");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        agent.child.try_wait().expect("wait").is_none(),
+        "still draining"
+    );
+    agent.signal("-TERM");
+    let status = agent.wait(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0));
+    let out = follower.wait_with_output().expect("curl");
+    let stdout = text(&out.stdout);
+    let end: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(end["state"], "cancelled", "{end}");
+    assert!(
+        end["error"].as_str().unwrap().contains("second signal"),
+        "{end}"
+    );
+    assert_eq!(owned_by(agent.pid()), Vec::<String>::new(), "nothing left");
+}

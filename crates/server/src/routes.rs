@@ -80,7 +80,7 @@ pub(crate) async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Response, ServerError> {
     let job = state.jobs.get(&id)?;
-    job.cancel("cancelled by DELETE /v1/jobs/{id}");
+    job.cancel(&format!("cancelled by DELETE /v1/jobs/{id}"));
     let status = match tokio::time::timeout(Duration::from_secs(30), job.finished()).await {
         Ok(()) => StatusCode::OK,
         Err(_) => StatusCode::ACCEPTED,

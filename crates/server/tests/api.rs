@@ -498,3 +498,25 @@ async fn a_lost_engine_is_reported_not_hidden() {
         task.await.unwrap().unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_records_expire_after_the_retention() {
+    let s = TestServer::start(docker_config("job_retention: 2s")).await;
+    let answer: Value = s
+        .post("/jobs/execute", &json!({"script": "echo kept"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = answer["id"].as_str().unwrap();
+    assert_eq!(s.get(&format!("/v1/jobs/{id}")).await.status(), 200);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let gone = s.get(&format!("/v1/jobs/{id}")).await;
+    assert_eq!(gone.status(), 404);
+    let gone: Value = gone.json().await.unwrap();
+    assert!(
+        gone["error"].as_str().unwrap().contains("job_retention"),
+        "{gone}"
+    );
+    s.stop().await;
+}
