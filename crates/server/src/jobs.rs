@@ -446,7 +446,7 @@ impl Jobs {
             self.metrics.queued.set(t.queued as i64);
             job
         };
-        tracing::info!(job = %job.id, image = %image, "job queued");
+        tracing::debug!(job = %job.id, image = %image, "job queued");
         let jobs = self.clone();
         let task_job = job.clone();
         tokio::spawn(async move { jobs.run(task_job, req, image).await });
@@ -527,7 +527,7 @@ impl Jobs {
                     r.started_at = Some(SystemTime::now());
                     r.started = Some(Instant::now());
                 }
-                tracing::info!(job = %job.id, "job started");
+                tracing::debug!(job = %job.id, "job started");
                 self.execute(&job, req, image).await
             }
         };

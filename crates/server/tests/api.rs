@@ -520,3 +520,28 @@ async fn finished_records_expire_after_the_retention() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_jobs_start_in_the_order_they_came() {
+    let s = TestServer::start(docker_config("max_concurrent_jobs: 1")).await;
+    let mut ids = Vec::new();
+    for n in 0..4 {
+        let script = if n == 0 { "sleep 1" } else { "true" };
+        let created: Value = s
+            .post("/v1/jobs", &json!({"script": script}))
+            .await
+            .json()
+            .await
+            .unwrap();
+        ids.push(created["id"].as_str().unwrap().to_owned());
+    }
+    let mut started = Vec::new();
+    for id in &ids {
+        let job = s.wait_job(id, |j| j["state"] == "succeeded").await;
+        started.push(job["started_at"].as_str().unwrap().to_owned());
+    }
+    let mut sorted = started.clone();
+    sorted.sort();
+    assert_eq!(started, sorted, "first in, first out");
+    s.stop().await;
+}
