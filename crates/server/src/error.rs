@@ -57,6 +57,22 @@ pub enum ServerError {
         /// The id asked for.
         id: String,
     },
+    /// No route of that method and path.
+    #[error("no route {method} {path}; see GET /health and the /v1/jobs routes")]
+    NoRoute {
+        /// The method.
+        method: String,
+        /// The path.
+        path: String,
+    },
+    /// A known path asked with a method it does not take.
+    #[error("{path} does not take {method}")]
+    WrongMethod {
+        /// The method.
+        method: String,
+        /// The path.
+        path: String,
+    },
     /// A non-loopback listen address with no API key configured.
     #[error("refusing to listen on {addr} without API keys: anyone who can reach it could run jobs. Configure server.api_keys_file (--api-keys-file) or BERTH_SERVER_API_KEYS, or listen on a loopback address (server.listen / --listen 127.0.0.1:8080)")]
     NoKeysOnPublicAddress {
@@ -102,11 +118,12 @@ impl ServerError {
         match self {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::WrongMethod { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::OverLimit { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Draining => StatusCode::SERVICE_UNAVAILABLE,
-            Self::JobNotFound { .. } => StatusCode::NOT_FOUND,
+            Self::JobNotFound { .. } | Self::NoRoute { .. } => StatusCode::NOT_FOUND,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

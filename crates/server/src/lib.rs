@@ -232,6 +232,8 @@ impl Server {
         Router::new()
             .route("/health", get(routes::health))
             .merge(protected)
+            .fallback(routes::no_route)
+            .method_not_allowed_fallback(routes::wrong_method)
             .layer(DefaultBodyLimit::disable())
             .layer(RequestBodyLimitLayer::new(limit))
             // Outside the limit, which answers an announced oversized body by itself.

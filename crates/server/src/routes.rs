@@ -256,6 +256,22 @@ pub(crate) async fn metrics(State(state): Shared) -> Response {
         .into_response()
 }
 
+/// Any other method or path: 404 in the server's JSON.
+pub(crate) async fn no_route(method: axum::http::Method, uri: axum::http::Uri) -> ServerError {
+    ServerError::NoRoute {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+    }
+}
+
+/// A known path with another method: 405 in the server's JSON.
+pub(crate) async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> ServerError {
+    ServerError::WrongMethod {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+    }
+}
+
 /// Turns the body limit's plain 413 into the server's JSON error.
 pub(crate) async fn json_413(State(state): Shared, response: Response) -> Response {
     let is_json = response

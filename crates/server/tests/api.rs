@@ -62,6 +62,17 @@ async fn health_needs_no_key_and_jobs_need_a_valid_one() {
     assert_eq!(bearer.status(), 200);
     let metrics = s.client.get(s.url("/metrics")).send().await.unwrap();
     assert_eq!(metrics.status(), 401, "metrics need the key");
+    // Unknown routes answer 404 in JSON (the routes are documented: no secret in which exist).
+    let nowhere = s.get("/v2/nowhere").await;
+    assert_eq!(nowhere.status(), 404);
+    let nowhere: Value = nowhere.json().await.unwrap();
+    assert!(
+        nowhere["error"].as_str().unwrap().contains("/v2/nowhere"),
+        "{nowhere}"
+    );
+    let wrong_method = s.client.put(s.url("/health")).send().await.unwrap();
+    assert_eq!(wrong_method.status(), 405);
+    assert!(wrong_method.json::<Value>().await.unwrap()["error"].is_string());
     let metrics = s.get("/metrics").await.text().await.unwrap();
     assert!(metrics.contains("berth_jobs_queued"), "{metrics}");
     assert!(metrics.contains("berth_engine_errors_total"), "{metrics}");
