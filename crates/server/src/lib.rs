@@ -14,8 +14,13 @@
 //! | `POST /v1/jobs` | yes | 202 `{id, ...}` at once |
 //! | `GET /v1/jobs?limit=&after=` | yes | jobs oldest first, `next` for the following page |
 //! | `GET /v1/jobs/{id}` | yes | state (queued, running, succeeded, failed, cancelled, timed_out), exit code, timings, truncation |
-//! | `GET /v1/jobs/{id}/logs?follow=&offset=` | yes | chunked NDJSON, resumable (see [`routes::logs`]) |
+//! | `GET /v1/jobs/{id}/logs?follow=&offset=` | yes | chunked NDJSON, resumable from an offset (see below) |
 //! | `DELETE /v1/jobs/{id}` | yes | cancel: the process tree killed, the environment removed |
+//!
+//! Logs are one JSON object a line: `{"stream": "stdout", "offset": N, "data": "..."}`, where
+//! `offset` counts the bytes of both streams before the line (so one number resumes both) and
+//! output that is not valid UTF-8 comes as `data_base64`; the last line, without `stream`, is
+//! the outcome (`state`, `exit_code`, `error`, truncation flags, `next_offset`).
 //!
 //! `/metrics` needs a key: it tells how busy the agent is and how its jobs end, which is the
 //! operator's business, and Prometheus sends a bearer token as easily as none.
@@ -57,7 +62,7 @@ mod error;
 mod jobs;
 mod metrics;
 pub mod request;
-pub mod routes;
+mod routes;
 pub mod source;
 mod tls;
 
