@@ -71,6 +71,9 @@ pub enum Command {
     /// creating anything; with --rbac the Role berth needs, with --server the manifests
     /// that deploy `berth serve` in the cluster.
     Render(RenderArgs),
+    /// Run the job agent: an HTTP API that runs jobs in environments of their own (SIGTERM
+    /// drains, a second signal cancels, SIGHUP reloads the API keys).
+    Serve(ServeArgs),
 }
 
 /// `berth render`.
@@ -397,4 +400,31 @@ mod tests {
             Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
         }
     }
+}
+
+/// `berth serve`: flags override the config's `server:` section.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on, host:port (server.listen; default 127.0.0.1:8080). A
+    /// non-loopback address needs API keys.
+    #[arg(long, value_name = "ADDRESS")]
+    pub listen: Option<String>,
+    /// File of API keys, one per line, read again on SIGHUP (server.api_keys_file).
+    #[arg(long, value_name = "FILE")]
+    pub api_keys_file: Option<PathBuf>,
+    /// Jobs that run at once (server.max_concurrent_jobs).
+    #[arg(long, value_name = "N")]
+    pub max_concurrent_jobs: Option<u64>,
+    /// Jobs that wait for a slot (server.max_queued_jobs).
+    #[arg(long, value_name = "N")]
+    pub max_queued_jobs: Option<u64>,
+    /// How long running jobs may finish after SIGTERM (server.drain_timeout), like 60s.
+    #[arg(long, value_name = "DURATION")]
+    pub drain_timeout: Option<String>,
+    /// TLS certificate chain, PEM (server.tls.cert); needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key, PEM (server.tls.key); needs --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }

@@ -13,6 +13,7 @@ mod ls;
 mod ps;
 mod render;
 mod run;
+mod serve;
 mod shell;
 mod up;
 
@@ -91,6 +92,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Image(ImageCommand::Ensure(a)) => image::ensure(&ctx, a).await,
         Command::Image(ImageCommand::Build(a)) => image::build(&ctx, a).await,
         Command::Render(a) => render::render(&ctx, a),
+        Command::Serve(a) => serve::serve(&ctx, a).await,
     }
 }
 

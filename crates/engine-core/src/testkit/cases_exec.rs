@@ -310,7 +310,7 @@ pub async fn streaming_256_mib_keeps_memory_bounded(fx: &Fixture) {
                 OutputChunk::Stderr(b) => panic!("unexpected stderr {b:?}"),
             }
             chunks += 1;
-            if chunks % 512 == 0 {
+            if chunks.is_multiple_of(512) {
                 peak = peak.max(resident_bytes());
             }
         }

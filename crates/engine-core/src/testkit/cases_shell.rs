@@ -176,7 +176,7 @@ pub async fn shell_streams_64_mib_with_bounded_memory(fx: &Fixture) {
                         OutputChunk::Stderr(b) => panic!("unexpected stderr {b:?}"),
                     }
                     chunks += 1;
-                    if chunks % 256 == 0 {
+                    if chunks.is_multiple_of(256) {
                         peak = peak.max(resident_bytes());
                     }
                 },

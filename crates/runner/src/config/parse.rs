@@ -124,7 +124,7 @@ pub fn parse_cpu_millis(text: &str) -> Result<u64, InvalidValue> {
 /// Millicores as Kubernetes prints them: whole cores plainly (`2`), else `500m`.
 #[must_use]
 pub fn format_cpu_millis(millis: u64) -> String {
-    if millis % 1000 == 0 {
+    if millis.is_multiple_of(1000) {
         (millis / 1000).to_string()
     } else {
         format!("{millis}m")
@@ -178,7 +178,7 @@ pub fn parse_memory_bytes(text: &str) -> Result<u64, InvalidValue> {
 pub fn format_memory_bytes(bytes: u64) -> String {
     MEMORY_SUFFIXES
         .iter()
-        .filter(|(_, m)| bytes >= *m && bytes % m == 0)
+        .filter(|(_, m)| bytes >= *m && bytes.is_multiple_of(*m))
         .min_by_key(|(_, m)| (bytes / m).to_string().len())
         .map_or_else(|| bytes.to_string(), |(s, m)| format!("{}{s}", bytes / m))
 }

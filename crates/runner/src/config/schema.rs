@@ -367,6 +367,9 @@ section! {
         /// The image of the Deployment `berth render --server` prints (one that holds the
         /// `berth` binary).
         pub image: String,
+        /// Whether a job's `git_url` may be a `file://` URL or a local path: those read
+        /// repositories on the agent's own disk, so they are refused by default.
+        pub allow_local_git: bool,
     }
 }
 
@@ -387,6 +390,7 @@ impl Default for ServerSection {
             drain_timeout: HumanDuration(Duration::from_secs(60)),
             job_retention: HumanDuration(Duration::from_secs(3600)),
             image: "berth:latest".into(),
+            allow_local_git: false,
         }
     }
 }
