@@ -18,7 +18,7 @@ const CLIENTS: usize = 50;
 async fn two_hundred_jobs_from_fifty_clients() {
     let shared = tempfile::tempdir().unwrap();
     let cfg = config(&format!(
-        "runner: {{image: '{TEST_IMAGE}', workspace: {{host_path: '{}'}}}}\nserver: {{max_concurrent_jobs: 4, max_queued_jobs: 64}}\n",
+        "runner: {{image: '{TEST_IMAGE}', network: false, workspace: {{host_path: '{}'}}}}\nserver: {{max_concurrent_jobs: 4, max_queued_jobs: 64}}\n",
         shared.path().display()
     ));
     let s = Arc::new(TestServer::start(cfg).await);
