@@ -25,6 +25,7 @@ use serde::Serialize;
 
 mod docker_bench;
 mod kube_bench;
+mod server_bench;
 mod shell_bench;
 
 pub(crate) use docker_bench::raw_docker_exec;
@@ -41,6 +42,8 @@ enum Suite {
     All,
     /// Only the shell and detached-command scenarios, on Docker and the simulator.
     Shells,
+    /// Only the job agent (`berth serve`) against the library, on Docker.
+    Server,
 }
 
 #[derive(Debug, Parser)]
@@ -238,6 +241,14 @@ async fn main() -> anyhow::Result<()> {
         scenarios.push(bench.concurrent(20).await?);
         scenarios.push(bench.memory_50().await?);
         scenarios.extend(bench.shells().await?);
+        scenarios.extend(
+            server_bench::scenarios(
+                bench.engine.clone() as Arc<dyn ContainerEngine>,
+                &bench.image,
+                bench.smoke,
+            )
+            .await?,
+        );
         anyhow::Ok(scenarios)
     };
     let shells_only = matches!(args.suite, Suite::Shells);
@@ -245,6 +256,14 @@ async fn main() -> anyhow::Result<()> {
     let scenarios = match args.suite {
         Suite::Docker => docker.await,
         Suite::Kubernetes => kubernetes.await,
+        Suite::Server => {
+            server_bench::scenarios(
+                bench.engine.clone() as Arc<dyn ContainerEngine>,
+                &bench.image,
+                bench.smoke,
+            )
+            .await
+        }
         Suite::Shells | Suite::All => {
             let first = if shells_only {
                 bench.shells().await
