@@ -10,7 +10,7 @@ use berth_k8s_sim::Sim;
 
 mod common;
 
-use common::{json_of, text};
+use common::{assert_valid_kubernetes, json_of, text};
 
 struct Cluster {
     sim: Sim,
@@ -438,20 +438,7 @@ async fn simwait_render_rbac_prints_a_valid_least_privilege_role() {
         .output()
         .expect("render");
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let file = c.dir.path().join("rbac.yaml");
-    std::fs::write(&file, &out.stdout).expect("write");
-    let validated = Command::new("kubernetes-validate")
-        .args(["--strict", "-k", "1.33.0"])
-        .arg(&file)
-        .output()
-        .expect("kubernetes-validate (pip install kubernetes-validate)");
-    assert!(
-        validated.status.success(),
-        "{}{}\n{}",
-        text(&validated.stdout),
-        text(&validated.stderr),
-        text(&out.stdout)
-    );
+    assert_valid_kubernetes(c.dir.path(), &out.stdout, "1.33.0");
     let out = c
         .berth(&["--json", "render", "--rbac"])
         .output()

@@ -10,7 +10,7 @@ use berth_k8s_sim::Sim;
 
 mod common;
 
-use common::{json_of, output_with_stdin, text};
+use common::{assert_valid_kubernetes, json_of, output_with_stdin, text};
 
 const KINDS: [&str; 6] = [
     "ServiceAccount",
@@ -62,19 +62,7 @@ fn render_server_prints_valid_manifests() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let yaml = text(&out.stdout);
     assert_eq!(yaml.matches("---").count(), 6, "{yaml}");
-    let file = dir.path().join("server.yaml");
-    std::fs::write(&file, &out.stdout).expect("write");
-    let validated = Command::new("kubernetes-validate")
-        .args(["--strict", "-k", "1.33.0"])
-        .arg(&file)
-        .output()
-        .expect("kubernetes-validate (pip install kubernetes-validate)");
-    assert!(
-        validated.status.success(),
-        "{}{}\n{yaml}",
-        text(&validated.stdout),
-        text(&validated.stderr),
-    );
+    assert_valid_kubernetes(dir.path(), &out.stdout, "1.33.0");
 }
 
 #[test]

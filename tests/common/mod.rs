@@ -151,3 +151,23 @@ pub async fn fresh_session() -> (String, Cleanup) {
     let session = berth_engine_core::SessionId::generate().to_string();
     (session.clone(), Cleanup(session))
 }
+
+/// Checks `yaml` against the Kubernetes `version` schemas (e.g. "1.33.0") with
+/// `kubernetes-validate --strict`, a validator berth did not write; fails (never skips)
+/// when it is missing.
+pub fn assert_valid_kubernetes(dir: &Path, yaml: &[u8], version: &str) {
+    let file = dir.join(format!("validate-{version}.yaml"));
+    std::fs::write(&file, yaml).expect("write the manifests");
+    let validated = Command::new("kubernetes-validate")
+        .args(["--strict", "-k", version])
+        .arg(&file)
+        .output()
+        .expect("kubernetes-validate (pip install kubernetes-validate)");
+    assert!(
+        validated.status.success(),
+        "{}{}\n{}",
+        text(&validated.stdout),
+        text(&validated.stderr),
+        text(yaml)
+    );
+}
