@@ -7,12 +7,13 @@
 use std::fmt;
 use std::str::FromStr;
 
-use berth_engine_core::{EnvironmentSpec, Workspace};
+use berth_engine_core::{BackendKind, EnvironmentSpec, Workspace};
 use berth_engine_k8s::{CronSchedule, KubernetesConfig};
 use serde_json::{json, Map, Value};
 
 use crate::backend::kubernetes_config;
 use crate::config::BerthConfig;
+use crate::spec::EnvOptions;
 
 /// The API version of Argo's `Workflow` and `CronWorkflow`.
 pub const ARGO_API_VERSION: &str = "argoproj.io/v1alpha1";
@@ -308,6 +309,29 @@ pub fn object_name(spec: &EnvironmentSpec, kind: Kind) -> Result<String, Manifes
         ));
     }
     Ok(name)
+}
+
+/// The spec a rendered run is made of: [`crate::spec::environment_spec`] read with the
+/// Kubernetes backend whatever `runner.backend` says (the manifest is for a cluster: its
+/// user, security profile and workspace claim come from `kubernetes:`), plus the command's
+/// `env` and `workdir`.
+///
+/// # Errors
+/// As [`crate::spec::environment_spec`]; [`berth_engine_core::Error::InvalidSpec`] naming
+/// `env` for a bad variable.
+pub fn run_spec(
+    config: &BerthConfig,
+    options: &EnvOptions,
+    env: impl IntoIterator<Item = (String, String)>,
+    workdir: Option<String>,
+) -> crate::error::Result<EnvironmentSpec> {
+    let mut on_kubernetes = config.clone();
+    on_kubernetes.runner.backend = BackendKind::Kubernetes;
+    let mut spec = crate::spec::environment_spec(&on_kubernetes, options)?;
+    spec.env.extend(env);
+    spec.workdir = workdir;
+    spec.validate()?;
+    Ok(spec)
 }
 
 /// The objects of `run` for the environment `spec` under `config`: the workspace claim when

@@ -157,3 +157,36 @@ fn names_fit_the_kind() {
     let e = object_name(&upper, Kind::Job).unwrap_err().to_string();
     assert!(e.contains("--name") && e.contains("lowercase"), "{e}");
 }
+
+#[test]
+fn the_run_spec_reads_the_kubernetes_settings_whatever_the_backend() {
+    let c = config(&RESTRICTED.replace("backend: kubernetes", "backend: docker"));
+    let spec = run_spec(
+        &c,
+        &EnvOptions::named("nightly".to_owned()),
+        [("A".to_owned(), "1".to_owned())],
+        Some("/workspace".into()),
+    )
+    .expect("spec");
+    assert_eq!(
+        spec.security,
+        berth_engine_core::SecurityProfile::Restricted
+    );
+    assert_eq!(spec.user.as_deref(), Some("1000"));
+    assert_eq!(spec.env["A"], "1");
+    assert_eq!(spec.workdir.as_deref(), Some("/workspace"));
+    assert!(
+        matches!(spec.workspace, Workspace::Volume { .. }),
+        "{:?}",
+        spec.workspace
+    );
+    let e = run_spec(
+        &c,
+        &EnvOptions::named("x".to_owned()),
+        [(String::new(), "1".to_owned())],
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("env"), "{e}");
+}
