@@ -69,7 +69,8 @@ pub enum Command {
     Image(ImageCommand),
     /// Print the Kubernetes objects (Job, PVC) a session would create, as YAML, without
     /// creating anything; with --rbac the Role berth needs, with --server the manifests
-    /// that deploy `berth serve` in the cluster.
+    /// that deploy `berth serve` in the cluster; with --kind a Job, CronJob, Argo Workflow or
+    /// CronWorkflow that runs a command to completion.
     Render(RenderArgs),
     /// Run the job agent: an HTTP API that runs jobs in environments of their own (SIGTERM
     /// drains, a second signal cancels, SIGHUP reloads the API keys).
@@ -92,6 +93,35 @@ pub struct RenderArgs {
     /// --image, --session or --name.
     #[arg(long, conflicts_with_all = ["rbac", "image", "session", "name"])]
     pub server: bool,
+    /// Print instead an object that runs CMD (after `--`) to completion in the configured
+    /// image, with what an environment gets (security profile, resources, service account,
+    /// workspace, lifetime as the deadline, TTL): a batch/v1 job or cronjob, or an Argo
+    /// workflow or cron-workflow. It is named <prefix>-<--name> (berth-main by default).
+    /// Not with --rbac or --server.
+    #[arg(
+        long,
+        value_name = "KIND",
+        value_parser = ["job", "cronjob", "workflow", "cron-workflow"],
+        conflicts_with_all = ["rbac", "server"]
+    )]
+    pub kind: Option<String>,
+    /// With --kind cronjob or cron-workflow (required there): when it runs, a cron expression
+    /// of five fields ("0 4 * * *").
+    #[arg(long, value_name = "CRON", requires = "kind")]
+    pub schedule: Option<String>,
+    /// With --kind cronjob or cron-workflow: the IANA time zone of --schedule
+    /// (Europe/Berlin); default the controller's (usually UTC).
+    #[arg(long, value_name = "TZ", requires = "kind")]
+    pub timezone: Option<String>,
+    /// With --kind: an environment variable of the command, KEY=VALUE (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", requires = "kind")]
+    pub run_env: Vec<String>,
+    /// With --kind: the command's working directory.
+    #[arg(short = 'w', long, requires = "kind")]
+    pub workdir: Option<String>,
+    /// With --kind: the command and its arguments, after `--`.
+    #[arg(last = true, value_name = "CMD", requires = "kind")]
+    pub command: Vec<String>,
 }
 
 /// `berth doctor`.

@@ -8,11 +8,14 @@ use berth_engine_core::{
     EnvironmentId, EnvironmentSpec, EnvironmentState, EnvironmentStatus, Error, LabelSelector,
     Result, StopOutcome, Workspace, LABEL_MANAGED_BY, MANAGED_BY_VALUE,
 };
-use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, Job, JobSpec, JobTemplateSpec};
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, ListParams, PostParams, PropagationPolicy};
 use kube::Api;
 
 use crate::errors::{self, BACKEND};
+use crate::manifest::PodCommand;
 use crate::{manifest, now_unix, wait, KubernetesConfig, KubernetesEngine};
 
 pub(crate) async fn start(
@@ -270,6 +273,189 @@ pub fn render(spec: &EnvironmentSpec, config: &KubernetesConfig) -> Result<Vec<s
     Ok(out)
 }
 
+/// The value of [`LABEL_CREATED_BY`] on what berth renders for a cluster's scheduler.
+pub const CREATED_BY_VALUE: &str = "berth";
+
+/// The label naming berth as the author of a rendered run (Job, CronJob, Argo Workflow).
+pub const LABEL_CREATED_BY: &str = "app.kubernetes.io/created-by";
+
+/// The labels of a rendered run: the spec's own labels, [`LABEL_CREATED_BY`]` = berth` and the
+/// environment name (`berth.dev/name`). Not berth's `managed-by`, session or creation time:
+/// the cluster's scheduler owns these objects, and `berth gc` removes the `managed-by=berth`
+/// Jobs whose session has ended, which would cut a scheduled run short.
+#[must_use]
+pub fn run_labels(spec: &EnvironmentSpec) -> BTreeMap<String, String> {
+    let mut labels = spec.labels.clone();
+    labels.remove(LABEL_MANAGED_BY);
+    labels.insert(LABEL_CREATED_BY.into(), CREATED_BY_VALUE.into());
+    labels.insert(berth_engine_core::LABEL_NAME.into(), spec.name.clone());
+    labels
+}
+
+/// When and how a CronJob starts its runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CronSchedule {
+    /// A cron expression of five fields (`0 4 * * *`).
+    pub schedule: String,
+    /// An IANA time zone (`Europe/Berlin`) the schedule is read in; `None` is the
+    /// controller's own (UTC on most clusters).
+    pub time_zone: Option<String>,
+    /// `Forbid` (the default: a run still going skips the next), `Allow` or `Replace`.
+    pub concurrency_policy: String,
+}
+
+impl CronSchedule {
+    /// `schedule` in the controller's time zone, with `concurrencyPolicy: Forbid`.
+    #[must_use]
+    pub fn new(schedule: impl Into<String>) -> Self {
+        Self {
+            schedule: schedule.into(),
+            time_zone: None,
+            concurrency_policy: "Forbid".into(),
+        }
+    }
+
+    /// The same, read in `time_zone`.
+    #[must_use]
+    pub fn with_time_zone(mut self, time_zone: impl Into<String>) -> Self {
+        self.time_zone = Some(time_zone.into());
+        self
+    }
+}
+
+/// The pod template of a run of `command`: [`manifest::pod_spec`] (the pod an environment
+/// gets, running `command` instead of the keepalive) with [`run_labels`].
+///
+/// # Errors
+/// [`Error::InvalidSpec`] when the spec is invalid or `command` is empty.
+pub fn run_pod_template(
+    spec: &EnvironmentSpec,
+    config: &KubernetesConfig,
+    command: &[String],
+) -> Result<PodTemplateSpec> {
+    Ok(PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(run_labels(spec)),
+            ..Default::default()
+        }),
+        spec: Some(manifest::pod_spec(spec, config, PodCommand::Run(command))?),
+    })
+}
+
+fn run_job_spec(
+    spec: &EnvironmentSpec,
+    config: &KubernetesConfig,
+    command: &[String],
+) -> Result<JobSpec> {
+    Ok(JobSpec {
+        backoff_limit: Some(0),
+        active_deadline_seconds: Some(manifest::lifetime_secs(spec)),
+        ttl_seconds_after_finished: Some(config.ttl_seconds_after_finished),
+        template: run_pod_template(spec, config, command)?,
+        ..Default::default()
+    })
+}
+
+fn run_metadata(spec: &EnvironmentSpec, config: &KubernetesConfig, name: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: Some(config.namespace.clone()),
+        labels: Some(run_labels(spec)),
+        ..Default::default()
+    }
+}
+
+/// A batch/v1 Job named `name` that runs `command` to completion in the spec's image: the
+/// environment's pod ([`run_pod_template`]), `backoffLimit: 0`, `activeDeadlineSeconds` = the
+/// lifetime, `ttlSecondsAfterFinished` from the config.
+///
+/// # Errors
+/// [`Error::InvalidSpec`] when the spec is invalid or `command` is empty.
+pub fn run_job(
+    spec: &EnvironmentSpec,
+    config: &KubernetesConfig,
+    name: &str,
+    command: &[String],
+) -> Result<Job> {
+    Ok(Job {
+        metadata: run_metadata(spec, config, name),
+        spec: Some(run_job_spec(spec, config, command)?),
+        status: None,
+    })
+}
+
+/// A batch/v1 CronJob named `name` that starts [`run_job`]'s Job on `schedule`.
+///
+/// # Errors
+/// [`Error::InvalidSpec`] when the spec is invalid or `command` is empty.
+pub fn run_cron_job(
+    spec: &EnvironmentSpec,
+    config: &KubernetesConfig,
+    name: &str,
+    command: &[String],
+    schedule: &CronSchedule,
+) -> Result<CronJob> {
+    Ok(CronJob {
+        metadata: run_metadata(spec, config, name),
+        spec: Some(CronJobSpec {
+            schedule: schedule.schedule.clone(),
+            time_zone: schedule.time_zone.clone(),
+            concurrency_policy: Some(schedule.concurrency_policy.clone()),
+            job_template: JobTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(run_labels(spec)),
+                    ..Default::default()
+                }),
+                spec: Some(run_job_spec(spec, config, command)?),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+/// [`run_job`] as a JSON object with its `apiVersion` and `kind`.
+///
+/// # Errors
+/// As [`run_job`].
+pub fn render_run_job(
+    spec: &EnvironmentSpec,
+    config: &KubernetesConfig,
+    name: &str,
+    command: &[String],
+) -> Result<serde_json::Value> {
+    to_json("batch/v1", "Job", &run_job(spec, config, name, command)?)
+}
+
+/// [`run_cron_job`] as a JSON object with its `apiVersion` and `kind`.
+///
+/// # Errors
+/// As [`run_cron_job`].
+pub fn render_run_cron_job(
+    spec: &EnvironmentSpec,
+    config: &KubernetesConfig,
+    name: &str,
+    command: &[String],
+    schedule: &CronSchedule,
+) -> Result<serde_json::Value> {
+    let cron = run_cron_job(spec, config, name, command, schedule)?;
+    to_json("batch/v1", "CronJob", &cron)
+}
+
+/// [`run_pod_template`]'s pod spec as JSON, for schedulers with objects of their own (Argo).
+///
+/// # Errors
+/// As [`run_pod_template`].
+pub fn render_run_pod_spec(
+    spec: &EnvironmentSpec,
+    config: &KubernetesConfig,
+    command: &[String],
+) -> Result<serde_json::Value> {
+    let pod = manifest::pod_spec(spec, config, PodCommand::Run(command))?;
+    serde_json::to_value(pod).map_err(|e| Error::backend(BACKEND, "render", e))
+}
+
 fn to_json<T: serde::Serialize>(
     api_version: &str,
     kind: &str,
@@ -281,4 +467,89 @@ fn to_json<T: serde::Serialize>(
         map.insert("kind".into(), kind.into());
     }
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_engine_core::{ImageRef, SecurityProfile, SessionId};
+
+    fn spec() -> EnvironmentSpec {
+        let mut s = EnvironmentSpec::new(
+            ImageRef::new("busybox:1.36").unwrap(),
+            SessionId::new("s1").unwrap(),
+        );
+        s.env.insert("A".into(), "1".into());
+        s.workdir = Some("/workspace".into());
+        s
+    }
+
+    fn argv() -> Vec<String> {
+        vec!["sh".into(), "-c".into(), "exit 3".into()]
+    }
+
+    #[test]
+    fn a_run_job_runs_the_command_in_the_environments_pod() {
+        let config = KubernetesConfig::default();
+        let s = spec();
+        let job = run_job(&s, &config, "nightly", &argv()).unwrap();
+        assert_eq!(job.metadata.name.as_deref(), Some("nightly"));
+        let labels = job.metadata.labels.clone().unwrap();
+        assert_eq!(labels[LABEL_CREATED_BY], "berth");
+        assert_eq!(labels["berth.dev/name"], "main");
+        assert!(!labels.contains_key(LABEL_MANAGED_BY), "{labels:?}");
+        let job_spec = job.spec.unwrap();
+        assert_eq!(job_spec.backoff_limit, Some(0));
+        assert_eq!(job_spec.active_deadline_seconds, Some(86400));
+        assert_eq!(job_spec.ttl_seconds_after_finished, Some(600));
+        let pod = job_spec.template.spec.unwrap();
+        // The same pod as an environment's, the command instead of the keepalive.
+        let mut env_pod = manifest::job(&s, &config, "x", 0)
+            .unwrap()
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
+        assert_eq!(pod.containers[0].command.as_ref().unwrap(), &argv());
+        assert_eq!(pod.termination_grace_period_seconds, None);
+        env_pod.containers[0].command = Some(argv());
+        env_pod.termination_grace_period_seconds = None;
+        assert_eq!(pod, env_pod);
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        assert_eq!(pod.containers[0].working_dir.as_deref(), Some("/workspace"));
+    }
+
+    #[test]
+    fn a_run_needs_a_command() {
+        let err = run_job(&spec(), &KubernetesConfig::default(), "x", &[]).unwrap_err();
+        assert!(err.to_string().contains("command"), "{err}");
+    }
+
+    #[test]
+    fn a_cron_job_carries_the_schedule_and_the_run_job() {
+        let mut s = spec();
+        s.security = SecurityProfile::Restricted;
+        s.user = Some("1000".into());
+        let config = KubernetesConfig::default();
+        let schedule = CronSchedule::new("0 4 * * *").with_time_zone("Europe/Berlin");
+        let cron = run_cron_job(&s, &config, "nightly", &argv(), &schedule).unwrap();
+        let cron_spec = cron.spec.unwrap();
+        assert_eq!(cron_spec.schedule, "0 4 * * *");
+        assert_eq!(cron_spec.time_zone.as_deref(), Some("Europe/Berlin"));
+        assert_eq!(cron_spec.concurrency_policy.as_deref(), Some("Forbid"));
+        let job_spec = cron_spec.job_template.spec.unwrap();
+        assert_eq!(
+            job_spec,
+            run_job(&s, &config, "nightly", &argv())
+                .unwrap()
+                .spec
+                .unwrap()
+        );
+        let pod = job_spec.template.spec.unwrap();
+        assert_eq!(pod.security_context.unwrap().run_as_non_root, Some(true));
+        let json = render_run_cron_job(&s, &config, "nightly", &argv(), &schedule).unwrap();
+        assert_eq!(json["apiVersion"], "batch/v1");
+        assert_eq!(json["kind"], "CronJob");
+    }
 }

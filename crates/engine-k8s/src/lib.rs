@@ -51,7 +51,10 @@ use berth_engine_core::{
 };
 
 use crate::errors::BACKEND;
-pub use crate::job::render;
+pub use crate::job::{
+    render, render_run_cron_job, render_run_job, render_run_pod_spec, run_cron_job, run_job,
+    run_labels, run_pod_template, CronSchedule, CREATED_BY_VALUE, LABEL_CREATED_BY,
+};
 
 /// How to reach the cluster and what every environment's pod gets.
 #[derive(Debug, Clone)]

@@ -120,21 +120,35 @@ fn workspace(spec: &EnvironmentSpec) -> Option<(Volume, VolumeMount)> {
     }
 }
 
-/// The Job of an environment: one container sleeping for the lifetime, `restartPolicy: Never`,
-/// `backoffLimit: 0`, `activeDeadlineSeconds` = lifetime, `ttlSecondsAfterFinished`, no service
-/// account token, berth's labels on the Job and the pod template.
+/// What the pod's one container runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PodCommand<'a> {
+    /// An environment: `sleep` for the lifetime, commands come by exec.
+    Keepalive,
+    /// A run to completion: this command (argv), its exit code the pod's outcome.
+    Run(&'a [String]),
+}
+
+/// The lifetime in seconds, as `activeDeadlineSeconds` takes it.
+pub(crate) fn lifetime_secs(spec: &EnvironmentSpec) -> i64 {
+    i64::try_from(spec.max_lifetime.as_secs()).unwrap_or(i64::MAX)
+}
+
+/// The pod of an environment or of a run: one container (`command` decides what it runs)
+/// with the spec's image, env, workdir, user, resources and workspace, the security profile
+/// on pod and container, `restartPolicy: Never`, no service account token, the configured
+/// service account. One function for both, so a run carries everything an environment does.
 ///
 /// # Errors
-/// [`Error::InvalidSpec`] when the spec is invalid.
-pub fn job(
+/// [`Error::InvalidSpec`] when the spec is invalid, or the command of a run is empty.
+pub fn pod_spec(
     spec: &EnvironmentSpec,
     config: &KubernetesConfig,
-    name: &str,
-    created_unix_secs: u64,
-) -> Result<Job> {
+    command: PodCommand<'_>,
+) -> Result<PodSpec> {
     spec.validate()?;
-    let labels = spec.object_labels(created_unix_secs);
-    let lifetime = i64::try_from(spec.max_lifetime.as_secs()).unwrap_or(i64::MAX);
+    let lifetime = lifetime_secs(spec);
     let (uid, gid) = numeric_user(spec.user.as_deref());
     let restricted = spec.security == SecurityProfile::Restricted;
     let container_security = SecurityContext {
@@ -175,7 +189,16 @@ pub fn job(
         name: CONTAINER.into(),
         image: Some(spec.image.to_string()),
         image_pull_policy: config.image_pull_policy.clone(),
-        command: Some(vec!["sleep".into(), lifetime.to_string()]),
+        command: Some(match command {
+            PodCommand::Keepalive => vec!["sleep".into(), lifetime.to_string()],
+            PodCommand::Run([]) => {
+                return Err(Error::invalid_spec(
+                    "command",
+                    "a run needs a command to run",
+                ))
+            }
+            PodCommand::Run(argv) => argv.to_vec(),
+        }),
         env: (!env.is_empty()).then_some(env),
         working_dir: spec.workdir.clone(),
         resources: resources(spec, config),
@@ -188,8 +211,9 @@ pub fn job(
         restart_policy: Some("Never".into()),
         automount_service_account_token: Some(false),
         service_account_name: config.service_account.clone(),
-        // `sleep` dies at once on SIGTERM; a stop needs no grace period.
-        termination_grace_period_seconds: Some(1),
+        // `sleep` dies at once on SIGTERM; a stop needs no grace period. A command keeps
+        // Kubernetes' default to clean up.
+        termination_grace_period_seconds: (command == PodCommand::Keepalive).then_some(1),
         // Without it the keepalive `sleep` is PID 1 and never reaps, so every background
         // child a command leaves behind stays a zombie until the pod ends. With it the
         // sandbox's pause process is PID 1 and reaps them, as Docker's init does for the
@@ -208,6 +232,24 @@ pub fn job(
         volumes,
         ..Default::default()
     };
+    Ok(pod)
+}
+
+/// The Job of an environment: one container sleeping for the lifetime, `restartPolicy: Never`,
+/// `backoffLimit: 0`, `activeDeadlineSeconds` = lifetime, `ttlSecondsAfterFinished`, no service
+/// account token, berth's labels on the Job and the pod template.
+///
+/// # Errors
+/// [`Error::InvalidSpec`] when the spec is invalid.
+pub fn job(
+    spec: &EnvironmentSpec,
+    config: &KubernetesConfig,
+    name: &str,
+    created_unix_secs: u64,
+) -> Result<Job> {
+    let pod = pod_spec(spec, config, PodCommand::Keepalive)?;
+    let labels = spec.object_labels(created_unix_secs);
+    let lifetime = lifetime_secs(spec);
     Ok(Job {
         metadata: ObjectMeta {
             name: Some(name.to_owned()),

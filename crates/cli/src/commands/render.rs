@@ -1,11 +1,14 @@
-//! `berth render`: the Kubernetes objects a session would create, the Role berth needs, or
-//! the manifests that deploy `berth serve`.
+//! `berth render`: the Kubernetes objects a session would create, the Role berth needs, the
+//! manifests that deploy `berth serve`, or a command's run as a Job, CronJob, Argo Workflow
+//! or CronWorkflow (`--kind`).
 
 use std::process::ExitCode;
 
 use berth_runner::{backend, rbac, render, spec};
 
-use super::{env_options, Ctx};
+use berth_runner::render::kinds::{Kind, RunManifest};
+
+use super::{env_options, parse_pairs, Ctx};
 use crate::args::RenderArgs;
 
 pub fn render(ctx: &Ctx, args: RenderArgs) -> anyhow::Result<ExitCode> {
@@ -13,6 +16,18 @@ pub fn render(ctx: &Ctx, args: RenderArgs) -> anyhow::Result<ExitCode> {
         render::server_objects(ctx.config())?
     } else if let Some(subject) = &args.rbac {
         rbac::objects(ctx.config(), subject)
+    } else if let Some(kind) = &args.kind {
+        let kind: Kind = kind.parse()?;
+        let spec = render::kinds::run_spec(
+            ctx.config(),
+            &env_options(&args.env)?,
+            parse_pairs("--env", &args.run_env)?,
+            args.workdir.clone(),
+        )?;
+        let mut run = RunManifest::new(kind, args.command);
+        run.schedule = args.schedule;
+        run.timezone = args.timezone;
+        render::kinds::objects(ctx.config(), &spec, &run)?
     } else {
         let spec = spec::environment_spec(ctx.config(), &env_options(&args.env)?)?;
         backend::render(ctx.config(), &spec)?

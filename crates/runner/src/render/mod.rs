@@ -1,6 +1,7 @@
-//! Kubernetes objects as YAML text, as `berth render` prints them, and the objects of
-//! `berth render --server` ([`server`]).
+//! Kubernetes objects as YAML text, as `berth render` prints them, the objects of
+//! `berth render --server` ([`server`]) and of `berth render --kind` ([`kinds`]).
 
+pub mod kinds;
 pub mod server;
 
 pub use server::server_objects;

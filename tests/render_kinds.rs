@@ -1,0 +1,405 @@
+//! `berth render --kind job|cronjob|workflow|cron-workflow`: a command's run as the object of
+//! a cluster's scheduler, checked by validators berth did not write. Job and CronJob YAML go
+//! through `kubernetes-validate --strict` for Kubernetes 1.31, 1.32 and 1.33; Workflow and
+//! CronWorkflow YAML through the models of the Argo Python SDK (`argo-workflows` on PyPI);
+//! the Job through `kubectl create --dry-run=server` against the simulator, and its pod
+//! through the simulator's Pod Security admission in a `restricted` namespace. The
+//! simulator serves no CronJobs, so the CronJob is checked by kubernetes-validate only.
+//! kubectl, kubernetes-validate, python3 with argo_workflows and Docker (under the simulator)
+//! missing is a failure, not a skip.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use berth_k8s_sim::Sim;
+use serde_json::Value;
+
+mod common;
+
+use common::{json_of, output_with_stdin, text};
+
+const PROFILES: [&str; 2] = ["hardened", "restricted"];
+
+/// `berth render` in `dir` with a Kubernetes config of `profile`, a workspace claim and a
+/// service account; the runner backend left at Docker (the manifest is for a cluster anyway).
+fn render(dir: &Path, profile: &str, args: &[&str]) -> Output {
+    common::berth_in(dir, &dir.join("state"), args)
+        .env("BERTH_RUNNER__IMAGE", "busybox:1.36")
+        .env("BERTH_KUBERNETES__NAMESPACE", "agents")
+        .env("BERTH_KUBERNETES__PVC_NAME", "ws")
+        .env("BERTH_KUBERNETES__CREATE_PVC", "true")
+        .env("BERTH_KUBERNETES__SERVICE_ACCOUNT", "runner")
+        .env("BERTH_KUBERNETES__SECURITY", profile)
+        .env("BERTH_KUBERNETES__RUN_AS_USER", "1000")
+        .output()
+        .expect("berth runs")
+}
+
+fn render_ok(dir: &Path, profile: &str, args: &[&str]) -> Output {
+    let out = render(dir, profile, args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    out
+}
+
+fn kind_args(kind: &str, json: bool) -> Vec<&str> {
+    let mut args = Vec::new();
+    if json {
+        args.push("--json");
+    }
+    args.extend(["render", "--kind", kind, "--name", "nightly"]);
+    if kind.starts_with("cron") {
+        args.extend(["--schedule", "0 4 * * *", "--timezone", "Europe/Berlin"]);
+    }
+    args.extend([
+        "-e",
+        "MODE=ci",
+        "-w",
+        "/workspace",
+        "--",
+        "sh",
+        "-c",
+        "make test",
+    ]);
+    args
+}
+
+/// The last object `render --json` printed for `kind` (the claim comes first).
+fn rendered(dir: &Path, profile: &str, kind: &str) -> Value {
+    let out = render_ok(dir, profile, &kind_args(kind, true));
+    let objects = json_of(&out);
+    let objects = objects.as_array().expect("an array");
+    assert_eq!(objects[0]["kind"], "PersistentVolumeClaim", "{objects:?}");
+    objects.last().expect("an object").clone()
+}
+
+#[test]
+fn each_kind_runs_the_command_with_what_an_environment_carries() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for profile in PROFILES {
+        let job = rendered(dir.path(), profile, "job");
+        assert_eq!(job["kind"], "Job");
+        assert_eq!(job["metadata"]["name"], "berth-nightly");
+        let pod = &job["spec"]["template"]["spec"];
+        let container = &pod["containers"][0];
+        assert_eq!(
+            container["command"],
+            serde_json::json!(["sh", "-c", "make test"])
+        );
+        assert_eq!(container["env"][0]["name"], "MODE");
+        assert_eq!(container["workingDir"], "/workspace");
+        assert_eq!(container["securityContext"]["runAsUser"], 1000);
+        assert_eq!(pod["serviceAccountName"], "runner");
+        assert_eq!(pod["automountServiceAccountToken"], false);
+        assert_eq!(
+            pod["volumes"][0]["persistentVolumeClaim"]["claimName"],
+            "ws"
+        );
+        assert_eq!(job["spec"]["activeDeadlineSeconds"], 86400);
+        assert!(job["spec"]["ttlSecondsAfterFinished"].is_number(), "{job}");
+        assert_eq!(
+            pod["securityContext"]["runAsNonRoot"].as_bool(),
+            (profile == "restricted").then_some(true),
+            "{profile}"
+        );
+
+        let cron = rendered(dir.path(), profile, "cronjob");
+        assert_eq!(cron["spec"]["schedule"], "0 4 * * *");
+        assert_eq!(cron["spec"]["timeZone"], "Europe/Berlin");
+        assert_eq!(cron["spec"]["jobTemplate"]["spec"], job["spec"]);
+
+        let wf = rendered(dir.path(), profile, "workflow");
+        assert_eq!(wf["kind"], "Workflow");
+        assert_eq!(wf["spec"]["entrypoint"], "main");
+        assert_eq!(
+            wf["spec"]["templates"][0]["container"]["command"],
+            container["command"]
+        );
+        assert_eq!(wf["spec"]["securityContext"], pod["securityContext"]);
+        assert_eq!(wf["spec"]["podGC"]["strategy"], "OnPodSuccess");
+        assert!(wf["spec"]["ttlStrategy"]["secondsAfterCompletion"].is_number());
+
+        let cwf = rendered(dir.path(), profile, "cron-workflow");
+        assert_eq!(cwf["kind"], "CronWorkflow");
+        assert_eq!(cwf["spec"]["schedule"], "0 4 * * *");
+        assert_eq!(cwf["spec"]["timezone"], "Europe/Berlin");
+        assert_eq!(cwf["spec"]["concurrencyPolicy"], "Forbid");
+        assert_eq!(cwf["spec"]["workflowSpec"], wf["spec"]);
+    }
+}
+
+#[test]
+fn job_and_cronjob_pass_kubernetes_validate_strict_for_1_31_to_1_33() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for profile in PROFILES {
+        for kind in ["job", "cronjob"] {
+            let out = render_ok(dir.path(), profile, &kind_args(kind, false));
+            let yaml = text(&out.stdout);
+            assert_eq!(yaml.matches("---").count(), 2, "{yaml}");
+            let file = dir.path().join(format!("{kind}-{profile}.yaml"));
+            std::fs::write(&file, &out.stdout).expect("write");
+            for version in ["1.31.0", "1.32.0", "1.33.0"] {
+                let validated = Command::new("kubernetes-validate")
+                    .args(["--strict", "-k", version])
+                    .arg(&file)
+                    .output()
+                    .expect("kubernetes-validate (pip install kubernetes-validate)");
+                assert!(
+                    validated.status.success(),
+                    "{kind} {profile} {version}: {}{}\n{yaml}",
+                    text(&validated.stdout),
+                    text(&validated.stderr),
+                );
+            }
+        }
+    }
+}
+
+/// Reads the Workflow or CronWorkflow of a YAML (or JSON) file into the Argo SDK's model,
+/// which refuses a missing required field or a wrong type; then refuses any key the models
+/// do not know (they would keep it as an extra property) and a wrong apiVersion.
+const ARGO_CHECK: &str = r#"
+import sys, yaml
+from argo_workflows.configuration import Configuration
+from argo_workflows.model_utils import OpenApiModel, validate_and_convert_types
+from argo_workflows.model.io_argoproj_workflow_v1alpha1_workflow import IoArgoprojWorkflowV1alpha1Workflow
+from argo_workflows.model.io_argoproj_workflow_v1alpha1_cron_workflow import IoArgoprojWorkflowV1alpha1CronWorkflow
+MODELS = {"Workflow": IoArgoprojWorkflowV1alpha1Workflow, "CronWorkflow": IoArgoprojWorkflowV1alpha1CronWorkflow}
+def unknown(obj, path):
+    if isinstance(obj, OpenApiModel):
+        for key, value in obj._data_store.items():
+            if key not in type(obj).attribute_map:
+                yield f"{path}.{key}"
+            else:
+                yield from unknown(value, f"{path}.{type(obj).attribute_map[key]}")
+    elif isinstance(obj, list):
+        for i, item in enumerate(obj):
+            yield from unknown(item, f"{path}[{i}]")
+with open(sys.argv[1]) as f:
+    docs = [d for d in yaml.safe_load_all(f) if d and d.get("kind") in MODELS]
+if len(docs) != 1:
+    sys.exit(f"expected one Workflow or CronWorkflow, found {len(docs)}")
+doc = docs[0]
+if doc.get("apiVersion") != "argoproj.io/v1alpha1":
+    sys.exit(f"apiVersion {doc.get('apiVersion')!r}")
+model = validate_and_convert_types(doc, (MODELS[doc["kind"]],), ["doc"], True, True, configuration=Configuration())
+bad = list(unknown(model, "doc"))
+if bad:
+    sys.exit("unknown fields: " + ", ".join(bad))
+print("ok", doc["kind"])
+"#;
+
+fn argo_check(dir: &Path, file: &Path) -> Output {
+    let script = dir.join("argo_check.py");
+    std::fs::write(&script, ARGO_CHECK).expect("write");
+    Command::new("python3")
+        .arg(&script)
+        .arg(file)
+        .output()
+        .expect("python3 (with pip install argo-workflows)")
+}
+
+#[test]
+fn workflow_and_cron_workflow_pass_the_argo_sdk_models() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for profile in PROFILES {
+        for (kind, name) in [("workflow", "Workflow"), ("cron-workflow", "CronWorkflow")] {
+            let out = render_ok(dir.path(), profile, &kind_args(kind, false));
+            let file = dir.path().join(format!("{kind}-{profile}.yaml"));
+            std::fs::write(&file, &out.stdout).expect("write");
+            let checked = argo_check(dir.path(), &file);
+            assert!(
+                checked.status.success(),
+                "{kind} {profile}: {}{}\n{}",
+                text(&checked.stdout),
+                text(&checked.stderr),
+                text(&out.stdout)
+            );
+            assert_eq!(text(&checked.stdout).trim(), format!("ok {name}"));
+        }
+    }
+}
+
+#[test]
+fn the_argo_check_fails_on_a_missing_required_field_or_an_unknown_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wf = rendered(dir.path(), "restricted", "workflow");
+    let cwf = rendered(dir.path(), "restricted", "cron-workflow");
+    let mut no_image = wf.clone();
+    no_image["spec"]["templates"][0]["container"]
+        .as_object_mut()
+        .expect("container")
+        .remove("image");
+    let mut unknown = wf.clone();
+    unknown["spec"]["templates"][0]["container"]["imagePullPolice"] = "Always".into();
+    let mut no_workflow_spec = cwf.clone();
+    no_workflow_spec["spec"]
+        .as_object_mut()
+        .expect("spec")
+        .remove("workflowSpec");
+    let mut wrong_type = cwf;
+    wrong_type["spec"]["workflowSpec"]["activeDeadlineSeconds"] = "a day".into();
+    for (case, doc, needle) in [
+        ("no image", no_image, "image"),
+        ("unknown field", unknown, "imagePullPolice"),
+        ("no workflowSpec", no_workflow_spec, "workflow_spec"),
+        ("wrong type", wrong_type, "active_deadline_seconds"),
+    ] {
+        let file = dir.path().join("bad.json");
+        std::fs::write(&file, doc.to_string()).expect("write");
+        let checked = argo_check(dir.path(), &file);
+        assert!(
+            !checked.status.success(),
+            "{case}: {}",
+            text(&checked.stdout)
+        );
+        let err = text(&checked.stderr);
+        assert!(err.contains(needle), "{case}: {err}");
+    }
+}
+
+#[test]
+fn kind_flags_are_checked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let refused = |args: &[&str], needles: &[&str]| {
+        let out = render(dir.path(), "hardened", args);
+        assert_eq!(
+            out.status.code(),
+            Some(125),
+            "{args:?}: {}",
+            text(&out.stdout)
+        );
+        assert!(out.stdout.is_empty(), "{args:?}: {}", text(&out.stdout));
+        let err = text(&out.stderr);
+        for needle in needles {
+            assert!(err.contains(needle), "{args:?}: {needle} not in {err}");
+        }
+    };
+    refused(
+        &["render", "--kind", "job", "--rbac", "x", "--", "true"],
+        &["--kind", "--rbac"],
+    );
+    refused(
+        &["render", "--kind", "job", "--server", "--", "true"],
+        &["--kind", "--server"],
+    );
+    refused(&["render", "--kind", "job"], &["command", "--kind job"]);
+    refused(
+        &["render", "--kind", "pod", "--", "true"],
+        &["--kind", "cron-workflow"],
+    );
+    refused(
+        &["render", "--kind", "cronjob", "--", "true"],
+        &["--schedule"],
+    );
+    refused(
+        &[
+            "render",
+            "--kind",
+            "cron-workflow",
+            "--schedule",
+            "0 4 * *",
+            "--",
+            "true",
+        ],
+        &["--schedule", "five fields"],
+    );
+    refused(
+        &[
+            "render",
+            "--kind",
+            "workflow",
+            "--schedule",
+            "0 4 * * *",
+            "--",
+            "true",
+        ],
+        &["--schedule", "workflow"],
+    );
+    refused(
+        &["render", "--kind", "job", "--timezone", "UTC", "--", "true"],
+        &["--timezone"],
+    );
+    refused(&["render", "--schedule", "0 4 * * *"], &["--kind"]);
+    refused(&["render", "--", "true"], &["--kind"]);
+    refused(
+        &["render", "--kind", "job", "-e", "NOEQUALS", "--", "true"],
+        &["--env", "KEY=VALUE"],
+    );
+    // The other forms still work.
+    render_ok(dir.path(), "hardened", &["render", "--rbac"]);
+    render_ok(dir.path(), "hardened", &["render"]);
+}
+
+fn kubectl(kubeconfig: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new("kubectl");
+    cmd.env("KUBECONFIG", kubeconfig).args(args);
+    cmd
+}
+
+#[tokio::test]
+async fn simwait_kubectl_dry_run_accepts_the_job_and_pod_security_admits_restricted_only() {
+    let sim = Sim::start()
+        .await
+        .unwrap_or_else(|e| panic!("the simulator needs a running Docker daemon: {e}"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    sim.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+    // `kubectl create namespace` sends protobuf, which the simulator does not read.
+    let ns = output_with_stdin(
+        &mut kubectl(&kubeconfig, &["create", "-f", "-"]),
+        br#"{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "agents",
+            "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}}"#,
+    );
+    assert!(ns.status.success(), "{}", text(&ns.stderr));
+    for profile in PROFILES {
+        let job = rendered(dir.path(), profile, "job");
+        let created = output_with_stdin(
+            &mut kubectl(&kubeconfig, &["create", "--dry-run=server", "-f", "-"]),
+            job.to_string().as_bytes(),
+        );
+        assert!(
+            created.status.success(),
+            "{profile}: {}{}",
+            text(&created.stdout),
+            text(&created.stderr)
+        );
+        assert!(
+            text(&created.stdout).contains("job.batch/berth-nightly created (server dry run)"),
+            "{}",
+            text(&created.stdout)
+        );
+        assert!(!text(&created.stderr).contains("unknown field"));
+
+        // The Job's pod, as its controller would create it, through Pod Security admission.
+        let pod = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "berth-nightly-pod", "namespace": "agents",
+                         "labels": job["spec"]["template"]["metadata"]["labels"]},
+            "spec": job["spec"]["template"]["spec"],
+        });
+        let admitted = output_with_stdin(
+            &mut kubectl(&kubeconfig, &["create", "--dry-run=server", "-f", "-"]),
+            pod.to_string().as_bytes(),
+        );
+        let err = text(&admitted.stderr);
+        if profile == "restricted" {
+            assert!(admitted.status.success(), "restricted refused: {err}");
+        } else {
+            // The check bites: hardened adds capabilities and may run as root.
+            assert!(!admitted.status.success(), "hardened admitted");
+            assert!(err.contains("violates PodSecurity \"restricted"), "{err}");
+        }
+    }
+    // Nothing was stored.
+    let jobs = kubectl(&kubeconfig, &["get", "jobs", "-n", "agents", "-o", "json"])
+        .output()
+        .expect("kubectl");
+    assert!(jobs.status.success(), "{}", text(&jobs.stderr));
+    assert_eq!(json_of(&jobs)["items"], serde_json::json!([]));
+}
