@@ -16,7 +16,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::{json_of, output_with_stdin, text};
+use common::{assert_valid_kubernetes, json_of, output_with_stdin, text};
 
 const PROFILES: [&str; 2] = ["hardened", "restricted"];
 
@@ -140,20 +140,8 @@ fn job_and_cronjob_pass_kubernetes_validate_strict_for_1_31_to_1_33() {
             let out = render_ok(dir.path(), profile, &kind_args(kind, false));
             let yaml = text(&out.stdout);
             assert_eq!(yaml.matches("---").count(), 2, "{yaml}");
-            let file = dir.path().join(format!("{kind}-{profile}.yaml"));
-            std::fs::write(&file, &out.stdout).expect("write");
             for version in ["1.31.0", "1.32.0", "1.33.0"] {
-                let validated = Command::new("kubernetes-validate")
-                    .args(["--strict", "-k", version])
-                    .arg(&file)
-                    .output()
-                    .expect("kubernetes-validate (pip install kubernetes-validate)");
-                assert!(
-                    validated.status.success(),
-                    "{kind} {profile} {version}: {}{}\n{yaml}",
-                    text(&validated.stdout),
-                    text(&validated.stderr),
-                );
+                assert_valid_kubernetes(dir.path(), &out.stdout, version);
             }
         }
     }
