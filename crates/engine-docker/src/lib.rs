@@ -74,7 +74,7 @@ pub struct DockerConfig {
     /// [`DEFAULT_DOCKER_HOST`], like the docker CLI.
     pub host: Option<String>,
     /// A docker CLI context name (`docker context ls`), read from `$DOCKER_CONFIG/contexts`.
-    /// Exclusive with [`DockerConfig::host`].
+    /// [`DockerConfig::host`] wins over it (a `--docker-host` flag over a configured context).
     pub context: Option<String>,
     /// TLS to a `tcp://` daemon; `None` means the docker CLI's environment
     /// (`DOCKER_TLS_VERIFY`, `DOCKER_CERT_PATH`).
@@ -151,12 +151,6 @@ impl DockerConfig {
 
     fn endpoint(&self) -> Result<Endpoint> {
         let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        if self.host.is_some() && self.context.is_some() {
-            return Err(Error::invalid_spec(
-                "docker.context",
-                "set either docker.host or docker.context, not both",
-            ));
-        }
         let from_context = |field: &'static str, name: &str| -> Result<Endpoint> {
             let dir = context::docker_config_dir().ok_or_else(|| {
                 Error::invalid_spec(
@@ -247,7 +241,8 @@ impl DockerEngine {
         let field = endpoint.field;
         if address.starts_with("ssh://") {
             let target = ssh::SshTarget::parse(field, &address)?;
-            let proxy = ssh::SshProxy::start(&address, target, config.ssh_config.as_deref())?;
+            let proxy =
+                ssh::SshProxy::start(&address, target, config.ssh_config.as_deref()).await?;
             let docker = Docker::connect_with_socket(
                 &proxy.socket().display().to_string(),
                 DEFAULT_TIMEOUT_SECS,

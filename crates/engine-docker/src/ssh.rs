@@ -91,8 +91,8 @@ impl SshTarget {
     }
 }
 
-/// The `ssh` argument list that runs `docker system dial-stdio` on `target`.
-pub(crate) fn ssh_args(target: &SshTarget, config_file: Option<&Path>) -> Vec<String> {
+/// The `ssh` options common to the master connection and the tunnels.
+fn base_args(target: &SshTarget, config_file: Option<&Path>) -> Vec<String> {
     let mut args = Vec::new();
     if let Some(f) = config_file {
         args.push("-F".to_owned());
@@ -108,6 +108,34 @@ pub(crate) fn ssh_args(target: &SshTarget, config_file: Option<&Path>) -> Vec<St
         args.push("-p".to_owned());
         args.push(port.to_string());
     }
+    args
+}
+
+/// The master connection: authenticates once and holds the connection that the tunnels
+/// multiplex over (`-M -N`, in the foreground so the engine owns it).
+pub(crate) fn master_args(
+    target: &SshTarget,
+    config_file: Option<&Path>,
+    control: &Path,
+) -> Vec<String> {
+    let mut args = base_args(target, config_file);
+    args.extend(["-M", "-N", "-o", "ControlPersist=no", "-o"].map(str::to_owned));
+    args.push(format!("ControlPath={}", control.display()));
+    args.push("--".to_owned());
+    args.push(target.host.clone());
+    args
+}
+
+/// One tunnel: `docker system dial-stdio` on `target`, over the master connection when it is
+/// up (ssh connects directly when the control socket is gone).
+pub(crate) fn tunnel_args(
+    target: &SshTarget,
+    config_file: Option<&Path>,
+    control: &Path,
+) -> Vec<String> {
+    let mut args = base_args(target, config_file);
+    args.extend(["-o", "ControlMaster=no", "-o"].map(str::to_owned));
+    args.push(format!("ControlPath={}", control.display()));
     args.push("--".to_owned());
     args.push(target.host.clone());
     args.extend(["docker", "system", "dial-stdio"].map(str::to_owned));
@@ -120,6 +148,7 @@ pub(crate) struct SshProxy {
     dir: PathBuf,
     socket: PathBuf,
     task: JoinHandle<()>,
+    master: tokio::process::Child,
     last_stderr: Arc<Mutex<String>>,
     target: SshTarget,
 }
@@ -127,14 +156,15 @@ pub(crate) struct SshProxy {
 impl Drop for SshProxy {
     fn drop(&mut self) {
         self.task.abort();
-        let _ = std::fs::remove_file(&self.socket);
-        let _ = std::fs::remove_dir(&self.dir);
+        let _ = self.master.start_kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
 impl SshProxy {
-    /// Listens on a fresh private socket and tunnels each connection to `target`.
-    pub(crate) fn start(
+    /// Opens the master connection to `target` (its failure is classified from ssh's
+    /// stderr), then listens on a fresh private socket and tunnels each connection to it.
+    pub(crate) async fn start(
         address: &str,
         target: SshTarget,
         config_file: Option<&Path>,
@@ -152,7 +182,60 @@ impl SshProxy {
             let _ = std::fs::remove_dir(&dir);
             Error::from_io(format!("listen on {}", socket.display()), e)
         })?;
-        let args = ssh_args(&target, config_file);
+        let control = dir.join("cm");
+        let mut master = Command::new("ssh")
+            .args(master_args(&target, config_file, &control))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| {
+                let _ = std::fs::remove_dir_all(&dir);
+                classify_stderr(address, &target, &format!("berth: cannot run ssh: {e}"))
+                    .unwrap_or_else(|| Error::from_io("run ssh", e))
+            })?;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !control.exists() {
+            if let Ok(Some(status)) = master.try_wait() {
+                let mut text = String::new();
+                if let Some(mut stderr) = master.stderr.take() {
+                    let _ = stderr.read_to_string(&mut text).await;
+                }
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(classify_stderr(address, &target, &text).unwrap_or_else(|| {
+                    Error::Unavailable {
+                        backend: BACKEND,
+                        address: address.to_owned(),
+                        hint: format!(
+                            "ssh to {} exited ({status}): {}; check that `ssh {} docker version` works without a prompt",
+                            target.display(),
+                            last_line(&text),
+                            target.display()
+                        ),
+                        source: None,
+                    }
+                }));
+            }
+            if tokio::time::Instant::now() > deadline {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(Error::Unavailable {
+                    backend: BACKEND,
+                    address: address.to_owned(),
+                    hint: format!("ssh to {} did not connect within 30 s", target.display()),
+                    source: None,
+                });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        // The master's later complaints (the connection dropping) are not needed: drain them.
+        if let Some(mut stderr) = master.stderr.take() {
+            tokio::spawn(async move {
+                let mut sink = Vec::new();
+                let _ = stderr.read_to_end(&mut sink).await;
+            });
+        }
+        let args = tunnel_args(&target, config_file, &control);
         let last_stderr = Arc::new(Mutex::new(String::new()));
         let stderr_slot = last_stderr.clone();
         tracing::debug!(address, ?args, "ssh transport listening");
@@ -160,11 +243,23 @@ impl SshProxy {
             // Dropping the set (when the task is aborted) aborts every tunnel, and with it
             // kills its ssh child.
             let mut tunnels = JoinSet::new();
+            // One tunnel is kept started ahead of need: bollard opens a connection per request
+            // (no pooling on sockets), and starting ssh and the remote docker CLI is most of
+            // a request's latency.
+            let mut spare = spawn_ssh(&args).ok();
             loop {
                 tokio::select! {
                     accepted = listener.accept() => match accepted {
                         Ok((conn, _)) => {
-                            tunnels.spawn(tunnel(conn, args.clone(), stderr_slot.clone()));
+                            let warm = spare
+                                .take()
+                                .and_then(|mut c| matches!(c.try_wait(), Ok(None)).then_some(c));
+                            let child = match warm {
+                                Some(c) => Ok(c),
+                                None => spawn_ssh(&args),
+                            };
+                            tunnels.spawn(tunnel(conn, child, stderr_slot.clone()));
+                            spare = spawn_ssh(&args).ok();
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "ssh transport: accept failed");
@@ -179,6 +274,7 @@ impl SshProxy {
             dir,
             socket,
             task,
+            master,
             last_stderr,
             target,
         })
@@ -202,15 +298,23 @@ impl SshProxy {
 }
 
 /// Pipes `conn` through one `ssh … docker system dial-stdio`.
-async fn tunnel(mut conn: UnixStream, args: Vec<String>, stderr_slot: Arc<Mutex<String>>) {
-    let mut child = match Command::new("ssh")
-        .args(&args)
+fn spawn_ssh(args: &[String]) -> std::io::Result<tokio::process::Child> {
+    Command::new("ssh")
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-    {
+}
+
+/// Pipes `conn` through `child`, one `ssh … docker system dial-stdio`.
+async fn tunnel(
+    mut conn: UnixStream,
+    child: std::io::Result<tokio::process::Child>,
+    stderr_slot: Arc<Mutex<String>>,
+) {
+    let mut child = match child {
         Ok(c) => c,
         Err(e) => {
             if let Ok(mut s) = stderr_slot.lock() {
@@ -237,7 +341,6 @@ async fn tunnel(mut conn: UnixStream, args: Vec<String>, stderr_slot: Arc<Mutex<
     };
     let downstream = async {
         let _ = tokio::io::copy(&mut stdout, &mut conn_write).await;
-        let _ = conn_write.shutdown().await;
     };
     // The daemon's side ending (ssh exited, sshd died) ends the connection for the client:
     // do not wait for the client to finish writing.
@@ -245,9 +348,17 @@ async fn tunnel(mut conn: UnixStream, args: Vec<String>, stderr_slot: Arc<Mutex<
         () = downstream => {}
         () = async { upstream.await; std::future::pending::<()>().await } => {}
     }
-    let _ = child.start_kill();
-    let _ = child.wait().await;
-    if let Ok(text) = stderr_task.await {
+    // Record what ssh said before the client sees the connection close, so the error it
+    // gets can be classified from it.
+    if tokio::time::timeout(std::time::Duration::from_secs(2), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
+    if let Ok(Ok(text)) = tokio::time::timeout(std::time::Duration::from_secs(2), stderr_task).await
+    {
         let text = text.trim();
         if !text.is_empty() {
             tracing::debug!(stderr = text, "ssh transport");
@@ -256,6 +367,7 @@ async fn tunnel(mut conn: UnixStream, args: Vec<String>, stderr_slot: Arc<Mutex<
             }
         }
     }
+    let _ = conn_write.shutdown().await;
 }
 
 /// Reads ssh's (or the remote shell's) complaint into an actionable error.
@@ -381,8 +493,12 @@ mod tests {
     #[test]
     fn args_never_prompt_and_end_with_dial_stdio() {
         let t = SshTarget::parse("host", "ssh://bob@h:22").unwrap();
-        let args = ssh_args(&t, Some(Path::new("/tmp/cfg")));
+        let args = tunnel_args(&t, Some(Path::new("/tmp/cfg")), Path::new("/tmp/x/cm"));
         assert_eq!(&args[..2], ["-F", "/tmp/cfg"]);
+        assert!(args.contains(&"ControlPath=/tmp/x/cm".to_owned()));
+        let master = master_args(&t, None, Path::new("/tmp/x/cm"));
+        assert!(master.contains(&"BatchMode=yes".to_owned()) && master.contains(&"-N".to_owned()));
+        assert_eq!(master.last().map(String::as_str), Some("h"));
         assert!(args.contains(&"BatchMode=yes".to_owned()));
         assert_eq!(
             &args[args.len() - 5..],
