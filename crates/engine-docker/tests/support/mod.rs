@@ -53,6 +53,10 @@ fn keygen(path: &Path) {
 /// An sshd on 127.0.0.1 (run as root: the remote side's `docker system dial-stdio` reaches
 /// the local daemon), with its own config, host key and authorized client key, all in a temp
 /// dir. Never touches ~/.ssh or /etc/ssh. Killed (with its sessions) on drop.
+///
+/// `SetEnv SHLVL=1` keeps the remote bash from sourcing root's `~/.bashrc` (bash does for
+/// commands run by sshd at shell level 1): this machine's runs `pyenv init`, which can take a
+/// minute per session.
 pub struct Sshd {
     pub port: u16,
     pub dir: TempDir,
@@ -75,7 +79,8 @@ impl Sshd {
              AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nUsePAM no\n\
              PermitRootLogin prohibit-password\nPasswordAuthentication no\n\
              KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nMaxStartups 100\n\
-             MaxSessions 100\nLogLevel ERROR\n",
+             MaxSessions 100\nLogLevel ERROR\n\
+             SetEnv SHLVL=1\n",
             d = d.display()
         );
         std::fs::write(d.join("sshd_config"), config).unwrap();
