@@ -84,8 +84,8 @@ pub struct DockerConfig {
 }
 
 /// Client TLS material for a `tcp://` daemon, as the docker CLI's `--tlscacert`,
-/// `--tlscert`, `--tlskey` and `--tlsverify`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// `--tlscert`, `--tlskey` and `--tlsverify` (on by default).
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct TlsConfig {
     /// The CA that signed the daemon's certificate; unset means `<cert dir>/ca.pem`.
@@ -96,6 +96,17 @@ pub struct TlsConfig {
     pub key: Option<PathBuf>,
     /// Verify the daemon's certificate against `ca` (only `true` is supported).
     pub verify: bool,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            ca: None,
+            cert: None,
+            key: None,
+            verify: true,
+        }
+    }
 }
 
 impl TlsConfig {

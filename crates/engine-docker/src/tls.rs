@@ -158,7 +158,10 @@ mod tests {
 
     #[test]
     fn verify_false_is_refused_by_name() {
-        let err = files(&TlsConfig::default()).unwrap_err().to_string();
+        assert!(TlsConfig::default().verify, "verification is on by default");
+        let mut tls = TlsConfig::from_dir(Path::new("/nonexistent"));
+        tls.verify = false;
+        let err = files(&tls).unwrap_err().to_string();
         assert!(err.contains("docker.tls.verify"), "{err}");
     }
 }

@@ -229,3 +229,29 @@ fn docker_config(section: &crate::config::DockerSection) -> DockerConfig {
     });
     docker
 }
+
+#[cfg(test)]
+mod docker_config_tests {
+    use super::*;
+
+    #[test]
+    fn the_docker_section_reaches_the_engine_config() {
+        let config = BerthConfig::from_yaml_str(
+            "docker:\n  context: far\n  ssh_config: /etc/berth/ssh_config\n  tls: {ca: /c/ca.pem, cert: /c/cert.pem, key: /c/key.pem}\n",
+        )
+        .unwrap();
+        let docker = docker_config(&config.docker);
+        assert_eq!(docker.context.as_deref(), Some("far"));
+        assert_eq!(docker.host, None);
+        assert_eq!(
+            docker.ssh_config.as_deref(),
+            Some(std::path::Path::new("/etc/berth/ssh_config"))
+        );
+        let tls = docker.tls.expect("tls files given");
+        assert!(tls.verify);
+        assert_eq!(tls.key.as_deref(), Some(std::path::Path::new("/c/key.pem")));
+        // No files: the docker CLI's environment decides.
+        let plain = BerthConfig::from_yaml_str("docker:\n  host: tcp://h:2376\n").unwrap();
+        assert_eq!(docker_config(&plain.docker).tls, None);
+    }
+}
