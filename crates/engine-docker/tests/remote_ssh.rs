@@ -151,3 +151,22 @@ async fn ssh_sshd_killed_mid_exec_is_connection_lost_within_seconds() {
         std::panic::resume_unwind(panic);
     }
 }
+
+/// A docker context store in a temp DOCKER_CONFIG whose context points at the ssh endpoint:
+/// `docker.context` connects through it, the engine reports the ssh address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_docker_context_connects_through_ssh() {
+    let sshd = Sshd::start();
+    let store = support::TempDir::new("berth-docker-config");
+    berth_engine_docker::context::write(&store.0, "far-ssh", &sshd.address(), None).unwrap();
+    // The other tests of this binary name their host and read no DOCKER_CONFIG.
+    std::env::set_var("DOCKER_CONFIG", &store.0);
+    let mut config = DockerConfig::with_context("far-ssh");
+    config.ssh_config = Some(sshd.good_config());
+    let result = DockerEngine::connect(&config).await;
+    std::env::remove_var("DOCKER_CONFIG");
+    let engine = result.unwrap_or_else(|e| panic!("connecting through the context failed: {e}"));
+    assert_eq!(engine.address(), sshd.address());
+    let info = engine.init().await.expect("version over ssh");
+    assert!(!info.server_version.is_empty());
+}
