@@ -23,12 +23,18 @@
 
 mod body;
 mod container;
+pub mod context;
 mod copy;
 mod errors;
 mod exec;
 mod image;
 mod resolve;
+mod ssh;
+mod tls;
 mod volume;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use berth_engine_core::{
@@ -39,6 +45,9 @@ use berth_engine_core::{
 use bollard::Docker;
 /// The daemon address used when neither [`DockerConfig::host`] nor `DOCKER_HOST` is set.
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
+
+/// Read/write timeout of a daemon connection, as bollard's default.
+const DEFAULT_TIMEOUT_SECS: u64 = 120;
 
 /// The file [`ContainerEngine::mark_detached`] writes at the container's root.
 const DETACHED_MARKER: &str = ".berth-detached";
@@ -59,9 +68,67 @@ pub use berth_engine_core::HARDENED_CAPABILITIES;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct DockerConfig {
-    /// `unix:///path`, `tcp://host:port`, `http://...` (or `https://` with the `tls`
-    /// feature). `None` means `DOCKER_HOST`, else [`DEFAULT_DOCKER_HOST`], like the docker CLI.
+    /// `unix:///path`, `tcp://host:port`, `http://...`, `ssh://[user@]host[:port]` (or
+    /// `https://` with the `tls` feature). `None` means [`DockerConfig::context`], else
+    /// `DOCKER_HOST`, else `DOCKER_CONTEXT` or the docker CLI's current context, else
+    /// [`DEFAULT_DOCKER_HOST`], like the docker CLI.
     pub host: Option<String>,
+    /// A docker CLI context name (`docker context ls`), read from `$DOCKER_CONFIG/contexts`.
+    /// [`DockerConfig::host`] wins over it (a `--docker-host` flag over a configured context).
+    pub context: Option<String>,
+    /// TLS to a `tcp://` daemon; `None` means the docker CLI's environment
+    /// (`DOCKER_TLS_VERIFY`, `DOCKER_CERT_PATH`).
+    pub tls: Option<TlsConfig>,
+    /// An ssh config file passed to `ssh -F` for `ssh://` hosts; `None` means the user's.
+    pub ssh_config: Option<PathBuf>,
+}
+
+/// Client TLS material for a `tcp://` daemon, as the docker CLI's `--tlscacert`,
+/// `--tlscert`, `--tlskey` and `--tlsverify` (on by default).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TlsConfig {
+    /// The CA that signed the daemon's certificate; unset means `<cert dir>/ca.pem`.
+    pub ca: Option<PathBuf>,
+    /// The client certificate; unset means `<cert dir>/cert.pem`.
+    pub cert: Option<PathBuf>,
+    /// The client key; unset means `<cert dir>/key.pem`.
+    pub key: Option<PathBuf>,
+    /// Verify the daemon's certificate against `ca` (only `true` is supported).
+    pub verify: bool,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            ca: None,
+            cert: None,
+            key: None,
+            verify: true,
+        }
+    }
+}
+
+impl TlsConfig {
+    /// Files `ca.pem`, `cert.pem` and `key.pem` in `dir`, verified.
+    #[must_use]
+    pub fn from_dir(dir: &Path) -> Self {
+        Self {
+            ca: Some(dir.join("ca.pem")),
+            cert: Some(dir.join("cert.pem")),
+            key: Some(dir.join("key.pem")),
+            verify: true,
+        }
+    }
+}
+
+/// What [`DockerConfig`] resolves to: an address and, for TLS, the files to use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Endpoint {
+    address: String,
+    tls: Option<TlsConfig>,
+    /// Which setting gave the address, for errors.
+    field: &'static str,
 }
 
 impl DockerConfig {
@@ -70,16 +137,94 @@ impl DockerConfig {
     pub fn with_host(host: impl Into<String>) -> Self {
         Self {
             host: Some(host.into()),
+            ..Self::default()
         }
     }
 
-    /// The address that will be dialled.
+    /// A config for docker context `name`.
+    #[must_use]
+    pub fn with_context(name: impl Into<String>) -> Self {
+        Self {
+            context: Some(name.into()),
+            ..Self::default()
+        }
+    }
+
+    /// The address that will be dialled (a context's host when one applies; the default
+    /// socket when the context cannot be read).
     #[must_use]
     pub fn address(&self) -> String {
-        self.host
-            .clone()
-            .or_else(|| std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()))
-            .unwrap_or_else(|| DEFAULT_DOCKER_HOST.to_owned())
+        self.endpoint().map_or_else(
+            |_| DEFAULT_DOCKER_HOST.to_owned(),
+            |endpoint| endpoint.address,
+        )
+    }
+
+    fn endpoint(&self) -> Result<Endpoint> {
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let from_context = |field: &'static str, name: &str| -> Result<Endpoint> {
+            let dir = context::docker_config_dir().ok_or_else(|| {
+                Error::invalid_spec(
+                    field,
+                    "cannot find the docker config dir: set DOCKER_CONFIG or HOME",
+                )
+            })?;
+            let ctx = context::load(&dir, field, name)?;
+            if ctx.skip_tls_verify {
+                return Err(Error::invalid_spec(
+                    field,
+                    format!("docker context {name:?} skips TLS verification, which berth does not support; give the context a CA"),
+                ));
+            }
+            let tls = self
+                .tls
+                .clone()
+                .or_else(|| ctx.tls_dir.as_deref().map(TlsConfig::from_dir));
+            Ok(Endpoint {
+                address: ctx.host,
+                tls,
+                field,
+            })
+        };
+        let (address, field) = if let Some(host) = &self.host {
+            (host.clone(), "docker.host")
+        } else if let Some(name) = &self.context {
+            return from_context("docker.context", name);
+        } else if let Some(host) = env("DOCKER_HOST") {
+            (host, "DOCKER_HOST")
+        } else if let Some(name) = env("DOCKER_CONTEXT") {
+            return if name == "default" {
+                Ok(Endpoint {
+                    address: DEFAULT_DOCKER_HOST.to_owned(),
+                    tls: None,
+                    field: "DOCKER_CONTEXT",
+                })
+            } else {
+                from_context("DOCKER_CONTEXT", &name)
+            };
+        } else if let Some(name) = context::docker_config_dir()
+            .as_deref()
+            .and_then(context::current_context)
+            .filter(|n| n != "default")
+        {
+            return from_context("currentContext", &name);
+        } else {
+            (DEFAULT_DOCKER_HOST.to_owned(), "docker.host")
+        };
+        let tls = self.tls.clone().or_else(|| {
+            env("DOCKER_TLS_VERIFY").map(|_| {
+                let dir = env("DOCKER_CERT_PATH")
+                    .map(PathBuf::from)
+                    .or_else(context::docker_config_dir)
+                    .unwrap_or_else(|| PathBuf::from(".docker"));
+                TlsConfig::from_dir(&dir)
+            })
+        });
+        Ok(Endpoint {
+            address,
+            tls,
+            field,
+        })
     }
 }
 
@@ -88,6 +233,8 @@ impl DockerConfig {
 pub struct DockerEngine {
     docker: Docker,
     address: String,
+    /// The ssh transport of an `ssh://` host; the engine's last clone drops it.
+    _ssh: Option<Arc<ssh::SshProxy>>,
 }
 
 impl DockerEngine {
@@ -96,24 +243,59 @@ impl DockerEngine {
     ///
     /// # Errors
     /// [`Error::Unavailable`] naming the address when the daemon cannot be reached;
-    /// [`Error::InvalidSpec`] naming `host` ([`DockerConfig::host`]) when the address is
-    /// malformed.
+    /// [`Error::Forbidden`] when ssh refuses the host key or the credentials;
+    /// [`Error::InvalidSpec`] naming `host`, `context` or the TLS file at fault when the
+    /// settings are malformed.
     pub async fn connect(config: &DockerConfig) -> Result<Self> {
-        let address = config.address();
-        let docker = Docker::connect_with_host(&address).map_err(|e| match e {
-            bollard::errors::Error::UnsupportedURISchemeError { .. } => Error::invalid_spec(
-                "host",
-                format!(
-                    "{address:?} is not a daemon address: expected unix:///path, tcp://host:port or http(s)://host:port"
+        let endpoint = config.endpoint()?;
+        let address = endpoint.address.clone();
+        let field = endpoint.field;
+        if address.starts_with("ssh://") {
+            let target = ssh::SshTarget::parse(field, &address)?;
+            let proxy =
+                ssh::SshProxy::start(&address, target, config.ssh_config.as_deref()).await?;
+            let docker = Docker::connect_with_socket(
+                &proxy.socket().display().to_string(),
+                DEFAULT_TIMEOUT_SECS,
+                bollard::API_DEFAULT_VERSION,
+            )
+            .map_err(|e| errors::unavailable(&address, e))?;
+            let docker = match docker.negotiate_version().await {
+                Ok(d) => d,
+                Err(e) => return Err(proxy.classify(&address, e)),
+            };
+            return Ok(Self {
+                docker,
+                address,
+                _ssh: Some(Arc::new(proxy)),
+            });
+        }
+        let docker = match &endpoint.tls {
+            Some(tls) if address.starts_with("tcp://") || address.starts_with("https://") => {
+                tls::connect(&address, tls)?
+            }
+            _ => Docker::connect_with_host(&address).map_err(|e| match e {
+                bollard::errors::Error::UnsupportedURISchemeError { .. } => Error::invalid_spec(
+                    field,
+                    format!(
+                        "{address:?} is not a daemon address: expected unix:///path, tcp://host:port, ssh://[user@]host[:port] or http(s)://host:port"
+                    ),
                 ),
-            ),
-            other => errors::unavailable(&address, other),
-        })?;
+                other => errors::unavailable(&address, other),
+            })?,
+        };
         let docker = docker
             .negotiate_version()
             .await
-            .map_err(|e| errors::unavailable(&address, e))?;
-        Ok(Self { docker, address })
+            .map_err(|e| match &endpoint.tls {
+                Some(tls) => tls::classify(&address, tls, e),
+                None => errors::unavailable(&address, e),
+            })?;
+        Ok(Self {
+            docker,
+            address,
+            _ssh: None,
+        })
     }
 
     /// The daemon address in use.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use berth_engine_core::{
     BackendKind, ContainerEngine, EnvironmentSpec, ImageRef, Progress, PullPolicy, Result,
 };
-use berth_engine_docker::{DockerConfig, DockerEngine};
+use berth_engine_docker::{DockerConfig, DockerEngine, TlsConfig};
 use berth_engine_k8s::{KubernetesConfig, KubernetesEngine};
 
 use crate::config::BerthConfig;
@@ -77,8 +77,7 @@ impl Backend {
     pub async fn connect(config: &BerthConfig) -> Result<Self> {
         match config.runner.backend {
             BackendKind::Docker => {
-                let mut docker = DockerConfig::default();
-                docker.host.clone_from(&config.docker.host);
+                let docker = docker_config(&config.docker);
                 Ok(Self {
                     engine: Arc::new(DockerEngine::connect(&docker).await?),
                     kubernetes: None,
@@ -212,4 +211,47 @@ pub fn target_checks(config: &BerthConfig) -> Vec<Check> {
 /// [`Error::InvalidSpec`](berth_engine_core::Error::InvalidSpec) when the spec or the Kubernetes settings are invalid.
 pub fn render(config: &BerthConfig, spec: &EnvironmentSpec) -> Result<Vec<serde_json::Value>> {
     berth_engine_k8s::render(spec, &kubernetes_config(config))
+}
+
+/// The Docker engine's settings from `docker:`.
+fn docker_config(section: &crate::config::DockerSection) -> DockerConfig {
+    let mut docker = DockerConfig::default();
+    docker.host.clone_from(&section.host);
+    docker.context.clone_from(&section.context);
+    docker.ssh_config.clone_from(&section.ssh_config);
+    docker.tls = Some(&section.tls).filter(|t| t.is_set()).map(|t| {
+        let mut tls = TlsConfig::default();
+        tls.ca.clone_from(&t.ca);
+        tls.cert.clone_from(&t.cert);
+        tls.key.clone_from(&t.key);
+        tls.verify = t.verify;
+        tls
+    });
+    docker
+}
+
+#[cfg(test)]
+mod docker_config_tests {
+    use super::*;
+
+    #[test]
+    fn the_docker_section_reaches_the_engine_config() {
+        let config = BerthConfig::from_yaml_str(
+            "docker:\n  context: far\n  ssh_config: /etc/berth/ssh_config\n  tls: {ca: /c/ca.pem, cert: /c/cert.pem, key: /c/key.pem}\n",
+        )
+        .unwrap();
+        let docker = docker_config(&config.docker);
+        assert_eq!(docker.context.as_deref(), Some("far"));
+        assert_eq!(docker.host, None);
+        assert_eq!(
+            docker.ssh_config.as_deref(),
+            Some(std::path::Path::new("/etc/berth/ssh_config"))
+        );
+        let tls = docker.tls.expect("tls files given");
+        assert!(tls.verify);
+        assert_eq!(tls.key.as_deref(), Some(std::path::Path::new("/c/key.pem")));
+        // No files: the docker CLI's environment decides.
+        let plain = BerthConfig::from_yaml_str("docker:\n  host: tcp://h:2376\n").unwrap();
+        assert_eq!(docker_config(&plain.docker).tls, None);
+    }
 }

@@ -25,9 +25,9 @@ pub use parse::{
     parse_memory_bytes, InvalidValue,
 };
 pub use schema::{
-    BerthConfig, CopySection, DockerSection, KubernetesResources, KubernetesSection, QuantityPair,
-    ResourceLimits, RunnerConfig, ServerSection, ServerTls, WorkspaceConfig, DEFAULT_CPU,
-    DEFAULT_MEMORY,
+    BerthConfig, CopySection, DockerSection, DockerTls, KubernetesResources, KubernetesSection,
+    QuantityPair, ResourceLimits, RunnerConfig, ServerSection, ServerTls, WorkspaceConfig,
+    DEFAULT_CPU, DEFAULT_MEMORY,
 };
 pub use types::{
     kubernetes_pull_policy, CpuQuantity, HumanDuration, Limit, MemoryQuantity, UNLIMITED,

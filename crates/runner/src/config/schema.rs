@@ -189,8 +189,55 @@ section! {
     #[serde(default, deny_unknown_fields)]
     #[non_exhaustive]
     pub struct DockerSection {
-        /// Daemon address; unset means `DOCKER_HOST`, else the local socket.
+        /// Daemon address (`unix://`, `tcp://`, `ssh://[user@]host[:port]`); unset means
+        /// `context`, else `DOCKER_HOST`, else `DOCKER_CONTEXT` or the docker CLI's current
+        /// context, else the local socket.
         pub host: Option<String>,
+        /// A docker CLI context (`docker context ls`) to connect through; `host` (and
+        /// `--docker-host`) wins over it.
+        pub context: Option<String>,
+        /// TLS client material for a `tcp://` host; no files set means `DOCKER_TLS_VERIFY`
+        /// and `DOCKER_CERT_PATH` as the docker CLI reads them.
+        pub tls: DockerTls,
+        /// An ssh client config file (`ssh -F`) for `ssh://` hosts; unset means the user's.
+        pub ssh_config: Option<PathBuf>,
+    }
+}
+
+section! {
+    /// `docker.tls`: the CA that signed the daemon's certificate and the client's certificate
+    /// and key, PEM (the docker CLI's `--tlscacert`, `--tlscert`, `--tlskey`).
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    #[non_exhaustive]
+    pub struct DockerTls {
+        /// The CA certificate.
+        pub ca: Option<PathBuf>,
+        /// The client certificate.
+        pub cert: Option<PathBuf>,
+        /// The client key.
+        pub key: Option<PathBuf>,
+        /// Verify the daemon's certificate; only `true` is supported.
+        pub verify: bool,
+    }
+}
+
+impl DockerTls {
+    /// Whether any file is set (else the docker CLI's environment applies).
+    #[must_use]
+    pub fn is_set(&self) -> bool {
+        self.ca.is_some() || self.cert.is_some() || self.key.is_some()
+    }
+}
+
+impl Default for DockerTls {
+    fn default() -> Self {
+        Self {
+            ca: None,
+            cert: None,
+            key: None,
+            verify: true,
+        }
     }
 }
 
@@ -445,6 +492,24 @@ impl BerthConfig {
                 "server.max_concurrent_jobs",
                 "expected at least 1".into(),
             ));
+        }
+        let tls = &self.docker.tls;
+        if tls.is_set() || !tls.verify {
+            if !tls.verify {
+                return Err(invalid(
+                    "docker.tls.verify",
+                    "expected true: berth always verifies the daemon's certificate (set docker.tls.ca to the CA that signed it)".into(),
+                ));
+            }
+            for (key, file) in [
+                ("docker.tls.ca", &tls.ca),
+                ("docker.tls.cert", &tls.cert),
+                ("docker.tls.key", &tls.key),
+            ] {
+                if file.is_none() {
+                    return Err(invalid(key, "expected the path of a PEM file".into()));
+                }
+            }
         }
         if self.server.tls.cert.is_some() != self.server.tls.key.is_some() {
             return Err(invalid(

@@ -488,3 +488,38 @@ fn server_values_are_checked_by_name() {
     assert_eq!(ok.server.max_cpu.millis(), 2000);
     assert_eq!(ok.server.max_concurrent_jobs, 4);
 }
+
+#[test]
+fn docker_remote_settings_parse_and_are_validated_by_name() {
+    let config = BerthConfig::from_yaml_str(
+        "docker:\n  host: ssh://me@far:2222\n  ssh_config: /etc/berth/ssh_config\n  context: far\n  tls: {ca: /c/ca.pem, cert: /c/cert.pem, key: /c/key.pem}\n",
+    )
+    .unwrap();
+    assert_eq!(config.docker.host.as_deref(), Some("ssh://me@far:2222"));
+    assert_eq!(config.docker.context.as_deref(), Some("far"));
+    let tls = &config.docker.tls;
+    assert!(tls.is_set());
+    assert!(tls.verify, "verify defaults to true");
+    assert_eq!(tls.ca.as_deref(), Some(Path::new("/c/ca.pem")));
+    let err = BerthConfig::from_yaml_str(
+        "docker:\n  tls: {ca: /c/ca.pem, cert: /c/cert.pem, key: /c/key.pem, verify: false}\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("docker.tls.verify"), "{err}");
+    let err = BerthConfig::from_yaml_str("docker:\n  tls: {cert: /c/cert.pem, key: /c/key.pem}\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("docker.tls.ca") && err.contains("PEM"),
+        "{err}"
+    );
+    assert_eq!(
+        suggest_for("docker.contxt").as_deref(),
+        Some("docker.context")
+    );
+    assert_eq!(
+        suggest_for("docker.tls.caa").as_deref(),
+        Some("docker.tls.ca")
+    );
+}
