@@ -4,95 +4,13 @@
 
 use std::sync::Arc;
 
-use berth_engine_core::testkit::{ensure_test_image, Fixture, ForeignObjects};
-use berth_engine_core::ImageRef;
+use berth_engine_core::testkit::{ensure_test_image, Fixture};
 use berth_engine_docker::{DockerConfig, DockerEngine};
-use bollard::models::ContainerCreateBody;
-use bollard::query_parameters::{CreateContainerOptions, RemoveContainerOptions};
 use bollard::Docker;
 
-/// Containers started with the plain Docker API, as `docker run` would: no berth labels.
-struct PlainContainers(Docker);
+mod support;
 
-#[async_trait::async_trait]
-impl ForeignObjects for PlainContainers {
-    async fn create(&self, image: &ImageRef) -> Vec<String> {
-        let name = format!(
-            "foreign-{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        );
-        let created = self
-            .0
-            .create_container(
-                Some(CreateContainerOptions {
-                    name: Some(name.clone()),
-                    ..Default::default()
-                }),
-                ContainerCreateBody {
-                    image: Some(image.to_string()),
-                    cmd: Some(vec!["sleep".into(), "600".into()]),
-                    ..Default::default()
-                },
-            )
-            .await
-            .expect("create a foreign container");
-        self.0
-            .start_container(&name, None)
-            .await
-            .expect("start the foreign container");
-        let prefix = created.id[..12].to_owned();
-        vec![name, created.id, prefix]
-    }
-
-    async fn is_alive(&self, name: &str) -> bool {
-        self.0
-            .inspect_container(name, None)
-            .await
-            .ok()
-            .and_then(|c| c.state)
-            .and_then(|s| s.running)
-            .unwrap_or(false)
-    }
-
-    async fn remove(&self, name: &str) {
-        let _ = self
-            .0
-            .remove_container(
-                name,
-                Some(RemoveContainerOptions {
-                    force: true,
-                    ..Default::default()
-                }),
-            )
-            .await;
-    }
-
-    async fn create_volume(&self) -> String {
-        let name = format!(
-            "foreign-vol-{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        );
-        self.0
-            .create_volume(bollard::models::VolumeCreateRequest {
-                name: Some(name.clone()),
-                ..Default::default()
-            })
-            .await
-            .expect("create a foreign volume");
-        name
-    }
-
-    async fn volume_exists(&self, name: &str) -> bool {
-        self.0.inspect_volume(name).await.is_ok()
-    }
-
-    async fn remove_volume(&self, name: &str) {
-        let _ = self
-            .0
-            .remove_volume(name, None::<bollard::query_parameters::RemoveVolumeOptions>)
-            .await;
-    }
-}
+use support::PlainContainers;
 
 async fn docker_fixture() -> Fixture {
     let engine = DockerEngine::connect(&DockerConfig::default())
