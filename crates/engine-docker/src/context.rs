@@ -206,13 +206,13 @@ mod tests {
     fn round_trips_and_lists_unknown() {
         let dir = std::env::temp_dir().join(format!("berth-ctx-{}", uuid::Uuid::new_v4().simple()));
         write(&dir, "far", "ssh://u@far:2222", None).unwrap();
-        let ep = load(&dir, "docker.context", "far").unwrap();
+        let ep = load(&dir, "context", "far").unwrap();
         assert_eq!(ep.host, "ssh://u@far:2222");
         assert_eq!(ep.tls_dir, None);
-        let err = load(&dir, "docker.context", "near").unwrap_err();
+        let err = load(&dir, "context", "near").unwrap_err();
         let text = err.to_string();
         assert!(
-            text.contains("docker.context") && text.contains("\"near\"") && text.contains("far"),
+            text.contains("context") && text.contains("\"near\"") && text.contains("far"),
             "{text}"
         );
         std::fs::remove_dir_all(&dir).unwrap();

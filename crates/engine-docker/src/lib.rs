@@ -187,9 +187,9 @@ impl DockerConfig {
             })
         };
         let (address, field) = if let Some(host) = &self.host {
-            (host.clone(), "docker.host")
+            (host.clone(), "host")
         } else if let Some(name) = &self.context {
-            return from_context("docker.context", name);
+            return from_context("context", name);
         } else if let Some(host) = env("DOCKER_HOST") {
             (host, "DOCKER_HOST")
         } else if let Some(name) = env("DOCKER_CONTEXT") {
@@ -209,7 +209,7 @@ impl DockerConfig {
         {
             return from_context("currentContext", &name);
         } else {
-            (DEFAULT_DOCKER_HOST.to_owned(), "docker.host")
+            (DEFAULT_DOCKER_HOST.to_owned(), "host")
         };
         let tls = self.tls.clone().or_else(|| {
             env("DOCKER_TLS_VERIFY").map(|_| {

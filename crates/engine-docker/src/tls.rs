@@ -13,8 +13,8 @@ use crate::TlsConfig;
 fn files(tls: &TlsConfig) -> Result<(PathBuf, PathBuf, PathBuf), Error> {
     if !tls.verify {
         return Err(Error::invalid_spec(
-            "docker.tls.verify",
-            "false is not supported: berth always verifies the daemon's certificate; give docker.tls.ca the CA that signed it",
+            "tls.verify",
+            "false is not supported: berth always verifies the daemon's certificate; give tls.ca the CA that signed it",
         ));
     }
     let pick = |field: &str, file: &Option<PathBuf>| -> Result<PathBuf, Error> {
@@ -25,9 +25,9 @@ fn files(tls: &TlsConfig) -> Result<(PathBuf, PathBuf, PathBuf), Error> {
         Ok(path)
     };
     Ok((
-        pick("docker.tls.ca", &tls.ca)?,
-        pick("docker.tls.cert", &tls.cert)?,
-        pick("docker.tls.key", &tls.key)?,
+        pick("tls.ca", &tls.ca)?,
+        pick("tls.cert", &tls.cert)?,
+        pick("tls.key", &tls.key)?,
     ))
 }
 
@@ -66,7 +66,7 @@ pub(crate) fn connect(address: &str, tls: &TlsConfig) -> Result<Docker, Error> {
     .map_err(|e| match e {
         bollard::errors::Error::CertPathError { path }
         | bollard::errors::Error::CertParseError { path } => Error::invalid_spec(
-            "docker.tls",
+            "tls",
             format!("cannot use {}: expected PEM certificates", path.display()),
         ),
         other => crate::errors::unavailable(&address, other),
@@ -106,7 +106,7 @@ pub(crate) fn classify(address: &str, tls: &TlsConfig, err: bollard::errors::Err
         )
     } else if chain.contains("UnknownIssuer") || chain.contains("BadSignature") {
         Some(format!(
-            "the daemon's certificate was not trusted: it is not signed by the CA in {ca}; point docker.tls.ca (or DOCKER_CERT_PATH/ca.pem) at the CA that signed the daemon's certificate"
+            "the daemon's certificate was not trusted: it is not signed by the CA in {ca}; point tls.ca (or DOCKER_CERT_PATH/ca.pem) at the CA that signed the daemon's certificate"
         ))
     } else if chain.contains("NotValidForName") {
         Some(format!(
@@ -151,7 +151,7 @@ mod tests {
         };
         let err = files(&tls).unwrap_err().to_string();
         assert!(
-            err.contains("docker.tls.ca") && err.contains("/nonexistent/berth/ca.pem"),
+            err.contains("tls.ca") && err.contains("/nonexistent/berth/ca.pem"),
             "{err}"
         );
     }
@@ -162,6 +162,6 @@ mod tests {
         let mut tls = TlsConfig::from_dir(Path::new("/nonexistent"));
         tls.verify = false;
         let err = files(&tls).unwrap_err().to_string();
-        assert!(err.contains("docker.tls.verify"), "{err}");
+        assert!(err.contains("tls.verify"), "{err}");
     }
 }

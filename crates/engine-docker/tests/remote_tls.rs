@@ -192,7 +192,7 @@ async fn tls_missing_client_key_names_the_file() {
     let text = err.to_string();
     assert_eq!(err.kind(), ErrorKind::InvalidSpec, "{text}");
     assert!(
-        text.contains("docker.tls.key") && text.contains("no-such-key.pem"),
+        text.contains("tls.key") && text.contains("no-such-key.pem"),
         "{text}"
     );
 }
@@ -229,7 +229,7 @@ async fn tls_docker_context_connects_and_unknown_names_are_listed() {
         .expect_err("an unknown context");
     let text = err.to_string();
     assert!(
-        text.contains("\"near\"") && text.contains("far-tls") && text.contains("docker.context"),
+        text.contains("\"near\"") && text.contains("far-tls") && text.contains("context"),
         "{text}"
     );
     std::env::remove_var("DOCKER_CONFIG");
