@@ -123,11 +123,16 @@ async fn a_missing_repository_is_unreachable() {
 
 #[tokio::test]
 async fn a_checkout_over_the_cap_is_too_large() {
+    // 8 MiB of zeros: a pack of a few KiB (under the download cap) that would write 8 MiB.
     let repo = make_repo();
-    let src = GitSource::new(repo.path().display().to_string()).max_bytes(10);
+    std::fs::write(repo.path().join("zeros"), vec![0u8; 8 << 20]).unwrap();
+    git(repo.path(), &["add", "."]);
+    git(repo.path(), &["commit", "-qm", "zeros"]);
+    let cap = 1 << 20;
+    let src = GitSource::new(repo.path().display().to_string()).max_bytes(cap);
     let err = source::checkout(&src).await.unwrap_err();
     assert!(
-        matches!(err, SourceError::TooLarge { size, max_bytes: 10 } if size > 10),
+        matches!(err, SourceError::TooLarge { size, max_bytes } if size > cap && max_bytes == cap),
         "{err:?}"
     );
 }
@@ -457,4 +462,67 @@ fn fernet_refuses_a_wrong_key_a_tampered_token_and_a_malformed_key() {
     let err = source::decrypt_fernet_token(FERNET_FIXTURE, "not a key").unwrap_err();
     assert!(matches!(err, SourceError::BadKey), "{err:?}");
     assert!(err.to_string().contains("BERTH_SERVER_ENCRYPTION_KEY"));
+}
+
+/// With private addresses refused, a literal loopback address is refused before any I/O, a
+/// name resolving to one before the clone, and an allowed list admits only its hosts. Without
+/// the refusal the same server clones (the library's default: a caller's own repositories).
+#[tokio::test]
+async fn private_addresses_and_hosts_off_the_list_are_refused_when_asked() {
+    let repo = make_repo();
+    let server = GitServer::start(repo.path()).await;
+    let literal = GitSource::new(server.url()).refuse_private_addresses();
+    let err = literal.validate().unwrap_err();
+    assert!(
+        matches!(&err, SourceError::HostRefused { host, .. } if host == "127.0.0.1"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("loopback"), "{err}");
+    let by_name =
+        GitSource::new(server.url().replace("127.0.0.1", "localhost")).refuse_private_addresses();
+    by_name.validate().unwrap(); // a name needs resolving: that is I/O, done by checkout
+    let err = source::checkout(&by_name).await.unwrap_err();
+    assert!(
+        matches!(&err, SourceError::HostRefused { host, .. } if host == "localhost"),
+        "{err:?}"
+    );
+    let off_list = GitSource::new(server.url()).allowed_hosts(["github.com"]);
+    assert!(matches!(
+        off_list.validate(),
+        Err(SourceError::HostRefused { .. })
+    ));
+    let on_list = GitSource::new(server.url())
+        .token(Token::new(TOKEN))
+        .allowed_hosts(["127.0.0.1"]);
+    let dir = source::checkout(&on_list).await.unwrap();
+    assert!(dir.path().join("main.txt").is_file());
+}
+
+/// The download itself is capped, not only what the checkout would write: a repository whose
+/// pack is larger than the cap is stopped while it arrives (`DownloadTooLarge`, not the
+/// `TooLarge` of the check made after the fetch).
+#[tokio::test]
+async fn a_download_over_the_cap_is_too_large() {
+    let repo = make_repo();
+    // 4 MiB that do not compress, so the pack itself is over the cap.
+    let mut noise = vec![0u8; 4 << 20];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for b in &mut noise {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    std::fs::write(repo.path().join("noise.bin"), &noise).unwrap();
+    git(repo.path(), &["add", "."]);
+    git(repo.path(), &["commit", "-qm", "noise"]);
+    let server = GitServer::start(repo.path()).await;
+    let src = GitSource::new(server.url())
+        .token(Token::new(TOKEN))
+        .max_bytes(1 << 20);
+    let err = source::checkout(&src).await.unwrap_err();
+    assert!(
+        matches!(err, SourceError::DownloadTooLarge { size, max_bytes } if size > max_bytes && max_bytes == 1 << 20),
+        "{err:?}"
+    );
 }

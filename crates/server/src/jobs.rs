@@ -656,14 +656,30 @@ impl Jobs {
         req: JobRequest,
     ) -> Ending {
         let mount = session.template().mount_path.clone();
-        let mut exec = ExecRequest::new(req.argv).with_timeout(req.timeout);
-        exec.env = req.env;
+        // The job's timeout covers its checkout too: a repository that never finishes
+        // sending is a timed-out job, not a job that hangs.
+        let started = std::time::Instant::now();
+        let timed_out = |what: &str| {
+            Ending::of(
+                JobState::TimedOut,
+                format!("timed out after {}s {what}", req.timeout.as_secs_f64()),
+            )
+        };
         if let Some(source) = &req.source {
-            if let Err(e) = self.copy_source(session, env, source, &mount).await {
-                return Ending::of(JobState::Failed, e);
+            let copy = self.copy_source(session, env, source, &mount);
+            match tokio::time::timeout(req.timeout, copy).await {
+                Err(_) => return timed_out("while checking out git_url"),
+                Ok(Err(e)) => return Ending::of(JobState::Failed, e),
+                Ok(Ok(())) => {}
             }
-            exec = exec.with_workdir(mount);
-        } else if session.template().workspace != Workspace::None {
+        }
+        let left = req.timeout.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            return timed_out("while checking out git_url");
+        }
+        let mut exec = ExecRequest::new(req.argv).with_timeout(left);
+        exec.env = req.env;
+        if req.source.is_some() || session.template().workspace != Workspace::None {
             exec = exec.with_workdir(mount);
         }
         let mut process = match self.engine.exec_streaming(env, exec).await {

@@ -83,7 +83,7 @@ impl JobRequest {
         let cpu_millis = take_cpu(&mut map, limits)?;
         let memory_bytes = take_memory(&mut map, limits)?;
         let timeout = take_timeout(&mut map, limits)?;
-        let source = take_source(&mut map, limits.allow_local_git)?;
+        let source = take_source(&mut map, limits)?;
         Ok(Self {
             job_id,
             image,
@@ -289,7 +289,7 @@ fn take_timeout(
 
 fn take_source(
     map: &mut Map<String, Value>,
-    allow_local: bool,
+    limits: &ServerSection,
 ) -> Result<Option<JobSource>, ServerError> {
     let url = take_string(map, "git_url")?;
     let branch = take_string(map, "git_branch")?;
@@ -318,7 +318,7 @@ fn take_source(
         (None, Some(t)) => Some(SourceToken::Plain(t)),
         (None, None) => None,
     };
-    Ok(Some(JobSource::new(url, branch, token, allow_local)?))
+    Ok(Some(JobSource::new(url, branch, token, limits)?))
 }
 
 #[cfg(test)]

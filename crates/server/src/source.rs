@@ -8,6 +8,7 @@
 //! A `file://` URL or a local path would let whoever submits a job read repositories on the
 //! agent's own disk into the job, so they are refused unless `server.allow_local_git` is set.
 
+use berth_runner::config::ServerSection;
 use berth_runner::source::{decrypt_fernet_token, GitSource, SourceError, Token};
 
 use crate::error::ServerError;
@@ -46,11 +47,16 @@ pub struct JobSource {
     pub branch: Option<String>,
     /// The token for the clone.
     pub token: Option<SourceToken>,
+    /// `server.git_hosts`.
+    allowed_hosts: Vec<String>,
+    /// `server.allow_private_git_hosts`.
+    allow_private: bool,
 }
 
 impl JobSource {
-    /// A checked source: the URL and branch as the git client will take them, and local
-    /// repositories only when `allow_local` (`server.allow_local_git`).
+    /// A checked source: the URL and branch as the git client will take them, local
+    /// repositories only with `server.allow_local_git`, hosts only from `server.git_hosts`
+    /// (when set) and no private address unless `server.allow_private_git_hosts`.
     ///
     /// # Errors
     /// [`ServerError::BadRequest`] naming `git_url`, `git_branch` or `github_token_encrypted`.
@@ -58,14 +64,22 @@ impl JobSource {
         url: String,
         branch: Option<String>,
         token: Option<SourceToken>,
-        allow_local: bool,
+        limits: &ServerSection,
     ) -> Result<Self, ServerError> {
-        let mut git = GitSource::new(url.clone());
-        if let Some(b) = &branch {
-            git = git.branch(b.clone());
-        }
-        git.validate().map_err(|e| match e {
+        let allow_local = limits.allow_local_git;
+        let mut source = Self {
+            url: url.clone(),
+            branch: branch.clone(),
+            token: None,
+            allowed_hosts: limits.git_hosts.clone(),
+            allow_private: limits.allow_private_git_hosts,
+        };
+        source.git().validate().map_err(|e| match e {
             SourceError::BadBranch { .. } => ServerError::bad("git_branch", e.to_string()),
+            SourceError::HostRefused { .. } => ServerError::bad(
+                "git_url",
+                format!("{e} (server.git_hosts, server.allow_private_git_hosts)"),
+            ),
             other => ServerError::bad("git_url", other.to_string()),
         })?;
         let remote = ["https://", "http://"]
@@ -86,7 +100,20 @@ impl JobSource {
                 format!("this server has no key to decrypt it: set {ENCRYPTION_KEY_ENV}"),
             ));
         }
-        Ok(Self { url, branch, token })
+        source.token = token;
+        Ok(source)
+    }
+
+    /// The clone as the server's policy allows it, without the token.
+    fn git(&self) -> GitSource {
+        let mut git = GitSource::new(self.url.clone()).allowed_hosts(self.allowed_hosts.clone());
+        if !self.allow_private {
+            git = git.refuse_private_addresses();
+        }
+        if let Some(b) = &self.branch {
+            git = git.branch(b.clone());
+        }
+        git
     }
 }
 
@@ -96,10 +123,7 @@ impl JobSource {
 /// [`SourceError`]: a missing branch, refused credentials, an unreachable repository, a
 /// checkout over the size cap, or an encrypted token that does not decrypt.
 pub async fn checkout(source: &JobSource) -> Result<tempfile::TempDir, SourceError> {
-    let mut git = GitSource::new(source.url.clone());
-    if let Some(b) = &source.branch {
-        git = git.branch(b.clone());
-    }
+    let mut git = source.git();
     match &source.token {
         Some(SourceToken::Plain(t)) => git = git.token(Token::new(t.clone())),
         Some(SourceToken::Encrypted(t)) => {

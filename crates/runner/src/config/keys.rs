@@ -27,6 +27,8 @@ pub(crate) enum ValueKind {
     Quantity,
     /// `runner.workspace`: `none`, `ephemeral`, `{host_path: ..}` or `{volume: ..}`.
     Workspace,
+    /// A list of texts (`git_hosts: [github.com]`).
+    TextList,
 }
 
 impl ValueKind {
@@ -40,6 +42,7 @@ impl ValueKind {
             ValueKind::Count => "a whole number",
             ValueKind::Quantity => "a quantity or duration, like 2, 500m, 4Gi or 30m",
             ValueKind::Workspace => "none, ephemeral, {host_path: /abs/dir} or {volume: name}",
+            ValueKind::TextList => "a list of texts, like [a, b]",
         }
     }
 }
@@ -77,6 +80,7 @@ macro_rules! leaf {
 
 leaf!(Text: String, PathBuf, BackendKind, PullPolicy, SecurityProfile);
 leaf!(Bool: bool);
+leaf!(TextList: Vec<String>);
 leaf!(Count: u64, NonZeroU64);
 leaf!(Quantity: HumanDuration, CpuQuantity, MemoryQuantity);
 

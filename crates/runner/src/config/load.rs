@@ -179,6 +179,9 @@ fn type_error(prefix: &str, doc: &Yaml, known: &[(String, ValueKind)]) -> Option
                 Yaml::String(_) | Yaml::Integer(_) | Yaml::Real(_),
             ) => true,
             (ValueKind::Count, Yaml::Integer(i)) => *i >= 0,
+            (ValueKind::TextList, Yaml::Array(items)) => {
+                items.iter().all(|i| matches!(i, Yaml::String(_)))
+            }
             _ => false,
         };
         if !fits {

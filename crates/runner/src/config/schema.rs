@@ -417,6 +417,13 @@ section! {
         /// Whether a job's `git_url` may be a `file://` URL or a local path: those read
         /// repositories on the agent's own disk, so they are refused by default.
         pub allow_local_git: bool,
+        /// The only hosts a job's `git_url` may name (for example `[github.com]`); empty
+        /// allows every host.
+        pub git_hosts: Vec<String>,
+        /// Whether a job's `git_url` may reach loopback, private or link-local addresses (the
+        /// agent's own network, a cloud's metadata address). Refused by default: the URL is
+        /// the caller's, the connection the agent's.
+        pub allow_private_git_hosts: bool,
     }
 }
 
@@ -438,6 +445,8 @@ impl Default for ServerSection {
             job_retention: HumanDuration(Duration::from_secs(3600)),
             image: "berth:latest".into(),
             allow_local_git: false,
+            git_hosts: Vec::new(),
+            allow_private_git_hosts: false,
         }
     }
 }

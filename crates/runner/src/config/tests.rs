@@ -114,6 +114,11 @@ fn wrong_types_name_the_key_and_what_was_expected() {
         "{err}"
     );
     assert!(err.contains("the number 42"), "{err}");
+    let err = load_file("hosts.yaml", b"server:\n  git_hosts: github.com\n");
+    assert!(
+        err.contains("server.git_hosts") && err.contains("a list of texts"),
+        "{err}"
+    );
     let err = load_file("network.yaml", b"runner:\n  network: maybe\n");
     assert!(
         err.contains("runner.network") && err.contains("true or false"),
@@ -478,6 +483,11 @@ fn server_values_are_checked_by_name() {
             "duration",
         ),
         ("server:\n  listn: 1\n", "listn", "unknown"),
+        (
+            "server:\n  git_hosts: github.com\n",
+            "server.git_hosts",
+            "expected a",
+        ),
     ] {
         let err = BerthConfig::from_yaml_str(yaml).unwrap_err().to_string();
         assert!(err.contains(key) && err.contains(expected), "{yaml}: {err}");
@@ -487,6 +497,13 @@ fn server_values_are_checked_by_name() {
     assert_eq!(ok.server.listen, "[::]:9000");
     assert_eq!(ok.server.max_cpu.millis(), 2000);
     assert_eq!(ok.server.max_concurrent_jobs, 4);
+    assert!(ok.server.git_hosts.is_empty() && !ok.server.allow_private_git_hosts);
+    let hosts = BerthConfig::from_yaml_str(
+        "server:\n  git_hosts: [github.com, git.example.com]\n  allow_private_git_hosts: true\n",
+    )
+    .unwrap();
+    assert_eq!(hosts.server.git_hosts, ["github.com", "git.example.com"]);
+    assert!(hosts.server.allow_private_git_hosts);
 }
 
 #[test]

@@ -30,7 +30,14 @@
 //!   the same machine); anywhere else it would travel in clear text and is refused.
 //! - With a token, redirects are not followed, so the token never reaches another host.
 //! - `max_bytes` caps what the checkout writes (checked from the fetched objects, before any
-//!   file is written); the download of the pack itself is not capped.
+//!   file is written) and what the clone downloads (the pack a server sends is watched as it
+//!   is written, and the clone stopped once it passes the cap).
+//! - [`GitSource::refuse_private_addresses`] and [`GitSource::allowed_hosts`] keep a clone
+//!   from reaching the agent's own network (loopback, private, link-local such as a cloud's
+//!   metadata address): checked before the clone and again on every connection the clone
+//!   makes (redirects are then not followed), so a name that resolves differently the
+//!   second time does not get through either. A library caller cloning its own repositories needs neither; `berth serve`
+//!   uses both.
 //! - The first http(s) clone installs rustls' `ring` provider as the process default if none
 //!   is installed yet.
 
@@ -44,6 +51,10 @@ use std::sync::{Arc, Mutex};
 use base64::Engine as _;
 use gix::bstr::ByteSlice as _;
 use gix::protocol::transport::client::blocking_io::http;
+
+mod network;
+
+use network::{DownloadCap, HostPolicy, PublicOnlyResolver};
 
 /// The default cap on the bytes a checkout may write: 1 GiB.
 pub const DEFAULT_MAX_BYTES: u64 = 1 << 30;
@@ -84,8 +95,10 @@ pub struct GitSource {
     pub branch: Option<String>,
     /// The token for an http(s) clone; wins over credentials embedded in `url`.
     pub token: Option<Token>,
-    /// The most bytes the checkout may write; more is [`SourceError::TooLarge`].
+    /// The most bytes the checkout may write or download; more is [`SourceError::TooLarge`].
     pub max_bytes: u64,
+    /// Which hosts the clone may reach.
+    hosts: HostPolicy,
 }
 
 impl GitSource {
@@ -96,7 +109,38 @@ impl GitSource {
             branch: None,
             token: None,
             max_bytes: DEFAULT_MAX_BYTES,
+            hosts: HostPolicy::default(),
         }
+    }
+
+    /// Refuses to connect to loopback, private, link-local and other non-public addresses:
+    /// for a server cloning URLs its callers give, so they cannot reach the server's own
+    /// network through it. A literal address or a name resolving to one is
+    /// [`SourceError::HostRefused`].
+    ///
+    /// ```
+    /// use berth_runner::source::{GitSource, SourceError};
+    ///
+    /// let metadata = GitSource::new("http://169.254.169.254/latest/meta-data.git")
+    ///     .refuse_private_addresses();
+    /// assert!(matches!(metadata.validate(), Err(SourceError::HostRefused { .. })));
+    /// ```
+    #[must_use]
+    pub fn refuse_private_addresses(mut self) -> Self {
+        self.hosts.allow_private = false;
+        self
+    }
+
+    /// Clones only from these hosts (names or literal addresses, without regard to case);
+    /// an empty list allows every host.
+    #[must_use]
+    pub fn allowed_hosts<I, S>(mut self, hosts: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.hosts.allowed_hosts = hosts.into_iter().map(Into::into).collect();
+        self
     }
 
     /// Checks out `branch` instead of the remote's HEAD.
@@ -143,12 +187,15 @@ impl GitSource {
             }
         }
         let (url, credentials) = match target {
+            // Not a network address: whoever allows local paths (berth serve's
+            // server.allow_local_git) decides about those.
             Target::Path(path) => (Location::Path(path), None),
             Target::Http {
                 url,
                 loopback,
                 embedded,
             } => {
+                self.hosts.check_name(url.host().unwrap_or_default())?;
                 let credentials = match &self.token {
                     Some(token) => Some((TOKEN_USER.to_owned(), token.0.clone())),
                     None => embedded,
@@ -168,6 +215,7 @@ impl GitSource {
             credentials,
             branch: self.branch.clone(),
             max_bytes: self.max_bytes,
+            hosts: self.hosts.clone(),
         })
     }
 }
@@ -224,6 +272,25 @@ pub enum SourceError {
         /// Why.
         reason: &'static str,
     },
+    /// The URL names a host the clone may not reach: not on the allowed list, or a loopback,
+    /// private or link-local address where those are refused.
+    #[error("git_url's host {host} is refused: {reason}")]
+    HostRefused {
+        /// The host as the URL names it.
+        host: String,
+        /// Why.
+        reason: String,
+    },
+    /// The download passed the cap while the server was still sending, and was stopped.
+    #[error(
+        "the clone downloaded {size} bytes, more than the cap of {max_bytes}, and was stopped"
+    )]
+    DownloadTooLarge {
+        /// The bytes on disk when it was stopped.
+        size: u64,
+        /// The cap.
+        max_bytes: u64,
+    },
     /// The checkout would write more than the cap.
     #[error("the checkout holds at least {size} bytes, more than the cap of {max_bytes}")]
     TooLarge {
@@ -255,12 +322,19 @@ pub enum SourceError {
 /// # Errors
 ///
 /// Each [`SourceError`] kind: the input's (`BadUrl`, `BadBranch`, `BadToken`) before any I/O,
-/// then `AuthenticationFailed`, `BranchNotFound`, `Unreachable`, `TooLarge` and `Io`.
+/// then `HostRefused`, `AuthenticationFailed`, `BranchNotFound`, `Unreachable`,
+/// `DownloadTooLarge`, `TooLarge` and `Io`.
 pub async fn checkout(source: &GitSource) -> Result<tempfile::TempDir, SourceError> {
     let plan = source.plan()?;
+    if let Location::Http(url) = &plan.url {
+        let port = url.port_or_default().unwrap_or(443);
+        plan.hosts
+            .check_resolved(url.host().unwrap_or_default(), port)
+            .await?;
+    }
     let interrupt = Arc::new(AtomicBool::new(false));
     let _stop_when_dropped = InterruptOnDrop(interrupt.clone());
-    tokio::task::spawn_blocking(move || plan.run(&interrupt))
+    tokio::task::spawn_blocking(move || plan.run(interrupt))
         .await
         .map_err(|err| SourceError::Io {
             context: "the clone's thread failed",
@@ -312,6 +386,7 @@ struct Plan {
     credentials: Option<(String, String)>,
     branch: Option<String>,
     max_bytes: u64,
+    hosts: HostPolicy,
 }
 
 enum Target {
@@ -460,14 +535,35 @@ impl Plan {
         text
     }
 
-    fn run(self, interrupt: &AtomicBool) -> Result<tempfile::TempDir, SourceError> {
-        let dir = tempfile::Builder::new()
+    fn run(self, interrupt: Arc<AtomicBool>) -> Result<tempfile::TempDir, SourceError> {
+        let dir = self.tempdir()?;
+        let cap = DownloadCap::watch(dir.path(), self.max_bytes, interrupt.clone());
+        let result = self.clone_into(&dir, &interrupt);
+        match (result, cap.exceeded()) {
+            (_, Some(size)) => Err(SourceError::DownloadTooLarge {
+                size,
+                max_bytes: self.max_bytes,
+            }),
+            (Err(e), None) => Err(e),
+            (Ok(()), None) => Ok(dir),
+        }
+    }
+
+    fn tempdir(&self) -> Result<tempfile::TempDir, SourceError> {
+        tempfile::Builder::new()
             .prefix("berth-src-")
             .tempdir()
             .map_err(|source| SourceError::Io {
                 context: "creating the checkout's temporary directory failed",
                 source,
-            })?;
+            })
+    }
+
+    fn clone_into(
+        &self,
+        dir: &tempfile::TempDir,
+        interrupt: &AtomicBool,
+    ) -> Result<(), SourceError> {
         let url: gix::Url = match &self.url {
             Location::Path(path) => {
                 let path = gix::path::into_bstr(path.as_path())
@@ -503,6 +599,7 @@ impl Plan {
             None => None,
         };
         let is_http = matches!(self.url, Location::Http(_));
+        let public_only = !self.hosts.allow_private;
         let mut prepare = gix::clone::PrepareFetch::new(
             url,
             dir.path(),
@@ -517,34 +614,41 @@ impl Plan {
         .configure_connection(move |conn| {
             // Never a credential helper or a prompt: a 401 is an answer.
             conn.set_credentials(|_action| Ok(None));
-            if is_http {
-                if let Some(header) = auth_header.clone() {
-                    let url = conn
+            if is_http && (auth_header.is_some() || public_only) {
+                let url = conn
+                    .remote()
+                    .url(gix::remote::Direction::Fetch)
+                    .map(|u| u.to_bstring());
+                let mut options = match url {
+                    Some(url) => conn
                         .remote()
-                        .url(gix::remote::Direction::Fetch)
-                        .map(|u| u.to_bstring());
-                    let mut options = match url {
-                        Some(url) => conn
-                            .remote()
-                            .repo()
-                            .transport_options(url.as_bstr(), None)?
-                            .and_then(|o| o.downcast::<http::Options>().ok())
-                            .map(|o| *o)
-                            .unwrap_or_default(),
-                        None => http::Options::default(),
-                    };
-                    let backend = http::reqwest::Options {
-                        configure_request: Some(Box::new(move |request| {
-                            request
-                                .headers_mut()
-                                .insert(reqwest::header::AUTHORIZATION, header.clone());
-                            Ok(())
-                        })),
-                        ..Default::default()
-                    };
-                    options.backend = Some(Arc::new(Mutex::new(backend)));
-                    conn.set_transport_options(Box::new(options));
+                        .repo()
+                        .transport_options(url.as_bstr(), None)?
+                        .and_then(|o| o.downcast::<http::Options>().ok())
+                        .map(|o| *o)
+                        .unwrap_or_default(),
+                    None => http::Options::default(),
+                };
+                let mut backend = http::reqwest::Options::default();
+                if let Some(header) = auth_header.clone() {
+                    backend.configure_request = Some(Box::new(move |request| {
+                        request
+                            .headers_mut()
+                            .insert(reqwest::header::AUTHORIZATION, header.clone());
+                        Ok(())
+                    }));
                 }
+                if public_only {
+                    // No redirects: one to a literal address would not pass the resolver.
+                    options.follow_redirects = http::options::FollowRedirects::None;
+                    // Asked on every connection: a name that resolves to a private address
+                    // the second time is refused then too.
+                    backend.configure_client = Some(Box::new(|builder| {
+                        Ok(builder.dns_resolver(Arc::new(PublicOnlyResolver)))
+                    }));
+                }
+                options.backend = Some(Arc::new(Mutex::new(backend)));
+                conn.set_transport_options(Box::new(options));
             }
             Ok(())
         });
@@ -598,7 +702,7 @@ impl Plan {
                 source: std::io::Error::other(collision.path.to_string()),
             });
         }
-        Ok(dir)
+        Ok(())
     }
 
     fn fetch_error(&self, err: &gix::Error) -> SourceError {
