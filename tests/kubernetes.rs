@@ -428,6 +428,21 @@ async fn simwait_doctor_checks_the_image_as_an_environment_in_a_restricted_names
             .contains("violates PodSecurity \"restricted:latest\""),
         "{hardened}"
     );
+    // A run refused the same way says so, and the CLI names the config key that fixes it
+    // (the engine speaks of its profile, not of berth's config).
+    let refused = c
+        .berth(&["run", "--", "true"])
+        .env("BERTH_KUBERNETES__NAMESPACE", "locked")
+        .env("BERTH_KUBERNETES__SECURITY", "hardened")
+        .output()
+        .expect("run");
+    assert_eq!(refused.status.code(), Some(125));
+    let stderr = text(&refused.stderr);
+    assert!(
+        stderr.contains("violates PodSecurity")
+            && stderr.contains("kubernetes.security: restricted"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]

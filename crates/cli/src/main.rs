@@ -46,9 +46,35 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("berth: {e:#}");
+            if let Some(hint) = config_hint(&e) {
+                eprintln!("berth: {hint}");
+            }
             ExitCode::from(failure_code(&e))
         }
     }
+}
+
+/// The config key that would avoid a failure, where the engine's error points at one: the
+/// engines say what to change in their own terms, the config's names are the CLI's.
+fn config_hint(e: &anyhow::Error) -> Option<&'static str> {
+    let refused_by_pod_security = e
+        .chain()
+        .filter_map(|c| c.downcast_ref::<berth_engine_core::Error>())
+        .chain(
+            e.chain()
+                .filter_map(|c| c.downcast_ref::<RunnerError>())
+                .filter_map(|r| match r {
+                    RunnerError::Engine(inner) => Some(inner),
+                    _ => None,
+                }),
+        )
+        .any(|err| {
+            err.kind() == berth_engine_core::ErrorKind::Forbidden
+                && err.to_string().contains("violates PodSecurity")
+        });
+    refused_by_pod_security.then_some(
+        "set `kubernetes.security: restricted` in the config: that profile passes every Pod Security level",
+    )
 }
 
 /// The exit code of a failure: 128 + the signal for an interrupted `run`/`shell`, 127 for a

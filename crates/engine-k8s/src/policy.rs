@@ -18,7 +18,7 @@
 //!   connection, a DNS failure, a rate limit, a 5xx).
 //! - An unschedulable pod with no autoscaler event yet waits `scale_up_grace` for one (an
 //!   autoscaler scans every ~10 s), then fails with the scheduler's message.
-//! - Everything is bounded by `kubernetes.start_timeout`; the caller then fails with
+//! - Everything is bounded by the start timeout ([`KubernetesConfig::start_timeout`](crate::KubernetesConfig)); the caller then fails with
 //!   [`Error::Timeout`] naming the last thing awaited ([`Awaiting`]).
 //!
 //! Longer than 500 lines for a reason: about half is the fixture tests of the decision
@@ -192,7 +192,7 @@ fn said(e: &Event) -> String {
 /// What to tell a caller refused by admission, by the server's message.
 pub(crate) fn refusal_hint(message: &str) -> &'static str {
     if message.contains("violates PodSecurity") {
-        "the namespace enforces a Pod Security level (label pod-security.kubernetes.io/enforce); kubernetes.security: restricted passes every level"
+        "the namespace enforces a Pod Security level (label pod-security.kubernetes.io/enforce); berth's restricted security profile passes every level"
     } else if message.contains("exceeded quota") || message.contains("failed quota") {
         "a ResourceQuota of the namespace refuses it (kubectl describe resourcequota); lower the environment's resources or free quota"
     } else if message.contains("per Container") || message.contains("per Pod") {
@@ -757,7 +757,7 @@ mod tests {
         assert_eq!(e.kind(), ErrorKind::Forbidden);
         assert!(
             e.to_string().contains("violates PodSecurity")
-                && e.to_string().contains("kubernetes.security: restricted"),
+                && e.to_string().contains("restricted security profile"),
             "{e}"
         );
         let quota = "Error creating: pods \"berth-x-abcde-q2w\" is forbidden: exceeded quota: q, requested: limits.memory=4Gi, used: limits.memory=0, limited: limits.memory=1Gi";

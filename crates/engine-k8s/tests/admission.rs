@@ -91,7 +91,7 @@ async fn simwait_a_restricted_namespace_refuses_a_hardened_pod_and_runs_a_restri
         text.contains("unrestricted capabilities (container \"env\" must not include"),
         "{text}"
     );
-    assert!(text.contains("kubernetes.security: restricted"), "{text}");
+    assert!(text.contains("restricted security profile"), "{text}");
     assert!(started.elapsed() < Duration::from_secs(20), "fails fast");
     let env = engine
         .start(&restricted(&image))

@@ -34,12 +34,19 @@ impl Owner {
     /// This process.
     #[must_use]
     pub fn current() -> Self {
-        let pid = std::process::id();
-        Self {
-            host: this_host(),
-            pid,
-            start: process_start(pid).unwrap_or(0),
-        }
+        // Read once (a file under /proc and the host name), then cloned: it is asked for from
+        // async code, where a file read would block a runtime worker each time.
+        static CURRENT: std::sync::OnceLock<Owner> = std::sync::OnceLock::new();
+        CURRENT
+            .get_or_init(|| {
+                let pid = std::process::id();
+                Self {
+                    host: this_host(),
+                    pid,
+                    start: process_start(pid).unwrap_or(0),
+                }
+            })
+            .clone()
     }
 
     /// The labels recording this owner.
