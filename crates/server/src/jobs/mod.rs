@@ -464,7 +464,11 @@ impl Jobs {
             .await
             .map_err(|e| format!("could not make {mount}: {e}"))?;
         let contents = dir.path().join(".");
-        let tar = berth_runner::archive::pack_path(&contents)
+        // pack_path looks at the tree before it streams (a stat, a directory read): not on a
+        // runtime worker.
+        let tar = tokio::task::spawn_blocking(move || berth_runner::archive::pack_path(&contents))
+            .await
+            .map_err(|e| format!("could not pack the checkout: {e}"))?
             .map_err(|e| format!("could not pack the checkout: {e}"))?;
         engine
             .copy_in(env, mount, tar)
