@@ -163,6 +163,15 @@ impl DockerConfig {
         )
     }
 
+    /// The address that will be dialled, or why the settings name none (an unreadable or
+    /// unknown context, a context that skips TLS verification).
+    ///
+    /// # Errors
+    /// [`Error::InvalidSpec`] naming `context` (or `DOCKER_CONTEXT`) and what is wrong.
+    pub fn resolve_address(&self) -> Result<String> {
+        self.endpoint().map(|endpoint| endpoint.address)
+    }
+
     fn endpoint(&self) -> Result<Endpoint> {
         let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         let from_context = |field: &'static str, name: &str| -> Result<Endpoint> {
