@@ -82,7 +82,13 @@ async fn build_on_a_named_builder_over_ssh_honours_dockerignore() {
     test_image().await;
     let sshd = Sshd::start();
     let dir = TempDir::new("berth-builders");
-    let cfg = config(&dir.0, Some(&sshd), "");
+    // `reg`: the same daemon, with a registry on a closed port.
+    let reg = format!(
+        "  reg:\n    host: {}\n    ssh_config: {}\n    registry: 127.0.0.1:1/team\n",
+        sshd.address(),
+        sshd.good_config().display()
+    );
+    let cfg = config(&dir.0, Some(&sshd), &reg);
     let tag = format!("berth-test/built:{}", unique("b"));
     let _cleanup = RemoveTag(tag.clone());
     let ctx = context(
@@ -142,6 +148,29 @@ async fn build_on_a_named_builder_over_ssh_honours_dockerignore() {
         down["error"].as_str().unwrap().contains("127.0.0.1"),
         "{down}"
     );
+
+    // --push to the builder's registry: built, then the push fails with the registry's answer.
+    let pushed = format!("127.0.0.1:1/team/app:{}", unique("p"));
+    let _cleanup_pushed = RemoveTag(pushed.clone());
+    let out = berth(
+        &dir.0,
+        &cfg,
+        &[
+            "image",
+            "build",
+            "--builder",
+            "reg",
+            "--push",
+            "-t",
+            &pushed,
+        ],
+    )
+    .arg(&ctx)
+    .output()
+    .unwrap();
+    assert_eq!(exit_code(&out), Some(125), "{}", text(&out.stderr));
+    assert_stderr_has(&out, "on builder reg");
+    assert_stderr_has(&out, &format!("pushing {pushed} failed"));
 
     // doctor checks both.
     let out = berth(&dir.0, &cfg, &["doctor"]).output().unwrap();
