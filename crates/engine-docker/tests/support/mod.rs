@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 mod sshd;
+pub mod tls;
 
 #[allow(unused_imports)] // each test file uses its own subset
 pub use sshd::{Sshd, TempDir};
