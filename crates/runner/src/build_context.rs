@@ -59,7 +59,7 @@ impl DockerIgnore {
     /// Reads `dir/.dockerignore`; none means nothing is excluded.
     ///
     /// # Errors
-    /// [`Error::Io`]-style backend error when the file exists but cannot be read.
+    /// [`Error::InvalidSpec`] naming `.dockerignore` when it exists but cannot be read.
     pub fn load(dir: &Path) -> Result<Self> {
         match std::fs::read_to_string(dir.join(".dockerignore")) {
             Ok(text) => Ok(Self::parse(&text)),
