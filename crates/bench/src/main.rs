@@ -25,6 +25,7 @@ use serde::Serialize;
 
 mod docker_bench;
 mod kube_bench;
+mod remote_bench;
 mod server_bench;
 mod shell_bench;
 
@@ -44,6 +45,9 @@ enum Suite {
     Shells,
     /// Only the job agent (`berth serve`) against the library, on Docker.
     Server,
+    /// Exec over ssh:// (an sshd on 127.0.0.1 started by the bench; needs root and
+    /// openssh-server) against the local socket.
+    Remote,
 }
 
 #[derive(Debug, Parser)]
@@ -263,6 +267,9 @@ async fn main() -> anyhow::Result<()> {
                 bench.smoke,
             )
             .await
+        }
+        Suite::Remote => {
+            remote_bench::scenarios(&bench.engine, &bench.image, &bench.session, bench.smoke).await
         }
         Suite::Shells | Suite::All => {
             let first = if shells_only {

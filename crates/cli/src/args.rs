@@ -20,9 +20,19 @@ pub struct Cli {
     /// Backend, overriding runner.backend: docker or kubernetes.
     #[arg(long, global = true, value_name = "NAME", value_parser = parse_backend)]
     pub backend: Option<BackendKind>,
-    /// Docker daemon address, overriding docker.host.
+    /// Docker daemon address, overriding docker.host: unix:///path, tcp://host:2376,
+    /// ssh://[user@]host[:port].
     #[arg(long, global = true, value_name = "ADDRESS")]
     pub docker_host: Option<String>,
+    /// A docker CLI context (`docker context ls`) to connect through, overriding
+    /// docker.context; not with --docker-host.
+    #[arg(
+        long,
+        global = true,
+        value_name = "NAME",
+        conflicts_with = "docker_host"
+    )]
+    pub docker_context: Option<String>,
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
@@ -67,6 +77,9 @@ pub enum Command {
     /// Pull or build images.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// The named remote builders of the config (`builders:`).
+    #[command(subcommand)]
+    Builder(BuilderCommand),
     /// Print the Kubernetes objects (Job, PVC) a session would create, as YAML, without
     /// creating anything; with --rbac the Role berth needs, with --server the manifests
     /// that deploy `berth serve` in the cluster; with --kind a Job, CronJob, Argo Workflow or
@@ -366,9 +379,28 @@ pub struct ImageBuildArgs {
     /// Build argument KEY=VALUE (repeatable).
     #[arg(long = "build-arg", value_name = "KEY=VALUE")]
     pub build_args: Vec<String>,
-    /// The context directory.
+    /// Build on this named builder (`builders:` in the config) instead of the configured
+    /// Docker daemon.
+    #[arg(long, value_name = "NAME")]
+    pub builder: Option<String>,
+    /// After the build, push the tag to the builder's registry (builders.NAME.registry);
+    /// needs --builder.
+    #[arg(long, requires = "builder")]
+    pub push: bool,
+    /// The context directory (its .dockerignore is honoured).
     pub context: PathBuf,
 }
+
+/// `berth builder`.
+#[derive(Debug, Subcommand)]
+pub enum BuilderCommand {
+    /// List the builders: reachable or not, Docker version, OS/arch, CPUs, memory, free disk.
+    Ls(BuilderLsArgs),
+}
+
+/// `berth builder ls`.
+#[derive(Debug, Args)]
+pub struct BuilderLsArgs {}
 
 /// `--backend`: a backend's name, as `runner.backend` takes it.
 fn parse_backend(text: &str) -> Result<BackendKind, String> {

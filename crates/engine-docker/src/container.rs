@@ -121,15 +121,15 @@ pub(crate) async fn list(
     selector: &LabelSelector,
 ) -> Result<Vec<EnvironmentStatus>> {
     let filters = label_filters(selector);
-    let containers = engine
-        .docker
-        .list_containers(Some(ListContainersOptions {
+    let containers = crate::retry::idempotent("list containers", || {
+        engine.docker.list_containers(Some(ListContainersOptions {
             all: true,
-            filters: Some(filters),
+            filters: Some(filters.clone()),
             ..Default::default()
         }))
-        .await
-        .map_err(engine.other("list containers"))?;
+    })
+    .await
+    .map_err(engine.other("list containers"))?;
     let mut out = Vec::with_capacity(containers.len());
     for c in containers {
         let Some(name) = c

@@ -3,7 +3,7 @@
 use berth_engine_core::{
     BuildSpec, Error, ImageInfo, ImageRef, Progress, ProgressEvent, PullPolicy, Result,
 };
-use bollard::query_parameters::{BuildImageOptions, CreateImageOptions};
+use bollard::query_parameters::{BuildImageOptions, CreateImageOptions, PushImageOptions};
 use futures_util::StreamExt;
 
 use crate::errors::{self};
@@ -42,6 +42,7 @@ pub(crate) async fn ensure(
 pub(crate) async fn build(
     engine: &DockerEngine,
     build: BuildSpec,
+    platform: Option<&str>,
     progress: &Progress,
 ) -> Result<ImageInfo> {
     build.validate()?;
@@ -54,6 +55,7 @@ pub(crate) async fn build(
         pull: build.pull.then(|| "1".to_owned()),
         rm: true,
         forcerm: true,
+        platform: platform.unwrap_or_default().to_owned(),
         ..Default::default()
     };
     let body = bollard::body_try_stream(build.context);
@@ -63,19 +65,8 @@ pub(crate) async fn build(
         reason,
     };
     while let Some(item) = stream.next().await {
-        let info = match item {
-            Ok(info) => info,
-            Err(e) if errors::is_transport(&e) => {
-                return Err(errors::unavailable(&engine.address, e))
-            }
-            Err(bollard::errors::Error::DockerStreamError { error }) => {
-                return Err(build_failed(error))
-            }
-            Err(bollard::errors::Error::DockerResponseServerError { message, .. }) => {
-                return Err(build_failed(message))
-            }
-            Err(e) => return Err(errors::other(&engine.address, "build image", e)),
-        };
+        let info =
+            item.map_err(|e| stream_error(&engine.address, "build image", e, build_failed))?;
         if let Some(detail) = info.error_detail {
             return Err(build_failed(detail.message.unwrap_or_default()));
         }
@@ -97,8 +88,64 @@ pub(crate) async fn build(
 }
 
 impl DockerEngine {
+    /// Builds `build` for `platform` (`linux/arm64`; `None` means the daemon's own), as
+    /// [`berth_engine_core::ContainerEngine::build_image`] does for the daemon's platform.
+    /// The daemon tags the image only when every step succeeded; a build whose connection
+    /// is lost is cancelled by the daemon and tags nothing.
+    ///
+    /// # Errors
+    /// [`Error::Build`] when a step fails; [`Error::Unavailable`] when the daemon cannot be
+    /// reached or the connection is lost mid-build.
+    pub async fn build_image_for(
+        &self,
+        build: BuildSpec,
+        platform: Option<&str>,
+        progress: &Progress,
+    ) -> Result<ImageInfo> {
+        self::build(self, build, platform, progress).await
+    }
+
+    /// Pushes `image` (its reference names the registry) from the daemon, with progress.
+    /// No credentials are sent: the registry must accept the daemon's anonymous push (or
+    /// the daemon's own configuration).
+    ///
+    /// # Errors
+    /// [`Error::Backend`] (kind `Other`) with the registry's answer;
+    /// [`Error::Unavailable`] when the daemon cannot be reached.
+    pub async fn push_image(&self, image: &ImageRef, progress: &Progress) -> Result<()> {
+        let mut stream = self.docker.push_image(
+            image.repository(),
+            Some(PushImageOptions {
+                tag: image.tag().map(str::to_owned),
+                ..Default::default()
+            }),
+            None,
+        );
+        let failed = |reason: String| {
+            Error::backend(
+                errors::BACKEND,
+                "push image",
+                std::io::Error::other(format!("pushing {image} failed: {reason}")),
+            )
+        };
+        while let Some(item) = stream.next().await {
+            let info = item.map_err(|e| stream_error(&self.address, "push image", e, failed))?;
+            if let Some(detail) = info.error_detail {
+                return Err(failed(detail.message.unwrap_or_default()));
+            }
+            if let Some(status) = info.status {
+                progress.emit(&ProgressEvent::status(None, status));
+            }
+        }
+        Ok(())
+    }
+
     pub(crate) async fn inspect_image_info(&self, image: &ImageRef) -> Result<Option<ImageInfo>> {
-        match self.docker.inspect_image(image.as_str()).await {
+        match crate::retry::idempotent("inspect image", || {
+            self.docker.inspect_image(image.as_str())
+        })
+        .await
+        {
             Ok(inspect) => Ok(Some(ImageInfo::new(
                 image.clone(),
                 inspect.id,
@@ -158,6 +205,22 @@ impl DockerEngine {
             other => other.to_string(),
         };
         classify_pull_failure(image, reason)
+    }
+}
+
+/// An error of a build or push stream: the transport failing is [`Error::Unavailable`], the
+/// daemon's refusal or a step's failure is `failed(reason)`.
+fn stream_error(
+    address: &str,
+    step: &str,
+    e: bollard::errors::Error,
+    failed: impl FnOnce(String) -> Error,
+) -> Error {
+    match e {
+        e if errors::is_transport(&e) => errors::unavailable(address, e),
+        bollard::errors::Error::DockerStreamError { error } => failed(error),
+        bollard::errors::Error::DockerResponseServerError { message, .. } => failed(message),
+        e => errors::other(address, step, e),
     }
 }
 

@@ -25,10 +25,12 @@ mod body;
 mod container;
 pub mod context;
 mod copy;
+mod daemon;
 mod errors;
 mod exec;
 mod image;
 mod resolve;
+mod retry;
 mod ssh;
 mod tls;
 mod volume;
@@ -43,6 +45,7 @@ use berth_engine_core::{
     Progress, PullPolicy, RemoveOutcome, Result, StopOutcome, TarStream, VolumeStatus,
 };
 use bollard::Docker;
+pub use daemon::DaemonInfo;
 /// The daemon address used when neither [`DockerConfig::host`] nor `DOCKER_HOST` is set.
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
 
@@ -160,6 +163,15 @@ impl DockerConfig {
         )
     }
 
+    /// The address that will be dialled, or why the settings name none (an unreadable or
+    /// unknown context, a context that skips TLS verification).
+    ///
+    /// # Errors
+    /// [`Error::InvalidSpec`] naming `context` (or `DOCKER_CONTEXT`) and what is wrong.
+    pub fn resolve_address(&self) -> Result<String> {
+        self.endpoint().map(|endpoint| endpoint.address)
+    }
+
     fn endpoint(&self) -> Result<Endpoint> {
         let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         let from_context = |field: &'static str, name: &str| -> Result<Endpoint> {
@@ -260,10 +272,11 @@ impl DockerEngine {
                 bollard::API_DEFAULT_VERSION,
             )
             .map_err(|e| errors::unavailable(&address, e))?;
-            let docker = match docker.negotiate_version().await {
-                Ok(d) => d,
-                Err(e) => return Err(proxy.classify(&address, e)),
-            };
+            let docker =
+                match retry::idempotent("version", || docker.clone().negotiate_version()).await {
+                    Ok(d) => d,
+                    Err(e) => return Err(proxy.classify(&address, e)),
+                };
             return Ok(Self {
                 docker,
                 address,
@@ -284,8 +297,7 @@ impl DockerEngine {
                 other => errors::unavailable(&address, other),
             })?,
         };
-        let docker = docker
-            .negotiate_version()
+        let docker = retry::idempotent("version", || docker.clone().negotiate_version())
             .await
             .map_err(|e| match &endpoint.tls {
                 Some(tls) => tls::classify(&address, tls, e),
@@ -317,9 +329,7 @@ impl ContainerEngine for DockerEngine {
     }
 
     async fn init(&self) -> Result<EngineInfo> {
-        let version = self
-            .docker
-            .version()
+        let version = retry::idempotent("version", || self.docker.version())
             .await
             .map_err(|e| errors::unavailable(&self.address, e))?;
         Ok(EngineInfo::new(
@@ -340,7 +350,7 @@ impl ContainerEngine for DockerEngine {
     }
 
     async fn build_image(&self, build: BuildSpec, progress: &Progress) -> Result<ImageInfo> {
-        image::build(self, build, progress).await
+        image::build(self, build, None, progress).await
     }
 
     async fn start(&self, spec: &EnvironmentSpec) -> Result<EnvironmentId> {

@@ -60,7 +60,11 @@ impl DockerEngine {
     /// no container has that name or id. Every call taking an environment goes through this,
     /// so berth never runs a command in, copies with, or removes a container it did not create.
     pub(crate) async fn resolve(&self, env: &EnvironmentId) -> Result<Option<String>> {
-        let named = match self.docker.inspect_container(env.as_str(), None).await {
+        let named = match crate::retry::idempotent("inspect container", || {
+            self.docker.inspect_container(env.as_str(), None)
+        })
+        .await
+        {
             Ok(c) => Some(Candidate {
                 name: c
                     .name
@@ -112,10 +116,11 @@ impl DockerEngine {
         let options = bollard::query_parameters::ContainerArchiveInfoOptions {
             path: format!("/{DETACHED_MARKER}"),
         };
-        match self
-            .docker
-            .get_container_archive_info(name, Some(options))
-            .await
+        match crate::retry::idempotent("stat the detached marker", || {
+            self.docker
+                .get_container_archive_info(name, Some(options.clone()))
+        })
+        .await
         {
             Ok(_) => Ok(true),
             // No marker, or the container went away meanwhile.
@@ -130,15 +135,15 @@ impl DockerEngine {
     }
 
     async fn berth_containers(&self) -> Result<Vec<Candidate>> {
-        let listed = self
-            .docker
-            .list_containers(Some(ListContainersOptions {
+        let listed = crate::retry::idempotent("list containers", || {
+            self.docker.list_containers(Some(ListContainersOptions {
                 all: true,
                 filters: Some(label_filters(&LabelSelector::all())),
                 ..Default::default()
             }))
-            .await
-            .map_err(self.other("list containers"))?;
+        })
+        .await
+        .map_err(self.other("list containers"))?;
         Ok(listed
             .into_iter()
             .map(|c| Candidate {

@@ -22,9 +22,11 @@ pub(crate) async fn list(
             // Dangling: referenced by no container, running or not.
             filters.insert("dangling".into(), vec!["true".into()]);
         }
-        engine.docker.list_volumes(Some(ListVolumesOptions {
-            filters: Some(filters),
-        }))
+        crate::retry::idempotent("list volumes", move || {
+            engine.docker.list_volumes(Some(ListVolumesOptions {
+                filters: Some(filters.clone()),
+            }))
+        })
     };
     let listed = list(false).await.map_err(engine.other("list volumes"))?;
     let unused: std::collections::HashSet<String> = list(true)
@@ -53,7 +55,7 @@ pub(crate) async fn list(
 
 pub(crate) async fn remove(engine: &DockerEngine, name: &str) -> Result<RemoveOutcome> {
     // Only berth's own volumes: a volume without berth's label is refused and left alone.
-    match engine.docker.inspect_volume(name).await {
+    match crate::retry::idempotent("inspect volume", || engine.docker.inspect_volume(name)).await {
         Ok(volume) => {
             if volume.labels.get(LABEL_MANAGED_BY).map(String::as_str) != Some(MANAGED_BY_VALUE) {
                 return Err(Error::not_a_berth_volume(name));

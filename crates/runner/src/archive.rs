@@ -104,6 +104,21 @@ fn pack(path: &Path, contents_only: bool) -> Result<TarStream> {
         })?
     };
     let path = path.to_owned();
+    Ok(stream_tar(move |builder| {
+        if meta.is_dir() {
+            builder.append_dir_all(&name, &path)
+        } else {
+            builder.append_path_with_name(&path, &name)
+        }
+    }))
+}
+
+/// A tar archive written by `fill` on a blocking thread (symlinks kept as symlinks, no
+/// sparse entries), streamed in 64 KiB pieces; an error of `fill` ends the stream with it.
+pub(crate) fn stream_tar<F>(fill: F) -> TarStream
+where
+    F: FnOnce(&mut tar::Builder<&mut dyn Write>) -> std::io::Result<()> + Send + 'static,
+{
     let (tx, rx) = mpsc::channel(4);
     let err_tx = tx.clone();
     tokio::task::spawn_blocking(move || {
@@ -112,14 +127,10 @@ fn pack(path: &Path, contents_only: bool) -> Result<TarStream> {
             buf: Vec::with_capacity(PIECE),
         };
         let result = (|| {
-            let mut builder = tar::Builder::new(&mut writer);
+            let mut builder = tar::Builder::new(&mut writer as &mut dyn Write);
             builder.follow_symlinks(false);
             builder.sparse(false);
-            if meta.is_dir() {
-                builder.append_dir_all(&name, &path)?;
-            } else {
-                builder.append_path_with_name(&path, &name)?;
-            }
+            fill(&mut builder)?;
             builder.finish()?;
             drop(builder);
             writer.flush()
@@ -128,10 +139,9 @@ fn pack(path: &Path, contents_only: bool) -> Result<TarStream> {
             let _ = err_tx.blocking_send(Err(e));
         }
     });
-    Ok(Box::pin(futures_util::stream::unfold(
-        rx,
-        |mut rx| async move { rx.recv().await.map(|item| (item, rx)) },
-    )))
+    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }))
 }
 
 struct ChannelReader {

@@ -214,12 +214,28 @@ pub fn render(config: &BerthConfig, spec: &EnvironmentSpec) -> Result<Vec<serde_
 }
 
 /// The Docker engine's settings from `docker:`.
-fn docker_config(section: &crate::config::DockerSection) -> DockerConfig {
+pub(crate) fn docker_config(section: &crate::config::DockerSection) -> DockerConfig {
+    docker_endpoint(
+        section.host.as_ref(),
+        section.context.as_ref(),
+        section.ssh_config.as_ref(),
+        &section.tls,
+    )
+}
+
+/// Docker settings from a host, a context, an ssh config and TLS files (`docker:` or a
+/// `builders:` entry).
+pub(crate) fn docker_endpoint(
+    host: Option<&String>,
+    context: Option<&String>,
+    ssh_config: Option<&PathBuf>,
+    tls: &crate::config::DockerTls,
+) -> DockerConfig {
     let mut docker = DockerConfig::default();
-    docker.host.clone_from(&section.host);
-    docker.context.clone_from(&section.context);
-    docker.ssh_config.clone_from(&section.ssh_config);
-    docker.tls = Some(&section.tls).filter(|t| t.is_set()).map(|t| {
+    docker.host = host.cloned();
+    docker.context = context.cloned();
+    docker.ssh_config = ssh_config.cloned();
+    docker.tls = Some(tls).filter(|t| t.is_set()).map(|t| {
         let mut tls = TlsConfig::default();
         tls.ca.clone_from(&t.ca);
         tls.cert.clone_from(&t.cert);

@@ -5,7 +5,9 @@
 use serde::Serialize;
 
 use crate::backend::Backend;
-use crate::config::{ConfigSource, Loaded};
+use berth_engine_core::{BackendKind, ErrorKind};
+
+use crate::config::{BerthConfig, ConfigSource, Loaded};
 use crate::spec;
 
 /// One finding of `berth doctor`.
@@ -54,8 +56,72 @@ impl Check {
 }
 
 /// Every check `berth doctor` makes for `loaded`, in order; `image` overrides `runner.image`.
-/// Nothing is printed.
+/// The configured builders are checked whatever the engine's state. Nothing is printed.
 pub async fn run(loaded: &Loaded, image: Option<&str>) -> Vec<Check> {
+    let (mut checks, builders) = tokio::join!(
+        engine_checks(loaded, image),
+        crate::builders::list(&loaded.config)
+    );
+    checks.extend(crate::builders::checks(&builders));
+    checks
+}
+
+/// Where the Docker backend will connect and through what, before connecting.
+fn docker_endpoint(config: &BerthConfig) -> Check {
+    let docker = crate::backend::docker_config(&config.docker);
+    let address = match docker.resolve_address() {
+        Ok(address) => address,
+        Err(e) => {
+            return Check::fail("docker endpoint", e.to_string()).with_fix(
+                "fix docker.context (or --docker-context, DOCKER_CONTEXT): `docker context ls` lists the contexts",
+            )
+        }
+    };
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let from = if config.docker.host.is_some() {
+        "docker.host or --docker-host".to_owned()
+    } else if let Some(context) = &config.docker.context {
+        format!("docker context {context} (docker.context or --docker-context)")
+    } else if env("DOCKER_HOST").is_some() {
+        "DOCKER_HOST".to_owned()
+    } else if let Some(context) = env("DOCKER_CONTEXT") {
+        format!("docker context {context} (DOCKER_CONTEXT)")
+    } else {
+        "the docker CLI's current context, else the default socket".to_owned()
+    };
+    let tls = config.docker.tls.is_set() || env("DOCKER_TLS_VERIFY").is_some();
+    let how = match address.split_once("://").map(|(scheme, _)| scheme) {
+        Some("ssh") => "over ssh: the system ssh runs `docker system dial-stdio` there",
+        Some("tcp" | "https") if tls => "over TCP with TLS, verifying the daemon's certificate",
+        Some("tcp" | "http") => "over plain TCP, unencrypted",
+        Some("unix") => "a local socket",
+        _ => "an address berth does not know",
+    };
+    Check::pass("docker endpoint", format!("{address}, {how}; from {from}"))
+}
+
+/// What to do about a Docker engine that failed to connect.
+fn docker_fix(config: &BerthConfig, err: &berth_engine_core::Error) -> Option<String> {
+    let address = crate::backend::docker_config(&config.docker).address();
+    match err.kind() {
+        ErrorKind::Forbidden => Some(format!(
+            "ssh refused {address}: check the key and known_hosts of your ssh config (docker.ssh_config), and that the remote user may run docker"
+        )),
+        ErrorKind::InvalidSpec => Some(
+            "fix the setting the error names (docker.host, docker.context or docker.tls.*)".to_owned(),
+        ),
+        ErrorKind::Unavailable if address.starts_with("ssh://") => Some(format!(
+            "check that `ssh {}` logs in without a prompt and `docker version` works there",
+            address.trim_start_matches("ssh://")
+        )),
+        ErrorKind::Unavailable if address.starts_with("tcp://") => Some(
+            "check the daemon listens there (dockerd -H tcp://0.0.0.0:2376 --tlsverify ...) and a firewall lets you in".to_owned(),
+        ),
+        _ => None,
+    }
+}
+
+async fn engine_checks(loaded: &Loaded, image: Option<&str>) -> Vec<Check> {
     let config = &loaded.config;
     let source = match &loaded.source {
         ConfigSource::Defaults => "built-in defaults".to_owned(),
@@ -67,10 +133,19 @@ pub async fn run(loaded: &Loaded, image: Option<&str>) -> Vec<Check> {
         Check::pass("limits", spec::limits(config).note),
     ];
     checks.extend(crate::backend::target_checks(config));
+    let docker = config.runner.backend == BackendKind::Docker;
+    if docker {
+        checks.push(docker_endpoint(config));
+    }
     let backend = match Backend::connect(config).await {
         Ok(backend) => backend,
         Err(e) => {
-            checks.push(Check::fail("engine", e.to_string()));
+            let fix = docker.then(|| docker_fix(config, &e)).flatten();
+            let check = Check::fail("engine", e.to_string());
+            checks.push(match fix {
+                Some(fix) => check.with_fix(fix),
+                None => check,
+            });
             return checks;
         }
     };

@@ -60,6 +60,8 @@
 
 pub mod archive;
 pub mod backend;
+pub mod build_context;
+pub mod builders;
 pub mod config;
 pub mod copy;
 pub mod doctor;

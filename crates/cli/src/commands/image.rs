@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use berth_engine_core::{BuildSpec, ImageInfo, ImageRef, PullPolicy};
-use berth_runner::archive;
+use berth_runner::{build_context, builders};
 
 use super::{parse_pairs, Ctx};
 use crate::args::{ImageBuildArgs, ImageEnsureArgs};
@@ -34,12 +34,23 @@ pub async fn ensure(ctx: &Ctx, args: ImageEnsureArgs) -> anyhow::Result<ExitCode
 
 pub async fn build(ctx: &Ctx, args: ImageBuildArgs) -> anyhow::Result<ExitCode> {
     let tag = ImageRef::new(args.tag.clone()).context("invalid --tag")?;
-    let context = archive::pack_dir_contents(&args.context)?;
+    let context = build_context::pack(&args.context, &args.file)?;
     let mut build = BuildSpec::new(tag, context).with_dockerfile(args.file.clone());
     for (k, v) in parse_pairs("--build-arg", &args.build_args)? {
         build = build.with_build_arg(k, v);
     }
     build.validate()?;
+    if let Some(builder) = &args.builder {
+        let info = builders::build(
+            ctx.config(),
+            builder,
+            build,
+            args.push,
+            &progress::pulls(ctx.json),
+        )
+        .await?;
+        return print_info(ctx, info);
+    }
     let engine = ctx.engine().await?;
     let info = engine
         .build_image(build, &progress::pulls(ctx.json))

@@ -2,6 +2,7 @@
 //! and prints. [`dispatch`] loads the config and picks the file.
 
 mod attach;
+mod builder;
 mod cp;
 mod doctor;
 mod down;
@@ -27,7 +28,7 @@ use berth_engine_core::{
 use berth_runner::config::{BerthConfig, LoadOptions, Loaded};
 use berth_runner::spec::EnvOptions;
 
-use crate::args::{Cli, Command, DetachedArgs, EnvArgs, ImageCommand};
+use crate::args::{BuilderCommand, Cli, Command, DetachedArgs, EnvArgs, ImageCommand};
 
 /// What every command sees: the loaded config and the global flags.
 pub struct Ctx {
@@ -71,6 +72,11 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             .overrides
             .push(("docker.host".to_owned(), h.clone()));
     }
+    if let Some(c) = &cli.docker_context {
+        options
+            .overrides
+            .push(("docker.context".to_owned(), c.clone()));
+    }
     let loaded = BerthConfig::load(&options)?;
     let ctx = Ctx {
         loaded,
@@ -91,6 +97,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Gc(a) => gc::gc(&ctx, a).await,
         Command::Image(ImageCommand::Ensure(a)) => image::ensure(&ctx, a).await,
         Command::Image(ImageCommand::Build(a)) => image::build(&ctx, a).await,
+        Command::Builder(BuilderCommand::Ls(_)) => builder::ls(&ctx).await,
         Command::Render(a) => render::render(&ctx, a),
         Command::Serve(a) => serve::serve(&ctx, a).await,
     }

@@ -15,6 +15,9 @@ use super::types::{CpuQuantity, HumanDuration, Limit, MemoryQuantity};
 pub(crate) enum ValueKind {
     /// A mapping of keys.
     Section,
+    /// A mapping of names the user chooses to values (`builders`); its one child key is
+    /// `*`, which matches any name.
+    Named,
     /// Text.
     Text,
     /// Text, or a number standing for its text (`run_as_user: 1000`).
@@ -36,6 +39,7 @@ impl ValueKind {
     pub(crate) fn expected(self) -> &'static str {
         match self {
             ValueKind::Section => "a section (a mapping of keys)",
+            ValueKind::Named => "a mapping of names to values",
             ValueKind::Text => "text (quote it if it looks like a number or true/false)",
             ValueKind::TextOrNumber => "text or a number",
             ValueKind::Bool => "true or false",
@@ -140,6 +144,18 @@ macro_rules! section {
     (@kind $ty:ty, $kind:expr) => { $kind };
 }
 pub(crate) use section;
+
+/// Whether the known path `known` (where a `*` segment is any name) names `path`.
+pub(crate) fn path_matches(known: &str, path: &str) -> bool {
+    let (mut k, mut p) = (known.split('.'), path.split('.'));
+    loop {
+        match (k.next(), p.next()) {
+            (None, None) => return true,
+            (Some(a), Some(b)) if a == "*" || a == b => {}
+            _ => return false,
+        }
+    }
+}
 
 /// Every key path under `keys` as dotted paths with their kinds, sections included
 /// (`runner`, `runner.resources`, `runner.resources.cpu`).

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use yaml_rust2::Yaml;
 
-use super::keys::{flatten, nearest, suggest, Schema, ValueKind};
+use super::keys::{flatten, nearest, path_matches, suggest, Schema, ValueKind};
 use super::schema::{BerthConfig, WorkspaceConfig};
 use super::ConfigError;
 
@@ -64,7 +64,7 @@ pub(crate) fn known_paths() -> Vec<(String, ValueKind)> {
 pub fn known_keys() -> Vec<String> {
     known_paths()
         .into_iter()
-        .filter(|(_, kind)| *kind != ValueKind::Section)
+        .filter(|(_, kind)| !matches!(kind, ValueKind::Section | ValueKind::Named))
         .map(|(path, _)| path)
         .collect()
 }
@@ -153,14 +153,14 @@ fn type_error(prefix: &str, doc: &Yaml, known: &[(String, ValueKind)]) -> Option
         };
         let Some(kind) = known
             .iter()
-            .find(|(k, _)| *k == path)
+            .find(|(k, _)| path_matches(k, &path))
             .map(|(_, kind)| *kind)
         else {
             continue;
         };
         let fits = match (kind, value) {
             (_, Yaml::Null) => true,
-            (ValueKind::Section, Yaml::Hash(_)) => {
+            (ValueKind::Section | ValueKind::Named, Yaml::Hash(_)) => {
                 if let Some(found) = type_error(&path, value, known) {
                     return Some(found);
                 }
@@ -288,7 +288,7 @@ fn unknown_keys(
         } else {
             format!("{prefix}.{key}")
         };
-        let is_known = known.iter().any(|(k, _)| *k == path);
+        let is_known = known.iter().any(|(k, _)| path_matches(k, &path));
         if !is_known && child.clone().into_table().is_ok_and(|t| !t.is_empty()) {
             // A mistyped section: name the keys under it, each with its nearest known key
             // (`runer.image` -> `runner.image`), as the file or the variable spells them.

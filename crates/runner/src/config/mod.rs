@@ -8,6 +8,7 @@
 //! structs), `load.rs` (the layers and their messages), `types.rs` and `parse.rs` (the value
 //! types and their text forms).
 
+mod builders;
 mod keys;
 mod load;
 mod parse;
@@ -19,6 +20,7 @@ mod tests;
 
 use std::path::PathBuf;
 
+pub use builders::BuilderConfig;
 pub use load::{known_keys, ConfigSource, LoadOptions, Loaded};
 pub use parse::{
     format_cpu_millis, format_duration, format_memory_bytes, parse_cpu_millis, parse_duration,

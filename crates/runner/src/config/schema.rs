@@ -17,6 +17,7 @@ use berth_engine_core::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::builders::BuilderConfig;
 use super::keys::{section, Key, Schema, ValueKind};
 use super::types::{
     backend_kind, kubernetes_pull_policy, process_count, pull_policy, security_profile,
@@ -48,6 +49,8 @@ section! {
         pub copy: CopySection,
         /// `berth serve`: the job agent over HTTP.
         pub server: ServerSection,
+        /// Named Docker daemons that build images (`berth image build --builder NAME`).
+        pub builders: BTreeMap<String, BuilderConfig>,
     }
 }
 
@@ -231,6 +234,21 @@ impl DockerTls {
     #[must_use]
     pub fn is_set(&self) -> bool {
         self.ca.is_some() || self.cert.is_some() || self.key.is_some()
+    }
+
+    /// What is wrong with these settings, as (field, reason): verification off, or some
+    /// files set and others not.
+    pub(crate) fn problem(&self) -> Option<(&'static str, String)> {
+        if !self.verify {
+            return Some(("verify", "expected true: berth always verifies the daemon's certificate (set tls.ca to the CA that signed it)".into()));
+        }
+        if !self.is_set() {
+            return None;
+        }
+        [("ca", &self.ca), ("cert", &self.cert), ("key", &self.key)]
+            .into_iter()
+            .find(|(_, file)| file.is_none())
+            .map(|(field, _)| (field, "expected the path of a PEM file".into()))
     }
 }
 
@@ -506,24 +524,10 @@ impl BerthConfig {
                 "expected at least 1".into(),
             ));
         }
-        let tls = &self.docker.tls;
-        if tls.is_set() || !tls.verify {
-            if !tls.verify {
-                return Err(invalid(
-                    "docker.tls.verify",
-                    "expected true: berth always verifies the daemon's certificate (set docker.tls.ca to the CA that signed it)".into(),
-                ));
-            }
-            for (key, file) in [
-                ("docker.tls.ca", &tls.ca),
-                ("docker.tls.cert", &tls.cert),
-                ("docker.tls.key", &tls.key),
-            ] {
-                if file.is_none() {
-                    return Err(invalid(key, "expected the path of a PEM file".into()));
-                }
-            }
+        if let Some((field, reason)) = self.docker.tls.problem() {
+            return Err(invalid(&format!("docker.tls.{field}"), reason));
         }
+        super::builders::validate(&self.builders, source_name)?;
         if self.server.tls.cert.is_some() != self.server.tls.key.is_some() {
             return Err(invalid(
                 "server.tls",

@@ -409,6 +409,12 @@ fn the_known_keys_are_the_schema_fields() {
         let value = serde_json::to_value(&config).unwrap();
         serde_paths("", &value, &mut from_serde);
     }
+    // A named map's entries are any name, `*` in the schema.
+    let mut named = BerthConfig::default();
+    let mut builder = super::BuilderConfig::default();
+    builder.labels.insert("*".into(), "x".into());
+    named.builders.insert("*".into(), builder);
+    serde_paths("", &serde_json::to_value(&named).unwrap(), &mut from_serde);
     from_serde.sort();
     from_serde.dedup();
     let mut from_schema: Vec<String> = known_paths().into_iter().map(|(p, _)| p).collect();
