@@ -42,6 +42,8 @@ pub fn kubernetes_config(config: &BerthConfig) -> KubernetesConfig {
     out.scale_up_grace = k.scale_up_grace.get();
     out.requests = k.resources.requests.resources();
     out.limits = k.resources.limits.resources();
+    // Checked when the config loaded; a config built in code and never validated gets none.
+    out.pod = k.pod_extras().unwrap_or_default();
     out
 }
 
@@ -227,6 +229,10 @@ fn docker_config(section: &crate::config::DockerSection) -> DockerConfig {
         tls.verify = t.verify;
         tls
     });
+    docker.files = berth_engine_docker::ContainerFiles::new(
+        section.env_files.clone(),
+        section.secret_files.clone(),
+    );
     docker
 }
 

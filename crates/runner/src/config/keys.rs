@@ -27,6 +27,10 @@ pub(crate) enum ValueKind {
     Quantity,
     /// `runner.workspace`: `none`, `ephemeral`, `{host_path: ..}` or `{volume: ..}`.
     Workspace,
+    /// A list (its entries are checked when they deserialize).
+    List,
+    /// A mapping of names the user chooses (labels, variables, paths) to values.
+    Map,
 }
 
 impl ValueKind {
@@ -40,6 +44,8 @@ impl ValueKind {
             ValueKind::Count => "a whole number",
             ValueKind::Quantity => "a quantity or duration, like 2, 500m, 4Gi or 30m",
             ValueKind::Workspace => "none, ephemeral, {host_path: /abs/dir} or {volume: name}",
+            ValueKind::List => "a list",
+            ValueKind::Map => "a mapping",
         }
     }
 }
@@ -86,6 +92,18 @@ impl<T: Schema> Schema for Option<T> {
     }
     fn keys() -> Vec<Key> {
         T::keys()
+    }
+}
+
+impl<T> Schema for Vec<T> {
+    fn kind() -> ValueKind {
+        ValueKind::List
+    }
+}
+
+impl<K, V> Schema for std::collections::BTreeMap<K, V> {
+    fn kind() -> ValueKind {
+        ValueKind::Map
     }
 }
 

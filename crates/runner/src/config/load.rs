@@ -173,6 +173,8 @@ fn type_error(prefix: &str, doc: &Yaml, known: &[(String, ValueKind)]) -> Option
                 true
             }
             (ValueKind::Text, Yaml::String(_))
+            | (ValueKind::List, Yaml::Array(_))
+            | (ValueKind::Map, Yaml::Hash(_))
             | (ValueKind::Bool, Yaml::Boolean(_))
             | (
                 ValueKind::Quantity | ValueKind::TextOrNumber,
@@ -285,7 +287,15 @@ fn unknown_keys(
         } else {
             format!("{prefix}.{key}")
         };
-        let is_known = known.iter().any(|(k, _)| *k == path);
+        let kind = known
+            .iter()
+            .find(|(k, _)| *k == path)
+            .map(|(_, kind)| *kind);
+        let is_known = kind.is_some();
+        if matches!(kind, Some(ValueKind::List | ValueKind::Map)) {
+            // The user's own names (labels, variables, paths); entries are checked by serde.
+            continue;
+        }
         if !is_known && child.clone().into_table().is_ok_and(|t| !t.is_empty()) {
             // A mistyped section: name the keys under it, each with its nearest known key
             // (`runer.image` -> `runner.image`), as the file or the variable spells them.

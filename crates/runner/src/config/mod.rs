@@ -11,6 +11,7 @@
 mod keys;
 mod load;
 mod parse;
+mod pod;
 mod schema;
 mod types;
 
@@ -23,6 +24,9 @@ pub use load::{known_keys, ConfigSource, LoadOptions, Loaded};
 pub use parse::{
     format_cpu_millis, format_duration, format_memory_bytes, parse_cpu_millis, parse_duration,
     parse_memory_bytes, InvalidValue,
+};
+pub use pod::{
+    CacheEntry, EnvFromEntry, KeyEntry, MountEntry, NewClaimEntry, SecurityContextSection,
 };
 pub use schema::{
     BerthConfig, CopySection, DockerSection, DockerTls, KubernetesResources, KubernetesSection,
