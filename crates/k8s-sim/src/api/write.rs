@@ -107,6 +107,47 @@ static NEXT_SERVICE_IP: std::sync::atomic::AtomicU32 = std::sync::atomic::Atomic
 
 /// Fills a Service's defaults as the API server does: type ClusterIP with an address from
 /// the service range, TCP ports whose target is their own port.
+/// A Secret as the API server stores it: `stringData` merged into `data` (base64), `type`
+/// defaulting to `Opaque`, keys checked.
+fn default_secret(mut secret: Value, name: &str) -> Result<Value, ApiError> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut data = secret["data"].as_object().cloned().unwrap_or_default();
+    if let Some(strings) = secret["stringData"].as_object() {
+        for (k, v) in strings {
+            data.insert(k.clone(), json!(b64.encode(v.as_str().unwrap_or_default())));
+        }
+    }
+    for (k, v) in &data {
+        let key_ok = !k.is_empty()
+            && k.len() <= 253
+            && k.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'));
+        if !key_ok {
+            return Err(ApiError::invalid(
+                Res::Secret,
+                name,
+                &format!("data[{k}]"),
+                "FieldValueInvalid",
+                &format!("Invalid value: \"{k}\": a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')"),
+            ));
+        }
+        if v.as_str().is_none_or(|t| b64.decode(t).is_err()) {
+            return Err(ApiError::bad_request(&format!(
+                "Secret in version \"v1\" cannot be handled as a Secret: illegal base64 data in data[{k}]"
+            )));
+        }
+    }
+    if let Some(obj) = secret.as_object_mut() {
+        obj.remove("stringData");
+    }
+    secret["data"] = Value::Object(data);
+    if secret["type"].as_str().is_none_or(str::is_empty) {
+        secret["type"] = json!("Opaque");
+    }
+    Ok(secret)
+}
+
 fn default_service(mut svc: Value) -> Value {
     let spec = &mut svc["spec"];
     if spec["type"].is_null() {
@@ -236,6 +277,7 @@ pub(super) async fn create(
         Res::Service => default_service(body),
         Res::Deployment => default_deployment(body, &name)?,
         Res::ConfigMap | Res::ServiceAccount | Res::Role | Res::RoleBinding => body,
+        Res::Secret => default_secret(body, &name)?,
         Res::ResourceQuota => {
             let mut quota = body;
             quota["status"] = json!({"hard": quota["spec"]["hard"], "used": {}});
@@ -363,6 +405,7 @@ pub(super) async fn delete(
         | Res::ResourceQuota
         | Res::LimitRange
         | Res::ConfigMap
+        | Res::Secret
         | Res::Service
         | Res::ServiceAccount
         | Res::Deployment
