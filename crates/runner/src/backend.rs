@@ -230,8 +230,12 @@ fn docker_config(section: &crate::config::DockerSection) -> DockerConfig {
         tls
     });
     docker.files = berth_engine_docker::ContainerFiles::new(
-        section.env_files.clone(),
-        section.secret_files.clone(),
+        section.env_files.iter().map(|p| expand_home(p)).collect(),
+        section
+            .secret_files
+            .iter()
+            .map(|(inside, local)| (inside.clone(), expand_home(local)))
+            .collect(),
     );
     docker
 }

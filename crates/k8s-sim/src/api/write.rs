@@ -133,7 +133,7 @@ fn default_secret(mut secret: Value, name: &str) -> Result<Value, ApiError> {
             ));
         }
         if v.as_str().is_none_or(|t| b64.decode(t).is_err()) {
-            return Err(ApiError::bad_request(&format!(
+            return Err(ApiError::bad_request(format!(
                 "Secret in version \"v1\" cannot be handled as a Secret: illegal base64 data in data[{k}]"
             )));
         }
