@@ -138,44 +138,37 @@ async fn kubectl_secrets_and_config_maps_are_stored_injected_and_mounted() {
     );
 
     // A required secret that is missing, and a missing key: the kubelet's reason and message.
-    let container =
-        "    env:\n    - name: T\n      valueFrom: {secretKeyRef: {name: nowhere, key: T}}\n";
-    let (ok, _, err) = k.run(&["create"], Some(&pod_yaml("no-secret", container, "")));
-    assert!(ok, "{err}");
-    let reason = k.wait_for(
-        "no-secret",
-        "{.status.containerStatuses[0].state.waiting.reason}",
-        "CreateContainerConfigError",
-    );
-    assert_eq!(reason, "CreateContainerConfigError");
-    let message = k.ok(&[
-        "get",
-        "pod",
-        "no-secret",
-        "-o",
-        "jsonpath={.status.containerStatuses[0].state.waiting.message}",
-    ]);
-    assert_eq!(message, "secret \"nowhere\" not found");
-    let container =
-        "    env:\n    - name: T\n      valueFrom: {configMapKeyRef: {name: app, key: MISSING}}\n";
-    let (ok, _, err) = k.run(&["create"], Some(&pod_yaml("no-key", container, "")));
-    assert!(ok, "{err}");
-    k.wait_for(
-        "no-key",
-        "{.status.containerStatuses[0].state.waiting.reason}",
-        "CreateContainerConfigError",
-    );
-    let message = k.ok(&[
-        "get",
-        "pod",
-        "no-key",
-        "-o",
-        "jsonpath={.status.containerStatuses[0].state.waiting.message}",
-    ]);
-    assert_eq!(
-        message,
-        "couldn't find key MISSING in ConfigMap default/app"
-    );
+    for (pod, reference, message) in [
+        (
+            "no-secret",
+            "secretKeyRef: {name: nowhere, key: T}",
+            "secret \"nowhere\" not found",
+        ),
+        (
+            "no-key",
+            "configMapKeyRef: {name: app, key: MISSING}",
+            "couldn't find key MISSING in ConfigMap default/app",
+        ),
+    ] {
+        let container = format!("    env:\n    - name: T\n      valueFrom: {{{reference}}}\n");
+        let (ok, _, err) = k.run(&["create"], Some(&pod_yaml(pod, &container, "")));
+        assert!(ok, "{err}");
+        let waiting = "{.status.containerStatuses[0].state.waiting";
+        let reason = k.wait_for(
+            pod,
+            &format!("{waiting}.reason}}"),
+            "CreateContainerConfigError",
+        );
+        assert_eq!(reason, "CreateContainerConfigError");
+        let got = k.ok(&[
+            "get",
+            "pod",
+            pod,
+            "-o",
+            &format!("jsonpath={waiting}.message}}"),
+        ]);
+        assert_eq!(got, message);
+    }
     // A missing required volume source keeps the pod ContainerCreating with FailedMount.
     let volumes = "  volumes:\n  - name: s\n    secret: {secretName: gone}\n";
     let container = "    volumeMounts: [{name: s, mountPath: /s}]\n";
