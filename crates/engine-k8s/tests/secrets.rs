@@ -147,4 +147,25 @@ async fn a_required_missing_secret_or_key_is_a_start_error_naming_it() {
         text.contains("couldn't find key NOPE in Secret default/api-keys"),
         "{text}"
     );
+    drop(guard);
+    let (engine, image, _guard) = common::sim_engine(|c: &mut KubernetesConfig| {
+        c.pod
+            .mounts
+            .push(FileMount::new(SourceKind::Secret, "gone", "/etc/gone"));
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let err = engine
+        .start(&spec(&image))
+        .await
+        .expect_err("a missing secret volume");
+    let text = err.to_string();
+    assert!(
+        text.contains("FailedMount") && text.contains("secret \"gone\" not found"),
+        "{text}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "fails at once, not after start_timeout"
+    );
 }
