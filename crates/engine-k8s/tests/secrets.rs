@@ -111,61 +111,54 @@ async fn secrets_and_config_maps_reach_the_environment_as_env_and_files() {
     engine.stop(&env).await.expect("stop");
 }
 
+/// The error of starting an environment with `extras` on a fresh simulator holding the
+/// objects of [`objects`], and how long it took.
+async fn start_error(extras: PodExtras) -> (String, std::time::Duration) {
+    let (engine, image, guard) =
+        common::sim_engine(|c: &mut KubernetesConfig| c.pod = extras).await;
+    objects(&client(&guard).await).await;
+    let started = std::time::Instant::now();
+    let err = engine.start(&spec(&image)).await.expect_err("cannot start");
+    (err.to_string(), started.elapsed())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_required_missing_secret_or_key_is_a_start_error_naming_it() {
-    let (engine, image, guard) = common::sim_engine(|c: &mut KubernetesConfig| {
-        c.pod.key_env.insert(
-            "TOKEN".into(),
-            KeyRef::new(SourceKind::Secret, "absent", "TOKEN"),
+    let mut missing_secret = PodExtras::default();
+    missing_secret.key_env.insert(
+        "TOKEN".into(),
+        KeyRef::new(SourceKind::Secret, "absent", "TOKEN"),
+    );
+    let mut missing_key = PodExtras::default();
+    missing_key.key_env.insert(
+        "TOKEN".into(),
+        KeyRef::new(SourceKind::Secret, "api-keys", "NOPE"),
+    );
+    let mut missing_volume = PodExtras::default();
+    missing_volume
+        .mounts
+        .push(FileMount::new(SourceKind::Secret, "gone", "/etc/gone"));
+    for (extras, needles) in [
+        (
+            missing_secret,
+            ["CreateContainerConfigError", "secret \"absent\" not found"],
+        ),
+        (
+            missing_key,
+            [
+                "CreateContainerConfigError",
+                "couldn't find key NOPE in Secret default/api-keys",
+            ],
+        ),
+        (missing_volume, ["FailedMount", "secret \"gone\" not found"]),
+    ] {
+        let (text, took) = start_error(extras).await;
+        for needle in needles {
+            assert!(text.contains(needle), "{needle}: {text}");
+        }
+        assert!(
+            took < std::time::Duration::from_secs(30),
+            "fails at once, not after start_timeout: {text}"
         );
-    })
-    .await;
-    let err = engine
-        .start(&spec(&image))
-        .await
-        .expect_err("a missing secret");
-    let text = err.to_string();
-    assert!(
-        text.contains("CreateContainerConfigError") && text.contains("secret \"absent\" not found"),
-        "{text}"
-    );
-    drop(guard);
-    let (engine, image, guard) = common::sim_engine(|c: &mut KubernetesConfig| {
-        c.pod.key_env.insert(
-            "TOKEN".into(),
-            KeyRef::new(SourceKind::Secret, "api-keys", "NOPE"),
-        );
-    })
-    .await;
-    objects(&client(&guard).await).await;
-    let err = engine
-        .start(&spec(&image))
-        .await
-        .expect_err("a missing key");
-    let text = err.to_string();
-    assert!(
-        text.contains("couldn't find key NOPE in Secret default/api-keys"),
-        "{text}"
-    );
-    drop(guard);
-    let (engine, image, _guard) = common::sim_engine(|c: &mut KubernetesConfig| {
-        c.pod
-            .mounts
-            .push(FileMount::new(SourceKind::Secret, "gone", "/etc/gone"));
-    })
-    .await;
-    let started = std::time::Instant::now();
-    let err = engine
-        .start(&spec(&image))
-        .await
-        .expect_err("a missing secret volume");
-    let text = err.to_string();
-    assert!(
-        text.contains("FailedMount") && text.contains("secret \"gone\" not found"),
-        "{text}"
-    );
-    assert!(
-        started.elapsed() < std::time::Duration::from_secs(30),
-        "fails at once, not after start_timeout"
-    );
+    }
 }
