@@ -70,6 +70,26 @@ impl Kubectl {
     }
 }
 
+impl Kubectl {
+    /// Creates pod `pod` mounting the volume `source` at `/v`, and returns its events once
+    /// they hold a FailedMount (or after 60 s).
+    fn failed_mount(&self, pod: &str, source: &str) -> String {
+        let volumes = format!("  volumes:\n  - name: v\n{source}");
+        let container = "    volumeMounts: [{name: v, mountPath: /v}]\n";
+        let (ok, _, err) = self.run(&["create"], Some(&pod_yaml(pod, container, &volumes)));
+        assert!(ok, "{err}");
+        let selector = format!("involvedObject.name={pod}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let events = self.ok(&["get", "events", "--field-selector", &selector]);
+            if events.contains("FailedMount") || Instant::now() > deadline {
+                return events;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
 fn pod_yaml(name: &str, container: &str, volumes: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  restartPolicy: Never\n  containers:\n  - name: main\n    image: {IMAGE}\n    command: [sleep, \"600\"]\n{container}{volumes}"
@@ -170,25 +190,9 @@ async fn kubectl_secrets_and_config_maps_are_stored_injected_and_mounted() {
         assert_eq!(got, message);
     }
     // A missing required volume source keeps the pod ContainerCreating with FailedMount.
-    let volumes = "  volumes:\n  - name: s\n    secret: {secretName: gone}\n";
-    let container = "    volumeMounts: [{name: s, mountPath: /s}]\n";
-    let (ok, _, err) = k.run(&["create"], Some(&pod_yaml("no-mount", container, volumes)));
-    assert!(ok, "{err}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let events = loop {
-        let events = k.ok(&[
-            "get",
-            "events",
-            "--field-selector",
-            "involvedObject.name=no-mount",
-        ]);
-        if events.contains("FailedMount") || Instant::now() > deadline {
-            break events;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    };
+    let events = k.failed_mount("no-mount", "    secret: {secretName: gone}\n");
     assert!(
-        events.contains("MountVolume.SetUp failed for volume \"s\" : secret \"gone\" not found"),
+        events.contains("MountVolume.SetUp failed for volume \"v\" : secret \"gone\" not found"),
         "{events}"
     );
 }
@@ -231,4 +235,41 @@ async fn python_client_creates_reads_lists_and_deletes_secrets() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+}
+
+/// Keys become file names: one that would leave the volume (`..`) is refused by the API, and a
+/// mount never writes outside its volume even when such a key got in through a patch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_keys_cannot_escape_the_volume() {
+    let k = Kubectl {
+        started: support::start_sim().await,
+        binary: kubectl_binary(),
+    };
+    let (ok, _, err) = k.run(
+        &["create"],
+        Some("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: evil}\ndata: {\"..\": x}\n"),
+    );
+    assert!(!ok && err.contains("must not be '..'"), "{err}");
+    let (ok, _, err) = k.run(
+        &["create"],
+        Some("apiVersion: v1\nkind: Secret\nmetadata: {name: evil}\nstringData: {\"../x\": x}\n"),
+    );
+    assert!(!ok && err.contains("a valid config key"), "{err}");
+    k.ok(&["create", "configmap", "patched", "--from-literal=ok=1"]);
+    let (patched, _, _) = k.run(
+        &[
+            "patch",
+            "configmap",
+            "patched",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"data":{"..":"escaped"}}"#,
+        ],
+        None,
+    );
+    if patched {
+        let events = k.failed_mount("evil", "    configMap: {name: patched}\n");
+        assert!(events.contains("invalid path \"..\""), "{events}");
+    }
 }

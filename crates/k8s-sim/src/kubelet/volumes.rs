@@ -392,6 +392,14 @@ impl Worker {
             .map_err(|e| CreateError::Other(format!("inspecting {volume}: {e}")))?
             .mountpoint;
         for (path, bytes, item_mode) in wanted {
+            // A key or item path must stay inside the volume (the API server refuses such
+            // keys and paths; this is the kubelet's own guard).
+            if path.is_empty()
+                || path.starts_with('/')
+                || path.split('/').any(|p| p == ".." || p == ".")
+            {
+                return Err(failed(format!("invalid path {path:?}")));
+            }
             let file = std::path::Path::new(&dir).join(&path);
             if let Some(parent) = file.parent() {
                 std::fs::create_dir_all(parent)
