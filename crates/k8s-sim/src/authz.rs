@@ -493,7 +493,7 @@ mod tests {
         );
         assert_eq!(verb_of("", "namespaces", Method::GET, ""), "list");
         // Unknown resources are not authorized here: they stay 404.
-        assert!(attrs("", "namespaces/default/secrets", Method::GET, "").is_none());
+        assert!(attrs("", "namespaces/default/widgets", Method::GET, "").is_none());
         assert!(attrs("batch", "namespaces/default/pods", Method::GET, "").is_none());
     }
 
