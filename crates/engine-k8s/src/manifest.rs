@@ -770,6 +770,65 @@ mod tests {
     }
 
     #[test]
+    fn extras_reach_the_pod_and_a_users_own_group_wins() {
+        let mut config = KubernetesConfig::default();
+        let mut from = EnvFromSource::new(SourceKind::ConfigMap, "settings");
+        from.prefix = Some("APP_".into());
+        config.pod.env_from.push(from);
+        config.pod.key_env.insert(
+            "TOKEN".into(),
+            KeyRef::new(SourceKind::Secret, "api", "token"),
+        );
+        let mut mount = FileMount::new(SourceKind::Secret, "tls", "/etc/tls");
+        mount.items.insert("tls.key".into(), "key.pem".into());
+        mount.mode = Some(0o400);
+        config.pod.mounts.push(mount);
+        config.pod.security.run_as_group = Some(5);
+        config.pod.security.fs_group = Some(7);
+        config.pod.annotations.insert("a/b".into(), "c".into());
+        let mut s = spec();
+        s.user = Some("1000:1000".into());
+        s.env.insert("PLAIN".into(), "1".into());
+        let job = job(&s, &config, "x", 0).unwrap();
+        assert_eq!(job.metadata.annotations.as_ref().unwrap()["a/b"], "c");
+        let template = job.spec.unwrap().template;
+        assert_eq!(template.metadata.unwrap().annotations.unwrap()["a/b"], "c");
+        let pod = template.spec.unwrap();
+        let c = &pod.containers[0];
+        let from = &c.env_from.as_ref().unwrap()[0];
+        assert_eq!(from.prefix.as_deref(), Some("APP_"));
+        assert_eq!(from.config_map_ref.as_ref().unwrap().name, "settings");
+        assert!(from.secret_ref.is_none());
+        let env = c.env.as_ref().unwrap();
+        let token = env.iter().find(|e| e.name == "TOKEN").unwrap();
+        assert!(token.value.is_none(), "a reference, never a value");
+        let key = token
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap();
+        assert_eq!((key.name.as_str(), key.key.as_str()), ("api", "token"));
+        let volume = &pod.volumes.as_ref().unwrap()[0];
+        let secret = volume.secret.as_ref().unwrap();
+        assert_eq!(secret.default_mode, Some(0o400));
+        assert_eq!(secret.items.as_ref().unwrap()[0].path, "key.pem");
+        let mount = &c.volume_mounts.as_ref().unwrap()[0];
+        assert_eq!(
+            (mount.mount_path.as_str(), mount.read_only),
+            ("/etc/tls", Some(true))
+        );
+        // The spec's uid:gid keeps its gid on the container; the pod gets the override.
+        assert_eq!(
+            c.security_context.as_ref().unwrap().run_as_group,
+            Some(1000)
+        );
+        let psc = pod.security_context.unwrap();
+        assert_eq!((psc.run_as_group, psc.fs_group), (Some(5), Some(7)));
+    }
+
+    #[test]
     fn workspace_kinds_map_to_volumes() {
         let mut s = spec();
         s.workspace = Workspace::Volume {
