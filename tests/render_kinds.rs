@@ -329,6 +329,22 @@ fn kubectl(kubeconfig: &Path, args: &[&str]) -> Command {
     cmd
 }
 
+/// The pod of `job`, as its controller would create it, through Pod Security admission
+/// (`kubectl create --dry-run=server`).
+fn admit_pod(kubeconfig: &Path, job: &Value) -> Output {
+    let pod = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "berth-nightly-pod", "namespace": "agents",
+                     "labels": job["spec"]["template"]["metadata"]["labels"]},
+        "spec": job["spec"]["template"]["spec"],
+    });
+    output_with_stdin(
+        &mut kubectl(kubeconfig, &["create", "--dry-run=server", "-f", "-"]),
+        pod.to_string().as_bytes(),
+    )
+}
+
 #[tokio::test]
 async fn simwait_kubectl_dry_run_accepts_the_job_and_pod_security_admits_restricted_only() {
     let sim = Sim::start()
@@ -363,18 +379,7 @@ async fn simwait_kubectl_dry_run_accepts_the_job_and_pod_security_admits_restric
         );
         assert!(!text(&created.stderr).contains("unknown field"));
 
-        // The Job's pod, as its controller would create it, through Pod Security admission.
-        let pod = serde_json::json!({
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": "berth-nightly-pod", "namespace": "agents",
-                         "labels": job["spec"]["template"]["metadata"]["labels"]},
-            "spec": job["spec"]["template"]["spec"],
-        });
-        let admitted = output_with_stdin(
-            &mut kubectl(&kubeconfig, &["create", "--dry-run=server", "-f", "-"]),
-            pod.to_string().as_bytes(),
-        );
+        let admitted = admit_pod(&kubeconfig, &job);
         let err = text(&admitted.stderr);
         if profile == "restricted" {
             assert!(admitted.status.success(), "restricted refused: {err}");
@@ -384,6 +389,24 @@ async fn simwait_kubectl_dry_run_accepts_the_job_and_pod_security_admits_restric
             assert!(err.contains("violates PodSecurity \"restricted"), "{err}");
         }
     }
+    // The restricted profile still passes with secrets, config maps, caches and the security
+    // context overrides.
+    let config = dir.path().join("secrets.yaml");
+    std::fs::write(&config, SECRETS_CONFIG).expect("write");
+    let mut args = vec!["--config", config.to_str().expect("utf-8")];
+    args.extend(kind_args("job", true));
+    let out = common::berth_in(dir.path(), &dir.path().join("state"), &args)
+        .output()
+        .expect("berth runs");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let objects = json_of(&out);
+    let job = objects.as_array().and_then(|o| o.last()).expect("the job");
+    let admitted = admit_pod(&kubeconfig, job);
+    assert!(
+        admitted.status.success(),
+        "restricted with secrets refused: {}",
+        text(&admitted.stderr)
+    );
     // Nothing was stored.
     let jobs = kubectl(&kubeconfig, &["get", "jobs", "-n", "agents", "-o", "json"])
         .output()
