@@ -30,6 +30,7 @@ pub(crate) async fn start(
             engine.ensure_claim(name, spec).await?;
         }
     }
+    engine.ensure_cache_claims(spec).await?;
     let mut attempts = 0;
     loop {
         match engine.jobs().create(&PostParams::default(), &job).await {

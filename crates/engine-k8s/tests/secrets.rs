@@ -7,7 +7,9 @@ mod common;
 use std::collections::BTreeMap;
 
 use berth_engine_core::{ContainerEngine, EnvironmentSpec, ExecRequest, ImageRef, SessionId};
-use berth_engine_k8s::manifest::{EnvFromSource, FileMount, KeyRef, PodExtras, SourceKind};
+use berth_engine_k8s::manifest::{
+    Cache, EnvFromSource, FileMount, KeyRef, NewClaim, PodExtras, SourceKind,
+};
 use berth_engine_k8s::KubernetesConfig;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::ByteString;
@@ -161,4 +163,29 @@ async fn a_required_missing_secret_or_key_is_a_start_error_naming_it() {
             "fails at once, not after start_timeout: {text}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_claim_berth_creates_outlives_the_environment() {
+    let (engine, image, _guard) = common::sim_engine(|c: &mut KubernetesConfig| {
+        c.pod.caches.push(Cache {
+            claim: "build-cache".into(),
+            create: Some(NewClaim {
+                size: "1Gi".into(),
+                storage_class: None,
+                access_modes: Vec::new(),
+            }),
+            path: "/cache".into(),
+            read_only: false,
+        });
+    })
+    .await;
+    let first = engine.start(&spec(&image)).await.expect("start");
+    let (code, out) = sh(&engine, &first, "echo built > /cache/artifact").await;
+    assert_eq!(code, 0, "{out}");
+    engine.stop(&first).await.expect("stop");
+    let second = engine.start(&spec(&image)).await.expect("start again");
+    let (code, out) = sh(&engine, &second, "cat /cache/artifact").await;
+    assert_eq!((code, out.as_str()), (0, "built\n"));
+    engine.stop(&second).await.expect("stop");
 }
