@@ -90,6 +90,24 @@ fn once_per_key(message: String) -> String {
     message
 }
 
+/// A key path as the `config` crate writes it inside lists (`caches[0]create.size`) in the
+/// dotted form the rest of berth uses (`caches[0].create.size`).
+fn dotted(key: &str) -> String {
+    let mut out = String::with_capacity(key.len() + 4);
+    let mut chars = key.chars().peekable();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c == ']'
+            && chars
+                .peek()
+                .is_some_and(|n| n.is_alphanumeric() || *n == '_')
+        {
+            out.push('.');
+        }
+    }
+    out
+}
+
 /// The `config` crate's error as ours: a value's own error at a key (a duration, a
 /// quantity, a choice) is [`ConfigError::Invalid`] naming the key; anything else is
 /// [`ConfigError::Parse`] with the loader's message.
@@ -101,7 +119,7 @@ fn loader_error(source_name: &str, error: config::ConfigError) -> ConfigError {
             ..
         } if matches!(*error, config::ConfigError::Message(_)) => ConfigError::Invalid {
             source_name: source_name.to_owned(),
-            key,
+            key: dotted(&key),
             reason: error.to_string(),
         },
         config::ConfigError::Type {
@@ -111,7 +129,7 @@ fn loader_error(source_name: &str, error: config::ConfigError) -> ConfigError {
             ..
         } => ConfigError::Invalid {
             source_name: source_name.to_owned(),
-            key,
+            key: dotted(&key),
             reason: format!("expected {expected}, got {unexpected}"),
         },
         other => ConfigError::Parse {

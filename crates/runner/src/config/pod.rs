@@ -11,6 +11,7 @@ use berth_engine_k8s::manifest::{
 use serde::{Deserialize, Serialize};
 
 use super::keys::section;
+use super::MemoryQuantity;
 
 /// `secret: NAME` or `config_map: NAME`: exactly one.
 fn source(
@@ -167,7 +168,7 @@ pub struct CacheEntry {
 #[non_exhaustive]
 pub struct NewClaimEntry {
     /// The storage request, e.g. `10Gi`.
-    pub size: String,
+    pub size: Option<MemoryQuantity>,
     /// The storage class; unset = the cluster's default.
     pub storage_class: Option<String>,
     /// Access modes; empty = `ReadWriteOnce`.
@@ -298,14 +299,14 @@ impl PodOptions<'_> {
             let create = match &e.create {
                 None => None,
                 Some(c) => {
-                    if c.size.parse::<super::MemoryQuantity>().is_err() {
-                        return Err((
+                    let size = c.size.ok_or_else(|| {
+                        (
                             format!("{key}.create.size"),
-                            format!("expected a storage quantity like 10Gi, got {:?}", c.size),
-                        ));
-                    }
+                            "expected a storage quantity like 10Gi".to_owned(),
+                        )
+                    })?;
                     Some(NewClaim {
-                        size: c.size.clone(),
+                        size: size.to_string(),
                         storage_class: c.storage_class.clone(),
                         access_modes: c.access_modes.clone(),
                     })

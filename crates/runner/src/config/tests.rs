@@ -559,7 +559,9 @@ fn the_examples_of_secrets_config_maps_and_caches_load() {
     assert_eq!(k.secret_env["DB_PASSWORD"].key, "password");
     assert_eq!(k.mounts[0].items["tls.crt"], "cert.pem");
     assert!(k.mounts[0].read_only, "mounts are read-only by default");
-    assert_eq!(k.caches[1].create.as_ref().unwrap().size, "10Gi");
+    let size = k.caches[1].create.as_ref().unwrap().size.unwrap();
+    assert_eq!(size.bytes(), 10 << 30);
+    assert_eq!(extras_size(&config), "10Gi");
     assert_eq!(k.security_context.supplemental_groups, [3000]);
     assert_eq!(k.annotations["example.com/team"], "agents");
     assert_eq!(k.labels["team"], "agents");
@@ -570,6 +572,11 @@ fn the_examples_of_secrets_config_maps_and_caches_load() {
     let docker = BerthConfig::from_yaml_str(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
     assert_eq!(docker.docker.env_files.len(), 1, "{yaml}");
     assert_eq!(docker.docker.secret_files.len(), 1, "{yaml}");
+}
+
+fn extras_size(config: &BerthConfig) -> String {
+    let extras = config.kubernetes.pod_extras().unwrap();
+    extras.caches[1].create.as_ref().unwrap().size.clone()
 }
 
 #[test]
@@ -617,6 +624,11 @@ fn bad_secret_and_mount_entries_name_the_key_and_what_was_expected() {
         ),
         (
             "kubernetes:\n  caches: [{claim: c, path: /c, create: {size: lots}}]\n",
+            "kubernetes.caches[0].create.size",
+            "memory quantity",
+        ),
+        (
+            "kubernetes:\n  caches: [{claim: c, path: /c, create: {}}]\n",
             "kubernetes.caches[0].create.size",
             "10Gi",
         ),
