@@ -145,7 +145,7 @@ impl Worker {
     ) -> Result<Option<BTreeMap<String, String>>, CreateError> {
         match self.inner.store.get(res, &self.ns, name) {
             Some(obj) => Ok(Some(
-                super::volumes::object_data(&obj, res)
+                super::volumes::object_data(&obj, res, false)
                     .into_iter()
                     .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
                     .collect(),

@@ -335,7 +335,7 @@ impl Worker {
             match self.inner.store.get(res, &self.ns, name) {
                 None if optional => std::collections::BTreeMap::new(),
                 None => return Err(failed(format!("{kind} \"{name}\" not found"))),
-                Some(obj) => object_data(&obj, res),
+                Some(obj) => object_data(&obj, res, true),
             };
         let mut wanted = Vec::new();
         match source["items"].as_array() {
@@ -415,8 +415,13 @@ impl Worker {
     }
 }
 
-/// The keys of a Secret (`data`, base64) or ConfigMap (`data` and `binaryData`) as bytes.
-pub(super) fn object_data(obj: &Value, res: Res) -> std::collections::BTreeMap<String, Vec<u8>> {
+/// The keys of a Secret (`data`, base64) or ConfigMap (`data`, and `binaryData` when
+/// `binary`: files get it, env does not) as bytes.
+pub(super) fn object_data(
+    obj: &Value,
+    res: Res,
+    binary: bool,
+) -> std::collections::BTreeMap<String, Vec<u8>> {
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD;
     let mut out = std::collections::BTreeMap::new();
@@ -431,7 +436,7 @@ pub(super) fn object_data(obj: &Value, res: Res) -> std::collections::BTreeMap<S
             out.insert(k.clone(), bytes);
         }
     }
-    if res == Res::ConfigMap {
+    if res == Res::ConfigMap && binary {
         if let Some(data) = obj["binaryData"].as_object() {
             for (k, v) in data {
                 out.insert(k.clone(), decoded(v));
