@@ -329,6 +329,22 @@ fn kubectl(kubeconfig: &Path, args: &[&str]) -> Command {
     cmd
 }
 
+/// The pod of `job`, as its controller would create it, through Pod Security admission
+/// (`kubectl create --dry-run=server`).
+fn admit_pod(kubeconfig: &Path, job: &Value) -> Output {
+    let pod = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "berth-nightly-pod", "namespace": "agents",
+                     "labels": job["spec"]["template"]["metadata"]["labels"]},
+        "spec": job["spec"]["template"]["spec"],
+    });
+    output_with_stdin(
+        &mut kubectl(kubeconfig, &["create", "--dry-run=server", "-f", "-"]),
+        pod.to_string().as_bytes(),
+    )
+}
+
 #[tokio::test]
 async fn simwait_kubectl_dry_run_accepts_the_job_and_pod_security_admits_restricted_only() {
     let sim = Sim::start()
@@ -363,18 +379,7 @@ async fn simwait_kubectl_dry_run_accepts_the_job_and_pod_security_admits_restric
         );
         assert!(!text(&created.stderr).contains("unknown field"));
 
-        // The Job's pod, as its controller would create it, through Pod Security admission.
-        let pod = serde_json::json!({
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": "berth-nightly-pod", "namespace": "agents",
-                         "labels": job["spec"]["template"]["metadata"]["labels"]},
-            "spec": job["spec"]["template"]["spec"],
-        });
-        let admitted = output_with_stdin(
-            &mut kubectl(&kubeconfig, &["create", "--dry-run=server", "-f", "-"]),
-            pod.to_string().as_bytes(),
-        );
+        let admitted = admit_pod(&kubeconfig, &job);
         let err = text(&admitted.stderr);
         if profile == "restricted" {
             assert!(admitted.status.success(), "restricted refused: {err}");
@@ -384,10 +389,122 @@ async fn simwait_kubectl_dry_run_accepts_the_job_and_pod_security_admits_restric
             assert!(err.contains("violates PodSecurity \"restricted"), "{err}");
         }
     }
+    // The restricted profile still passes with secrets, config maps, caches and the security
+    // context overrides.
+    let config = dir.path().join("secrets.yaml");
+    std::fs::write(&config, SECRETS_CONFIG).expect("write");
+    let mut args = vec!["--config", config.to_str().expect("utf-8")];
+    args.extend(kind_args("job", true));
+    let out = common::berth_in(dir.path(), &dir.path().join("state"), &args)
+        .output()
+        .expect("berth runs");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let objects = json_of(&out);
+    let job = objects.as_array().and_then(|o| o.last()).expect("the job");
+    let admitted = admit_pod(&kubeconfig, job);
+    assert!(
+        admitted.status.success(),
+        "restricted with secrets refused: {}",
+        text(&admitted.stderr)
+    );
     // Nothing was stored.
     let jobs = kubectl(&kubeconfig, &["get", "jobs", "-n", "agents", "-o", "json"])
         .output()
         .expect("kubectl");
     assert!(jobs.status.success(), "{}", text(&jobs.stderr));
     assert_eq!(json_of(&jobs)["items"], serde_json::json!([]));
+}
+
+/// A config with every option of the pod's secrets, config maps, caches, security context,
+/// annotations and labels.
+const SECRETS_CONFIG: &str = r#"
+runner:
+  image: busybox:1.36
+kubernetes:
+  namespace: agents
+  service_account: runner
+  security: restricted
+  run_as_user: "1000"
+  env_from:
+    - {secret: api-keys, prefix: API_}
+    - {config_map: settings, optional: true}
+  secret_env:
+    DB_PASSWORD: {secret: db, key: password}
+    LOG_LEVEL: {config_map: settings, key: level, optional: true}
+  mounts:
+    - {secret: tls, path: /etc/tls, items: {tls.crt: cert.pem, tls.key: private/key.pem}, mode: "0440"}
+    - {config_map: settings, path: /etc/app, optional: true}
+  caches:
+    - {claim: shared-cache, path: /cache, read_only: true}
+    - {claim: build-cache, path: /root/.cache, create: {size: 5Gi, storage_class: fast, access_modes: [ReadWriteOnce]}}
+  security_context:
+    read_only_root_filesystem: true
+    fs_group: 2000
+    supplemental_groups: [3000, 3001]
+    run_as_group: 1000
+  annotations:
+    example.com/team: agents
+  labels:
+    team: agents
+"#;
+
+#[test]
+fn every_kind_with_secrets_mounts_and_caches_passes_the_validators() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("berth.yaml");
+    std::fs::write(&config, SECRETS_CONFIG).expect("write");
+    let config = config.to_str().expect("utf-8");
+    for (kind, argo) in [
+        ("job", None),
+        ("cronjob", None),
+        ("workflow", Some("Workflow")),
+        ("cron-workflow", Some("CronWorkflow")),
+    ] {
+        let mut args = vec!["--config", config];
+        args.extend(kind_args(kind, false));
+        let out = common::berth_in(dir.path(), &dir.path().join("state"), &args)
+            .output()
+            .expect("berth runs");
+        let yaml = text(&out.stdout);
+        assert!(out.status.success(), "{kind}: {yaml}{}", text(&out.stderr));
+        for needle in [
+            "prefix: API_",
+            "secretKeyRef",
+            "configMapKeyRef",
+            "path: private/key.pem",
+            "defaultMode: 288",
+            "readOnlyRootFilesystem: true",
+            "fsGroup: 2000",
+            "example.com/team: agents",
+            "team: agents",
+            "claimName: shared-cache",
+        ] {
+            assert!(yaml.contains(needle), "{kind} lacks {needle}:\n{yaml}");
+        }
+        match argo {
+            None => {
+                // The claim berth would create comes first, with its storage class.
+                assert!(yaml.contains("storageClassName: fast"), "{yaml}");
+                assert!(yaml.contains("claimName: build-cache"), "{yaml}");
+                for version in ["1.31.0", "1.32.0", "1.33.0"] {
+                    assert_valid_kubernetes(dir.path(), &out.stdout, version);
+                }
+            }
+            Some(name) => {
+                // A per-workflow claim: a volumeClaimTemplate, not a volume.
+                assert!(yaml.contains("volumeClaimTemplates"), "{yaml}");
+                assert!(!yaml.contains("claimName: build-cache"), "{yaml}");
+                let file = dir.path().join(format!("{kind}-secrets.yaml"));
+                std::fs::write(&file, &out.stdout).expect("write");
+                let checked = argo_check(dir.path(), &file);
+                assert!(
+                    checked.status.success(),
+                    "{kind}: {}{}\n{yaml}",
+                    text(&checked.stdout),
+                    text(&checked.stderr)
+                );
+                assert_eq!(text(&checked.stdout).trim(), format!("ok {name}"));
+            }
+        }
+    }
 }

@@ -1,14 +1,15 @@
 //! Containers: the body an environment is created from, start, stop, list, and the
 //! detached marker.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 
 use berth_engine_core::backend;
 use berth_engine_core::{
     EnvironmentId, EnvironmentSpec, EnvironmentState, EnvironmentStatus, Error, LabelSelector,
     Result, StopOutcome, Workspace, DETACHED_REQUESTED, DETACHED_YES, LABEL_DETACHED,
 };
-use bollard::models::ContainerSummaryStateEnum;
+use bollard::models::{ContainerCreateBody, ContainerSummaryStateEnum, Mount, MountType};
 use bollard::query_parameters::{
     CreateContainerOptions, ListContainersOptions, RemoveContainerOptions, UploadToContainerOptions,
 };
@@ -29,6 +30,8 @@ pub(crate) async fn start(engine: &DockerEngine, spec: &EnvironmentSpec) -> Resu
     if let Workspace::Volume { name, .. } = &spec.workspace {
         engine.ensure_volume(name, &labels).await?;
     }
+    let mut body = body;
+    engine.files.apply(spec, &engine.address, &mut body)?;
     let name = container_name(spec);
     engine.docker
         .create_container(
@@ -223,4 +226,174 @@ fn labels_map(spec: &EnvironmentSpec) -> HashMap<String, String> {
 /// Docker's names have no length limit that berth's names could reach.
 fn container_name(spec: &EnvironmentSpec) -> String {
     backend::object_name(spec, usize::MAX)
+}
+
+/// Files read on the client and applied to every environment at create: `KEY=VALUE` env
+/// files (their variables set in the container, the spec's own env winning) and secret files
+/// bind-mounted read-only. Values are never logged or put in errors (a bad line is named by
+/// its number).
+///
+/// ```
+/// use berth_engine_docker::ContainerFiles;
+///
+/// let files = ContainerFiles::new(
+///     vec!["/home/me/.config/app.env".into()],
+///     [("/run/secrets/token".to_owned(), "/home/me/token".into())].into(),
+/// );
+/// assert!(!files.is_empty());
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ContainerFiles {
+    /// `KEY=VALUE` files (blank lines and `#` comments skipped), read in order; a later
+    /// file's variable wins.
+    pub env_files: Vec<PathBuf>,
+    /// Path in the environment -> local file, mounted read-only.
+    pub secret_files: BTreeMap<String, PathBuf>,
+}
+
+impl ContainerFiles {
+    /// These env files and secret files.
+    #[must_use]
+    pub fn new(env_files: Vec<PathBuf>, secret_files: BTreeMap<String, PathBuf>) -> Self {
+        Self {
+            env_files,
+            secret_files,
+        }
+    }
+
+    /// Whether there is nothing to apply.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.env_files.is_empty() && self.secret_files.is_empty()
+    }
+
+    /// Reads the env files and checks the secret files, then adds them to `body`.
+    fn apply(
+        &self,
+        spec: &EnvironmentSpec,
+        address: &str,
+        body: &mut ContainerCreateBody,
+    ) -> Result<()> {
+        if self.is_empty() {
+            return Ok(());
+        }
+        if !self.secret_files.is_empty() && !address.starts_with("unix://") {
+            return Err(Error::Unsupported {
+                backend: BACKEND,
+                operation: "secret_files",
+                reason: format!(
+                    "secret files are bind-mounted from this machine, and the daemon at {address} is not on it (a bind would name the remote host's file); use env_files or copy the file in"
+                ),
+            });
+        }
+        let mut vars = BTreeMap::new();
+        for file in &self.env_files {
+            vars.extend(read_env_file(file)?);
+        }
+        for key in spec.env.keys() {
+            vars.remove(key);
+        }
+        body.env
+            .get_or_insert_with(Vec::new)
+            .extend(vars.into_iter().map(|(k, v)| format!("{k}={v}")));
+        let host = body.host_config.get_or_insert_with(Default::default);
+        for (inside, local) in &self.secret_files {
+            if !inside.starts_with('/') || inside.contains('\0') {
+                return Err(Error::invalid_spec(
+                    "secret_files",
+                    format!("expected an absolute path in the environment, got {inside:?}"),
+                ));
+            }
+            let source = std::fs::canonicalize(local)
+                .ok()
+                .filter(|p| p.is_file())
+                .ok_or_else(|| {
+                    Error::invalid_spec(
+                        "secret_files",
+                        format!(
+                            "{} (for {inside}): no such file on this machine",
+                            local.display()
+                        ),
+                    )
+                })?;
+            host.mounts.get_or_insert_with(Vec::new).push(Mount {
+                target: Some(inside.clone()),
+                source: Some(source.to_string_lossy().into_owned()),
+                typ: Some(MountType::BIND),
+                read_only: Some(true),
+                ..Default::default()
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The variables of a `KEY=VALUE` file, as `docker run --env-file` reads it (no quoting:
+/// the value is the rest of the line).
+fn read_env_file(file: &Path) -> Result<BTreeMap<String, String>> {
+    let text = std::fs::read(file).map_err(|e| {
+        Error::invalid_spec("env_files", format!("cannot read {}: {e}", file.display()))
+    })?;
+    let text = String::from_utf8(text).map_err(|_| {
+        Error::invalid_spec("env_files", format!("{} is not UTF-8 text", file.display()))
+    })?;
+    let mut out = BTreeMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim_start();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let bad = |what: &str| {
+            Error::invalid_spec(
+                "env_files",
+                format!("{} line {}: {what}", file.display(), n + 1),
+            )
+        };
+        let (key, value) = line
+            .split_once('=')
+            .ok_or_else(|| bad("expected KEY=VALUE"))?;
+        let key = key.strip_prefix("export ").unwrap_or(key).trim();
+        let valid = !key.is_empty()
+            && !key.starts_with(|c: char| c.is_ascii_digit())
+            && key.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_');
+        if !valid {
+            return Err(bad(
+                "expected a variable name (letters, digits and '_') before '='",
+            ));
+        }
+        if value.contains('\0') {
+            return Err(bad("a value cannot hold a NUL byte"));
+        }
+        out.insert(key.to_owned(), value.to_owned());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod files_tests {
+    use super::*;
+
+    #[test]
+    fn env_files_read_like_docker_and_name_the_line_not_the_value() {
+        let dir = std::env::temp_dir().join(format!("berth-env-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("app.env");
+        std::fs::write(&file, "# comment\n\nA=1\nexport B=two words=x\n").unwrap();
+        let vars = read_env_file(&file).unwrap();
+        assert_eq!(vars["A"], "1");
+        assert_eq!(vars["B"], "two words=x");
+        std::fs::write(&file, "A=1\nsecret-value-without-key\n").unwrap();
+        let err = read_env_file(&file).unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains("env_files"), "{err}");
+        assert!(
+            !err.contains("secret-value"),
+            "the line is not printed: {err}"
+        );
+        let err = read_env_file(&dir.join("missing.env"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("missing.env"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

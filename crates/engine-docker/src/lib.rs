@@ -59,6 +59,7 @@ const DETACHED_MARKER: &str = ".berth-detached";
 pub const DEFAULT_PIDS_LIMIT: u64 = 4096;
 
 pub use berth_engine_core::HARDENED_CAPABILITIES;
+pub use container::ContainerFiles;
 
 /// How to reach the daemon.
 ///
@@ -84,6 +85,8 @@ pub struct DockerConfig {
     pub tls: Option<TlsConfig>,
     /// An ssh config file passed to `ssh -F` for `ssh://` hosts; `None` means the user's.
     pub ssh_config: Option<PathBuf>,
+    /// Env files and secret files applied to every environment at create.
+    pub files: ContainerFiles,
 }
 
 /// Client TLS material for a `tcp://` daemon, as the docker CLI's `--tlscacert`,
@@ -247,6 +250,8 @@ pub struct DockerEngine {
     address: String,
     /// The ssh transport of an `ssh://` host; the engine's last clone drops it.
     _ssh: Option<Arc<ssh::SshProxy>>,
+    /// Env files and secret files of every environment.
+    files: ContainerFiles,
 }
 
 impl DockerEngine {
@@ -281,6 +286,7 @@ impl DockerEngine {
                 docker,
                 address,
                 _ssh: Some(Arc::new(proxy)),
+                files: config.files.clone(),
             });
         }
         let docker = match &endpoint.tls {
@@ -307,6 +313,7 @@ impl DockerEngine {
             docker,
             address,
             _ssh: None,
+            files: config.files.clone(),
         })
     }
 

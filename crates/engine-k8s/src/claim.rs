@@ -103,21 +103,37 @@ impl KubernetesEngine {
     }
 
     pub(crate) async fn ensure_claim(&self, name: &str, spec: &EnvironmentSpec) -> Result<()> {
-        match self.claims().get_opt(name).await {
-            Ok(Some(_)) => Ok(()),
-            Ok(None) => {
-                let claim =
-                    manifest::workspace_claim(name, &self.config, spec.object_labels(now_unix()));
-                match self.claims().create(&PostParams::default(), &claim).await {
-                    Ok(_) => Ok(()),
-                    Err(e) if errors::is_conflict(&e) => Ok(()),
-                    Err(e) => Err(errors::api(
-                        &self.address,
-                        "create persistent volume claim",
-                        e,
-                    )),
-                }
+        let claim = manifest::workspace_claim(name, &self.config, spec.object_labels(now_unix()));
+        self.create_missing_claim(claim).await
+    }
+
+    /// Creates the cache claims of `kubernetes.caches` that have `create` set and are
+    /// missing, labelled like a workspace claim berth creates (kept after the environment,
+    /// found by `berth gc`).
+    pub(crate) async fn ensure_cache_claims(&self, spec: &EnvironmentSpec) -> Result<()> {
+        for cache in &self.config.pod.caches {
+            if let Some(claim) =
+                manifest::cache_claim(cache, &self.config, spec.object_labels(now_unix()))
+            {
+                self.create_missing_claim(claim).await?;
             }
+        }
+        Ok(())
+    }
+
+    async fn create_missing_claim(&self, claim: PersistentVolumeClaim) -> Result<()> {
+        let name = claim.metadata.name.clone().unwrap_or_default();
+        match self.claims().get_opt(&name).await {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => match self.claims().create(&PostParams::default(), &claim).await {
+                Ok(_) => Ok(()),
+                Err(e) if errors::is_conflict(&e) => Ok(()),
+                Err(e) => Err(errors::api(
+                    &self.address,
+                    "create persistent volume claim",
+                    e,
+                )),
+            },
             Err(e) => Err(errors::api(&self.address, "get persistent volume claim", e)),
         }
     }

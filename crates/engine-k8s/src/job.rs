@@ -30,6 +30,7 @@ pub(crate) async fn start(
             engine.ensure_claim(name, spec).await?;
         }
     }
+    engine.ensure_cache_claims(spec).await?;
     let mut attempts = 0;
     loop {
         match engine.jobs().create(&PostParams::default(), &job).await {
@@ -334,11 +335,13 @@ pub fn run_pod_template(
     config: &KubernetesConfig,
     command: &[String],
 ) -> Result<PodTemplateSpec> {
+    let mut metadata = ObjectMeta {
+        labels: Some(run_labels(spec)),
+        ..Default::default()
+    };
+    manifest::annotate(&mut metadata, &config.pod);
     Ok(PodTemplateSpec {
-        metadata: Some(ObjectMeta {
-            labels: Some(run_labels(spec)),
-            ..Default::default()
-        }),
+        metadata: Some(metadata),
         spec: Some(manifest::pod_spec(spec, config, PodCommand::Run(command))?),
     })
 }
@@ -358,12 +361,14 @@ fn run_job_spec(
 }
 
 fn run_metadata(spec: &EnvironmentSpec, config: &KubernetesConfig, name: &str) -> ObjectMeta {
-    ObjectMeta {
+    let mut metadata = ObjectMeta {
         name: Some(name.to_owned()),
         namespace: Some(config.namespace.clone()),
         labels: Some(run_labels(spec)),
         ..Default::default()
-    }
+    };
+    manifest::annotate(&mut metadata, &config.pod);
+    metadata
 }
 
 /// A batch/v1 Job named `name` that runs `command` to completion in the spec's image: the

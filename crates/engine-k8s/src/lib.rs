@@ -88,6 +88,9 @@ pub struct KubernetesConfig {
     /// Create a workspace claim ([`Workspace::Volume`](berth_engine_core::Workspace::Volume)) when it is missing; otherwise a
     /// missing claim is an error at start.
     pub create_missing_claims: bool,
+    /// Env and files from Secrets and ConfigMaps, caches, security overrides and annotations
+    /// of every pod.
+    pub pod: manifest::PodExtras,
 }
 
 impl Default for KubernetesConfig {
@@ -106,6 +109,7 @@ impl Default for KubernetesConfig {
             ttl_seconds_after_finished: 600,
             workspace_size: "1Gi".into(),
             create_missing_claims: false,
+            pod: manifest::PodExtras::default(),
         }
     }
 }

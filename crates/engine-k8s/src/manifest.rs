@@ -6,9 +6,11 @@ use std::collections::BTreeMap;
 use berth_engine_core::{EnvironmentSpec, Error, Result, SecurityProfile, Workspace};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EmptyDirVolumeSource, EnvVar, HostPathVolumeSource,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
-    PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile,
+    Capabilities, ConfigMapEnvSource, ConfigMapKeySelector, ConfigMapVolumeSource, Container,
+    EmptyDirVolumeSource, EnvFromSource as EnvFromSource_, EnvVar, EnvVarSource,
+    HostPathVolumeSource, KeyToPath, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec,
+    ResourceRequirements, SeccompProfile, SecretEnvSource, SecretKeySelector, SecretVolumeSource,
     SecurityContext, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -185,7 +187,7 @@ pub fn pod_spec(
             value_from: None,
         })
         .collect();
-    let container = Container {
+    let mut container = Container {
         name: CONTAINER.into(),
         image: Some(spec.image.to_string()),
         image_pull_policy: config.image_pull_policy.clone(),
@@ -206,8 +208,8 @@ pub fn pod_spec(
         volume_mounts: mounts,
         ..Default::default()
     };
-    let pod = PodSpec {
-        containers: vec![container],
+    let mut pod = PodSpec {
+        containers: Vec::new(),
         restart_policy: Some("Never".into()),
         automount_service_account_token: Some(false),
         service_account_name: config.service_account.clone(),
@@ -232,6 +234,8 @@ pub fn pod_spec(
         volumes,
         ..Default::default()
     };
+    apply_extras(&config.pod, &mut container, &mut pod)?;
+    pod.containers.push(container);
     Ok(pod)
 }
 
@@ -250,22 +254,26 @@ pub fn job(
     let pod = pod_spec(spec, config, PodCommand::Keepalive)?;
     let labels = spec.object_labels(created_unix_secs);
     let lifetime = lifetime_secs(spec);
+    let mut metadata = ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: Some(config.namespace.clone()),
+        labels: Some(labels.clone()),
+        ..Default::default()
+    };
+    annotate(&mut metadata, &config.pod);
+    let mut template_metadata = ObjectMeta {
+        labels: Some(labels),
+        ..Default::default()
+    };
+    annotate(&mut template_metadata, &config.pod);
     Ok(Job {
-        metadata: ObjectMeta {
-            name: Some(name.to_owned()),
-            namespace: Some(config.namespace.clone()),
-            labels: Some(labels.clone()),
-            ..Default::default()
-        },
+        metadata,
         spec: Some(JobSpec {
             backoff_limit: Some(0),
             active_deadline_seconds: Some(lifetime),
             ttl_seconds_after_finished: Some(config.ttl_seconds_after_finished),
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels),
-                    ..Default::default()
-                }),
+                metadata: Some(template_metadata),
                 spec: Some(pod),
             },
             ..Default::default()
@@ -300,6 +308,384 @@ pub fn workspace_claim(
             ..Default::default()
         }),
         status: None,
+    }
+}
+
+/// A Secret or a ConfigMap: where env and files come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SourceKind {
+    /// A core/v1 Secret.
+    Secret,
+    /// A core/v1 ConfigMap.
+    ConfigMap,
+}
+
+/// Every variable of a Secret or ConfigMap as env (`envFrom`), each name with `prefix`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EnvFromSource {
+    /// Secret or ConfigMap.
+    pub kind: SourceKind,
+    /// Its name.
+    pub name: String,
+    /// Put before every variable's name.
+    pub prefix: Option<String>,
+    /// Start without it when it is missing.
+    pub optional: bool,
+}
+
+impl EnvFromSource {
+    /// Every key of the `kind` object `name`, no prefix, required.
+    #[must_use]
+    pub fn new(kind: SourceKind, name: impl Into<String>) -> Self {
+        Self {
+            kind,
+            name: name.into(),
+            prefix: None,
+            optional: false,
+        }
+    }
+}
+
+/// One key of a Secret or ConfigMap as one variable (`valueFrom`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KeyRef {
+    /// Secret or ConfigMap.
+    pub kind: SourceKind,
+    /// Its name.
+    pub name: String,
+    /// The key.
+    pub key: String,
+    /// Leave the variable unset when the object or key is missing.
+    pub optional: bool,
+}
+
+impl KeyRef {
+    /// Key `key` of the `kind` object `name`, required.
+    #[must_use]
+    pub fn new(kind: SourceKind, name: impl Into<String>, key: impl Into<String>) -> Self {
+        Self {
+            kind,
+            name: name.into(),
+            key: key.into(),
+            optional: false,
+        }
+    }
+}
+
+/// A Secret or ConfigMap mounted as files at `path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FileMount {
+    /// Secret or ConfigMap.
+    pub kind: SourceKind,
+    /// Its name.
+    pub name: String,
+    /// The directory in the container.
+    pub path: String,
+    /// Only these keys, each as the file (a relative path) it maps to; empty = every key
+    /// under its own name.
+    pub items: BTreeMap<String, String>,
+    /// Mount read-only (the default).
+    pub read_only: bool,
+    /// Mount an empty directory when it is missing.
+    pub optional: bool,
+    /// The files' mode (`defaultMode`), e.g. `0o440`; unset = the cluster's 0644.
+    pub mode: Option<i32>,
+}
+
+impl FileMount {
+    /// Every key of the `kind` object `name` as files under `path`, read-only, required.
+    #[must_use]
+    pub fn new(kind: SourceKind, name: impl Into<String>, path: impl Into<String>) -> Self {
+        Self {
+            kind,
+            name: name.into(),
+            path: path.into(),
+            items: BTreeMap::new(),
+            read_only: true,
+            optional: false,
+            mode: None,
+        }
+    }
+}
+
+/// A claim berth (or Argo, per workflow) creates for a cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewClaim {
+    /// Its storage request, e.g. `10Gi`.
+    pub size: String,
+    /// Its storage class; unset = the cluster's default.
+    pub storage_class: Option<String>,
+    /// Its access modes; empty = `ReadWriteOnce`.
+    pub access_modes: Vec<String>,
+}
+
+/// A cache volume: a persistent claim mounted at `path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cache {
+    /// The claim's name.
+    pub claim: String,
+    /// Create the claim (per Argo workflow: a `volumeClaimTemplate`); `None` = it exists.
+    pub create: Option<NewClaim>,
+    /// The directory in the container.
+    pub path: String,
+    /// Mount read-only.
+    pub read_only: bool,
+}
+
+/// Security context settings beyond the profile.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SecurityOverrides {
+    /// The container's root filesystem is read-only.
+    pub read_only_root_filesystem: Option<bool>,
+    /// The pod's `fsGroup`: volumes belong to this group.
+    pub fs_group: Option<i64>,
+    /// The pod's `supplementalGroups`.
+    pub supplemental_groups: Vec<i64>,
+    /// The group the container runs as (a `uid:gid` user's gid wins).
+    pub run_as_group: Option<i64>,
+}
+
+/// What every pod berth makes gets besides the spec: env and files from Secrets and
+/// ConfigMaps, caches, security context overrides and annotations. Values never appear in it,
+/// only references.
+///
+/// ```
+/// use berth_engine_k8s::manifest::{EnvFromSource, PodExtras, SourceKind};
+///
+/// let mut extras = PodExtras::default();
+/// let mut from = EnvFromSource::new(SourceKind::Secret, "api-keys");
+/// from.prefix = Some("API_".into());
+/// extras.env_from.push(from);
+/// assert!(!extras.is_empty());
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PodExtras {
+    /// `envFrom` sources.
+    pub env_from: Vec<EnvFromSource>,
+    /// Variables from one key each.
+    pub key_env: BTreeMap<String, KeyRef>,
+    /// Secrets and ConfigMaps as files.
+    pub mounts: Vec<FileMount>,
+    /// Cache claims.
+    pub caches: Vec<Cache>,
+    /// Security context overrides.
+    pub security: SecurityOverrides,
+    /// Annotations of the objects and their pods.
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl PodExtras {
+    /// Whether nothing is set.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// The name of the pod volume of mount `i`.
+fn mount_volume(i: usize) -> String {
+    format!("berth-files-{i}")
+}
+
+/// The name of the pod volume of cache `i` (and of its Argo `volumeClaimTemplate`).
+#[must_use]
+pub fn cache_volume(i: usize) -> String {
+    format!("berth-cache-{i}")
+}
+
+fn key_to_paths(items: &BTreeMap<String, String>) -> Option<Vec<KeyToPath>> {
+    (!items.is_empty()).then(|| {
+        items
+            .iter()
+            .map(|(key, path)| KeyToPath {
+                key: key.clone(),
+                path: path.clone(),
+                mode: None,
+            })
+            .collect()
+    })
+}
+
+/// The env, volumes and mounts of `extras`, added to the container and pod.
+fn apply_extras(extras: &PodExtras, container: &mut Container, pod: &mut PodSpec) -> Result<()> {
+    let env_from: Vec<EnvFromSource_> = extras
+        .env_from
+        .iter()
+        .map(|f| {
+            let optional = f.optional.then_some(true);
+            EnvFromSource_ {
+                prefix: f.prefix.clone(),
+                secret_ref: (f.kind == SourceKind::Secret).then(|| SecretEnvSource {
+                    name: f.name.clone(),
+                    optional,
+                }),
+                config_map_ref: (f.kind == SourceKind::ConfigMap).then(|| ConfigMapEnvSource {
+                    name: f.name.clone(),
+                    optional,
+                }),
+            }
+        })
+        .collect();
+    if !env_from.is_empty() {
+        container.env_from = Some(env_from);
+    }
+    for (var, r) in &extras.key_env {
+        let optional = r.optional.then_some(true);
+        let value_from = EnvVarSource {
+            secret_key_ref: (r.kind == SourceKind::Secret).then(|| SecretKeySelector {
+                name: r.name.clone(),
+                key: r.key.clone(),
+                optional,
+            }),
+            config_map_key_ref: (r.kind == SourceKind::ConfigMap).then(|| ConfigMapKeySelector {
+                name: r.name.clone(),
+                key: r.key.clone(),
+                optional,
+            }),
+            ..Default::default()
+        };
+        container.env.get_or_insert_with(Vec::new).push(EnvVar {
+            name: var.clone(),
+            value: None,
+            value_from: Some(value_from),
+        });
+    }
+    let mut volumes = Vec::new();
+    let mut mounts = Vec::new();
+    for (i, m) in extras.mounts.iter().enumerate() {
+        if !m.path.starts_with('/') {
+            return Err(Error::invalid_spec(
+                "mounts.path",
+                format!("expected an absolute path, got {:?}", m.path),
+            ));
+        }
+        let optional = m.optional.then_some(true);
+        let name = mount_volume(i);
+        volumes.push(Volume {
+            name: name.clone(),
+            secret: (m.kind == SourceKind::Secret).then(|| SecretVolumeSource {
+                secret_name: Some(m.name.clone()),
+                items: key_to_paths(&m.items),
+                default_mode: m.mode,
+                optional,
+            }),
+            config_map: (m.kind == SourceKind::ConfigMap).then(|| ConfigMapVolumeSource {
+                name: m.name.clone(),
+                items: key_to_paths(&m.items),
+                default_mode: m.mode,
+                optional,
+            }),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount {
+            name,
+            mount_path: m.path.clone(),
+            read_only: Some(m.read_only),
+            ..Default::default()
+        });
+    }
+    for (i, c) in extras.caches.iter().enumerate() {
+        if !c.path.starts_with('/') {
+            return Err(Error::invalid_spec(
+                "caches.path",
+                format!("expected an absolute path, got {:?}", c.path),
+            ));
+        }
+        let name = cache_volume(i);
+        volumes.push(Volume {
+            name: name.clone(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: c.claim.clone(),
+                read_only: c.read_only.then_some(true),
+            }),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount {
+            name,
+            mount_path: c.path.clone(),
+            read_only: c.read_only.then_some(true),
+            ..Default::default()
+        });
+    }
+    if !volumes.is_empty() {
+        pod.volumes.get_or_insert_with(Vec::new).extend(volumes);
+        container
+            .volume_mounts
+            .get_or_insert_with(Vec::new)
+            .extend(mounts);
+    }
+    let s = &extras.security;
+    if let Some(sc) = container.security_context.as_mut() {
+        if s.read_only_root_filesystem.is_some() {
+            sc.read_only_root_filesystem = s.read_only_root_filesystem;
+        }
+        if sc.run_as_group.is_none() {
+            sc.run_as_group = s.run_as_group;
+        }
+    }
+    if let Some(psc) = pod.security_context.as_mut() {
+        psc.fs_group = s.fs_group;
+        if !s.supplemental_groups.is_empty() {
+            psc.supplemental_groups = Some(s.supplemental_groups.clone());
+        }
+        psc.run_as_group = s.run_as_group;
+    }
+    Ok(())
+}
+
+/// A claim for cache `cache` when berth creates it (`create` set), labelled `labels`.
+#[must_use]
+pub fn cache_claim(
+    cache: &Cache,
+    config: &KubernetesConfig,
+    labels: BTreeMap<String, String>,
+) -> Option<PersistentVolumeClaim> {
+    let new = cache.create.as_ref()?;
+    Some(PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(cache.claim.clone()),
+            namespace: Some(config.namespace.clone()),
+            labels: Some(labels),
+            ..Default::default()
+        },
+        spec: Some(claim_spec(new)),
+        status: None,
+    })
+}
+
+/// The spec of a new claim (also an Argo `volumeClaimTemplate`'s).
+#[must_use]
+pub fn claim_spec(new: &NewClaim) -> PersistentVolumeClaimSpec {
+    let modes = if new.access_modes.is_empty() {
+        vec!["ReadWriteOnce".to_owned()]
+    } else {
+        new.access_modes.clone()
+    };
+    PersistentVolumeClaimSpec {
+        access_modes: Some(modes),
+        storage_class_name: new.storage_class.clone(),
+        resources: Some(VolumeResourceRequirements {
+            requests: Some(BTreeMap::from([(
+                "storage".to_owned(),
+                Quantity(new.size.clone()),
+            )])),
+            limits: None,
+        }),
+        ..Default::default()
+    }
+}
+
+/// `extras.annotations` onto `meta` (kept with any it has).
+pub fn annotate(meta: &mut ObjectMeta, extras: &PodExtras) {
+    if !extras.annotations.is_empty() {
+        meta.annotations
+            .get_or_insert_with(BTreeMap::new)
+            .extend(extras.annotations.clone());
     }
 }
 
@@ -381,6 +767,65 @@ mod tests {
         let caps = sc.capabilities.unwrap();
         assert_eq!(caps.drop.unwrap(), vec!["ALL".to_owned()]);
         assert!(caps.add.is_none());
+    }
+
+    #[test]
+    fn extras_reach_the_pod_and_a_users_own_group_wins() {
+        let mut config = KubernetesConfig::default();
+        let mut from = EnvFromSource::new(SourceKind::ConfigMap, "settings");
+        from.prefix = Some("APP_".into());
+        config.pod.env_from.push(from);
+        config.pod.key_env.insert(
+            "TOKEN".into(),
+            KeyRef::new(SourceKind::Secret, "api", "token"),
+        );
+        let mut mount = FileMount::new(SourceKind::Secret, "tls", "/etc/tls");
+        mount.items.insert("tls.key".into(), "key.pem".into());
+        mount.mode = Some(0o400);
+        config.pod.mounts.push(mount);
+        config.pod.security.run_as_group = Some(5);
+        config.pod.security.fs_group = Some(7);
+        config.pod.annotations.insert("a/b".into(), "c".into());
+        let mut s = spec();
+        s.user = Some("1000:1000".into());
+        s.env.insert("PLAIN".into(), "1".into());
+        let job = job(&s, &config, "x", 0).unwrap();
+        assert_eq!(job.metadata.annotations.as_ref().unwrap()["a/b"], "c");
+        let template = job.spec.unwrap().template;
+        assert_eq!(template.metadata.unwrap().annotations.unwrap()["a/b"], "c");
+        let pod = template.spec.unwrap();
+        let c = &pod.containers[0];
+        let from = &c.env_from.as_ref().unwrap()[0];
+        assert_eq!(from.prefix.as_deref(), Some("APP_"));
+        assert_eq!(from.config_map_ref.as_ref().unwrap().name, "settings");
+        assert!(from.secret_ref.is_none());
+        let env = c.env.as_ref().unwrap();
+        let token = env.iter().find(|e| e.name == "TOKEN").unwrap();
+        assert!(token.value.is_none(), "a reference, never a value");
+        let key = token
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap();
+        assert_eq!((key.name.as_str(), key.key.as_str()), ("api", "token"));
+        let volume = &pod.volumes.as_ref().unwrap()[0];
+        let secret = volume.secret.as_ref().unwrap();
+        assert_eq!(secret.default_mode, Some(0o400));
+        assert_eq!(secret.items.as_ref().unwrap()[0].path, "key.pem");
+        let mount = &c.volume_mounts.as_ref().unwrap()[0];
+        assert_eq!(
+            (mount.mount_path.as_str(), mount.read_only),
+            ("/etc/tls", Some(true))
+        );
+        // The spec's uid:gid keeps its gid on the container; the pod gets the override.
+        assert_eq!(
+            c.security_context.as_ref().unwrap().run_as_group,
+            Some(1000)
+        );
+        let psc = pod.security_context.unwrap();
+        assert_eq!((psc.run_as_group, psc.fs_group), (Some(5), Some(7)));
     }
 
     #[test]

@@ -264,6 +264,20 @@ impl Policy {
         if let Some(d) = self.containers(pod) {
             return d;
         }
+        // A Secret or ConfigMap volume whose object (or an item's key) is missing: the
+        // kubelet retries the mount for ever, the pod stays ContainerCreating.
+        if let Some(e) = latest(seen.events, &["FailedMount"]) {
+            let message = e.message.clone().unwrap_or_default();
+            let missing = (message.contains("secret \"") || message.contains("configmap \""))
+                && message.contains("not found")
+                || message.contains("references non-existent");
+            if missing {
+                return Decision::Fail(Error::invalid_spec(
+                    "mounts",
+                    format!("{} cannot mount a volume ({})", self.what, said(e)),
+                ));
+            }
+        }
         if let Some(d) = self.scheduling(pod, seen) {
             return d;
         }
@@ -622,6 +636,28 @@ mod tests {
         ));
         assert_eq!(e.kind(), ErrorKind::InvalidSpec);
         assert!(e.to_string().contains("secret \"s\" not found"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_secret_or_config_map_volume_fails_at_once() {
+        let creating = waiting("ContainerCreating", "");
+        for message in [
+            "MountVolume.SetUp failed for volume \"tls\" : secret \"tls\" not found",
+            "MountVolume.SetUp failed for volume \"conf\" : configmap references non-existent config key: app.yaml",
+        ] {
+            let events = [event("FailedMount", message, "kubelet", "2026-01-01T00:00:00Z")];
+            let e = fails(look(&mut policy(), Some(&creating), &events, 0));
+            assert_eq!(e.kind(), ErrorKind::InvalidSpec);
+            assert!(e.to_string().contains(message), "{e}");
+        }
+        // Another mount failure (a slow attach) is awaited.
+        let slow = [event(
+            "FailedMount",
+            "Unable to attach or mount volumes: timed out waiting for the condition",
+            "kubelet",
+            "2026-01-01T00:00:00Z",
+        )];
+        awaits(look(&mut policy(), Some(&creating), &slow, 0));
     }
 
     #[test]

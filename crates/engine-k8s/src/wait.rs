@@ -302,7 +302,10 @@ async fn look(
     started: tokio::time::Instant,
 ) -> Decision {
     let bound = pod.is_some_and(|p| p.spec.as_ref().is_some_and(|s| s.node_name.is_some()));
-    let events = if bound {
+    // On the node, a pod still ContainerCreating may be held by a volume it cannot mount (a
+    // missing Secret or ConfigMap): only the kubelet's FailedMount event says so.
+    let creating = pod.is_some_and(|p| crate::policy::describe(p).ends_with(", ContainerCreating"));
+    let events = if bound && !creating {
         Vec::new()
     } else {
         let mut names: Vec<&str> = target.job.into_iter().collect();

@@ -263,7 +263,7 @@ pub(crate) async fn serve(
 
 /// The fields of one protobuf message: `(field number, bytes)` of its length-delimited
 /// fields (varints and fixed-size fields are skipped: a review needs none).
-fn proto_fields(mut buf: &[u8]) -> Result<Vec<(u64, &[u8])>, ApiError> {
+pub(crate) fn proto_fields(mut buf: &[u8]) -> Result<Vec<(u64, &[u8])>, ApiError> {
     fn varint(buf: &mut &[u8]) -> Result<u64, ApiError> {
         let mut v = 0_u64;
         for shift in (0..64).step_by(7) {
@@ -493,7 +493,7 @@ mod tests {
         );
         assert_eq!(verb_of("", "namespaces", Method::GET, ""), "list");
         // Unknown resources are not authorized here: they stay 404.
-        assert!(attrs("", "namespaces/default/secrets", Method::GET, "").is_none());
+        assert!(attrs("", "namespaces/default/widgets", Method::GET, "").is_none());
         assert!(attrs("batch", "namespaces/default/pods", Method::GET, "").is_none());
     }
 

@@ -68,6 +68,7 @@ fn canonicalize(res: Res, obj: &mut Value) -> Result<(), ApiError> {
         | Res::ResourceQuota
         | Res::LimitRange
         | Res::ConfigMap
+        | Res::Secret
         | Res::Service
         | Res::ServiceAccount
         | Res::Role
@@ -101,6 +102,7 @@ fn typed(res: Res, obj: &Value) -> Option<Value> {
         Res::ResourceQuota => round_trip::<ResourceQuota>(obj),
         Res::LimitRange => round_trip::<LimitRange>(obj),
         Res::ConfigMap => round_trip::<ConfigMap>(obj),
+        Res::Secret => round_trip::<k8s_openapi::api::core::v1::Secret>(obj),
         Res::Service => round_trip::<Service>(obj),
         Res::ServiceAccount => round_trip::<ServiceAccount>(obj),
         Res::Deployment => round_trip::<Deployment>(obj),

@@ -86,9 +86,10 @@
 //! # What the simulator does not model (knowingly)
 //!
 //! - JSON and YAML only: no protobuf or CBOR bodies (answered with 415). kubectl 1.32+ sends
-//!   protobuf for its built-in generators (`kubectl create namespace|secret|configmap ...`);
-//!   use `kubectl create -f` instead. The exception is a `SelfSubjectAccessReview`, which is
-//!   also read from protobuf (`kubectl auth can-i` 1.32+ sends one) and answered in JSON. Server-side apply is a plain merge patch (kubectl
+//!   protobuf for its built-in generators (`kubectl create namespace|deployment ...`);
+//!   use `kubectl create -f` instead. The exceptions are Secrets and ConfigMaps (`kubectl
+//!   create secret generic`, `kubectl create configmap`) and a `SelfSubjectAccessReview`
+//!   (`kubectl auth can-i` 1.32+), which are also read from protobuf and answered in JSON. Server-side apply is a plain merge patch (kubectl
 //!   sends it as JSON): no field managers, no conflicts, no creation of a missing object.
 //!   kubectl before 1.30 execs over SPDY, which is refused.
 //! - No authentication: every request is `system:anonymous`. Authorization allows
@@ -120,8 +121,11 @@
 //!   kube-rs fall back to it.
 //! - Resources: namespaces, nodes (one, two after a scale-up; read-mostly), pods (`log`,
 //!   `exec`, `status`), events, persistentvolumeclaims, resourcequotas, limitranges, jobs
-//!   (`status`), selfsubjectaccessreviews. Nothing else (no
-//!   services, secrets, configmaps, deployments, ...). `limit`/`continue` are ignored: lists come whole.
+//!   (`status`), selfsubjectaccessreviews, secrets and configmaps (read by the kubelet for
+//!   `envFrom`, `secretKeyRef`/`configMapKeyRef` and `secret`/`configMap` volumes, with the
+//!   kubelet's messages for missing ones; a missing volume source is a FailedMount event and
+//!   ContainerCreating, as on a node). Secret volumes are files in a Docker volume written
+//!   once at start: later changes to the Secret do not reach a running pod. `limit`/`continue` are ignored: lists come whole.
 //! - Watches: history of the last 20 000 changes for resourceVersion resumes (older is 410
 //!   Expired; the real server keeps about 5 minutes). As on the real server, a change that
 //!   moves an object into or out of a watch's selectors arrives as ADDED or DELETED. With
@@ -188,6 +192,7 @@ mod meta;
 mod node;
 mod openapi;
 mod quantity;
+mod secrets;
 mod store;
 mod tables;
 

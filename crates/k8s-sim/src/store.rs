@@ -29,13 +29,15 @@ pub(crate) enum Res {
     Deployment,
     Role,
     RoleBinding,
+    // Stored, and read by the kubelet for env and files.
+    Secret,
 }
 
 /// The group of Roles and RoleBindings.
 pub(crate) const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 
 impl Res {
-    pub(crate) const ALL: [Res; 14] = [
+    pub(crate) const ALL: [Res; 15] = [
         Res::Namespace,
         Res::Pod,
         Res::Pvc,
@@ -50,16 +52,18 @@ impl Res {
         Res::Deployment,
         Res::Role,
         Res::RoleBinding,
+        Res::Secret,
     ];
 
     /// The kinds that are only stored: created, read, changed and deleted, nothing more.
-    pub(crate) const STORED_ONLY: [Res; 6] = [
+    pub(crate) const STORED_ONLY: [Res; 7] = [
         Res::ConfigMap,
         Res::Service,
         Res::ServiceAccount,
         Res::Deployment,
         Res::Role,
         Res::RoleBinding,
+        Res::Secret,
     ];
 
     pub(crate) fn kind(self) -> &'static str {
@@ -78,6 +82,7 @@ impl Res {
             Res::Deployment => "Deployment",
             Res::Role => "Role",
             Res::RoleBinding => "RoleBinding",
+            Res::Secret => "Secret",
         }
     }
 
@@ -97,6 +102,7 @@ impl Res {
             Res::Deployment => "deployments",
             Res::Role => "roles",
             Res::RoleBinding => "rolebindings",
+            Res::Secret => "secrets",
         }
     }
 

@@ -74,6 +74,12 @@ fn columns(res: Res) -> Vec<Value> {
             age,
         ],
         Res::ResourceQuota | Res::LimitRange => vec![name, age],
+        Res::Secret => vec![
+            name,
+            column("Type", "string", "", 0, "The type of the secret"),
+            column("Data", "string", "", 0, "The number of entries in the secret"),
+            age,
+        ],
         Res::ConfigMap => vec![
             name,
             column("Data", "string", "", 0, "Data contains the configuration data."),
@@ -304,6 +310,15 @@ fn cells(res: Res, obj: &Value) -> Vec<Value> {
             json!(age),
         ],
         Res::ResourceQuota | Res::LimitRange => vec![json!(name), json!(age)],
+        Res::Secret => {
+            let count = obj["data"].as_object().map_or(0, serde_json::Map::len);
+            vec![
+                json!(name),
+                json!(json_str(&obj["type"])),
+                json!(count),
+                json!(age),
+            ]
+        }
         Res::ConfigMap => {
             let count = |f: &str| obj[f].as_object().map_or(0, serde_json::Map::len);
             vec![

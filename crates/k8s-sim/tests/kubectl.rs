@@ -784,8 +784,11 @@ async fn deny_list() {
         serde_json::json!({"name": "j1", "group": "batch", "kind": "jobs"})
     );
     // Unknown resources stay 404.
+    c.sim.deny("list", "widgets");
+    assert_eq!(http_get(&url, "/api/v1/namespaces/default/widgets").0, 404);
+    // A served one is denied like the others.
     c.sim.deny("list", "secrets");
-    assert_eq!(http_get(&url, "/api/v1/namespaces/default/secrets").0, 404);
+    assert_eq!(http_get(&url, "/api/v1/namespaces/default/secrets").0, 403);
 
     // SelfSubjectAccessReview, as kubectl sends it.
     let review = |verb: &str, group: &str, resource: &str, sub: &str| {

@@ -42,6 +42,8 @@ pub fn kubernetes_config(config: &BerthConfig) -> KubernetesConfig {
     out.scale_up_grace = k.scale_up_grace.get();
     out.requests = k.resources.requests.resources();
     out.limits = k.resources.limits.resources();
+    // Checked when the config loaded; a config built in code and never validated gets none.
+    out.pod = k.pod_extras().unwrap_or_default();
     out
 }
 
@@ -215,12 +217,21 @@ pub fn render(config: &BerthConfig, spec: &EnvironmentSpec) -> Result<Vec<serde_
 
 /// The Docker engine's settings from `docker:`.
 pub(crate) fn docker_config(section: &crate::config::DockerSection) -> DockerConfig {
-    docker_endpoint(
+    let mut docker = docker_endpoint(
         section.host.as_ref(),
         section.context.as_ref(),
         section.ssh_config.as_ref(),
         &section.tls,
-    )
+    );
+    docker.files = berth_engine_docker::ContainerFiles::new(
+        section.env_files.iter().map(|p| expand_home(p)).collect(),
+        section
+            .secret_files
+            .iter()
+            .map(|(inside, local)| (inside.clone(), expand_home(local)))
+            .collect(),
+    );
+    docker
 }
 
 /// Docker settings from a host, a context, an ssh config and TLS files (`docker:` or a

@@ -99,12 +99,47 @@ pub fn environment_spec(config: &BerthConfig, options: &EnvOptions) -> Result<En
         .with_max_lifetime(config.max_lifetime())
         .with_network(config.runner.network);
     spec.mount_path.clone_from(&config.runner.mount_path);
+    check_backend_options(config)?;
+    spec.labels.extend(config.kubernetes.labels.clone());
     if config.runner.backend == BackendKind::Kubernetes {
         spec.user.clone_from(&config.kubernetes.run_as_user);
         spec.security = security_profile(config);
     }
     spec.validate()?;
     Ok(spec)
+}
+
+/// Refuses what has no meaning on the configured backend: on Docker the cluster's Secrets,
+/// ConfigMaps, claims, security contexts and annotations (`kubernetes.env_from`, ...); on
+/// Kubernetes the client's local files (`docker.env_files`, `docker.secret_files`), which
+/// belong in a Secret there. `kubernetes.labels` apply on both.
+///
+/// # Errors
+/// [`RunnerError::Config`] naming the key and what to use instead.
+pub fn check_backend_options(config: &BerthConfig) -> Result<()> {
+    match config.runner.backend {
+        BackendKind::Docker => match config.kubernetes.pod_options().first_set() {
+            Some(key) => Err(RunnerError::Config {
+                key: key.to_owned(),
+                reason: "names cluster objects or pod settings, which have no meaning with runner.backend: docker; use docker.env_files and docker.secret_files, or runner.backend: kubernetes".into(),
+            }),
+            None => Ok(()),
+        },
+        BackendKind::Kubernetes => {
+            let docker = &config.docker;
+            let key = if !docker.env_files.is_empty() {
+                "docker.env_files"
+            } else if !docker.secret_files.is_empty() {
+                "docker.secret_files"
+            } else {
+                return Ok(());
+            };
+            Err(RunnerError::Config {
+                key: key.to_owned(),
+                reason: "local files are read only with runner.backend: docker; on Kubernetes put the values in a Secret and use kubernetes.env_from, kubernetes.secret_env or kubernetes.mounts".into(),
+            })
+        }
+    }
 }
 
 /// The spec `berth doctor` checks an image with on Kubernetes: what an environment would be

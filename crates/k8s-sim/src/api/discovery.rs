@@ -114,6 +114,7 @@ fn core_resources() -> Value {
         "groupVersion": "v1",
         "resources": [
             resource_entry("configmaps", "configmap", true, "ConfigMap", OBJECT_VERBS, &["cm"]),
+            resource_entry("secrets", "secret", true, "Secret", OBJECT_VERBS, &[]),
             resource_entry("events", "event", true, "Event", OBJECT_VERBS, &["ev"]),
             resource_entry("limitranges", "limitrange", true, "LimitRange", OBJECT_VERBS, &["limits"]),
             resource_entry("namespaces", "namespace", false, "Namespace",

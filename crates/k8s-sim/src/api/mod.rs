@@ -149,8 +149,17 @@ pub(crate) async fn body_bytes(req: Request<Incoming>) -> Result<Bytes, ApiError
         .to_bytes())
 }
 
-/// The request body as JSON: JSON or YAML bodies, `Null` when empty; protobuf and CBOR
-/// are 415.
+/// The 415 of a body in a format the simulator does not read.
+fn unsupported(content_type: &str) -> ApiError {
+    ApiError::new(
+        415,
+        "UnsupportedMediaType",
+        format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/merge-patch+json, application/strategic-merge-patch+json, application/json-patch+json, application/apply-patch+yaml (got {content_type})"),
+    )
+}
+
+/// The request body as JSON: JSON or YAML bodies, `Null` when empty; a protobuf Secret or
+/// ConfigMap (kubectl 1.32+'s typed creates); other protobuf and CBOR are 415.
 pub(crate) async fn read_body(req: Request<Incoming>) -> Result<Value, ApiError> {
     let content_type = req
         .headers()
@@ -158,12 +167,14 @@ pub(crate) async fn read_body(req: Request<Incoming>) -> Result<Value, ApiError>
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    if content_type.contains("protobuf") || content_type.contains("cbor") {
-        return Err(ApiError::new(
-            415,
-            "UnsupportedMediaType",
-            format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/merge-patch+json, application/strategic-merge-patch+json, application/json-patch+json, application/apply-patch+yaml (got {content_type})"),
-        ));
+    if content_type.contains("protobuf") {
+        if let Some(obj) = crate::secrets::from_protobuf(&body_bytes(req).await?)? {
+            return Ok(obj);
+        }
+        return Err(unsupported(&content_type));
+    }
+    if content_type.contains("cbor") {
+        return Err(unsupported(&content_type));
     }
     let bytes = body_bytes(req).await?;
     if bytes.is_empty() {

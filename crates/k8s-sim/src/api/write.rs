@@ -107,6 +107,63 @@ static NEXT_SERVICE_IP: std::sync::atomic::AtomicU32 = std::sync::atomic::Atomic
 
 /// Fills a Service's defaults as the API server does: type ClusterIP with an address from
 /// the service range, TCP ports whose target is their own port.
+/// A key of a Secret's or ConfigMap's `field`, as the API server validates it (it becomes a
+/// file name in a volume, so `.` and `..` are refused too).
+fn check_config_key(res: Res, name: &str, field: &str, k: &str) -> Result<(), ApiError> {
+    let key_ok = !k.is_empty()
+        && k.len() <= 253
+        && k.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'));
+    if !key_ok {
+        return Err(ApiError::invalid(
+            res,
+            name,
+            &format!("{field}[{k}]"),
+            "FieldValueInvalid",
+            &format!("Invalid value: \"{k}\": a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')"),
+        ));
+    }
+    if k == "." || k == ".." {
+        return Err(ApiError::invalid(
+            res,
+            name,
+            &format!("{field}[{k}]"),
+            "FieldValueInvalid",
+            &format!("Invalid value: \"{k}\": must not be '{k}'"),
+        ));
+    }
+    Ok(())
+}
+
+/// A Secret as the API server stores it: `stringData` merged into `data` (base64), `type`
+/// defaulting to `Opaque`, keys checked.
+fn default_secret(mut secret: Value, name: &str) -> Result<Value, ApiError> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut data = secret["data"].as_object().cloned().unwrap_or_default();
+    if let Some(strings) = secret["stringData"].as_object() {
+        for (k, v) in strings {
+            data.insert(k.clone(), json!(b64.encode(v.as_str().unwrap_or_default())));
+        }
+    }
+    for (k, v) in &data {
+        check_config_key(Res::Secret, name, "data", k)?;
+        if v.as_str().is_none_or(|t| b64.decode(t).is_err()) {
+            return Err(ApiError::bad_request(format!(
+                "Secret in version \"v1\" cannot be handled as a Secret: illegal base64 data in data[{k}]"
+            )));
+        }
+    }
+    if let Some(obj) = secret.as_object_mut() {
+        obj.remove("stringData");
+    }
+    secret["data"] = Value::Object(data);
+    if secret["type"].as_str().is_none_or(str::is_empty) {
+        secret["type"] = json!("Opaque");
+    }
+    Ok(secret)
+}
+
 fn default_service(mut svc: Value) -> Value {
     let spec = &mut svc["spec"];
     if spec["type"].is_null() {
@@ -235,7 +292,16 @@ pub(super) async fn create(
         Res::Node | Res::Event | Res::LimitRange => body,
         Res::Service => default_service(body),
         Res::Deployment => default_deployment(body, &name)?,
-        Res::ConfigMap | Res::ServiceAccount | Res::Role | Res::RoleBinding => body,
+        Res::ServiceAccount | Res::Role | Res::RoleBinding => body,
+        Res::ConfigMap => {
+            for field in ["data", "binaryData"] {
+                for key in body[field].as_object().into_iter().flat_map(|m| m.keys()) {
+                    check_config_key(Res::ConfigMap, &name, field, key)?;
+                }
+            }
+            body
+        }
+        Res::Secret => default_secret(body, &name)?,
         Res::ResourceQuota => {
             let mut quota = body;
             quota["status"] = json!({"hard": quota["spec"]["hard"], "used": {}});
@@ -363,6 +429,7 @@ pub(super) async fn delete(
         | Res::ResourceQuota
         | Res::LimitRange
         | Res::ConfigMap
+        | Res::Secret
         | Res::Service
         | Res::ServiceAccount
         | Res::Deployment

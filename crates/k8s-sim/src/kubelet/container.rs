@@ -2,7 +2,7 @@
 //! the kubelet's waiting reasons and events), starting them, their environment, and waiting
 //! for one to exit (an out-of-memory kill ends the whole container).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use bollard::models::{ContainerCreateBody, HostConfig};
@@ -13,6 +13,7 @@ use serde_json::Value;
 use super::status::{ContainerState, ContainerStatus};
 use super::{Stop, Worker, POD_PIDS_LIMIT, POD_UID_LABEL};
 use crate::meta::{self, json_str};
+use crate::store::Res;
 use crate::NODE_NAME;
 
 impl Worker {
@@ -62,6 +63,12 @@ impl Worker {
                     Err(CreateError::Config(message)) => {
                         self.event("Warning", "Failed", &format!("Error: {message}"), "kubelet");
                         self.set_waiting(statuses, i, "CreateContainerConfigError", message)?;
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                    }
+                    Err(CreateError::Mount(message)) => {
+                        // The kubelet keeps the pod ContainerCreating and retries the mount.
+                        self.event("Warning", "FailedMount", &message, "kubelet");
+                        self.set_waiting(statuses, i, "ContainerCreating", String::new())?;
                         tokio::time::sleep(Duration::from_secs(2)).await;
                     }
                     Err(CreateError::Other(message)) => {
@@ -127,20 +134,95 @@ impl Worker {
         }
         ip
     }
-    /// The container's environment (`env` values and `fieldRef`s); a reference to a secret
-    /// or config map is the kubelet's CreateContainerConfigError (the simulator has none).
+    /// The keys of the Secret or ConfigMap `name` as text, `None` when it is missing and
+    /// `optional`; missing and required is the kubelet's CreateContainerConfigError with its
+    /// message (`secret "x" not found`).
+    fn object_keys(
+        &self,
+        res: Res,
+        name: &str,
+        optional: bool,
+    ) -> Result<Option<BTreeMap<String, String>>, CreateError> {
+        match self.inner.store.get(res, &self.ns, name) {
+            Some(obj) => Ok(Some(
+                super::volumes::object_data(&obj, res, false)
+                    .into_iter()
+                    .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+                    .collect(),
+            )),
+            None if optional => Ok(None),
+            None => {
+                let kind = if res == Res::Secret {
+                    "secret"
+                } else {
+                    "configmap"
+                };
+                Err(CreateError::Config(format!("{kind} \"{name}\" not found")))
+            }
+        }
+    }
+
+    /// The container's environment, as the kubelet makes it: `envFrom` first (each key with
+    /// the prefix; invalid names skipped), then `env` values, `fieldRef`s and
+    /// `secretKeyRef`/`configMapKeyRef`s, later ones winning.
     fn env(&self, pod: &Value, container: &Value) -> Result<Vec<String>, CreateError> {
-        let mut env = Vec::new();
-        if let Some(from) = container["envFrom"].as_array().and_then(|a| a.first()) {
-            let (kind, name) = if from["secretRef"].is_object() {
-                ("secret", json_str(&from["secretRef"]["name"]))
+        let mut vars: Vec<(String, String)> = Vec::new();
+        let set = |vars: &mut Vec<(String, String)>, k: String, v: String| {
+            vars.retain(|(n, _)| *n != k);
+            vars.push((k, v));
+        };
+        for from in container["envFrom"].as_array().cloned().unwrap_or_default() {
+            let (res, r) = if from["secretRef"].is_object() {
+                (Res::Secret, &from["secretRef"])
             } else {
-                ("configmap", json_str(&from["configMapRef"]["name"]))
+                (Res::ConfigMap, &from["configMapRef"])
             };
-            return Err(CreateError::Config(format!("{kind} \"{name}\" not found")));
+            let optional = r["optional"].as_bool() == Some(true);
+            let prefix = json_str(&from["prefix"]);
+            if let Some(keys) = self.object_keys(res, json_str(&r["name"]), optional)? {
+                for (k, v) in keys {
+                    let name = format!("{prefix}{k}");
+                    let valid = !name.is_empty()
+                        && !name.starts_with(|c: char| c.is_ascii_digit())
+                        && name
+                            .bytes()
+                            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'));
+                    if valid {
+                        set(&mut vars, name, v);
+                    }
+                }
+            }
         }
         for e in container["env"].as_array().cloned().unwrap_or_default() {
             let name = json_str(&e["name"]);
+            let key_ref = [
+                (Res::Secret, "Secret", &e["valueFrom"]["secretKeyRef"]),
+                (
+                    Res::ConfigMap,
+                    "ConfigMap",
+                    &e["valueFrom"]["configMapKeyRef"],
+                ),
+            ]
+            .into_iter()
+            .find(|(_, _, r)| r.is_object());
+            if let Some((res, kind, r)) = key_ref {
+                let optional = r["optional"].as_bool() == Some(true);
+                let (object, key) = (json_str(&r["name"]), json_str(&r["key"]));
+                let Some(keys) = self.object_keys(res, object, optional)? else {
+                    continue;
+                };
+                match keys.get(key) {
+                    Some(v) => set(&mut vars, name.to_owned(), v.clone()),
+                    None if optional => {}
+                    None => {
+                        return Err(CreateError::Config(format!(
+                            "couldn't find key {key} in {kind} {}/{object}",
+                            self.ns
+                        )))
+                    }
+                }
+                continue;
+            }
             let value = if let Some(v) = e["value"].as_str() {
                 v.to_owned()
             } else if let Some(path) = e["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
@@ -165,18 +247,12 @@ impl Worker {
                         )))
                     }
                 }
-            } else if e["valueFrom"]["secretKeyRef"].is_object() {
-                let n = json_str(&e["valueFrom"]["secretKeyRef"]["name"]);
-                return Err(CreateError::Config(format!("secret \"{n}\" not found")));
-            } else if e["valueFrom"]["configMapKeyRef"].is_object() {
-                let n = json_str(&e["valueFrom"]["configMapKeyRef"]["name"]);
-                return Err(CreateError::Config(format!("configmap \"{n}\" not found")));
             } else {
                 String::new()
             };
-            env.push(format!("{name}={value}"));
+            set(&mut vars, name.to_owned(), value);
         }
-        Ok(env)
+        Ok(vars.into_iter().map(|(k, v)| format!("{k}={v}")).collect())
     }
 
     /// Creates (does not start) the Docker container for `c`, instance `attempt` (0 first, the
@@ -344,6 +420,9 @@ pub(super) enum CreateError {
     NeverPull(String),
     ImageMissing(String),
     Config(String),
+    /// A volume cannot be set up (a missing Secret or ConfigMap): the pod stays
+    /// ContainerCreating with a FailedMount event.
+    Mount(String),
     Other(String),
 }
 

@@ -204,6 +204,8 @@ impl Worker {
                         CreateError::Config(format!("persistentvolumeclaim \"{claim}\" not found"))
                     })?;
                 Ok(claim_volume(&self.inner, &pvc))
+            } else if vol["secret"].is_object() || vol["configMap"].is_object() {
+                Ok(self.object_files(vol).await?)
             } else if vol["emptyDir"].is_object() {
                 let name = format!(
                     "k8s-sim-{}-{}-{}",
@@ -241,6 +243,7 @@ impl Worker {
                     give_to_group(std::path::Path::new(&v.mountpoint), gid);
                 }
             }
+            let read_only = read_only || vol["secret"].is_object() || vol["configMap"].is_object();
             let mount = match (source, sub_path.is_empty()) {
                 (Ok(volume), true) => Mount {
                     target: Some(target),
@@ -300,6 +303,147 @@ impl Worker {
         }
         Ok(mounts)
     }
+}
+
+impl Worker {
+    /// A Docker volume (removed with the pod's) holding a `secret` or `configMap` volume's
+    /// files: every key, or `items` key -> path, with `defaultMode` (0644); empty when the
+    /// object is missing and `optional`, as the kubelet mounts it. A missing required object
+    /// or key is the kubelet's FailedMount.
+    async fn object_files(&self, vol: &Value) -> Result<String, CreateError> {
+        use std::os::unix::fs::PermissionsExt;
+        let vname = json_str(&vol["name"]);
+        let (res, source, name) = if vol["secret"].is_object() {
+            let s = &vol["secret"];
+            (Res::Secret, s, json_str(&s["secretName"]))
+        } else {
+            let c = &vol["configMap"];
+            (Res::ConfigMap, c, json_str(&c["name"]))
+        };
+        let optional = source["optional"].as_bool() == Some(true);
+        let failed = |what: String| {
+            CreateError::Mount(format!(
+                "MountVolume.SetUp failed for volume \"{vname}\" : {what}"
+            ))
+        };
+        let kind = if res == Res::Secret {
+            "secret"
+        } else {
+            "configmap"
+        };
+        let files: std::collections::BTreeMap<String, Vec<u8>> =
+            match self.inner.store.get(res, &self.ns, name) {
+                None if optional => std::collections::BTreeMap::new(),
+                None => return Err(failed(format!("{kind} \"{name}\" not found"))),
+                Some(obj) => object_data(&obj, res, true),
+            };
+        let mut wanted = Vec::new();
+        match source["items"].as_array() {
+            Some(items) => {
+                for item in items {
+                    let key = json_str(&item["key"]);
+                    let path = json_str(&item["path"]);
+                    if path.starts_with('/') || path.split('/').any(|p| p == "..") {
+                        return Err(failed(format!("invalid path {path:?} for key {key:?}")));
+                    }
+                    match files.get(key) {
+                        Some(bytes) => {
+                            wanted.push((path.to_owned(), bytes.clone(), item["mode"].as_u64()))
+                        }
+                        None if optional => {}
+                        None => {
+                            let what = if res == Res::Secret {
+                                "secret"
+                            } else {
+                                "configmap"
+                            };
+                            return Err(failed(format!(
+                                "{what} references non-existent {what} key: {key}"
+                            )));
+                        }
+                    }
+                }
+            }
+            None => wanted.extend(files.into_iter().map(|(k, v)| (k, v, None))),
+        }
+        let mode = source["defaultMode"].as_u64().unwrap_or(0o644);
+        let volume = format!(
+            "k8s-sim-{}-{}-{}",
+            self.inner.id,
+            &self.uid[..8.min(self.uid.len())],
+            vname
+        );
+        let mut labels = self.inner.docker_labels(None);
+        labels.insert(POD_UID_LABEL.to_owned(), self.uid.clone());
+        self.inner
+            .docker
+            .create_volume(VolumeCreateRequest {
+                name: Some(volume.clone()),
+                labels: Some(labels),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| CreateError::Other(format!("creating volume {vname}: {e}")))?;
+        let dir = self
+            .inner
+            .docker
+            .inspect_volume(&volume)
+            .await
+            .map_err(|e| CreateError::Other(format!("inspecting {volume}: {e}")))?
+            .mountpoint;
+        for (path, bytes, item_mode) in wanted {
+            // A key or item path must stay inside the volume (the API server refuses such
+            // keys and paths; this is the kubelet's own guard).
+            if path.is_empty()
+                || path.starts_with('/')
+                || path.split('/').any(|p| p == ".." || p == ".")
+            {
+                return Err(failed(format!("invalid path {path:?}")));
+            }
+            let file = std::path::Path::new(&dir).join(&path);
+            if let Some(parent) = file.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| CreateError::Other(format!("writing {vname}: {e}")))?;
+            }
+            std::fs::write(&file, bytes)
+                .map_err(|e| CreateError::Other(format!("writing {vname}: {e}")))?;
+            #[allow(clippy::cast_possible_truncation)]
+            let m = item_mode.unwrap_or(mode) as u32;
+            let _ = std::fs::set_permissions(&file, std::fs::Permissions::from_mode(m & 0o777));
+        }
+        Ok(volume)
+    }
+}
+
+/// The keys of a Secret (`data`, base64) or ConfigMap (`data`, and `binaryData` when
+/// `binary`: files get it, env does not) as bytes.
+pub(super) fn object_data(
+    obj: &Value,
+    res: Res,
+    binary: bool,
+) -> std::collections::BTreeMap<String, Vec<u8>> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut out = std::collections::BTreeMap::new();
+    let decoded = |v: &Value| b64.decode(json_str(v)).unwrap_or_default();
+    if let Some(data) = obj["data"].as_object() {
+        for (k, v) in data {
+            let bytes = if res == Res::Secret {
+                decoded(v)
+            } else {
+                json_str(v).as_bytes().to_vec()
+            };
+            out.insert(k.clone(), bytes);
+        }
+    }
+    if res == Res::ConfigMap && binary {
+        if let Some(data) = obj["binaryData"].as_object() {
+            for (k, v) in data {
+                out.insert(k.clone(), decoded(v));
+            }
+        }
+    }
+    out
 }
 
 /// Gives `dir` to group `gid` with group rwx and setgid (errors are logged, not fatal).

@@ -341,6 +341,7 @@ impl Worker {
                     CreateError::NeverPull(m)
                     | CreateError::ImageMissing(m)
                     | CreateError::Config(m)
+                    | CreateError::Mount(m)
                     | CreateError::Other(m),
                 ) => {
                     statuses[i].state = ContainerState::Waiting {

@@ -30,8 +30,8 @@ pub(crate) enum ValueKind {
     Quantity,
     /// `runner.workspace`: `none`, `ephemeral`, `{host_path: ..}` or `{volume: ..}`.
     Workspace,
-    /// A list of texts (`git_hosts: [github.com]`).
-    TextList,
+    /// A list (its entries are checked when they deserialize).
+    List,
 }
 
 impl ValueKind {
@@ -46,7 +46,7 @@ impl ValueKind {
             ValueKind::Count => "a whole number",
             ValueKind::Quantity => "a quantity or duration, like 2, 500m, 4Gi or 30m",
             ValueKind::Workspace => "none, ephemeral, {host_path: /abs/dir} or {volume: name}",
-            ValueKind::TextList => "a list of texts, like [a, b]",
+            ValueKind::List => "a list",
         }
     }
 }
@@ -84,7 +84,6 @@ macro_rules! leaf {
 
 leaf!(Text: String, PathBuf, BackendKind, PullPolicy, SecurityProfile);
 leaf!(Bool: bool);
-leaf!(TextList: Vec<String>);
 leaf!(Count: u64, NonZeroU64);
 leaf!(Quantity: HumanDuration, CpuQuantity, MemoryQuantity);
 
@@ -94,6 +93,12 @@ impl<T: Schema> Schema for Option<T> {
     }
     fn keys() -> Vec<Key> {
         T::keys()
+    }
+}
+
+impl<T> Schema for Vec<T> {
+    fn kind() -> ValueKind {
+        ValueKind::List
     }
 }
 

@@ -90,6 +90,24 @@ fn once_per_key(message: String) -> String {
     message
 }
 
+/// A key path as the `config` crate writes it inside lists (`caches[0]create.size`) in the
+/// dotted form the rest of berth uses (`caches[0].create.size`).
+fn dotted(key: &str) -> String {
+    let mut out = String::with_capacity(key.len() + 4);
+    let mut chars = key.chars().peekable();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c == ']'
+            && chars
+                .peek()
+                .is_some_and(|n| n.is_alphanumeric() || *n == '_')
+        {
+            out.push('.');
+        }
+    }
+    out
+}
+
 /// The `config` crate's error as ours: a value's own error at a key (a duration, a
 /// quantity, a choice) is [`ConfigError::Invalid`] naming the key; anything else is
 /// [`ConfigError::Parse`] with the loader's message.
@@ -101,7 +119,7 @@ fn loader_error(source_name: &str, error: config::ConfigError) -> ConfigError {
             ..
         } if matches!(*error, config::ConfigError::Message(_)) => ConfigError::Invalid {
             source_name: source_name.to_owned(),
-            key,
+            key: dotted(&key),
             reason: error.to_string(),
         },
         config::ConfigError::Type {
@@ -111,7 +129,7 @@ fn loader_error(source_name: &str, error: config::ConfigError) -> ConfigError {
             ..
         } => ConfigError::Invalid {
             source_name: source_name.to_owned(),
-            key,
+            key: dotted(&key),
             reason: format!("expected {expected}, got {unexpected}"),
         },
         other => ConfigError::Parse {
@@ -173,15 +191,13 @@ fn type_error(prefix: &str, doc: &Yaml, known: &[(String, ValueKind)]) -> Option
                 true
             }
             (ValueKind::Text, Yaml::String(_))
+            | (ValueKind::List, Yaml::Array(_))
             | (ValueKind::Bool, Yaml::Boolean(_))
             | (
                 ValueKind::Quantity | ValueKind::TextOrNumber,
                 Yaml::String(_) | Yaml::Integer(_) | Yaml::Real(_),
             ) => true,
             (ValueKind::Count, Yaml::Integer(i)) => *i >= 0,
-            (ValueKind::TextList, Yaml::Array(items)) => {
-                items.iter().all(|i| matches!(i, Yaml::String(_)))
-            }
             _ => false,
         };
         if !fits {
@@ -288,7 +304,15 @@ fn unknown_keys(
         } else {
             format!("{prefix}.{key}")
         };
-        let is_known = known.iter().any(|(k, _)| path_matches(k, &path));
+        let kind = known
+            .iter()
+            .find(|(k, _)| path_matches(k, &path))
+            .map(|(_, kind)| *kind);
+        let is_known = kind.is_some();
+        if matches!(kind, Some(ValueKind::List)) {
+            // Entries checked when they deserialize (serde names a wrong key in them).
+            continue;
+        }
         if !is_known && child.clone().into_table().is_ok_and(|t| !t.is_empty()) {
             // A mistyped section: name the keys under it, each with its nearest known key
             // (`runer.image` -> `runner.image`), as the file or the variable spells them.

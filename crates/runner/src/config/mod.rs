@@ -12,6 +12,7 @@ mod builders;
 mod keys;
 mod load;
 mod parse;
+mod pod;
 mod schema;
 mod types;
 
@@ -25,6 +26,9 @@ pub use load::{known_keys, ConfigSource, LoadOptions, Loaded};
 pub use parse::{
     format_cpu_millis, format_duration, format_memory_bytes, parse_cpu_millis, parse_duration,
     parse_memory_bytes, InvalidValue,
+};
+pub use pod::{
+    CacheEntry, EnvFromEntry, KeyEntry, MountEntry, NewClaimEntry, SecurityContextSection,
 };
 pub use schema::{
     BerthConfig, CopySection, DockerSection, DockerTls, KubernetesResources, KubernetesSection,

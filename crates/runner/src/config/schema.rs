@@ -19,6 +19,9 @@ use serde::{Deserialize, Serialize};
 
 use super::builders::BuilderConfig;
 use super::keys::{section, Key, Schema, ValueKind};
+use super::pod::{
+    CacheEntry, EnvFromEntry, KeyEntry, MountEntry, PodOptions, SecurityContextSection,
+};
 use super::types::{
     backend_kind, kubernetes_pull_policy, process_count, pull_policy, security_profile,
     CpuQuantity, HumanDuration, Limit, MemoryQuantity,
@@ -208,6 +211,12 @@ section! {
         pub tls: DockerTls,
         /// An ssh client config file (`ssh -F`) for `ssh://` hosts; unset means the user's.
         pub ssh_config: Option<PathBuf>,
+        // Files read on the client (the `secrets` block).
+        /// `KEY=VALUE` files read on the client at start, their variables set in the
+        /// environment (values are never printed).
+        pub env_files: Vec<PathBuf>,
+        /// Local files mounted read-only in the environment: `{/path/in/env: /local/file}`.
+        pub secret_files: BTreeMap<String, PathBuf>,
     }
 }
 
@@ -298,6 +307,23 @@ section! {
         pub security: SecurityProfile,
         /// The user environments run as (`uid` or `uid:gid`); required by `restricted`.
         pub run_as_user: Option<String> => ValueKind::TextOrNumber,
+        /// Every key of Secrets and ConfigMaps as env:
+        /// `[{secret|config_map: NAME, prefix: P_, optional: false}]`.
+        pub env_from: Vec<EnvFromEntry>,
+        /// Variables from one key each: `{VAR: {secret|config_map: NAME, key: K, optional}}`.
+        pub secret_env: BTreeMap<String, KeyEntry>,
+        /// Secrets and ConfigMaps as files: `[{secret|config_map: NAME, path: /abs,
+        /// items: {key: file}, read_only: true, optional: false, mode: "0440"}]`.
+        pub mounts: Vec<MountEntry>,
+        /// Cache claims: `[{claim: NAME, create: {size, storage_class, access_modes}, path,
+        /// read_only}]`.
+        pub caches: Vec<CacheEntry>,
+        /// Security context settings beyond the profile.
+        pub security_context: SecurityContextSection,
+        /// Annotations of the Jobs (and rendered objects) and their pods.
+        pub annotations: BTreeMap<String, String>,
+        /// Extra labels of every object and pod (berth's own keys are reserved).
+        pub labels: BTreeMap<String, String>,
     }
 }
 
@@ -317,7 +343,37 @@ impl Default for KubernetesSection {
             scale_up_grace: HumanDuration(Duration::from_secs(20)),
             security: SecurityProfile::Hardened,
             run_as_user: None,
+            env_from: Vec::new(),
+            secret_env: BTreeMap::new(),
+            mounts: Vec::new(),
+            caches: Vec::new(),
+            security_context: SecurityContextSection::default(),
+            annotations: BTreeMap::new(),
+            labels: BTreeMap::new(),
         }
+    }
+}
+
+impl KubernetesSection {
+    /// The Kubernetes-only pod settings.
+    pub(crate) fn pod_options(&self) -> PodOptions<'_> {
+        PodOptions {
+            env_from: &self.env_from,
+            secret_env: &self.secret_env,
+            mounts: &self.mounts,
+            caches: &self.caches,
+            security: &self.security_context,
+            annotations: &self.annotations,
+        }
+    }
+
+    /// Env and files from Secrets and ConfigMaps, caches, security overrides and annotations
+    /// as the engine takes them (checked when the config loaded).
+    ///
+    /// # Errors
+    /// `(key, reason)` for an entry [`BerthConfig::validate`] would refuse.
+    pub fn pod_extras(&self) -> Result<berth_engine_k8s::manifest::PodExtras, (String, String)> {
+        self.pod_options().extras()
     }
 }
 
@@ -533,6 +589,34 @@ impl BerthConfig {
                 "server.tls",
                 "expected both cert and key, or neither".into(),
             ));
+        }
+        if let Err((key, reason)) = self.kubernetes.pod_extras() {
+            return Err(invalid(&key, reason));
+        }
+        for key in self.kubernetes.labels.keys() {
+            let mut labels = BTreeMap::new();
+            labels.insert(key.clone(), String::new());
+            let mut spec = berth_engine_core::EnvironmentSpec::new(
+                ImageRef::new("busybox")
+                    .map_err(|e| invalid("kubernetes.labels", e.to_string()))?,
+                SessionId::new("check").map_err(|e| invalid("kubernetes.labels", e.to_string()))?,
+            );
+            spec.labels = labels;
+            if let Err(e) = spec.validate() {
+                return Err(invalid(&format!("kubernetes.labels.{key}"), e.to_string()));
+            }
+        }
+        for (inside, local) in &self.docker.secret_files {
+            let key = format!("docker.secret_files.{inside}");
+            if !inside.starts_with('/') || inside.contains('\0') {
+                return Err(invalid(
+                    &key,
+                    format!("expected an absolute path in the environment, got {inside:?}"),
+                ));
+            }
+            if local.as_os_str().is_empty() {
+                return Err(invalid(&key, "expected the path of a local file".into()));
+            }
         }
         let host_path = match &self.runner.workspace {
             WorkspaceConfig::HostPath(p) => Some(p.to_string_lossy().into_owned()),

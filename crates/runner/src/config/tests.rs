@@ -116,7 +116,7 @@ fn wrong_types_name_the_key_and_what_was_expected() {
     assert!(err.contains("the number 42"), "{err}");
     let err = load_file("hosts.yaml", b"server:\n  git_hosts: github.com\n");
     assert!(
-        err.contains("server.git_hosts") && err.contains("a list of texts"),
+        err.contains("server.git_hosts") && err.contains("expected a list"),
         "{err}"
     );
     let err = load_file("network.yaml", b"runner:\n  network: maybe\n");
@@ -414,6 +414,13 @@ fn the_known_keys_are_the_schema_fields() {
     let mut builder = super::BuilderConfig::default();
     builder.labels.insert("*".into(), "x".into());
     named.builders.insert("*".into(), builder);
+    named.docker.secret_files.insert("*".into(), "/x".into());
+    named.kubernetes.annotations.insert("*".into(), "x".into());
+    named.kubernetes.labels.insert("*".into(), "x".into());
+    named
+        .kubernetes
+        .secret_env
+        .insert("*".into(), super::KeyEntry::default());
     serde_paths("", &serde_json::to_value(&named).unwrap(), &mut from_serde);
     from_serde.sort();
     from_serde.dedup();
@@ -545,4 +552,177 @@ fn docker_remote_settings_parse_and_are_validated_by_name() {
         suggest_for("docker.tls.caa").as_deref(),
         Some("docker.tls.ca")
     );
+}
+
+/// The commented examples of `kubernetes:` and `docker:` in config.example.yaml, uncommented.
+fn example_block(section: &str, from: &str, to: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config.example.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let start = text.find(from).unwrap();
+    let end = start + text[start..].find(to).unwrap() + to.len();
+    let mut out = format!("{section}:\n");
+    for line in text[start..end].lines() {
+        let Some(rest) = line.strip_prefix("  # ") else {
+            continue;
+        };
+        let yaml = rest.starts_with("  ")
+            || rest.split_once(':').is_some_and(|(k, _)| {
+                !k.is_empty() && k.bytes().all(|c| c.is_ascii_lowercase() || c == b'_')
+            });
+        if yaml {
+            out.push_str("  ");
+            out.push_str(rest);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[test]
+fn the_examples_of_secrets_config_maps_and_caches_load() {
+    let yaml = example_block("kubernetes", "  # env_from:", "  # labels: {team: agents}");
+    let config = BerthConfig::from_yaml_str(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+    let k = &config.kubernetes;
+    assert_eq!(k.env_from.len(), 2, "{yaml}");
+    assert_eq!(k.env_from[0].prefix.as_deref(), Some("API_"));
+    assert!(k.env_from[1].optional);
+    assert_eq!(k.secret_env["DB_PASSWORD"].key, "password");
+    assert_eq!(k.mounts[0].items["tls.crt"], "cert.pem");
+    assert!(k.mounts[0].read_only, "mounts are read-only by default");
+    let size = k.caches[1].create.as_ref().unwrap().size.unwrap();
+    assert_eq!(size.bytes(), 10 << 30);
+    assert_eq!(extras_size(&config), "10Gi");
+    assert_eq!(k.security_context.supplemental_groups, [3000]);
+    assert_eq!(k.annotations["example.com/team"], "agents");
+    assert_eq!(k.labels["team"], "agents");
+    let extras = k.pod_extras().unwrap();
+    assert_eq!(extras.mounts[0].mode, Some(0o440));
+    assert_eq!(extras.security.fs_group, Some(2000));
+    let yaml = example_block("docker", "  # env_files:", "api-token}");
+    let docker = BerthConfig::from_yaml_str(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+    assert_eq!(docker.docker.env_files.len(), 1, "{yaml}");
+    assert_eq!(docker.docker.secret_files.len(), 1, "{yaml}");
+}
+
+fn extras_size(config: &BerthConfig) -> String {
+    let extras = config.kubernetes.pod_extras().unwrap();
+    extras.caches[1].create.as_ref().unwrap().size.clone()
+}
+
+#[test]
+fn bad_secret_and_mount_entries_name_the_key_and_what_was_expected() {
+    for (yaml, key, expected) in [
+        (
+            "kubernetes:\n  env_from: [{secret: a, config_map: b}]\n",
+            "kubernetes.env_from[0]",
+            "got both",
+        ),
+        (
+            "kubernetes:\n  env_from: [{prefix: X_}]\n",
+            "kubernetes.env_from[0]",
+            "secret: NAME or config_map: NAME",
+        ),
+        (
+            "kubernetes:\n  env_from: [{secret: Bad_Name}]\n",
+            "kubernetes.env_from[0]",
+            "object name",
+        ),
+        (
+            "kubernetes:\n  secret_env: {1BAD: {secret: a, key: k}}\n",
+            "kubernetes.secret_env.1BAD",
+            "variable name",
+        ),
+        (
+            "kubernetes:\n  secret_env: {GOOD: {secret: a}}\n",
+            "kubernetes.secret_env.GOOD.key",
+            "key",
+        ),
+        (
+            "kubernetes:\n  mounts: [{secret: a, path: etc/x}]\n",
+            "kubernetes.mounts[0].path",
+            "absolute path",
+        ),
+        (
+            "kubernetes:\n  mounts: [{secret: a, path: /x, items: {k: ../../etc/passwd}}]\n",
+            "kubernetes.mounts[0].items.k",
+            "without '..'",
+        ),
+        (
+            "kubernetes:\n  mounts: [{secret: a, path: /x, mode: \"999\"}]\n",
+            "kubernetes.mounts[0].mode",
+            "octal",
+        ),
+        (
+            "kubernetes:\n  caches: [{claim: c, path: /c, create: {size: lots}}]\n",
+            "kubernetes.caches[0].create.size",
+            "memory quantity",
+        ),
+        (
+            "kubernetes:\n  caches: [{claim: c, path: /c, create: {}}]\n",
+            "kubernetes.caches[0].create.size",
+            "10Gi",
+        ),
+        (
+            "kubernetes:\n  caches: [{path: /c}]\n",
+            "kubernetes.caches[0].claim",
+            "object name",
+        ),
+        (
+            "kubernetes:\n  labels: {\"bad key!\": x}\n",
+            "kubernetes.labels.bad key!",
+            "label",
+        ),
+        (
+            "docker:\n  secret_files: {relative/path: /etc/hosts}\n",
+            "docker.secret_files.relative/path",
+            "absolute path",
+        ),
+        (
+            "kubernetes:\n  mounts: [{secret: a, path: /x, itmes: {}}]\n",
+            "itmes",
+            "unknown field",
+        ),
+        (
+            "kubernetes:\n  env_from: {secret: a}\n",
+            "kubernetes.env_from",
+            "expected a sequence",
+        ),
+    ] {
+        let err = BerthConfig::from_yaml_str(yaml).unwrap_err().to_string();
+        assert!(err.contains(key) && err.contains(expected), "{yaml}: {err}");
+    }
+}
+
+#[test]
+fn options_without_meaning_on_the_backend_are_refused_naming_the_key() {
+    let options = crate::spec::EnvOptions::default();
+    let docker = BerthConfig::from_yaml_str(
+        "runner:\n  image: busybox\n  backend: docker\nkubernetes:\n  env_from: [{secret: a}]\n",
+    )
+    .unwrap();
+    let err = crate::spec::environment_spec(&docker, &options)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("kubernetes.env_from") && err.contains("docker.env_files"),
+        "{err}"
+    );
+    let on_k8s = BerthConfig::from_yaml_str(
+        "runner:\n  image: busybox\n  backend: kubernetes\ndocker:\n  env_files: [/tmp/a.env]\n",
+    )
+    .unwrap();
+    let err = crate::spec::environment_spec(&on_k8s, &options)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("docker.env_files") && err.contains("kubernetes.env_from"),
+        "{err}"
+    );
+    // Labels mean something on both.
+    let labelled = BerthConfig::from_yaml_str(
+        "runner:\n  image: busybox\nkubernetes:\n  labels: {team: agents}\n",
+    )
+    .unwrap();
+    let spec = crate::spec::environment_spec(&labelled, &options).unwrap();
+    assert_eq!(spec.labels["team"], "agents");
 }

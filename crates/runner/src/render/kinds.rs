@@ -56,6 +56,12 @@ impl Kind {
         matches!(self, Kind::CronJob | Kind::CronWorkflow)
     }
 
+    /// Whether the kind is Argo's (a Workflow or CronWorkflow).
+    #[must_use]
+    pub const fn is_argo(self) -> bool {
+        matches!(self, Kind::Workflow | Kind::CronWorkflow)
+    }
+
     /// The longest name the API accepts for the kind: 52 for the scheduled kinds (their
     /// controllers append a suffix to name each run), 63 (a DNS label) for the others.
     #[must_use]
@@ -327,6 +333,10 @@ pub fn run_spec(
 ) -> crate::error::Result<EnvironmentSpec> {
     let mut on_kubernetes = config.clone();
     on_kubernetes.runner.backend = BackendKind::Kubernetes;
+    // A manifest is for a cluster: the client's local files (docker.env_files,
+    // docker.secret_files) have no place in it.
+    on_kubernetes.docker.env_files.clear();
+    on_kubernetes.docker.secret_files.clear();
     let mut spec = crate::spec::environment_spec(&on_kubernetes, options)?;
     spec.env.extend(env);
     spec.workdir = workdir;
@@ -368,8 +378,29 @@ pub fn objects(
         pvc["kind"] = "PersistentVolumeClaim".into();
         out.push(pvc);
     }
+    if !run.kind.is_argo() {
+        // Argo creates a per-workflow claim from its volumeClaimTemplates instead.
+        for cache in &k8s.pod.caches {
+            if let Some(pvc) = berth_engine_k8s::manifest::cache_claim(
+                cache,
+                &k8s,
+                berth_engine_k8s::run_labels(spec),
+            ) {
+                let mut pvc = serde_json::to_value(pvc).map_err(|e| {
+                    berth_engine_core::Error::backend(
+                        berth_engine_core::BackendKind::Kubernetes,
+                        "render a cache claim",
+                        e,
+                    )
+                })?;
+                pvc["apiVersion"] = "v1".into();
+                pvc["kind"] = "PersistentVolumeClaim".into();
+                out.push(pvc);
+            }
+        }
+    }
     let command = &run.command;
-    let object = match (run.kind, schedule) {
+    let mut object = match (run.kind, schedule) {
         (Kind::Job, _) => berth_engine_k8s::render_run_job(spec, &k8s, &name, command)?,
         (Kind::CronJob, Some(schedule)) => {
             berth_engine_k8s::render_run_cron_job(spec, &k8s, &name, command, &schedule)?
@@ -380,8 +411,36 @@ pub fn objects(
         }
         (kind, None) => return Err(ManifestError::MissingSchedule { kind }),
     };
+    annotate(&mut object, &k8s.pod.annotations);
     out.push(object);
     Ok(out)
+}
+
+/// `annotations` on the object and on every pod (or job, or workflow) template inside it.
+fn annotate(object: &mut Value, annotations: &std::collections::BTreeMap<String, String>) {
+    if annotations.is_empty() {
+        return;
+    }
+    for pointer in [
+        "/metadata",
+        "/spec/template/metadata",
+        "/spec/jobTemplate/metadata",
+        "/spec/jobTemplate/spec/template/metadata",
+        "/spec/podMetadata",
+        "/spec/workflowMetadata",
+        "/spec/workflowSpec/podMetadata",
+    ] {
+        if let Some(meta) = object.pointer_mut(pointer).and_then(Value::as_object_mut) {
+            let entry = meta
+                .entry("annotations")
+                .or_insert_with(|| Value::Object(Map::new()));
+            if let Some(map) = entry.as_object_mut() {
+                for (k, v) in annotations {
+                    map.insert(k.clone(), v.clone().into());
+                }
+            }
+        }
+    }
 }
 
 /// An Argo Workflow (or, with `schedule`, a CronWorkflow) whose one template runs `command`
@@ -417,6 +476,35 @@ fn workflow(
         if let Some(v) = pod.remove(key) {
             wf.insert(key.into(), v);
         }
+    }
+    // A cache berth would create is a claim per workflow: a volumeClaimTemplate named as the
+    // volume the container mounts, in place of that volume.
+    let mut templates = Vec::new();
+    for (i, cache) in config.pod.caches.iter().enumerate() {
+        let Some(new) = &cache.create else { continue };
+        let volume = berth_engine_k8s::manifest::cache_volume(i);
+        if let Some(Value::Array(volumes)) = wf.get_mut("volumes") {
+            volumes.retain(|v| v["name"] != volume.as_str());
+        }
+        let claim_spec = serde_json::to_value(berth_engine_k8s::manifest::claim_spec(new))
+            .map_err(|e| {
+                berth_engine_core::Error::backend(
+                    berth_engine_core::BackendKind::Kubernetes,
+                    "render a cache claim",
+                    e,
+                )
+            })?;
+        templates.push(json!({"metadata": {"name": volume}, "spec": claim_spec}));
+    }
+    if wf
+        .get("volumes")
+        .and_then(Value::as_array)
+        .is_some_and(Vec::is_empty)
+    {
+        wf.remove("volumes");
+    }
+    if !templates.is_empty() {
+        wf.insert("volumeClaimTemplates".into(), Value::Array(templates));
     }
     // The command's container gets no token; Argo's own executor (the wait container) runs
     // with the service account, which Argo requires once the token is off.
