@@ -30,7 +30,8 @@ pub(crate) async fn start(engine: &DockerEngine, spec: &EnvironmentSpec) -> Resu
         engine.ensure_volume(name, &labels).await?;
     }
     let name = container_name(spec);
-    engine.docker
+    engine
+        .docker
         .create_container(
             Some(CreateContainerOptions {
                 name: Some(name.clone()),
@@ -39,19 +40,7 @@ pub(crate) async fn start(engine: &DockerEngine, spec: &EnvironmentSpec) -> Resu
             body,
         )
         .await
-        .map_err(|e| match errors::status(&e) {
-            Some((404, msg)) if msg.contains("image") => Error::ImageNotFound {
-                image: spec.image.to_string(),
-                reason: format!(
-                    "it is not on the Docker daemon at {}; build or pull it first (berth image ensure)",
-                    engine.address
-                ),
-            },
-            Some((400, msg)) if msg.contains("bind source path does not exist") => {
-                Error::invalid_spec("workspace.host_path", msg.to_owned())
-            }
-            _ => errors::other(&engine.address, "create container", e),
-        })?;
+        .map_err(|e| create_error(engine, spec, e))?;
     let id = EnvironmentId::new(name.clone())?;
     if let Err(e) = engine.docker.start_container(&name, None).await {
         let err = match errors::status(&e) {
@@ -76,6 +65,28 @@ pub(crate) async fn start(engine: &DockerEngine, spec: &EnvironmentSpec) -> Resu
     }
     tracing::debug!(env = %id, image = %spec.image, "started environment");
     Ok(id)
+}
+
+/// The error of a failed container create for `spec`: a missing image or bind source named
+/// as such.
+pub(crate) fn create_error(
+    engine: &DockerEngine,
+    spec: &EnvironmentSpec,
+    e: bollard::errors::Error,
+) -> Error {
+    match errors::status(&e) {
+        Some((404, msg)) if msg.contains("image") => Error::ImageNotFound {
+            image: spec.image.to_string(),
+            reason: format!(
+                "it is not on the Docker daemon at {}; build or pull it first (berth image ensure)",
+                engine.address
+            ),
+        },
+        Some((400, msg)) if msg.contains("bind source path does not exist") => {
+            Error::invalid_spec("workspace.host_path", msg.to_owned())
+        }
+        _ => errors::other(&engine.address, "create container", e),
+    }
 }
 
 pub(crate) async fn stop(engine: &DockerEngine, env: &EnvironmentId) -> Result<StopOutcome> {
