@@ -90,8 +90,9 @@ pub use image::{
     PullPolicy, TarStream,
 };
 pub use run::{
-    resume_from, split_timestamp, validate_schedule, LogCursor, LogLine, LogOptions, LogSource,
-    LogStream, LogTime, RunId, RunSpec, RunState, RunStatus, LABEL_RUN, RUN_ONCE, RUN_SCHEDULED,
+    logs_connection_lost, resume_from, split_timestamp, validate_schedule, LogCursor, LogLine,
+    LogOptions, LogSource, LogStream, LogTime, RunId, RunSpec, RunState, RunStatus, LABEL_RUN,
+    RUN_ONCE, RUN_SCHEDULED,
 };
 pub use shell::{Shell, ShellCommand, ShellInterrupter, ShellOptions, TIMEOUT_GRACE};
 pub use spec::{

@@ -18,7 +18,7 @@ use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::spec::{EnvironmentSpec, LABEL_CREATED, LABEL_SESSION};
+use crate::spec::EnvironmentSpec;
 use crate::SessionId;
 
 /// Label marking an object as a batch run (value [`RUN_ONCE`] or [`RUN_SCHEDULED`]), so
@@ -308,10 +308,7 @@ impl RunStatus {
         state: RunState,
         labels: BTreeMap<String, String>,
     ) -> Self {
-        let session = labels
-            .get(LABEL_SESSION)
-            .and_then(|s| SessionId::new(s.clone()).ok());
-        let created_unix_secs = labels.get(LABEL_CREATED).and_then(|v| v.parse().ok());
+        let (session, created_unix_secs) = crate::status::session_and_created(&labels);
         Self {
             id,
             session,
@@ -615,6 +612,26 @@ pub fn resume_from(lines: LogStream, cursor: Option<LogCursor>) -> LogStream {
         };
         std::future::ready(keep)
     }))
+}
+
+/// The [`Error::ConnectionLost`] of a log stream of `run` that broke: the run goes on, and
+/// reading again from the last line's cursor resumes it.
+#[must_use]
+pub fn logs_connection_lost(
+    backend: crate::BackendKind,
+    address: &str,
+    run: &str,
+    source: crate::BoxError,
+) -> Error {
+    Error::ConnectionLost {
+        backend,
+        address: address.to_owned(),
+        operation: format!("reading the logs of {run}"),
+        hint: format!(
+            "the run goes on; resume with `berth logs -f {run}`, which continues after the last line received"
+        ),
+        source: Some(source),
+    }
 }
 
 /// Splits one engine log record `2026-...Z <data>` into its time and data, as both Docker

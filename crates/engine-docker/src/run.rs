@@ -11,16 +11,13 @@ use std::collections::{BTreeMap, HashMap};
 
 use berth_engine_core::backend;
 use berth_engine_core::{
-    resume_from, split_timestamp, Error, LabelSelector, LogLine, LogOptions, LogSource, LogStream,
-    Result, RunId, RunSpec, RunState, RunStatus, Workspace, LABEL_MANAGED_BY, LABEL_RUN,
+    logs_connection_lost, resume_from, split_timestamp, Error, LabelSelector, LogLine, LogOptions,
+    LogSource, LogStream, Result, RunId, RunSpec, RunState, RunStatus, LABEL_MANAGED_BY, LABEL_RUN,
     MANAGED_BY_VALUE,
 };
 use bollard::container::LogOutput;
 use bollard::models::ContainerStateStatusEnum;
-use bollard::query_parameters::{
-    CreateContainerOptions, KillContainerOptions, ListContainersOptions, LogsOptions,
-    UploadToContainerOptions,
-};
+use bollard::query_parameters::{KillContainerOptions, ListContainersOptions, LogsOptions};
 use futures_util::StreamExt;
 
 use crate::errors::{self, BACKEND};
@@ -57,42 +54,16 @@ pub(crate) async fn submit(engine: &DockerEngine, spec: &RunSpec) -> Result<RunI
     // The command is the main process: no keepalive, and not the image's CMD either.
     body.entrypoint = Some(spec.command.clone());
     body.cmd = None;
-    if let Workspace::Volume { name, .. } = &spec.env.workspace {
-        engine.ensure_volume(name, &labels).await?;
-    }
-    let name = backend::object_name(&spec.env, usize::MAX);
-    engine
-        .docker
-        .create_container(
-            Some(CreateContainerOptions {
-                name: Some(name.clone()),
-                ..Default::default()
-            }),
-            body,
+    let name = container::create_and_start(engine, &spec.env, &labels, body, |msg| {
+        Error::invalid_spec(
+            "command",
+            format!(
+                "{:?} cannot run in {}: {msg}",
+                spec.command[0], spec.env.image
+            ),
         )
-        .await
-        .map_err(|e| container::create_error(engine, &spec.env, e))?;
-    if let Err(e) = engine.docker.start_container(&name, None).await {
-        let err = match errors::status(&e) {
-            Some((_, msg))
-                if msg.contains("executable file not found")
-                    || msg.contains("no such file or directory") =>
-            {
-                Error::invalid_spec(
-                    "command",
-                    format!(
-                        "{:?} cannot run in {}: {msg}",
-                        spec.command[0], spec.env.image
-                    ),
-                )
-            }
-            _ => errors::other(&engine.address, "start the run's container", e),
-        };
-        return match engine.remove_container(&name).await {
-            Ok(_) => Err(err),
-            Err(cleanup) => Err(err.with_cleanup_failure(cleanup)),
-        };
-    }
+    })
+    .await?;
     tracing::debug!(run = %name, image = %spec.env.image, "submitted run");
     RunId::new(name)
 }
@@ -165,9 +136,9 @@ pub(crate) async fn status(engine: &DockerEngine, run: &RunId) -> Result<RunStat
             (RunState::Running, None, None)
         }
         Some(ContainerStateStatusEnum::EXITED) => {
-            if has_marker(engine, run, CANCELLED_MARKER).await? {
+            if engine.has_marker(run.as_str(), CANCELLED_MARKER).await? {
                 (RunState::Cancelled, exit_code, None)
-            } else if has_marker(engine, run, DEADLINE_MARKER).await? {
+            } else if engine.has_marker(run.as_str(), DEADLINE_MARKER).await? {
                 (
                     RunState::DeadlineExceeded,
                     exit_code,
@@ -205,50 +176,11 @@ pub(crate) async fn status(engine: &DockerEngine, run: &RunId) -> Result<RunStat
         .with_message(message))
 }
 
-async fn has_marker(engine: &DockerEngine, run: &RunId, marker: &str) -> Result<bool> {
-    let options = bollard::query_parameters::ContainerArchiveInfoOptions {
-        path: format!("/{marker}"),
-    };
-    match engine
-        .docker
-        .get_container_archive_info(run.as_str(), Some(options))
-        .await
-    {
-        Ok(_) => Ok(true),
-        Err(e) if matches!(errors::status(&e), Some((404, _))) => Ok(false),
-        Err(e) => Err(errors::env_call(
-            &engine.address,
-            run.as_str(),
-            "stat a run marker",
-            e,
-        )),
-    }
-}
-
 /// Records why the run is ending (the marker file), then kills its process.
 async fn kill_with_marker(engine: &DockerEngine, run: &RunId, marker: &str) -> Result<()> {
-    let mut tar = tar::Builder::new(Vec::new());
-    let mut header = tar::Header::new_gnu();
-    header.set_mode(0o444);
-    header.set_size(0);
-    tar.append_data(&mut header, marker, std::io::empty())
-        .and_then(|()| tar.finish())
-        .map_err(|e| Error::backend(BACKEND, "write a run marker", e))?;
-    let archive = tar
-        .into_inner()
-        .map_err(|e| Error::backend(BACKEND, "write a run marker", e))?;
     engine
-        .docker
-        .upload_to_container(
-            run.as_str(),
-            Some(UploadToContainerOptions {
-                path: "/".to_owned(),
-                ..Default::default()
-            }),
-            bollard::body_full(archive.into()),
-        )
-        .await
-        .map_err(|e| errors::env_call(&engine.address, run.as_str(), "write a run marker", e))?;
+        .write_marker(run.as_str(), marker, "write a run marker")
+        .await?;
     match engine
         .docker
         .kill_container(
@@ -307,15 +239,7 @@ pub(crate) async fn logs(
     let lines = stream.map(move |item| {
         let output = item.map_err(|e| {
             if errors::is_transport(&e) {
-                Error::ConnectionLost {
-                    backend: BACKEND,
-                    address: address.clone(),
-                    operation: format!("reading the logs of {name}"),
-                    hint: format!(
-                        "the run goes on; resume with `berth logs -f {name}`, which continues after the last line received"
-                    ),
-                    source: Some(Box::new(e)),
-                }
+                logs_connection_lost(BACKEND, &address, &name, Box::new(e))
             } else {
                 errors::env_call(&address, &name, "read the run's logs", e)
             }

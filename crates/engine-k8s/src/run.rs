@@ -13,9 +13,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use berth_engine_core::{
-    backend, resume_from, split_timestamp, Error, LabelSelector, LogLine, LogOptions, LogSource,
-    LogStream, Result, RunId, RunSpec, RunState, RunStatus, Workspace, LABEL_MANAGED_BY, LABEL_RUN,
-    MANAGED_BY_VALUE,
+    backend, logs_connection_lost, resume_from, split_timestamp, Error, LabelSelector, LogLine,
+    LogOptions, LogSource, LogStream, Result, RunId, RunSpec, RunState, RunStatus, Workspace,
+    LABEL_MANAGED_BY, LABEL_RUN, MANAGED_BY_VALUE,
 };
 use futures_util::{AsyncBufReadExt, TryStreamExt};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
@@ -169,7 +169,12 @@ fn terminated(pod: &Pod) -> Option<(i32, Option<String>)> {
         .iter()
         .find(|c| c.name == manifest::CONTAINER)?;
     let t = status.state.as_ref()?.terminated.as_ref()?;
-    Some((t.exit_code, t.reason.clone()))
+    // "Error" and "Completed" only restate the exit code; "OOMKilled" and the like say more.
+    let reason = t
+        .reason
+        .clone()
+        .filter(|r| !matches!(r.as_str(), "Error" | "Completed"));
+    Some((t.exit_code, reason))
 }
 
 fn started(pod: &Pod) -> bool {
@@ -208,13 +213,7 @@ fn waiting_reason(pod: &Pod) -> Option<String> {
 pub(crate) fn job_status(job: &Job, pods: &[Pod]) -> Result<RunStatus> {
     let name = job.metadata.name.clone().unwrap_or_default();
     let labels = job.metadata.labels.clone().unwrap_or_default();
-    let image = job
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .and_then(|p| p.containers.first())
-        .and_then(|c| c.image.clone())
-        .unwrap_or_default();
+    let image = crate::job::job_image(job);
     let conditions = job
         .status
         .as_ref()
@@ -464,15 +463,9 @@ pub(crate) async fn logs(
         .map_err(|e| errors::api(&engine.address, "read the run's logs", e))?;
     let address = engine.address.clone();
     let name = run.to_string();
-    let lines = reader.lines().map_err(move |e| Error::ConnectionLost {
-        backend: BACKEND,
-        address: address.clone(),
-        operation: format!("reading the logs of {name}"),
-        hint: format!(
-            "the run goes on; resume with `berth logs -f {name}`, which continues after the last line received"
-        ),
-        source: Some(Box::new(e)),
-    });
+    let lines = reader
+        .lines()
+        .map_err(move |e| logs_connection_lost(BACKEND, &address, &name, Box::new(e)));
     let lines = lines.and_then(|text| async move {
         let mut record = text.into_bytes();
         record.push(b'\n');
