@@ -207,3 +207,113 @@ async fn submit_logs_status_watch_and_cancel_on_kubernetes() {
     submit_logs_status_watch_cancel(&session, &berth);
     drop(sim);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_fires_and_its_runs_are_followed_on_kubernetes() {
+    let docker = DockerEngine::connect(&DockerConfig::default())
+        .await
+        .unwrap_or_else(|e| panic!("these tests need a running Docker daemon: {e}"));
+    ensure_test_image(&docker).await.expect("test image");
+    let sim = Sim::start().await.expect("simulator");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    sim.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+    let session = berth_engine_core::SessionId::generate().to_string();
+    let berth = |args: &[&str]| {
+        let mut cmd = common::berth_in(dir.path(), &dir.path().join("state"), args);
+        common::on_kubernetes(&mut cmd, &kubeconfig);
+        cmd
+    };
+    let kubectl = |args: &[&str]| {
+        let out = Command::new("/usr/lib/google-cloud-sdk/bin/kubectl.1.33")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(args)
+            .output()
+            .expect("kubectl 1.33");
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    };
+    let out = expect_exit(
+        &mut berth(&[
+            "submit",
+            "--schedule",
+            "0 4 * * *",
+            "--session",
+            &session,
+            "--name",
+            "nightly",
+            "--",
+            "sh",
+            "-c",
+            "echo scheduled; exit 3",
+        ]),
+        0,
+    );
+    let schedule = text(&out.stdout).trim().to_owned();
+    // The real kubectl sees the CronJob, with its schedule.
+    let listed = kubectl(&["get", "cronjobs"]);
+    assert!(
+        listed.contains(&schedule) && listed.contains("0 4 * * *"),
+        "{listed}"
+    );
+
+    // It fires (the simulator's hook: no waiting until 4 o'clock); its Job is a run.
+    let run = sim.fire_cron_job("default", &schedule).expect("fire");
+    let out = expect_exit(&mut berth(&["logs", "-f", &run]), 0);
+    assert_eq!(text(&out.stdout), "scheduled\n");
+    let out = expect_exit(&mut berth(&["--json", "status", &run]), 0);
+    let status = json_of(&out);
+    assert_eq!(
+        (status["state"].clone(), status["exit_code"].clone()),
+        ("failed".into(), 3.into()),
+        "{status}"
+    );
+    assert_eq!(kubectl(&["logs", &format!("job/{run}")]), "scheduled\n");
+
+    // `ls --runs` shows the schedule with its last run, and the run itself.
+    let out = expect_exit(
+        &mut berth(&["--json", "ls", "--runs", "--session", &session]),
+        0,
+    );
+    let listed = json_of(&out);
+    let entry = |id: &str| {
+        listed
+            .as_array()
+            .expect("a list")
+            .iter()
+            .find(|r| r["id"] == id)
+            .unwrap_or_else(|| panic!("{id} not in {listed}"))
+            .clone()
+    };
+    let cron = entry(&schedule);
+    assert_eq!(cron["state"], "scheduled", "{cron}");
+    assert_eq!(cron["schedule"], "0 4 * * *", "{cron}");
+    assert_eq!(cron["runs"], serde_json::json!([run]), "{cron}");
+    assert_eq!(entry(&run)["exit_code"], 3);
+
+    // `down` removes the schedule, and its Jobs go with it.
+    let out = expect_exit(&mut berth(&["down", &schedule]), 0);
+    assert_eq!(text(&out.stdout), format!("{schedule}: schedule removed\n"));
+    let start = std::time::Instant::now();
+    loop {
+        let out = expect_exit(
+            &mut berth(&["--json", "ls", "--runs", "--session", &session]),
+            0,
+        );
+        if json_of(&out) == serde_json::json!([]) {
+            break;
+        }
+        assert!(
+            start.elapsed().as_secs() < 30,
+            "left after down: {}",
+            text(&out.stdout)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    drop(sim);
+}

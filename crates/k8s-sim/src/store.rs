@@ -17,6 +17,8 @@ pub(crate) enum Res {
     Pod,
     Pvc,
     Job,
+    // Stored, and its controller makes Jobs on schedule (`jobs::reconcile_cron_jobs`).
+    CronJob,
     Node,
     Event,
     ResourceQuota,
@@ -35,11 +37,12 @@ pub(crate) enum Res {
 pub(crate) const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 
 impl Res {
-    pub(crate) const ALL: [Res; 14] = [
+    pub(crate) const ALL: [Res; 15] = [
         Res::Namespace,
         Res::Pod,
         Res::Pvc,
         Res::Job,
+        Res::CronJob,
         Res::Node,
         Res::Event,
         Res::ResourceQuota,
@@ -68,6 +71,7 @@ impl Res {
             Res::Pod => "Pod",
             Res::Pvc => "PersistentVolumeClaim",
             Res::Job => "Job",
+            Res::CronJob => "CronJob",
             Res::Node => "Node",
             Res::Event => "Event",
             Res::ResourceQuota => "ResourceQuota",
@@ -87,6 +91,7 @@ impl Res {
             Res::Pod => "pods",
             Res::Pvc => "persistentvolumeclaims",
             Res::Job => "jobs",
+            Res::CronJob => "cronjobs",
             Res::Node => "nodes",
             Res::Event => "events",
             Res::ResourceQuota => "resourcequotas",
@@ -102,7 +107,7 @@ impl Res {
 
     pub(crate) fn group(self) -> &'static str {
         match self {
-            Res::Job => "batch",
+            Res::Job | Res::CronJob => "batch",
             Res::Deployment => "apps",
             Res::Role | Res::RoleBinding => RBAC_GROUP,
             _ => "",
@@ -111,7 +116,7 @@ impl Res {
 
     pub(crate) fn api_version(self) -> &'static str {
         match self {
-            Res::Job => "batch/v1",
+            Res::Job | Res::CronJob => "batch/v1",
             Res::Deployment => "apps/v1",
             Res::Role | Res::RoleBinding => "rbac.authorization.k8s.io/v1",
             _ => "v1",
