@@ -188,16 +188,23 @@ async fn submit_logs_status_watch_and_cancel_on_docker() {
     common::assert_stderr_has(&out, "invalid schedule");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn submit_logs_status_watch_and_cancel_on_kubernetes() {
+/// A simulator, with the test image built and a kubeconfig in the returned directory.
+async fn simulator() -> (Sim, tempfile::TempDir) {
     let docker = DockerEngine::connect(&DockerConfig::default())
         .await
         .unwrap_or_else(|e| panic!("these tests need a running Docker daemon: {e}"));
     ensure_test_image(&docker).await.expect("test image");
     let sim = Sim::start().await.expect("simulator");
     let dir = tempfile::tempdir().expect("tempdir");
+    sim.write_kubeconfig(&dir.path().join("kubeconfig"))
+        .expect("kubeconfig");
+    (sim, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_logs_status_watch_and_cancel_on_kubernetes() {
+    let (sim, dir) = simulator().await;
     let kubeconfig = dir.path().join("kubeconfig");
-    sim.write_kubeconfig(&kubeconfig).expect("kubeconfig");
     let session = berth_engine_core::SessionId::generate().to_string();
     let berth = |args: &[&str]| {
         let mut cmd = common::berth_in(dir.path(), &dir.path().join("state"), args);
@@ -210,14 +217,8 @@ async fn submit_logs_status_watch_and_cancel_on_kubernetes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schedule_fires_and_its_runs_are_followed_on_kubernetes() {
-    let docker = DockerEngine::connect(&DockerConfig::default())
-        .await
-        .unwrap_or_else(|e| panic!("these tests need a running Docker daemon: {e}"));
-    ensure_test_image(&docker).await.expect("test image");
-    let sim = Sim::start().await.expect("simulator");
-    let dir = tempfile::tempdir().expect("tempdir");
+    let (sim, dir) = simulator().await;
     let kubeconfig = dir.path().join("kubeconfig");
-    sim.write_kubeconfig(&kubeconfig).expect("kubeconfig");
     let session = berth_engine_core::SessionId::generate().to_string();
     let berth = |args: &[&str]| {
         let mut cmd = common::berth_in(dir.path(), &dir.path().join("state"), args);
