@@ -17,7 +17,7 @@ use berth_engine_core::{
     LogOptions, LogSource, LogStream, Result, RunId, RunSpec, RunState, RunStatus, Workspace,
     LABEL_MANAGED_BY, LABEL_RUN, MANAGED_BY_VALUE,
 };
-use futures_util::{AsyncBufReadExt, TryStreamExt};
+use futures_util::{AsyncBufReadExt, StreamExt};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -463,20 +463,34 @@ pub(crate) async fn logs(
         .map_err(|e| errors::api(&engine.address, "read the run's logs", e))?;
     let address = engine.address.clone();
     let name = run.to_string();
-    let lines = reader
-        .lines()
-        .map_err(move |e| logs_connection_lost(BACKEND, &address, &name, Box::new(e)));
-    let lines = lines.and_then(|text| async move {
-        let mut record = text.into_bytes();
-        record.push(b'\n');
-        let (time, data) = split_timestamp(&record).ok_or_else(|| {
-            Error::backend(
-                BACKEND,
-                "read the run's logs",
-                std::io::Error::other("a log line without a timestamp"),
-            )
-        })?;
-        Ok(LogLine::new(time, LogSource::Merged, data))
+    // Records split at newlines as bytes: a run may print anything, valid UTF-8 or not.
+    let records = futures_util::stream::unfold(Box::pin(reader), |mut reader| async move {
+        let mut record = Vec::new();
+        match reader.read_until(b'\n', &mut record).await {
+            Ok(0) => None,
+            Ok(_) => Some((Ok(record), reader)),
+            Err(e) => Some((Err(e), reader)),
+        }
     });
+    let mut failed = false;
+    let lines = records
+        // Nothing follows a failed read.
+        .take_while(move |r| {
+            let go = !failed;
+            failed |= r.is_err();
+            std::future::ready(go)
+        })
+        .map(move |r| {
+            let record =
+                r.map_err(|e| logs_connection_lost(BACKEND, &address, &name, Box::new(e)))?;
+            let (time, data) = split_timestamp(&record).ok_or_else(|| {
+                Error::backend(
+                    BACKEND,
+                    "read the run's logs",
+                    std::io::Error::other("a log line without a timestamp"),
+                )
+            })?;
+            Ok(LogLine::new(time, LogSource::Merged, data))
+        });
     Ok(resume_from(Box::pin(lines), options.since))
 }

@@ -132,6 +132,41 @@ pub async fn run_logs_followed_give_every_line_once(fx: &Fixture) {
     .await;
 }
 
+/// A run's output comes back whatever it holds: bytes that are not UTF-8 (exact, or U+FFFD
+/// where the engine's log store keeps text) do not break the stream, and a last line without
+/// a newline comes as printed.
+pub async fn run_logs_carry_any_bytes(fx: &Fixture) {
+    let spec = run_spec(
+        fx,
+        "printf 'one\\n\\377\\376 binary\\nlast without newline'",
+    );
+    with_run(fx, &spec, |run| async move {
+        wait_for(fx, &run, "finished", |s| s.state.is_finished()).await;
+        let mut stream = fx
+            .engine
+            .run_logs(&run, LogOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("run_logs failed: {e}"));
+        let mut bytes = Vec::new();
+        while let Some(line) = stream.next().await {
+            bytes.extend_from_slice(&line.unwrap_or_else(|e| panic!("reading logs: {e}")).data);
+        }
+        // Docker's default log driver (json-file) keeps lines as JSON strings, so bytes that
+        // are not UTF-8 come back as U+FFFD there; everything else is exact, and the stream
+        // does not fail on them.
+        let exact = b"one\n\xff\xfe binary\nlast without newline".to_vec();
+        let replaced = "one\n\u{fffd}\u{fffd} binary\nlast without newline"
+            .as_bytes()
+            .to_vec();
+        assert!(
+            bytes == exact || bytes == replaced,
+            "{:?}",
+            String::from_utf8_lossy(&bytes)
+        );
+    })
+    .await;
+}
+
 /// A follower dropped after a few lines resumes from its cursor (while the run still prints,
 /// with several lines in each second) and gets each remaining line exactly once.
 pub async fn run_log_stream_resumed_after_a_drop_gives_each_line_once(fx: &Fixture) {

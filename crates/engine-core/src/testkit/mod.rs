@@ -381,6 +381,7 @@ macro_rules! conformance_suite {
             detached_output_is_capped_keeping_the_first_bytes,
             run_exit_codes_come_from_the_status,
             run_logs_followed_give_every_line_once,
+            run_logs_carry_any_bytes,
             run_log_stream_resumed_after_a_drop_gives_each_line_once,
             cancel_ends_a_running_run,
             list_runs_finds_runs_by_label,
