@@ -228,6 +228,18 @@ pub async fn cancel_ends_a_running_run(fx: &Fixture) {
     .await;
 }
 
+/// A run still going at its deadline (the spec's `max_lifetime`) ends, and its status says
+/// `deadline_exceeded`, not failed or succeeded.
+pub async fn a_run_past_its_deadline_is_deadline_exceeded(fx: &Fixture) {
+    let mut spec = run_spec(fx, "echo started; sleep 600");
+    spec.env.max_lifetime = Duration::from_secs(2);
+    with_run(fx, &spec, |run| async move {
+        let s = wait_for(fx, &run, "ended by its deadline", |s| s.state.is_finished()).await;
+        assert_eq!(s.state, RunState::DeadlineExceeded, "{s:?}");
+    })
+    .await;
+}
+
 /// `list_runs` finds a run by its labels (and its session), with [`LABEL_RUN`]; environments
 /// are not runs.
 pub async fn list_runs_finds_runs_by_label(fx: &Fixture) {

@@ -384,6 +384,7 @@ macro_rules! conformance_suite {
             run_logs_carry_any_bytes,
             run_log_stream_resumed_after_a_drop_gives_each_line_once,
             cancel_ends_a_running_run,
+            a_run_past_its_deadline_is_deadline_exceeded,
             list_runs_finds_runs_by_label,
             a_name_that_is_not_a_berth_run_is_not_found,
         }
