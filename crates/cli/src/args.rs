@@ -67,10 +67,19 @@ pub enum Command {
     Shell(ShellArgs),
     /// Copy files: `berth cp LOCAL ENV:DIR` or `berth cp ENV:PATH LOCAL_DIR`.
     Cp(CpArgs),
-    /// List berth's environments.
+    /// List berth's environments (with --runs: its batch runs and schedules).
     Ls(LsArgs),
-    /// Stop and remove environments.
+    /// Stop and remove environments; cancel batch runs, remove schedules.
     Down(DownArgs),
+    /// Run a command to completion in the configured image, detached from this process (a
+    /// container on Docker, a Job on Kubernetes; with --schedule a CronJob): print its name
+    /// and exit 0 at once, or with --watch follow its logs and exit with its exit code.
+    Submit(SubmitArgs),
+    /// Print a batch run's output (with -f: follow it until the run ends).
+    Logs(LogsArgs),
+    /// Say where a batch run is: pending, running, succeeded, failed (with the exit code),
+    /// cancelled, deadline_exceeded, lost, or scheduled.
+    Status(StatusArgs),
     /// Remove what berth left behind: environments whose owner process is gone, that have
     /// exited, or (with --older-than) that are old.
     Gc(GcArgs),
@@ -316,14 +325,60 @@ pub struct LsArgs {
     #[arg(long, value_name = "ID")]
     pub session: Option<String>,
     /// List the workspace volumes (Kubernetes: claims) berth created instead.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "runs")]
     pub volumes: bool,
+    /// List the batch runs and schedules (with their last runs) instead.
+    #[arg(long)]
+    pub runs: bool,
+}
+
+/// `berth submit`.
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// Image (default: runner.image from the config).
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Session id to label the run with (default: a fresh random id).
+    #[arg(long, value_name = "ID")]
+    pub session: Option<String>,
+    /// The run's name (a DNS label of up to 20 characters); its object is named
+    /// <prefix>-<session>-<name>-<random>.
+    #[arg(long, default_value = "run")]
+    pub name: String,
+    /// Follow the run's logs and exit with its exit code (read from the run's status).
+    #[arg(long, conflicts_with = "schedule")]
+    pub watch: bool,
+    /// Run on a schedule instead (Kubernetes: a CronJob): five cron fields ("0 4 * * *").
+    #[arg(long, value_name = "CRON")]
+    pub schedule: Option<String>,
+    /// The command and its arguments, after `--`.
+    #[arg(required = true, last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// `berth logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Follow the output until the run ends; a dropped connection is resumed without
+    /// losing or repeating a line.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// The run's name (from `berth submit` or `berth ls --runs`).
+    pub run: String,
+}
+
+/// `berth status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The run's name (from `berth submit` or `berth ls --runs`).
+    pub run: String,
 }
 
 /// `berth down`.
 #[derive(Debug, Args)]
 pub struct DownArgs {
-    /// Environment ids.
+    /// Environment ids, or names of batch runs (cancelled, kept for `berth status`) and
+    /// schedules (removed).
     pub environments: Vec<String>,
     /// Every environment of this session.
     #[arg(long, value_name = "ID")]

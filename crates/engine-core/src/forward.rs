@@ -8,7 +8,8 @@ use async_trait::async_trait;
 use crate::{
     BackendKind, BuildSpec, ContainerEngine, EngineInfo, EnvironmentId, EnvironmentSpec,
     EnvironmentStatus, ExecOutput, ExecProcess, ExecRequest, ImageInfo, ImageRef, LabelSelector,
-    Progress, PullPolicy, RemoveOutcome, Result, StopOutcome, TarStream, VolumeStatus,
+    LogOptions, LogStream, Progress, PullPolicy, RemoveOutcome, Result, RunId, RunSpec, RunStatus,
+    StopOutcome, TarStream, VolumeStatus,
 };
 
 /// Forwards every method, defaults included, to the engine behind a pointer, so a wrapper
@@ -76,6 +77,21 @@ macro_rules! forward_container_engine {
             }
             async fn remove_volume(&self, name: &str) -> Result<RemoveOutcome> {
                 (**self).remove_volume(name).await
+            }
+            async fn submit_run(&self, spec: &RunSpec) -> Result<RunId> {
+                (**self).submit_run(spec).await
+            }
+            async fn run_status(&self, run: &RunId) -> Result<RunStatus> {
+                (**self).run_status(run).await
+            }
+            async fn run_logs(&self, run: &RunId, options: LogOptions) -> Result<LogStream> {
+                (**self).run_logs(run, options).await
+            }
+            async fn list_runs(&self, selector: &LabelSelector) -> Result<Vec<RunStatus>> {
+                (**self).list_runs(selector).await
+            }
+            async fn cancel_run(&self, run: &RunId) -> Result<()> {
+                (**self).cancel_run(run).await
             }
         }
     )+};

@@ -62,6 +62,7 @@ mod forward;
 mod ids;
 mod image;
 mod kill;
+mod run;
 mod shell;
 mod spec;
 mod status;
@@ -87,6 +88,11 @@ pub use ids::{EnvironmentId, ImageRef, SessionId, MAX_SESSION_ID_LEN};
 pub use image::{
     collect_tar_stream, tar_stream_from_bytes, BuildSpec, ImageInfo, Progress, ProgressEvent,
     PullPolicy, TarStream,
+};
+pub use run::{
+    logs_connection_lost, resume_from, split_timestamp, validate_schedule, LogCursor, LogLine,
+    LogOptions, LogSource, LogStream, LogTime, RunId, RunSpec, RunState, RunStatus, LABEL_RUN,
+    RUN_ONCE, RUN_SCHEDULED,
 };
 pub use shell::{Shell, ShellCommand, ShellInterrupter, ShellOptions, TIMEOUT_GRACE};
 pub use spec::{
@@ -304,6 +310,69 @@ pub trait ContainerEngine: Send + Sync {
                 "this engine cannot record on {env} that it was detached; keep the owning process alive or stop the environment yourself"
             ),
         })
+    }
+
+    /// Starts a batch run: `spec.command` as the main process of a container or Job made
+    /// like an environment of `spec.env`, detached from this client (it runs on when the
+    /// caller goes away) and labelled [`LABEL_RUN`]. Returns its name at once, without
+    /// waiting for it to start. With a schedule, creates a schedule (a CronJob) instead.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSpec`] before any I/O; [`Error::ImageNotFound`] where the engine
+    /// knows at once; [`Error::Unsupported`] (the default) where the backend has no runs, or
+    /// no schedules.
+    async fn submit_run(&self, spec: &RunSpec) -> Result<RunId> {
+        Err(self.runs_unsupported("submit_run", spec.env.image.as_str()))
+    }
+
+    /// The state of a run and, once it exited, its true exit code.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for a missing name or an object that is not one of berth's runs.
+    async fn run_status(&self, run: &RunId) -> Result<RunStatus> {
+        Err(self.runs_unsupported("run_status", run.as_str()))
+    }
+
+    /// The run's output with the engine's timestamps, from the start or after
+    /// `options.since`, followed until the run ends with `options.follow`. The end of this
+    /// stream says nothing about how the run ended: ask [`ContainerEngine::run_status`].
+    ///
+    /// # Errors
+    /// As [`ContainerEngine::run_status`].
+    async fn run_logs(&self, run: &RunId, options: LogOptions) -> Result<LogStream> {
+        let _ = options;
+        Err(self.runs_unsupported("run_logs", run.as_str()))
+    }
+
+    /// The runs and schedules whose labels match `selector` (environments are not listed).
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when the engine cannot be reached.
+    async fn list_runs(&self, selector: &LabelSelector) -> Result<Vec<RunStatus>> {
+        let _ = selector;
+        Err(self.runs_unsupported("list_runs", "runs"))
+    }
+
+    /// Ends a running run (its process killed) and keeps it, so that
+    /// [`ContainerEngine::run_status`] says [`RunState::Cancelled`]; removes a schedule.
+    /// Cancelling a finished run changes nothing. [`ContainerEngine::stop`] with
+    /// [`RunId::as_environment`] removes a run altogether.
+    ///
+    /// # Errors
+    /// As [`ContainerEngine::run_status`].
+    async fn cancel_run(&self, run: &RunId) -> Result<()> {
+        Err(self.runs_unsupported("cancel_run", run.as_str()))
+    }
+
+    #[doc(hidden)]
+    fn runs_unsupported(&self, operation: &'static str, what: &str) -> Error {
+        Error::Unsupported {
+            backend: self.backend(),
+            operation,
+            reason: format!(
+                "this engine has no batch runs ({what}); start an environment and exec the command instead"
+            ),
+        }
     }
 
     /// Lists the environments whose labels match `selector`.

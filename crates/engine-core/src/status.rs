@@ -94,10 +94,7 @@ impl EnvironmentStatus {
         state: EnvironmentState,
         labels: BTreeMap<String, String>,
     ) -> Self {
-        let session = labels
-            .get(LABEL_SESSION)
-            .and_then(|s| SessionId::new(s.clone()).ok());
-        let created_unix_secs = labels.get(LABEL_CREATED).and_then(|v| v.parse().ok());
+        let (session, created_unix_secs) = session_and_created(&labels);
         Self {
             id,
             session,
@@ -107,6 +104,19 @@ impl EnvironmentStatus {
             created_unix_secs,
         }
     }
+}
+
+/// The session and creation time berth's labels record.
+pub(crate) fn session_and_created(
+    labels: &BTreeMap<String, String>,
+) -> (Option<SessionId>, Option<u64>) {
+    let session = labels
+        .get(LABEL_SESSION)
+        .and_then(|s| SessionId::new(s.clone()).ok());
+    (
+        session,
+        labels.get(LABEL_CREATED).and_then(|v| v.parse().ok()),
+    )
 }
 
 /// What an engine reports about one workspace volume berth created (a Docker volume, a

@@ -27,13 +27,40 @@ pub(crate) async fn start(engine: &DockerEngine, spec: &EnvironmentSpec) -> Resu
         &engine.address,
         &engine.docker.client_version(),
     )?;
+    let name = create_and_start(engine, spec, &labels, body, |msg| {
+        Error::invalid_spec(
+            "image",
+            format!(
+                "{} has no `sleep` on its PATH, which berth's keepalive needs ({msg})",
+                spec.image
+            ),
+        )
+    })
+    .await?;
+    let id = EnvironmentId::new(name)?;
+    tracing::debug!(env = %id, image = %spec.image, "started environment");
+    Ok(id)
+}
+
+/// Creates the container `body` of `spec` (its workspace volume first), named like an
+/// environment, and starts it; returns its name. A container that does not start is
+/// removed; `not_runnable` turns the runtime's message about a missing executable into the
+/// error to return.
+pub(crate) async fn create_and_start(
+    engine: &DockerEngine,
+    spec: &EnvironmentSpec,
+    labels: &HashMap<String, String>,
+    body: bollard::models::ContainerCreateBody,
+    not_runnable: impl FnOnce(&str) -> Error,
+) -> Result<String> {
     if let Workspace::Volume { name, .. } = &spec.workspace {
-        engine.ensure_volume(name, &labels).await?;
+        engine.ensure_volume(name, labels).await?;
     }
     let mut body = body;
     engine.files.apply(spec, &engine.address, &mut body)?;
     let name = container_name(spec);
-    engine.docker
+    engine
+        .docker
         .create_container(
             Some(CreateContainerOptions {
                 name: Some(name.clone()),
@@ -42,33 +69,14 @@ pub(crate) async fn start(engine: &DockerEngine, spec: &EnvironmentSpec) -> Resu
             body,
         )
         .await
-        .map_err(|e| match errors::status(&e) {
-            Some((404, msg)) if msg.contains("image") => Error::ImageNotFound {
-                image: spec.image.to_string(),
-                reason: format!(
-                    "it is not on the Docker daemon at {}; build or pull it first (berth image ensure)",
-                    engine.address
-                ),
-            },
-            Some((400, msg)) if msg.contains("bind source path does not exist") => {
-                Error::invalid_spec("workspace.host_path", msg.to_owned())
-            }
-            _ => errors::other(&engine.address, "create container", e),
-        })?;
-    let id = EnvironmentId::new(name.clone())?;
+        .map_err(|e| create_error(engine, spec, e))?;
     if let Err(e) = engine.docker.start_container(&name, None).await {
         let err = match errors::status(&e) {
             Some((_, msg))
                 if msg.contains("executable file not found")
                     || msg.contains("no such file or directory") =>
             {
-                Error::invalid_spec(
-                    "image",
-                    format!(
-                        "{} has no `sleep` on its PATH, which berth's keepalive needs ({msg})",
-                        spec.image
-                    ),
-                )
+                not_runnable(msg)
             }
             _ => errors::other(&engine.address, "start container", e),
         };
@@ -77,8 +85,25 @@ pub(crate) async fn start(engine: &DockerEngine, spec: &EnvironmentSpec) -> Resu
             Err(cleanup) => Err(err.with_cleanup_failure(cleanup)),
         };
     }
-    tracing::debug!(env = %id, image = %spec.image, "started environment");
-    Ok(id)
+    Ok(name)
+}
+
+/// The error of a failed container create for `spec`: a missing image or bind source named
+/// as such.
+fn create_error(engine: &DockerEngine, spec: &EnvironmentSpec, e: bollard::errors::Error) -> Error {
+    match errors::status(&e) {
+        Some((404, msg)) if msg.contains("image") => Error::ImageNotFound {
+            image: spec.image.to_string(),
+            reason: format!(
+                "it is not on the Docker daemon at {}; build or pull it first (berth image ensure)",
+                engine.address
+            ),
+        },
+        Some((400, msg)) if msg.contains("bind source path does not exist") => {
+            Error::invalid_spec("workspace.host_path", msg.to_owned())
+        }
+        _ => errors::other(&engine.address, "create container", e),
+    }
 }
 
 pub(crate) async fn stop(engine: &DockerEngine, env: &EnvironmentId) -> Result<StopOutcome> {
@@ -95,28 +120,38 @@ pub(crate) async fn mark_detached(engine: &DockerEngine, env: &EnvironmentId) ->
     // container (no process runs); `list` reads it back for containers created with
     // `berth.dev/detached=requested`.
     let env = engine.resolve_existing(env).await?;
-    let mut tar = tar::Builder::new(Vec::new());
-    let mut header = tar::Header::new_gnu();
-    header.set_mode(0o444);
-    header.set_size(0);
-    tar.append_data(&mut header, DETACHED_MARKER, std::io::empty())
-        .and_then(|()| tar.finish())
-        .map_err(|e| Error::backend(BACKEND, "write the detached marker", e))?;
-    let archive = tar
-        .into_inner()
-        .map_err(|e| Error::backend(BACKEND, "write the detached marker", e))?;
     engine
-        .docker
-        .upload_to_container(
-            env.as_str(),
-            Some(UploadToContainerOptions {
-                path: "/".to_owned(),
-                ..Default::default()
-            }),
-            bollard::body_full(archive.into()),
-        )
+        .write_marker(env.as_str(), DETACHED_MARKER, "mark detached")
         .await
-        .map_err(|e| errors::env_call(&engine.address, env.as_str(), "mark detached", e))
+}
+
+impl DockerEngine {
+    /// Writes the empty file `/<marker>` into the container `name` through the archive API
+    /// (no process runs, so it works on a stopped container too): how berth records what
+    /// Docker's immutable labels cannot.
+    pub(crate) async fn write_marker(&self, name: &str, marker: &str, step: &str) -> Result<()> {
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(0o444);
+        header.set_size(0);
+        tar.append_data(&mut header, marker, std::io::empty())
+            .and_then(|()| tar.finish())
+            .map_err(|e| Error::backend(BACKEND, step.to_owned(), e))?;
+        let archive = tar
+            .into_inner()
+            .map_err(|e| Error::backend(BACKEND, step.to_owned(), e))?;
+        self.docker
+            .upload_to_container(
+                name,
+                Some(UploadToContainerOptions {
+                    path: "/".to_owned(),
+                    ..Default::default()
+                }),
+                bollard::body_full(archive.into()),
+            )
+            .await
+            .map_err(|e| errors::env_call(&self.address, name, step, e))
+    }
 }
 
 pub(crate) async fn list(

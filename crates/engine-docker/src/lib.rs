@@ -31,6 +31,7 @@ mod exec;
 mod image;
 mod resolve;
 mod retry;
+mod run;
 mod ssh;
 mod tls;
 mod volume;
@@ -42,9 +43,12 @@ use async_trait::async_trait;
 use berth_engine_core::{
     BackendKind, BuildSpec, ContainerEngine, EngineInfo, EnvironmentId, EnvironmentSpec,
     EnvironmentStatus, Error, ExecProcess, ExecRequest, ImageInfo, ImageRef, LabelSelector,
-    Progress, PullPolicy, RemoveOutcome, Result, StopOutcome, TarStream, VolumeStatus,
+    LogOptions, LogStream, Progress, PullPolicy, RemoveOutcome, Result, RunId, RunSpec, RunStatus,
+    StopOutcome, TarStream, VolumeStatus,
 };
 use bollard::Docker;
+
+pub use crate::run::LABEL_DEADLINE;
 pub use daemon::DaemonInfo;
 /// The daemon address used when neither [`DockerConfig::host`] nor `DOCKER_HOST` is set.
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
@@ -391,6 +395,26 @@ impl ContainerEngine for DockerEngine {
 
     async fn list_volumes(&self, selector: &LabelSelector) -> Result<Vec<VolumeStatus>> {
         volume::list(self, selector).await
+    }
+
+    async fn submit_run(&self, spec: &RunSpec) -> Result<RunId> {
+        run::submit(self, spec).await
+    }
+
+    async fn run_status(&self, run: &RunId) -> Result<RunStatus> {
+        run::status(self, run).await
+    }
+
+    async fn run_logs(&self, run: &RunId, options: LogOptions) -> Result<LogStream> {
+        run::logs(self, run, options).await
+    }
+
+    async fn list_runs(&self, selector: &LabelSelector) -> Result<Vec<RunStatus>> {
+        run::list(self, selector).await
+    }
+
+    async fn cancel_run(&self, run: &RunId) -> Result<()> {
+        run::cancel(self, run).await
     }
 
     async fn remove_volume(&self, name: &str) -> Result<RemoveOutcome> {

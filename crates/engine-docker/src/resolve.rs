@@ -113,8 +113,13 @@ impl DockerEngine {
 
     /// Whether [`ContainerEngine::mark_detached`] wrote its marker into `name`.
     pub(crate) async fn has_detached_marker(&self, name: &str) -> Result<bool> {
+        self.has_marker(name, DETACHED_MARKER).await
+    }
+
+    /// Whether the file `/<marker>` exists in the container `name` (running or not).
+    pub(crate) async fn has_marker(&self, name: &str, marker: &str) -> Result<bool> {
         let options = bollard::query_parameters::ContainerArchiveInfoOptions {
-            path: format!("/{DETACHED_MARKER}"),
+            path: format!("/{marker}"),
         };
         match crate::retry::idempotent("stat the detached marker", || {
             self.docker
@@ -128,7 +133,7 @@ impl DockerEngine {
             Err(e) => Err(errors::env_call(
                 &self.address,
                 name,
-                "stat the detached marker",
+                "stat a marker file",
                 e,
             )),
         }

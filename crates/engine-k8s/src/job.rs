@@ -146,13 +146,7 @@ pub(crate) async fn list(
         } else {
             EnvironmentState::Pending
         };
-        let image = job
-            .spec
-            .as_ref()
-            .and_then(|s| s.template.spec.as_ref())
-            .and_then(|p| p.containers.first())
-            .and_then(|c| c.image.clone())
-            .unwrap_or_default();
+        let image = job_image(&job);
         out.push(EnvironmentStatus::new(
             EnvironmentId::new(name)?,
             image,
@@ -162,6 +156,16 @@ pub(crate) async fn list(
     }
     out.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(out)
+}
+
+/// The image of a Job's (first) container.
+pub(crate) fn job_image(job: &Job) -> String {
+    job.spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|p| p.containers.first())
+        .and_then(|c| c.image.clone())
+        .unwrap_or_default()
 }
 
 impl KubernetesEngine {

@@ -34,6 +34,7 @@ mod pod;
 mod policy;
 pub mod progress;
 mod retry;
+mod run;
 mod status;
 mod wait;
 mod ws;
@@ -47,7 +48,8 @@ use async_trait::async_trait;
 use berth_engine_core::{
     BackendKind, BuildSpec, ContainerEngine, EngineInfo, EnvironmentId, EnvironmentSpec,
     EnvironmentStatus, Error, ExecProcess, ExecRequest, ImageInfo, ImageRef, LabelSelector,
-    Progress, PullPolicy, RemoveOutcome, Resources, Result, StopOutcome, TarStream, VolumeStatus,
+    LogOptions, LogStream, Progress, PullPolicy, RemoveOutcome, Resources, Result, RunId, RunSpec,
+    RunStatus, StopOutcome, TarStream, VolumeStatus,
 };
 
 use crate::errors::BACKEND;
@@ -55,6 +57,7 @@ pub use crate::job::{
     render, render_run_cron_job, render_run_job, render_run_pod_spec, run_cron_job, run_job,
     run_labels, run_pod_template, CronSchedule, CREATED_BY_VALUE, LABEL_CREATED_BY,
 };
+pub use crate::run::LABEL_CANCELLED;
 
 /// How to reach the cluster and what every environment's pod gets.
 #[derive(Debug, Clone)]
@@ -145,7 +148,6 @@ impl KubernetesEngine {
 }
 
 #[async_trait]
-#[async_trait]
 impl ContainerEngine for KubernetesEngine {
     fn backend(&self) -> BackendKind {
         BackendKind::Kubernetes
@@ -221,5 +223,25 @@ impl ContainerEngine for KubernetesEngine {
 
     async fn remove_volume(&self, name: &str) -> Result<RemoveOutcome> {
         claim::remove(self, name).await
+    }
+
+    async fn submit_run(&self, spec: &RunSpec) -> Result<RunId> {
+        run::submit(self, spec).await
+    }
+
+    async fn run_status(&self, run: &RunId) -> Result<RunStatus> {
+        run::status(self, run).await
+    }
+
+    async fn run_logs(&self, run: &RunId, options: LogOptions) -> Result<LogStream> {
+        run::logs(self, run, options).await
+    }
+
+    async fn list_runs(&self, selector: &LabelSelector) -> Result<Vec<RunStatus>> {
+        run::list(self, selector).await
+    }
+
+    async fn cancel_run(&self, run: &RunId) -> Result<()> {
+        run::cancel(self, run).await
     }
 }

@@ -38,7 +38,7 @@ pub(crate) struct Attributes {
 /// The API group a deny-list resource (`jobs`, `pods/exec`, ...) belongs to.
 pub(crate) fn implied_group(resource: &str) -> &'static str {
     match resource.split('/').next().unwrap_or("") {
-        "jobs" => "batch",
+        "jobs" | "cronjobs" => "batch",
         "deployments" => "apps",
         "roles" | "rolebindings" => crate::store::RBAC_GROUP,
         SSAR_PLURAL => GROUP,

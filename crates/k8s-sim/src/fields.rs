@@ -55,6 +55,13 @@ fn canonicalize(res: Res, obj: &mut Value) -> Result<(), ApiError> {
             .and_then(|s| s.get_mut("template"))
             .and_then(|t| t.get_mut("spec"))
             .map_or(Ok(()), quantity::canonicalize_pod_spec),
+        Res::CronJob => obj
+            .get_mut("spec")
+            .and_then(|s| s.get_mut("jobTemplate"))
+            .and_then(|s| s.get_mut("spec"))
+            .and_then(|s| s.get_mut("template"))
+            .and_then(|t| t.get_mut("spec"))
+            .map_or(Ok(()), quantity::canonicalize_pod_spec),
         Res::Deployment => obj
             .get_mut("spec")
             .and_then(|s| s.get_mut("template"))
@@ -86,7 +93,7 @@ fn round_trip<T: DeserializeOwned + Serialize>(obj: &Value) -> Option<Value> {
 
 fn typed(res: Res, obj: &Value) -> Option<Value> {
     use k8s_openapi::api::apps::v1::Deployment;
-    use k8s_openapi::api::batch::v1::Job;
+    use k8s_openapi::api::batch::v1::{CronJob, Job};
     use k8s_openapi::api::core::v1::{
         ConfigMap, Event, LimitRange, Namespace, Node, PersistentVolumeClaim, Pod, ResourceQuota,
         Service, ServiceAccount,
@@ -95,6 +102,7 @@ fn typed(res: Res, obj: &Value) -> Option<Value> {
     match res {
         Res::Pod => round_trip::<Pod>(obj),
         Res::Job => round_trip::<Job>(obj),
+        Res::CronJob => round_trip::<CronJob>(obj),
         Res::Pvc => round_trip::<PersistentVolumeClaim>(obj),
         Res::Namespace => round_trip::<Namespace>(obj),
         Res::Node => round_trip::<Node>(obj),

@@ -257,6 +257,7 @@ pub(crate) fn reconcile(inner: &Arc<Inner>) {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     terminate_namespaces(inner);
+    reconcile_cron_jobs(inner);
     let (jobs, _) = inner.store.list(Res::Job, None);
     let (pods, _) = inner.store.list(Res::Pod, None);
     let mut live = HashSet::new();
@@ -292,7 +293,7 @@ fn terminate_namespaces(inner: &Arc<Inner>) {
     {
         let name = json_str(&ns["metadata"]["name"]);
         let mut remaining = 0;
-        for res in Res::STORED_ONLY {
+        for res in Res::STORED_ONLY.into_iter().chain([Res::CronJob]) {
             let (items, _) = inner.store.list(res, Some(name));
             for item in items {
                 let _ = inner
@@ -622,4 +623,224 @@ fn reconcile_job(inner: &Arc<Inner>, job: &Value, pods: &[Value]) {
         }
         Ok(())
     });
+}
+
+/// Validates a CronJob and fills its defaults as the API server does.
+pub(crate) fn default_cron_job(mut cron: Value, name: &str) -> Result<Value, ApiError> {
+    let schedule = json_str(&cron["spec"]["schedule"]).to_owned();
+    if schedule.is_empty() || CronSpec::parse(&schedule).is_none() {
+        return Err(ApiError::invalid(
+            Res::CronJob,
+            name,
+            "spec.schedule",
+            "FieldValueInvalid",
+            &format!("Invalid value: \"{schedule}\": unparseable cron expression"),
+        ));
+    }
+    let template = cron["spec"]["jobTemplate"].clone();
+    default_job(template, name).map_err(|_| {
+        ApiError::invalid(
+            Res::CronJob,
+            name,
+            "spec.jobTemplate.spec.template",
+            "FieldValueRequired",
+            "Required value",
+        )
+    })?;
+    let spec = &mut cron["spec"];
+    for (k, v) in [
+        ("concurrencyPolicy", json!("Allow")),
+        ("suspend", json!(false)),
+        ("successfulJobsHistoryLimit", json!(3)),
+        ("failedJobsHistoryLimit", json!(1)),
+    ] {
+        if spec[k].is_null() {
+            spec[k] = v;
+        }
+    }
+    cron["status"] = json!({});
+    Ok(cron)
+}
+
+/// A five-field cron expression (minute hour day-of-month month day-of-week) or a macro, as
+/// sets of allowed values. Names of months and days are not supported.
+struct CronSpec([Vec<bool>; 5]);
+
+impl CronSpec {
+    fn parse(text: &str) -> Option<Self> {
+        let expanded = match text.trim() {
+            "@yearly" | "@annually" => "0 0 1 1 *",
+            "@monthly" => "0 0 1 * *",
+            "@weekly" => "0 0 * * 0",
+            "@daily" | "@midnight" => "0 0 * * *",
+            "@hourly" => "0 * * * *",
+            other => other,
+        };
+        let fields: Vec<&str> = expanded.split_whitespace().collect();
+        if fields.len() != 5 {
+            return None;
+        }
+        let ranges = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 7)];
+        let mut sets: [Vec<bool>; 5] = Default::default();
+        for (i, (field, (lo, hi))) in fields.iter().zip(ranges).enumerate() {
+            let mut set = vec![false; hi + 1];
+            for part in field.split(',') {
+                let (range, step) = match part.split_once('/') {
+                    Some((r, s)) => (r, s.parse::<usize>().ok().filter(|s| *s > 0)?),
+                    None => (part, 1),
+                };
+                let (from, to) = match range {
+                    "*" | "?" => (lo, hi),
+                    r => match r.split_once('-') {
+                        Some((a, b)) => (a.parse().ok()?, b.parse().ok()?),
+                        None => {
+                            let v: usize = r.parse().ok()?;
+                            (v, if step > 1 { hi } else { v })
+                        }
+                    },
+                };
+                if from < lo || to > hi || from > to {
+                    return None;
+                }
+                for v in (from..=to).step_by(step) {
+                    set[v] = true;
+                }
+            }
+            sets[i] = set;
+        }
+        // Sunday is 0 or 7.
+        if sets[4][7] {
+            sets[4][0] = true;
+        }
+        Some(Self(sets))
+    }
+
+    /// Whether the minute starting at `secs` (Unix time, UTC) is scheduled.
+    fn matches(&self, secs: i64) -> bool {
+        let days = secs.div_euclid(86_400);
+        let rem = secs.rem_euclid(86_400);
+        let (minute, hour) = ((rem / 60 % 60) as usize, (rem / 3600) as usize);
+        // 1970-01-01 was a Thursday (4).
+        let weekday = (days + 4).rem_euclid(7) as usize;
+        let (_, month, day) = civil(days);
+        let [m, h, dom, mon, dow] = &self.0;
+        m[minute] && h[hour] && mon[month] && (dom[day] && dow[weekday])
+    }
+}
+
+fn civil(z: i64) -> (i64, usize, usize) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as usize;
+    let m = (if mp < 10 { mp + 3 } else { mp - 9 }) as usize;
+    (yoe + era * 400, m, d)
+}
+
+/// Starts the CronJob's Job for the minute `scheduled` (Unix seconds): named
+/// `<cronjob>-<minutes since the epoch>` as the real controller names it, owned by the CronJob,
+/// with the job template's labels and annotations; records `status.lastScheduleTime`.
+pub(crate) fn start_cron_run(
+    inner: &Arc<Inner>,
+    cron: &Value,
+    scheduled: i64,
+) -> Result<String, ApiError> {
+    let md = &cron["metadata"];
+    let (ns, name, uid) = (
+        json_str(&md["namespace"]).to_owned(),
+        json_str(&md["name"]).to_owned(),
+        json_str(&md["uid"]).to_owned(),
+    );
+    let job_name = format!("{name}-{}", scheduled / 60);
+    let template = &cron["spec"]["jobTemplate"];
+    let job = json!({
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name,
+            "namespace": ns,
+            "labels": template["metadata"]["labels"],
+            "annotations": {"batch.kubernetes.io/cronjob-scheduled-timestamp": meta::rfc3339(scheduled)},
+            "ownerReferences": [{
+                "apiVersion": "batch/v1", "kind": "CronJob", "name": name, "uid": uid,
+                "controller": true, "blockOwnerDeletion": true,
+            }],
+        },
+        "spec": template["spec"],
+    });
+    let job = default_job(job, &job_name)?;
+    inner.store.create_with(Res::Job, &ns, job, |obj| {
+        let n = obj["metadata"]["name"].as_str().unwrap_or("").to_owned();
+        let u = obj["metadata"]["uid"].as_str().unwrap_or("").to_owned();
+        label_template(obj, &n, &u);
+    })?;
+    let _ = inner.store.update(Res::CronJob, &ns, &name, None, |c| {
+        c["status"]["lastScheduleTime"] = json!(meta::rfc3339(scheduled));
+        Ok(())
+    });
+    Ok(job_name)
+}
+
+/// The CronJob controller: each scheduled minute not started yet (since the last schedule, or
+/// the creation) starts a Job, unless suspended, or `Forbid` while one of its Jobs is active.
+/// Jobs whose CronJob is gone are deleted (the garbage collector's background propagation).
+/// History limits are not applied.
+fn reconcile_cron_jobs(inner: &Arc<Inner>) {
+    let now = meta::now_secs();
+    let (crons, _) = inner.store.list(Res::CronJob, None);
+    let (jobs, _) = inner.store.list(Res::Job, None);
+    let owner_of = |job: &Value| {
+        job["metadata"]["ownerReferences"]
+            .as_array()
+            .and_then(|o| o.iter().find(|o| o["kind"] == "CronJob"))
+            .map(|o| json_str(&o["uid"]).to_owned())
+    };
+    for job in &jobs {
+        if let Some(owner) = owner_of(job) {
+            if !crons
+                .iter()
+                .any(|c| json_str(&c["metadata"]["uid"]) == owner)
+            {
+                let md = &job["metadata"];
+                let _ = delete_job(
+                    inner,
+                    json_str(&md["namespace"]),
+                    json_str(&md["name"]),
+                    Propagation::Background,
+                );
+            }
+        }
+    }
+    for cron in &crons {
+        if cron["spec"]["suspend"] == true || !cron["metadata"]["deletionTimestamp"].is_null() {
+            continue;
+        }
+        let Some(spec) = CronSpec::parse(json_str(&cron["spec"]["schedule"])) else {
+            continue;
+        };
+        let since = cron["status"]["lastScheduleTime"]
+            .as_str()
+            .or_else(|| cron["metadata"]["creationTimestamp"].as_str())
+            .and_then(meta::parse_rfc3339)
+            .unwrap_or(now);
+        let this_minute = now - now.rem_euclid(60);
+        if this_minute <= since - since.rem_euclid(60) || !spec.matches(this_minute) {
+            continue;
+        }
+        let uid = json_str(&cron["metadata"]["uid"]);
+        let active = jobs.iter().any(|j| {
+            owner_of(j).as_deref() == Some(uid)
+                && !has_condition(j, "Complete")
+                && !has_condition(j, "Failed")
+        });
+        if active && cron["spec"]["concurrencyPolicy"] == "Forbid" {
+            continue;
+        }
+        if let Err(e) = start_cron_run(inner, cron, this_minute) {
+            tracing::debug!(error = ?e, "the cron job controller could not start a job");
+        }
+    }
 }

@@ -120,12 +120,20 @@
 //! - Discovery is the unaggregated kind (`/api`, `/apis`, resource lists); kubectl and
 //!   kube-rs fall back to it.
 //! - Resources: namespaces, nodes (one, two after a scale-up; read-mostly), pods (`log`,
-//!   `exec`, `status`), events, persistentvolumeclaims, resourcequotas, limitranges, jobs
-//!   (`status`), selfsubjectaccessreviews, secrets and configmaps (read by the kubelet for
-//!   `envFrom`, `secretKeyRef`/`configMapKeyRef` and `secret`/`configMap` volumes, with the
-//!   kubelet's messages for missing ones; a missing volume source is a FailedMount event and
-//!   ContainerCreating, as on a node). Secret volumes are files in a Docker volume written
-//!   once at start: later changes to the Secret do not reach a running pod. `limit`/`continue` are ignored: lists come whole.
+//!   `exec`, `status`; logs honour `timestamps`, `sinceTime` and `sinceSeconds` to the
+//!   second, as Docker's `since`), events, persistentvolumeclaims, resourcequotas,
+//!   limitranges, jobs (`status`), cronjobs, selfsubjectaccessreviews, secrets and configmaps
+//!   (read by the kubelet for `envFrom`, `secretKeyRef`/`configMapKeyRef` and
+//!   `secret`/`configMap` volumes, with the kubelet's messages for missing ones; a missing
+//!   volume source is a FailedMount event and ContainerCreating, as on a node). Secret volumes
+//!   are files in a Docker volume written once at start: later changes to the Secret do not
+//!   reach a running pod. `limit`/`continue` are ignored: lists come whole.
+//! - CronJobs: a controller starts `<name>-<minutes since the epoch>` Jobs, owned by the
+//!   CronJob, at each scheduled minute (five fields of numbers, `*`, ranges, lists, steps, or
+//!   `@daily`-style macros; no month or day names, no `timeZone`), honours `suspend` and
+//!   `concurrencyPolicy: Forbid`, and deletes the Jobs of a deleted CronJob; history limits
+//!   are not applied, and `status.active` stays empty. `Sim::fire_cron_job` starts this
+//!   minute's Job at once, for tests.
 //! - Watches: history of the last 20 000 changes for resourceVersion resumes (older is 410
 //!   Expired; the real server keeps about 5 minutes). As on the real server, a change that
 //!   moves an object into or out of a watch's selectors arrives as ADDED or DELETED. With
@@ -433,6 +441,26 @@ impl Sim {
     /// When the file cannot be written.
     pub fn write_kubeconfig(&self, path: &Path) -> Result<(), SimError> {
         std::fs::write(path, self.kubeconfig()).map_err(SimError::from)
+    }
+
+    /// Starts the CronJob `namespace/name`'s Job now, as its schedule would at the start of
+    /// this minute (named `<name>-<minutes since the epoch>`, owned by the CronJob), so a test
+    /// need not wait for the schedule; returns the Job's name. The controller also starts Jobs
+    /// by itself at each scheduled minute.
+    ///
+    /// # Errors
+    /// When there is no such CronJob, or this minute's Job exists already.
+    pub fn fire_cron_job(&self, namespace: &str, name: &str) -> Result<String, String> {
+        let cron = self
+            .inner
+            .store
+            .get(store::Res::CronJob, namespace, name)
+            .ok_or_else(|| format!("no cronjob {namespace}/{name}"))?;
+        let now = meta::now_secs();
+        let name = jobs::start_cron_run(&self.inner, &cron, now - now.rem_euclid(60))
+            .map_err(|e| format!("{e:?}"))?;
+        jobs::reconcile(&self.inner);
+        Ok(name)
     }
 
     /// From now on, refuses requests with `verb` on `resource` with the API server's 403

@@ -17,6 +17,8 @@ pub(crate) enum Res {
     Pod,
     Pvc,
     Job,
+    // Stored, and its controller makes Jobs on schedule (`jobs::reconcile_cron_jobs`).
+    CronJob,
     Node,
     Event,
     ResourceQuota,
@@ -37,11 +39,12 @@ pub(crate) enum Res {
 pub(crate) const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 
 impl Res {
-    pub(crate) const ALL: [Res; 15] = [
+    pub(crate) const ALL: [Res; 16] = [
         Res::Namespace,
         Res::Pod,
         Res::Pvc,
         Res::Job,
+        Res::CronJob,
         Res::Node,
         Res::Event,
         Res::ResourceQuota,
@@ -72,6 +75,7 @@ impl Res {
             Res::Pod => "Pod",
             Res::Pvc => "PersistentVolumeClaim",
             Res::Job => "Job",
+            Res::CronJob => "CronJob",
             Res::Node => "Node",
             Res::Event => "Event",
             Res::ResourceQuota => "ResourceQuota",
@@ -92,6 +96,7 @@ impl Res {
             Res::Pod => "pods",
             Res::Pvc => "persistentvolumeclaims",
             Res::Job => "jobs",
+            Res::CronJob => "cronjobs",
             Res::Node => "nodes",
             Res::Event => "events",
             Res::ResourceQuota => "resourcequotas",
@@ -108,7 +113,7 @@ impl Res {
 
     pub(crate) fn group(self) -> &'static str {
         match self {
-            Res::Job => "batch",
+            Res::Job | Res::CronJob => "batch",
             Res::Deployment => "apps",
             Res::Role | Res::RoleBinding => RBAC_GROUP,
             _ => "",
@@ -117,7 +122,7 @@ impl Res {
 
     pub(crate) fn api_version(self) -> &'static str {
         match self {
-            Res::Job => "batch/v1",
+            Res::Job | Res::CronJob => "batch/v1",
             Res::Deployment => "apps/v1",
             Res::Role | Res::RoleBinding => "rbac.authorization.k8s.io/v1",
             _ => "v1",

@@ -99,6 +99,18 @@ fn columns(res: Res) -> Vec<Value> {
             age,
             column("Selector", "string", "", 1, "Route service traffic to pods with label keys and values matching this selector."),
         ],
+        Res::CronJob => vec![
+            name,
+            column("Schedule", "string", "", 0, "The schedule in Cron format, see https://en.wikipedia.org/wiki/Cron."),
+            column("Timezone", "string", "", 0, "The time zone name for the given schedule, see https://en.wikipedia.org/wiki/List_of_tz_database_time_zones."),
+            column("Suspend", "boolean", "", 0, "This flag tells the controller to suspend subsequent executions, it does not apply to already started executions."),
+            column("Active", "integer", "", 0, "A list of pointers to currently running jobs."),
+            column("Last Schedule", "date", "", 0, "Information when was the last time the job was successfully scheduled."),
+            age,
+            column("Containers", "string", "", 1, "Names of each container in the template."),
+            column("Images", "string", "", 1, "Images referenced by each container in the template."),
+            column("Selector", "string", "", 1, "A label query over pods that should match the pod count."),
+        ],
         Res::Deployment => vec![
             name,
             column("Ready", "string", "", 0, "Number of the pod with ready state"),
@@ -352,6 +364,29 @@ fn cells(res: Res, obj: &Value) -> Vec<Value> {
                 json!(or_none(ports.join(","))),
                 json!(age),
                 json!(or_none(match_labels(&spec["selector"]))),
+            ]
+        }
+        Res::CronJob => {
+            let spec = &obj["spec"];
+            let containers = items(&spec["jobTemplate"]["spec"]["template"]["spec"]["containers"]);
+            let names: Vec<String> = containers.iter().map(|c| cell(&c["name"])).collect();
+            let images: Vec<String> = containers.iter().map(|c| cell(&c["image"])).collect();
+            let last = meta::age(obj["status"]["lastScheduleTime"].as_str());
+            vec![
+                json!(name),
+                json!(cell(&spec["schedule"])),
+                json!(or_none(cell(&spec["timeZone"]))),
+                json!(spec["suspend"].as_bool().unwrap_or(false)),
+                json!(items(&obj["status"]["active"]).len()),
+                json!(if obj["status"]["lastScheduleTime"].is_null() {
+                    "<none>".to_owned()
+                } else {
+                    last
+                }),
+                json!(age),
+                json!(names.join(",")),
+                json!(images.join(",")),
+                json!("<none>"),
             ]
         }
         Res::Deployment => {

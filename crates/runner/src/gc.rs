@@ -7,7 +7,7 @@ use std::time::Duration;
 use berth_engine_core::backend::now_unix as now;
 use berth_engine_core::{
     ContainerEngine, EnvironmentId, EnvironmentState, EnvironmentStatus, LabelSelector, SessionId,
-    VolumeStatus, DETACHED_REQUESTED, DETACHED_YES, LABEL_DETACHED,
+    VolumeStatus, DETACHED_REQUESTED, DETACHED_YES, LABEL_DETACHED, LABEL_RUN,
 };
 use serde::Serialize;
 
@@ -136,7 +136,12 @@ pub fn plan_environments(
     let mut plan = Plan::default();
     for env in envs {
         let age = env.created_unix_secs.map(|c| now.saturating_sub(c));
-        let reason = if env.state == EnvironmentState::Exited {
+        let reason = if env.state == EnvironmentState::Exited && env.labels.contains_key(LABEL_RUN)
+        {
+            // A batch run is berth's to remove once it finished (its status read or not);
+            // while it runs it is detached and kept.
+            Some("a batch run that has finished".to_owned())
+        } else if env.state == EnvironmentState::Exited {
             Some("its keepalive has exited (lifetime over or killed)".to_owned())
         } else if let (Some(limit), Some(age)) = (options.older_than, age) {
             (age > limit.as_secs()).then(|| format!("older than {}s ({age}s)", limit.as_secs()))
@@ -469,6 +474,35 @@ mod tests {
         let plan = plan_environments(&envs, &BTreeMap::new(), &GcOptions::default(), 1000);
         assert_eq!(plan.actions.len(), 1);
         assert_eq!(plan.kept, 3);
+    }
+
+    #[test]
+    fn a_running_run_whose_submitter_is_gone_is_kept_and_a_finished_one_removed() {
+        // A submitted run is detached from creation: its gone submitter is no crash.
+        let mut labels: Vec<(&str, &str)> = vec![
+            (LABEL_RUN, berth_engine_core::RUN_ONCE),
+            (LABEL_DETACHED, DETACHED_YES),
+        ];
+        labels.extend(owner_labels());
+        let envs = [
+            env("running", EnvironmentState::Running, 990, &labels),
+            env("finished", EnvironmentState::Exited, 990, &labels),
+        ];
+        let owners = BTreeMap::from([(
+            EnvironmentId::new("running").expect("id"),
+            OwnerView {
+                alive: Some(false),
+                legacy_marker: false,
+            },
+        )]);
+        let plan = plan_environments(&envs, &owners, &GcOptions::default(), 1000);
+        assert_eq!(plan.kept, 1);
+        assert!(
+            matches!(&plan.actions[..], [Action::RemoveEnvironment { id, reason, .. }]
+                if id.as_str() == "finished" && reason.contains("batch run")),
+            "{:?}",
+            plan.actions
+        );
     }
 
     #[test]

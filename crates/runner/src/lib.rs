@@ -11,6 +11,7 @@
 //!   Kubernetes;
 //! - [`archive`] and [`copy`]: file transfer, treating what an environment sends as
 //!   untrusted; [`error`]: the runner's own error type;
+//! - [`runs`]: batch runs submitted, followed and waited for;
 //! - [`source`]: a job's repository checked out (shallow, by gix) and its encrypted token
 //!   decrypted.
 //!
@@ -72,6 +73,7 @@ pub mod lifecycle;
 pub mod owner;
 pub mod rbac;
 pub mod render;
+pub mod runs;
 pub mod session;
 pub mod source;
 pub mod spec;

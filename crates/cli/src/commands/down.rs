@@ -2,8 +2,8 @@
 
 use std::process::ExitCode;
 
-use anyhow::bail;
-use berth_engine_core::{EnvironmentId, StopOutcome};
+use anyhow::{bail, Context};
+use berth_engine_core::{EnvironmentId, RunId, RunState, StopOutcome};
 use berth_runner::lifecycle;
 use berth_runner::state::StateDir;
 use serde_json::json;
@@ -21,8 +21,52 @@ pub async fn down(ctx: &Ctx, args: DownArgs) -> anyhow::Result<ExitCode> {
     if named.is_empty() && session.is_none() {
         bail!("nothing to stop: name environments, or pass --session");
     }
-    let none_named = named.is_empty();
     let engine = ctx.engine().await?;
+    // Named batch runs are cancelled (and kept for `berth status`), schedules removed; the
+    // rest are environments.
+    let mut environments = Vec::new();
+    let mut cancelled = Vec::new();
+    for env in named {
+        let run = RunId::new(env.as_str())?;
+        match engine.run_status(&run).await {
+            Ok(status) => {
+                engine
+                    .cancel_run(&run)
+                    .await
+                    .with_context(|| format!("failed to cancel run {run}"))?;
+                cancelled.push((run, status.state == RunState::Scheduled));
+            }
+            Err(e) if e.is_not_found() || e.is_unsupported() => environments.push(env),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let named = environments;
+    let none_named = named.is_empty() && cancelled.is_empty();
+    if named.is_empty() && session.is_none() {
+        for (run, schedule) in &cancelled {
+            let what = if *schedule {
+                "schedule removed"
+            } else {
+                "cancelled"
+            };
+            if ctx.json {
+                ctx.print_json(&json!({"id": run, "outcome": what}));
+            } else {
+                println!("{run}: {what}");
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (run, schedule) in &cancelled {
+        let what = if *schedule {
+            "schedule removed"
+        } else {
+            "cancelled"
+        };
+        if !ctx.json {
+            println!("{run}: {what}");
+        }
+    }
     let report = lifecycle::down(
         engine.as_ref(),
         named,

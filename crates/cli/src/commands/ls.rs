@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use berth_engine_core::{LabelSelector, LABEL_NAME};
+use berth_engine_core::{LabelSelector, LABEL_NAME, LABEL_RUN};
 
 use super::{session_id, Ctx};
 use crate::args::LsArgs;
@@ -48,7 +48,44 @@ pub async fn ls(ctx: &Ctx, args: LsArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let envs = engine.list(&selector).await?;
+    if args.runs {
+        let runs = engine.list_runs(&selector).await?;
+        if ctx.json {
+            ctx.print_json(&serde_json::to_value(&runs)?);
+            return Ok(ExitCode::SUCCESS);
+        }
+        println!(
+            "{:<44} {:<14} {:<10} {:<18} {:<5} {:<6} IMAGE",
+            "RUN", "SESSION", "NAME", "STATE", "EXIT", "AGE"
+        );
+        for r in &runs {
+            let state = match &r.schedule {
+                Some(s) => format!("{} {s}", r.state),
+                None => r.state.to_string(),
+            };
+            println!(
+                "{:<44} {:<14} {:<10} {:<18} {:<5} {:<6} {}",
+                r.id,
+                r.session.as_ref().map_or("-", |s| s.as_str()),
+                r.labels.get(LABEL_NAME).map_or("-", String::as_str),
+                state,
+                r.exit_code.map_or("-".to_owned(), |c| c.to_string()),
+                age(r.created_unix_secs),
+                r.image
+            );
+            for last in r.runs.iter().take(3) {
+                println!("  last run: {last}");
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Batch runs are listed with --runs.
+    let envs: Vec<_> = engine
+        .list(&selector)
+        .await?
+        .into_iter()
+        .filter(|e| !e.labels.contains_key(LABEL_RUN))
+        .collect();
     if ctx.json {
         ctx.print_json(&serde_json::to_value(&envs)?);
         return Ok(ExitCode::SUCCESS);

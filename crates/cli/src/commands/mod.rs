@@ -10,12 +10,15 @@ mod exec;
 mod gc;
 mod image;
 mod kill;
+mod logs;
 mod ls;
 mod ps;
 mod render;
 mod run;
 mod serve;
 mod shell;
+mod status;
+mod submit;
 mod up;
 
 use std::process::ExitCode;
@@ -94,6 +97,9 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cp(a) => cp::cp(&ctx, a).await,
         Command::Ls(a) => ls::ls(&ctx, a).await,
         Command::Down(a) => down::down(&ctx, a).await,
+        Command::Submit(a) => submit::submit(&ctx, a).await,
+        Command::Logs(a) => logs::logs(&ctx, a).await,
+        Command::Status(a) => status::status(&ctx, a).await,
         Command::Gc(a) => gc::gc(&ctx, a).await,
         Command::Image(ImageCommand::Ensure(a)) => image::ensure(&ctx, a).await,
         Command::Image(ImageCommand::Build(a)) => image::build(&ctx, a).await,
@@ -125,6 +131,26 @@ pub async fn detached_command(
         .parse()
         .with_context(|| format!("invalid ID argument {:?}", args.id))?;
     Ok((detached_commands(ctx, &args.environment).await?, id))
+}
+
+/// A run name argument.
+pub fn run_id(text: &str) -> anyhow::Result<berth_engine_core::RunId> {
+    berth_engine_core::RunId::new(text).context("invalid run name")
+}
+
+/// Prints a run's output as it comes: each stream to its own where the engine keeps them
+/// apart (Docker), else to stdout.
+pub fn print_log_line(line: &berth_engine_core::LogLine) {
+    use std::io::Write;
+    let written = match line.source {
+        berth_engine_core::LogSource::Stderr => std::io::stderr().write_all(&line.data),
+        _ => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&line.data).and_then(|()| out.flush())
+        }
+    };
+    // A closed pipe (`berth logs | head`) ends nothing but the printing.
+    let _ = written;
 }
 
 /// A `--session` argument.

@@ -29,6 +29,7 @@ pub mod cases_foreign;
 pub mod cases_kill;
 pub mod cases_lifecycle;
 pub mod cases_outcomes;
+pub mod cases_runs;
 pub mod cases_shell;
 pub mod cases_workspace;
 mod cases_zombies;
@@ -378,6 +379,14 @@ macro_rules! conformance_suite {
             shell_killed_or_exited_is_shell_closed,
             detached_command_survives_a_dropped_client,
             detached_output_is_capped_keeping_the_first_bytes,
+            run_exit_codes_come_from_the_status,
+            run_logs_followed_give_every_line_once,
+            run_logs_carry_any_bytes,
+            run_log_stream_resumed_after_a_drop_gives_each_line_once,
+            cancel_ends_a_running_run,
+            a_run_past_its_deadline_is_deadline_exceeded,
+            list_runs_finds_runs_by_label,
+            a_name_that_is_not_a_berth_run_is_not_found,
         }
     };
     (@names_of; $($case:ident),* $(,)?) => {

@@ -146,7 +146,7 @@ fn group_entry(name: &str) -> Value {
     })
 }
 
-/// `/apis/batch/v1`: jobs.
+/// `/apis/batch/v1`: jobs and cronjobs.
 fn batch_resources() -> Value {
     json!({
         "kind": "APIResourceList",
@@ -155,6 +155,8 @@ fn batch_resources() -> Value {
         "resources": [
             resource_entry("jobs", "job", true, "Job", OBJECT_VERBS, &[]),
             resource_entry("jobs/status", "", true, "Job", &["get", "patch", "update"], &[]),
+            resource_entry("cronjobs", "cronjob", true, "CronJob", OBJECT_VERBS, &["cj"]),
+            resource_entry("cronjobs/status", "", true, "CronJob", &["get", "patch", "update"], &[]),
         ],
     })
 }

@@ -289,6 +289,7 @@ pub(super) async fn create(
             pvc
         }
         Res::Job => jobs::default_job(body, &name)?,
+        Res::CronJob => jobs::default_cron_job(body, &name)?,
         Res::Node | Res::Event | Res::LimitRange => body,
         Res::Service => default_service(body),
         Res::Deployment => default_deployment(body, &name)?,
@@ -425,6 +426,7 @@ pub(super) async fn delete(
         }
         Res::Job => jobs::delete_job(inner, ns, name, policy),
         Res::Node
+        | Res::CronJob
         | Res::Event
         | Res::ResourceQuota
         | Res::LimitRange

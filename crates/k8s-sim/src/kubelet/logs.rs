@@ -127,10 +127,18 @@ pub(crate) async fn logs(
             .filter(|t| t.parse::<u64>().is_ok())
             .unwrap_or("all")
             .to_owned(),
+        // `sinceTime` (RFC 3339) or `sinceSeconds`, as Docker's `since`: whole seconds,
+        // lines at or after it.
         since: params
-            .get("sinceSeconds")
-            .and_then(|s| s.parse::<i64>().ok())
-            .and_then(|s| i32::try_from(meta::now_secs() - s).ok())
+            .get("sinceTime")
+            .and_then(meta::parse_rfc3339)
+            .or_else(|| {
+                params
+                    .get("sinceSeconds")
+                    .and_then(|s| s.parse::<i64>().ok())
+                    .map(|s| meta::now_secs() - s)
+            })
+            .and_then(|s| i32::try_from(s).ok())
             .unwrap_or(0),
         ..Default::default()
     };

@@ -1,0 +1,303 @@
+//! Batch runs on Docker: a container made exactly like an environment's (labels, security
+//! profile, resources, workspace) whose main process is the command instead of the keepalive.
+//!
+//! Docker has no deadline or cancellation record of its own, and labels are immutable, so
+//! berth writes marker files into the container (as it does for detachment) before it kills
+//! it: `/.berth-cancelled` for a cancel, `/.berth-deadline` when a status or list finds the
+//! run past its deadline (label [`LABEL_DEADLINE`]). A cancelled run is killed and kept, so
+//! its status says so; `berth gc` removes finished runs.
+
+use std::collections::{BTreeMap, HashMap};
+
+use berth_engine_core::backend;
+use berth_engine_core::{
+    logs_connection_lost, resume_from, split_timestamp, Error, LabelSelector, LogLine, LogOptions,
+    LogSource, LogStream, Result, RunId, RunSpec, RunState, RunStatus, LABEL_MANAGED_BY, LABEL_RUN,
+    MANAGED_BY_VALUE,
+};
+use bollard::container::LogOutput;
+use bollard::models::ContainerStateStatusEnum;
+use bollard::query_parameters::{KillContainerOptions, ListContainersOptions, LogsOptions};
+use futures_util::StreamExt;
+
+use crate::errors::{self, BACKEND};
+use crate::{body, container, DockerEngine};
+
+/// Label on a Docker run: the Unix time after which it is past its deadline.
+pub const LABEL_DEADLINE: &str = "berth.dev/deadline";
+const CANCELLED_MARKER: &str = ".berth-cancelled";
+const DEADLINE_MARKER: &str = ".berth-deadline";
+
+pub(crate) async fn submit(engine: &DockerEngine, spec: &RunSpec) -> Result<RunId> {
+    spec.validate()?;
+    if let Some(schedule) = &spec.schedule {
+        return Err(Error::Unsupported {
+            backend: BACKEND,
+            operation: "schedule",
+            reason: format!(
+                "Docker has no scheduler to run {schedule:?}; use the kubernetes backend (a CronJob), or your host's cron calling `berth submit`"
+            ),
+        });
+    }
+    let now = backend::now_unix();
+    let mut labels: HashMap<String, String> = spec.object_labels(now).into_iter().collect();
+    labels.insert(
+        LABEL_DEADLINE.into(),
+        (now + spec.env.max_lifetime.as_secs()).to_string(),
+    );
+    let mut body = body::container_body(
+        &spec.env,
+        &labels,
+        &engine.address,
+        &engine.docker.client_version(),
+    )?;
+    // The command is the main process: no keepalive, and not the image's CMD either.
+    body.entrypoint = Some(spec.command.clone());
+    body.cmd = None;
+    let name = container::create_and_start(engine, &spec.env, &labels, body, |msg| {
+        Error::invalid_spec(
+            "command",
+            format!(
+                "{:?} cannot run in {}: {msg}",
+                spec.command[0], spec.env.image
+            ),
+        )
+    })
+    .await?;
+    tracing::debug!(run = %name, image = %spec.env.image, "submitted run");
+    RunId::new(name)
+}
+
+fn not_a_run(run: &RunId) -> Error {
+    Error::NotFound {
+        what: "run",
+        name: run.to_string(),
+    }
+}
+
+/// The run's container inspected, refusing anything that is not one of berth's runs.
+async fn inspect_run(
+    engine: &DockerEngine,
+    run: &RunId,
+) -> Result<bollard::models::ContainerInspectResponse> {
+    let c = engine
+        .docker
+        .inspect_container(run.as_str(), None)
+        .await
+        .map_err(|e| match errors::status(&e) {
+            Some((404 | 400, _)) => not_a_run(run),
+            _ => errors::env_call(&engine.address, run.as_str(), "inspect the run", e),
+        })?;
+    let labels = c
+        .config
+        .as_ref()
+        .and_then(|c| c.labels.clone())
+        .unwrap_or_default();
+    let named = c.name.as_deref().map(|n| n.trim_start_matches('/')) == Some(run.as_str());
+    if !named
+        || labels.get(LABEL_MANAGED_BY).map(String::as_str) != Some(MANAGED_BY_VALUE)
+        || !labels.contains_key(LABEL_RUN)
+    {
+        return Err(not_a_run(run));
+    }
+    Ok(c)
+}
+
+pub(crate) async fn status(engine: &DockerEngine, run: &RunId) -> Result<RunStatus> {
+    let c = inspect_run(engine, run).await?;
+    let labels: BTreeMap<String, String> = c
+        .config
+        .as_ref()
+        .and_then(|c| c.labels.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let image = c
+        .config
+        .as_ref()
+        .and_then(|c| c.image.clone())
+        .unwrap_or_default();
+    let state = c.state.unwrap_or_default();
+    let exit_code = state.exit_code.and_then(|c| i32::try_from(c).ok());
+    let (run_state, code, message) = match state.status {
+        Some(ContainerStateStatusEnum::CREATED) => (RunState::Pending, None, None),
+        Some(
+            ContainerStateStatusEnum::RUNNING
+            | ContainerStateStatusEnum::PAUSED
+            | ContainerStateStatusEnum::RESTARTING,
+        ) => {
+            let deadline = labels
+                .get(LABEL_DEADLINE)
+                .and_then(|d| d.parse::<u64>().ok());
+            if deadline.is_some_and(|d| backend::now_unix() >= d) {
+                kill_with_marker(engine, run, DEADLINE_MARKER).await?;
+                return Box::pin(status(engine, run)).await;
+            }
+            (RunState::Running, None, None)
+        }
+        Some(ContainerStateStatusEnum::EXITED) => {
+            if engine.has_marker(run.as_str(), CANCELLED_MARKER).await? {
+                (RunState::Cancelled, exit_code, None)
+            } else if engine.has_marker(run.as_str(), DEADLINE_MARKER).await? {
+                (
+                    RunState::DeadlineExceeded,
+                    exit_code,
+                    Some("killed at its deadline (runner.max_lifetime)".to_owned()),
+                )
+            } else if state.oom_killed == Some(true) {
+                (
+                    RunState::Failed,
+                    exit_code,
+                    Some("killed: out of memory".to_owned()),
+                )
+            } else if exit_code == Some(0) {
+                (RunState::Succeeded, exit_code, None)
+            } else {
+                (
+                    RunState::Failed,
+                    exit_code,
+                    state.error.filter(|e| !e.is_empty()),
+                )
+            }
+        }
+        _ => (
+            RunState::Lost,
+            None,
+            Some(format!(
+                "the container is {}",
+                state
+                    .status
+                    .map_or("in an unknown state".to_owned(), |s| s.to_string())
+            )),
+        ),
+    };
+    Ok(RunStatus::new(run.clone(), image, run_state, labels)
+        .with_exit_code(code)
+        .with_message(message))
+}
+
+/// Records why the run is ending (the marker file), then kills its process.
+async fn kill_with_marker(engine: &DockerEngine, run: &RunId, marker: &str) -> Result<()> {
+    engine
+        .write_marker(run.as_str(), marker, "write a run marker")
+        .await?;
+    match engine
+        .docker
+        .kill_container(
+            run.as_str(),
+            Some(KillContainerOptions {
+                signal: "SIGKILL".to_owned(),
+            }),
+        )
+        .await
+    {
+        Ok(()) => Ok(()),
+        // It ended by itself meanwhile.
+        Err(e) if matches!(errors::status(&e), Some((409, _))) => Ok(()),
+        Err(e) => Err(errors::env_call(
+            &engine.address,
+            run.as_str(),
+            "kill the run",
+            e,
+        )),
+    }
+}
+
+pub(crate) async fn cancel(engine: &DockerEngine, run: &RunId) -> Result<()> {
+    let c = inspect_run(engine, run).await?;
+    let running = c.state.and_then(|s| s.running) == Some(true);
+    if running {
+        kill_with_marker(engine, run, CANCELLED_MARKER).await?;
+        tracing::debug!(run = %run, "cancelled run");
+    }
+    Ok(())
+}
+
+pub(crate) async fn logs(
+    engine: &DockerEngine,
+    run: &RunId,
+    options: LogOptions,
+) -> Result<LogStream> {
+    inspect_run(engine, run).await?;
+    let since = options
+        .since
+        .and_then(|c| c.since_secs())
+        .map_or(0, |s| i32::try_from(s).unwrap_or(i32::MAX));
+    let stream = engine.docker.logs(
+        run.as_str(),
+        Some(LogsOptions {
+            follow: options.follow,
+            stdout: true,
+            stderr: true,
+            timestamps: true,
+            since,
+            ..Default::default()
+        }),
+    );
+    let address = engine.address.clone();
+    let name = run.to_string();
+    let lines = stream.map(move |item| {
+        let output = item.map_err(|e| {
+            if errors::is_transport(&e) {
+                logs_connection_lost(BACKEND, &address, &name, Box::new(e))
+            } else {
+                errors::env_call(&address, &name, "read the run's logs", e)
+            }
+        })?;
+        let (source, record) = match output {
+            LogOutput::StdOut { message } => (LogSource::Stdout, message),
+            LogOutput::StdErr { message } => (LogSource::Stderr, message),
+            LogOutput::Console { message } | LogOutput::StdIn { message } => {
+                (LogSource::Merged, message)
+            }
+        };
+        let (time, data) = split_timestamp(&record).ok_or_else(|| {
+            Error::backend(
+                BACKEND,
+                "read the run's logs",
+                std::io::Error::other("a log record without a timestamp"),
+            )
+        })?;
+        Ok(LogLine::new(time, source, data))
+    });
+    Ok(resume_from(Box::pin(lines), options.since))
+}
+
+pub(crate) async fn list(
+    engine: &DockerEngine,
+    selector: &LabelSelector,
+) -> Result<Vec<RunStatus>> {
+    let mut filters = container::label_filters(selector);
+    filters
+        .entry("label".to_owned())
+        .or_default()
+        .push(LABEL_RUN.to_owned());
+    let containers = engine
+        .docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        }))
+        .await
+        .map_err(|e| errors::other(&engine.address, "list runs", e))?;
+    let mut out = Vec::new();
+    for c in containers {
+        let Some(name) = c
+            .names
+            .as_ref()
+            .and_then(|n| n.first())
+            .map(|n| n.trim_start_matches('/').to_owned())
+        else {
+            continue;
+        };
+        match status(engine, &RunId::new(name)?).await {
+            Ok(s) => out.push(s),
+            // Removed between the list and the inspect.
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(out)
+}

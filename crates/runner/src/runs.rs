@@ -1,0 +1,185 @@
+//! Batch runs as every front end does them: a [`RunSpec`] from the config, the image made
+//! present first where the backend needs it, then `submit`; logs followed across dropped
+//! connections (resumed from the last line's cursor, each line exactly once); and the true
+//! outcome waited for from the run's status, never from the end of its logs.
+//!
+//! ```no_run
+//! use berth_runner::config::{BerthConfig, LoadOptions};
+//! use berth_runner::spec::EnvOptions;
+//! use berth_runner::{backend, runs};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = BerthConfig::load(&LoadOptions::default())?.config;
+//! let engine = backend::connect(&config).await?;
+//! let spec = runs::run_spec(&config, &EnvOptions::named("nightly"), vec!["make".into(), "test".into()], None)?;
+//! let run = runs::submit(engine.as_ref(), &spec, config.runner.pull_policy).await?;
+//! let status = runs::watch(engine.as_ref(), &run, |line| print!("{}", String::from_utf8_lossy(&line.data))).await?;
+//! println!("{run}: {} (exit code {:?})", status.state, status.exit_code);
+//! # Ok(()) }
+//! ```
+
+use std::time::Duration;
+
+use berth_engine_core::{
+    ContainerEngine, ErrorKind, LogCursor, LogLine, LogOptions, PullPolicy, RunId, RunSpec,
+    RunStatus,
+};
+use futures_util::StreamExt;
+
+use crate::config::BerthConfig;
+use crate::error::Result;
+use crate::image;
+use crate::spec::{environment_spec, EnvOptions};
+
+/// How often a waiter asks for a run's status.
+const POLL: Duration = Duration::from_millis(500);
+/// How many times in a row a follower reopens a stream that failed without delivering a line.
+const MAX_RECONNECTS: u32 = 30;
+
+/// The spec of a run of `command` made as `options` and the config say an environment is,
+/// on `schedule` when given.
+///
+/// # Errors
+/// As [`environment_spec`], and the engine's `InvalidSpec` naming `command` or `schedule`.
+pub fn run_spec(
+    config: &BerthConfig,
+    options: &EnvOptions,
+    command: Vec<String>,
+    schedule: Option<String>,
+) -> Result<RunSpec> {
+    let env = environment_spec(config, options)?;
+    let mut spec = RunSpec::new(env, command);
+    spec.schedule = schedule;
+    spec.validate()?;
+    Ok(spec)
+}
+
+/// Makes the image present (as `policy` says, where the backend needs it first) and submits
+/// the run; returns its name at once.
+///
+/// # Errors
+/// [`RunnerError::ImageMissing`](crate::RunnerError::ImageMissing), or the engine's error.
+pub async fn submit(
+    engine: &dyn ContainerEngine,
+    spec: &RunSpec,
+    policy: PullPolicy,
+) -> Result<RunId> {
+    spec.validate()?;
+    image::prepare(
+        engine,
+        &spec.env.image,
+        policy,
+        &berth_engine_core::Progress::none(),
+    )
+    .await?;
+    Ok(engine.submit_run(spec).await?)
+}
+
+/// Follows the run's logs from `from` (the start when `None`) until the run ends, handing
+/// each line to `on_line` exactly once: a stream that breaks, or ends while the run still
+/// runs, is reopened after the last line delivered. Returns the cursor after the last line.
+///
+/// # Errors
+/// The engine's error when the run is not there, or when the connection stays lost
+/// (30 reopenings in a row without a line).
+pub async fn follow_logs(
+    engine: &dyn ContainerEngine,
+    run: &RunId,
+    from: Option<LogCursor>,
+    mut on_line: impl FnMut(&LogLine),
+) -> Result<LogCursor> {
+    let mut cursor = from.unwrap_or_default();
+    let mut failures = 0;
+    loop {
+        let opened = engine
+            .run_logs(run, LogOptions::follow().with_since(cursor))
+            .await;
+        let mut broke = None;
+        match opened {
+            Ok(mut stream) => {
+                while let Some(item) = stream.next().await {
+                    match item {
+                        Ok(line) => {
+                            failures = 0;
+                            cursor.advance(&line);
+                            on_line(&line);
+                        }
+                        Err(e) => {
+                            broke = Some(e);
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => broke = Some(e),
+        }
+        match broke {
+            Some(e) if !matches!(e.kind(), ErrorKind::ConnectionLost | ErrorKind::Unavailable) => {
+                return Err(e.into())
+            }
+            Some(e) => {
+                failures += 1;
+                if failures > MAX_RECONNECTS {
+                    return Err(e.into());
+                }
+                tracing::info!(run = %run, error = %e, "log stream broke; resuming after the last line");
+                tokio::time::sleep(POLL).await;
+            }
+            // The stream ended: the run ended, or the server closed a long follow.
+            None => {
+                if engine.run_status(run).await?.state.is_finished() {
+                    return Ok(cursor);
+                }
+                tokio::time::sleep(POLL).await;
+            }
+        }
+    }
+}
+
+/// Reads the run's logs as they are now, handing each line to `on_line`; returns the cursor
+/// after the last one.
+///
+/// # Errors
+/// The engine's error when the run is not there or the stream breaks.
+pub async fn read_logs(
+    engine: &dyn ContainerEngine,
+    run: &RunId,
+    mut on_line: impl FnMut(&LogLine),
+) -> Result<LogCursor> {
+    let mut cursor = LogCursor::default();
+    let mut stream = engine.run_logs(run, LogOptions::default()).await?;
+    while let Some(line) = stream.next().await {
+        let line = line?;
+        cursor.advance(&line);
+        on_line(&line);
+    }
+    Ok(cursor)
+}
+
+/// Waits until the run is finished and returns its status (with the true exit code). Wrap
+/// it in `tokio::time::timeout` to bound the wait.
+///
+/// # Errors
+/// The engine's error when the status cannot be read.
+pub async fn wait(engine: &dyn ContainerEngine, run: &RunId) -> Result<RunStatus> {
+    loop {
+        let status = engine.run_status(run).await?;
+        if status.state.is_finished() {
+            return Ok(status);
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// [`follow_logs`] from the start, then [`wait`]: what `berth submit --watch` does.
+///
+/// # Errors
+/// As [`follow_logs`] and [`wait`].
+pub async fn watch(
+    engine: &dyn ContainerEngine,
+    run: &RunId,
+    on_line: impl FnMut(&LogLine),
+) -> Result<RunStatus> {
+    follow_logs(engine, run, None, on_line).await?;
+    wait(engine, run).await
+}

@@ -1,0 +1,320 @@
+//! `berth submit`, `logs`, `status`, `ls --runs` and `down` of a batch run, end to end on
+//! Docker and on the Kubernetes simulator: the binary from separate processes, as a user
+//! would run it.
+
+use std::process::Command;
+
+use berth_engine_core::testkit::{ensure_test_image, TEST_IMAGE};
+use berth_engine_docker::{DockerConfig, DockerEngine};
+use berth_k8s_sim::Sim;
+
+mod common;
+
+use common::{json_of, text};
+
+/// Runs `cmd`, failing with its stderr unless it exits `code`.
+#[track_caller]
+fn expect_exit(cmd: &mut Command, code: i32) -> std::process::Output {
+    let out = cmd.output().expect("run berth");
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{cmd:?}: stdout {} / stderr {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    out
+}
+
+fn numbered(n: usize) -> String {
+    (1..=n).map(|i| format!("line {i}\n")).collect()
+}
+
+const PRINT_30: &str =
+    "i=1; while [ $i -le 30 ]; do echo line $i; i=$((i+1)); sleep 0.05; done; exit 3";
+
+/// The whole flow against whatever backend `berth` (a command builder) is configured for.
+fn submit_logs_status_watch_cancel(session: &str, berth: &dyn Fn(&[&str]) -> Command) {
+    // Submit: the name at once, exit 0, while the run goes on.
+    let out = expect_exit(
+        &mut berth(&[
+            "submit",
+            "--session",
+            session,
+            "--name",
+            "count",
+            "--",
+            "sh",
+            "-c",
+            PRINT_30,
+        ]),
+        0,
+    );
+    let run = text(&out.stdout).trim().to_owned();
+    assert!(run.contains(session), "a run name: {run:?}");
+
+    // Another process follows its logs: every line exactly once, then exit 0 at its end.
+    let out = expect_exit(&mut berth(&["logs", "-f", &run]), 0);
+    assert_eq!(text(&out.stdout), numbered(30));
+
+    // Its status: the true exit code 3.
+    let out = expect_exit(&mut berth(&["--json", "status", &run]), 0);
+    let status = json_of(&out);
+    assert_eq!(status["state"], "failed", "{status}");
+    assert_eq!(status["exit_code"], 3, "{status}");
+    let out = expect_exit(&mut berth(&["status", &run]), 0);
+    assert_eq!(text(&out.stdout), format!("{run}: failed (exit code 3)\n"));
+
+    // --watch exits with the run's code, 0 and 3, with its output on stdout.
+    for code in [0, 3] {
+        let script = format!("echo watched; exit {code}");
+        let out = expect_exit(
+            &mut berth(&[
+                "submit",
+                "--watch",
+                "--session",
+                session,
+                "--",
+                "sh",
+                "-c",
+                &script,
+            ]),
+            code,
+        );
+        assert_eq!(text(&out.stdout), "watched\n");
+        common::assert_stderr_has(&out, "submitted");
+    }
+
+    // `down NAME` cancels a running run, which stays for its status.
+    let out = expect_exit(
+        &mut berth(&[
+            "submit",
+            "--session",
+            session,
+            "--name",
+            "sleeper",
+            "--",
+            "sleep",
+            "600",
+        ]),
+        0,
+    );
+    let sleeper = text(&out.stdout).trim().to_owned();
+    let start = std::time::Instant::now();
+    loop {
+        let out = expect_exit(&mut berth(&["--json", "status", &sleeper]), 0);
+        if json_of(&out)["state"] == "running" {
+            break;
+        }
+        assert!(
+            start.elapsed().as_secs() < 90,
+            "never running: {}",
+            text(&out.stdout)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let out = expect_exit(&mut berth(&["down", &sleeper]), 0);
+    assert_eq!(text(&out.stdout), format!("{sleeper}: cancelled\n"));
+    let start = std::time::Instant::now();
+    loop {
+        let out = expect_exit(&mut berth(&["--json", "status", &sleeper]), 0);
+        let state = json_of(&out)["state"].clone();
+        if state == "cancelled" {
+            break;
+        }
+        assert_eq!(state, "running", "after cancel");
+        assert!(start.elapsed().as_secs() < 30, "not cancelled after 30 s");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+
+    // `ls --runs` shows the session's runs; plain `ls` shows no run as an environment.
+    let out = expect_exit(
+        &mut berth(&["--json", "ls", "--runs", "--session", session]),
+        0,
+    );
+    let listed = json_of(&out);
+    let ids: Vec<&str> = listed
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|r| r["id"].as_str())
+        .collect();
+    assert!(
+        ids.contains(&run.as_str()) && ids.contains(&sleeper.as_str()),
+        "{listed}"
+    );
+    assert_eq!(ids.len(), 4, "{listed}");
+    let out = expect_exit(&mut berth(&["--json", "ls", "--session", session]), 0);
+    assert_eq!(
+        json_of(&out),
+        serde_json::json!([]),
+        "runs listed as environments"
+    );
+
+    // A name that is no run: exit 125, saying so.
+    let out = expect_exit(&mut berth(&["status", "berth-no-such-run-0"]), 125);
+    common::assert_stderr_has(&out, "run not found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_logs_status_watch_and_cancel_on_docker() {
+    let (session, _cleanup) = common::fresh_session().await;
+    let berth = |args: &[&str]| {
+        let mut cmd = common::berth_with_state("runs-state", args);
+        cmd.env("BERTH_RUNNER__IMAGE", TEST_IMAGE)
+            .env("BERTH_RUNNER__BACKEND", "docker");
+        cmd
+    };
+    submit_logs_status_watch_cancel(&session, &berth);
+
+    // Docker has no scheduler: a schedule is refused, naming what to use.
+    let out = expect_exit(
+        &mut berth(&[
+            "submit",
+            "--schedule",
+            "0 4 * * *",
+            "--session",
+            &session,
+            "--",
+            "true",
+        ]),
+        125,
+    );
+    common::assert_stderr_has(&out, "schedule is not supported");
+    let out = expect_exit(
+        &mut berth(&["submit", "--schedule", "every day", "--", "true"]),
+        125,
+    );
+    common::assert_stderr_has(&out, "invalid schedule");
+}
+
+/// A simulator, with the test image built and a kubeconfig in the returned directory.
+async fn simulator() -> (Sim, tempfile::TempDir) {
+    let docker = DockerEngine::connect(&DockerConfig::default())
+        .await
+        .unwrap_or_else(|e| panic!("these tests need a running Docker daemon: {e}"));
+    ensure_test_image(&docker).await.expect("test image");
+    let sim = Sim::start().await.expect("simulator");
+    let dir = tempfile::tempdir().expect("tempdir");
+    sim.write_kubeconfig(&dir.path().join("kubeconfig"))
+        .expect("kubeconfig");
+    (sim, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_logs_status_watch_and_cancel_on_kubernetes() {
+    let (sim, dir) = simulator().await;
+    let kubeconfig = dir.path().join("kubeconfig");
+    let session = berth_engine_core::SessionId::generate().to_string();
+    let berth = |args: &[&str]| {
+        let mut cmd = common::berth_in(dir.path(), &dir.path().join("state"), args);
+        common::on_kubernetes(&mut cmd, &kubeconfig);
+        cmd
+    };
+    submit_logs_status_watch_cancel(&session, &berth);
+    drop(sim);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_fires_and_its_runs_are_followed_on_kubernetes() {
+    let (sim, dir) = simulator().await;
+    let kubeconfig = dir.path().join("kubeconfig");
+    let session = berth_engine_core::SessionId::generate().to_string();
+    let berth = |args: &[&str]| {
+        let mut cmd = common::berth_in(dir.path(), &dir.path().join("state"), args);
+        common::on_kubernetes(&mut cmd, &kubeconfig);
+        cmd
+    };
+    let kubectl = |args: &[&str]| {
+        let out = Command::new("/usr/lib/google-cloud-sdk/bin/kubectl.1.33")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(args)
+            .output()
+            .expect("kubectl 1.33");
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    };
+    let out = expect_exit(
+        &mut berth(&[
+            "submit",
+            "--schedule",
+            "0 4 * * *",
+            "--session",
+            &session,
+            "--name",
+            "nightly",
+            "--",
+            "sh",
+            "-c",
+            "echo scheduled; exit 3",
+        ]),
+        0,
+    );
+    let schedule = text(&out.stdout).trim().to_owned();
+    // The real kubectl sees the CronJob, with its schedule.
+    let listed = kubectl(&["get", "cronjobs"]);
+    assert!(
+        listed.contains(&schedule) && listed.contains("0 4 * * *"),
+        "{listed}"
+    );
+
+    // It fires (the simulator's hook: no waiting until 4 o'clock); its Job is a run.
+    let run = sim.fire_cron_job("default", &schedule).expect("fire");
+    let out = expect_exit(&mut berth(&["logs", "-f", &run]), 0);
+    assert_eq!(text(&out.stdout), "scheduled\n");
+    let out = expect_exit(&mut berth(&["--json", "status", &run]), 0);
+    let status = json_of(&out);
+    assert_eq!(
+        (status["state"].clone(), status["exit_code"].clone()),
+        ("failed".into(), 3.into()),
+        "{status}"
+    );
+    assert_eq!(kubectl(&["logs", &format!("job/{run}")]), "scheduled\n");
+
+    // `ls --runs` shows the schedule with its last run, and the run itself.
+    let out = expect_exit(
+        &mut berth(&["--json", "ls", "--runs", "--session", &session]),
+        0,
+    );
+    let listed = json_of(&out);
+    let entry = |id: &str| {
+        listed
+            .as_array()
+            .expect("a list")
+            .iter()
+            .find(|r| r["id"] == id)
+            .unwrap_or_else(|| panic!("{id} not in {listed}"))
+            .clone()
+    };
+    let cron = entry(&schedule);
+    assert_eq!(cron["state"], "scheduled", "{cron}");
+    assert_eq!(cron["schedule"], "0 4 * * *", "{cron}");
+    assert_eq!(cron["runs"], serde_json::json!([run]), "{cron}");
+    assert_eq!(entry(&run)["exit_code"], 3);
+
+    // `down` removes the schedule, and its Jobs go with it.
+    let out = expect_exit(&mut berth(&["down", &schedule]), 0);
+    assert_eq!(text(&out.stdout), format!("{schedule}: schedule removed\n"));
+    let start = std::time::Instant::now();
+    loop {
+        let out = expect_exit(
+            &mut berth(&["--json", "ls", "--runs", "--session", &session]),
+            0,
+        );
+        if json_of(&out) == serde_json::json!([]) {
+            break;
+        }
+        assert!(
+            start.elapsed().as_secs() < 30,
+            "left after down: {}",
+            text(&out.stdout)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    drop(sim);
+}
