@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use crate::{
     BackendKind, BuildSpec, ContainerEngine, EngineInfo, EnvironmentId, EnvironmentSpec,
     EnvironmentStatus, ExecOutput, ExecProcess, ExecRequest, ImageInfo, ImageRef, LabelSelector,
-    Progress, PullPolicy, RemoveOutcome, Result, StopOutcome, TarStream, VolumeStatus,
+    PortStream, Progress, PullPolicy, RemoveOutcome, Result, StopOutcome, TarStream, VolumeStatus,
 };
 
 /// Forwards every method, defaults included, to the engine behind a pointer, so a wrapper
@@ -76,6 +76,9 @@ macro_rules! forward_container_engine {
             }
             async fn remove_volume(&self, name: &str) -> Result<RemoveOutcome> {
                 (**self).remove_volume(name).await
+            }
+            async fn connect_port(&self, env: &EnvironmentId, port: u16) -> Result<PortStream> {
+                (**self).connect_port(env, port).await
             }
         }
     )+};

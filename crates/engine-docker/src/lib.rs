@@ -28,6 +28,7 @@ mod copy;
 mod errors;
 mod exec;
 mod image;
+mod port;
 mod resolve;
 mod ssh;
 mod tls;
@@ -378,5 +379,13 @@ impl ContainerEngine for DockerEngine {
 
     async fn remove_volume(&self, name: &str) -> Result<RemoveOutcome> {
         volume::remove(self, name).await
+    }
+
+    async fn connect_port(
+        &self,
+        env: &EnvironmentId,
+        port: u16,
+    ) -> Result<berth_engine_core::PortStream> {
+        port::connect(self, env, port).await
     }
 }

@@ -32,6 +32,7 @@ mod job;
 pub mod manifest;
 mod pod;
 mod policy;
+mod port;
 pub mod progress;
 mod retry;
 mod status;
@@ -217,5 +218,13 @@ impl ContainerEngine for KubernetesEngine {
 
     async fn remove_volume(&self, name: &str) -> Result<RemoveOutcome> {
         claim::remove(self, name).await
+    }
+
+    async fn connect_port(
+        &self,
+        env: &EnvironmentId,
+        port: u16,
+    ) -> Result<berth_engine_core::PortStream> {
+        port::connect(self, env, port).await
     }
 }

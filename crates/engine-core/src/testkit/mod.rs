@@ -29,6 +29,7 @@ pub mod cases_foreign;
 pub mod cases_kill;
 pub mod cases_lifecycle;
 pub mod cases_outcomes;
+pub mod cases_ports;
 pub mod cases_shell;
 pub mod cases_workspace;
 mod cases_zombies;
@@ -378,6 +379,10 @@ macro_rules! conformance_suite {
             shell_killed_or_exited_is_shell_closed,
             detached_command_survives_a_dropped_client,
             detached_output_is_capped_keeping_the_first_bytes,
+            port_forward_reaches_an_http_server_inside,
+            port_forward_to_a_closed_port_is_a_clear_error,
+            port_forward_serves_20_concurrent_connections,
+            port_forward_relays_binary_bytes_exactly_both_ways,
         }
     };
     (@names_of; $($case:ident),* $(,)?) => {
