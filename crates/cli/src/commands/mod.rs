@@ -10,6 +10,7 @@ mod gc;
 mod image;
 mod kill;
 mod ls;
+mod port_forward;
 mod ps;
 mod render;
 mod run;
@@ -93,6 +94,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Image(ImageCommand::Build(a)) => image::build(&ctx, a).await,
         Command::Render(a) => render::render(&ctx, a),
         Command::Serve(a) => serve::serve(&ctx, a).await,
+        Command::PortForward(a) => port_forward::port_forward(&ctx, a).await,
     }
 }
 
