@@ -261,7 +261,8 @@ pub async fn connect_port_via_exec<E: ContainerEngine + ?Sized>(
                 port,
                 stdin,
                 output,
-                _process: process,
+                process: Some(process),
+                ended: false,
                 pending: Bytes::from(pending),
                 stderr: rest,
             }));
@@ -311,7 +312,10 @@ struct ExecPortStream {
     stdin: ExecStdin,
     output: OutputStream,
     /// Owns the exec's I/O task for as long as the stream lives.
-    _process: ExecProcess,
+    process: Option<ExecProcess>,
+    /// Whether the output ended (`nc` exited): then dropping the stream only collects the
+    /// exit status; before that it cancels the exec, whose kill ends `nc`.
+    ended: bool,
     pending: Bytes,
     stderr: Vec<u8>,
 }
@@ -337,6 +341,7 @@ impl AsyncRead for ExecPortStream {
                     keep(&mut this.stderr, &b);
                 }
                 Poll::Ready(None) => {
+                    self.ended = true;
                     let said = String::from_utf8_lossy(&self.stderr).trim().to_owned();
                     if said.is_empty() {
                         return Poll::Ready(Ok(()));
@@ -348,6 +353,21 @@ impl AsyncRead for ExecPortStream {
                     )));
                 }
             }
+        }
+    }
+}
+
+impl Drop for ExecPortStream {
+    fn drop(&mut self) {
+        if !self.ended {
+            return;
+        }
+        if let (Some(process), Ok(handle)) =
+            (self.process.take(), tokio::runtime::Handle::try_current())
+        {
+            handle.spawn(async move {
+                let _ = process.wait().await;
+            });
         }
     }
 }
