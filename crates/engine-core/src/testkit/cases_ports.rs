@@ -125,9 +125,21 @@ pub async fn port_forward_reaches_an_http_server_inside(fx: &Fixture) {
         assert!(answer.starts_with("HTTP/1."), "{answer}");
         assert!(answer.contains(" 404 "), "{answer}");
 
-        // A dropped forward stops listening.
+        // A dropped forward stops listening and closes the clients it serves.
         let addr = fwd.local_addr();
+        let mut open_client = TcpStream::connect(addr).await.expect("connect");
+        open_client
+            .write_all(b"GET /index.html HTTP/1.0\r\n")
+            .await
+            .expect("write");
+        tokio::time::sleep(Duration::from_millis(500)).await;
         drop(fwd);
+        let mut rest = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(10), open_client.read_to_end(&mut rest))
+                .await
+                .is_ok();
+        assert!(closed, "a client of a dropped forward was left open");
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(
             TcpStream::connect(addr).await.is_err(),
@@ -205,9 +217,10 @@ pub async fn port_forward_serves_20_concurrent_connections(fx: &Fixture) {
 }
 
 /// 3 MiB holding every byte value cross a forward to an echo server and come back exactly,
-/// while both directions flow at once.
+/// while both directions flow at once, in an environment without network access (only its
+/// loopback): the forward needs none.
 pub async fn port_forward_relays_binary_bytes_exactly_both_ways(fx: &Fixture) {
-    fx.with_env(&fx.spec(), |env| async move {
+    fx.with_env(&fx.spec().with_network(false), |env| async move {
         serve(fx, &env, 7073, "cat").await;
         let fwd = forward(fx, &env, 7073).await;
         let data = pattern(3 * MIB + 7);
