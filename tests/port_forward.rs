@@ -1,6 +1,6 @@
 //! End-to-end tests of `berth port-forward` against the real Docker daemon: curl reaches
 //! busybox httpd inside an environment through the built binary, a closed port fails only its
-//! client, and Ctrl-C ends the forward with 130.
+//! client, Ctrl-C ends the forward with 130, and a removed environment with 125.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
@@ -40,7 +40,7 @@ impl Drop for Forward {
 }
 
 #[tokio::test]
-async fn curl_reaches_httpd_through_port_forward_and_ctrl_c_exits_130() {
+async fn curl_reaches_httpd_through_port_forward_ctrl_c_exits_130_a_removed_env_125() {
     let (session, _cleanup) = fresh_session().await;
     let out = run(&["--json", "up", "--image", TEST_IMAGE, "--session", &session]);
     assert!(out.status.success(), "up: {}", text(&out.stderr));
@@ -52,14 +52,7 @@ async fn curl_reaches_httpd_through_port_forward_and_ctrl_c_exits_130() {
         .spawn()
         .expect("spawn berth port-forward");
     let mut forward = Forward(child);
-    let mut line = String::new();
-    BufReader::new(forward.0.stdout.as_mut().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read the address line");
-    let printed: serde_json::Value =
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"));
-    assert_eq!(printed["remote_port"], 8080, "{printed}");
-    let address = printed["address"].as_str().expect("address").to_owned();
+    let address = listening_address(&mut forward);
     assert!(address.starts_with("127.0.0.1:"), "{address}");
     assert_ne!(address, "127.0.0.1:0");
 
@@ -98,8 +91,43 @@ async fn curl_reaches_httpd_through_port_forward_and_ctrl_c_exits_130() {
         "still listening after Ctrl-C"
     );
 
+    // A forward whose environment goes away ends with 125 at its next client.
+    let mut forward = Forward(
+        berth(&["--json", "port-forward", &env, "8080"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn berth port-forward"),
+    );
+    let address = listening_address(&mut forward);
     let out = run(&["down", &env]);
     assert!(out.status.success(), "down: {}", text(&out.stderr));
+    let _ = curl(&format!("http://{address}/"));
+    let status = forward.0.wait().expect("wait for berth");
+    assert_eq!(
+        status.code(),
+        Some(125),
+        "a forward to a removed environment"
+    );
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(forward.0.stderr.as_mut().expect("stderr"), &mut stderr)
+        .expect("read stderr");
+    assert!(
+        stderr.contains(&format!("stopped forwarding to {env}")),
+        "{stderr}"
+    );
+}
+
+/// The address the forward printed with --json once listening.
+fn listening_address(forward: &mut Forward) -> String {
+    let mut line = String::new();
+    BufReader::new(forward.0.stdout.as_mut().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read the address line");
+    let printed: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"));
+    assert_eq!(printed["remote_port"], 8080, "{printed}");
+    printed["address"].as_str().expect("address").to_owned()
 }
 
 #[test]

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use berth_engine_core::{ExecRequest, PortForward};
+use berth_engine_core::{ErrorKind, ExecRequest, PortForward};
 
 use super::{env_id, Ctx};
 use crate::args::PortForwardArgs;
@@ -42,6 +42,10 @@ pub async fn port_forward(ctx: &Ctx, args: PortForwardArgs) -> anyhow::Result<Ex
         tokio::select! {
             signal = &mut interrupted => return Ok(ExitCode::from(signal.exit_code())),
             error = forward.next_error() => match error {
+                // The environment is gone: no client can be served any more.
+                Some(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::EnvironmentGone) => {
+                    return Err(anyhow::Error::new(e).context(format!("stopped forwarding to {env}")));
+                }
                 // One client's failure; the forward serves the others.
                 Some(e) => eprintln!("berth: {e}"),
                 None => anyhow::bail!("the forward on {address} stopped accepting clients"),
