@@ -32,6 +32,27 @@ fn curl(url: &str) -> Output {
 /// Kills the forward if the test fails before it does.
 struct Forward(Child);
 
+impl Forward {
+    /// Spawns `berth --json port-forward ...` and reads the address it printed once listening.
+    fn spawn(mut cmd: Command) -> (Self, String) {
+        let child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn berth port-forward");
+        let mut forward = Forward(child);
+        let mut line = String::new();
+        BufReader::new(forward.0.stdout.as_mut().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read the address line");
+        let printed: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"));
+        assert_eq!(printed["remote_port"], 8080, "{printed}");
+        let address = printed["address"].as_str().expect("address").to_owned();
+        (forward, address)
+    }
+}
+
 impl Drop for Forward {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -46,13 +67,7 @@ async fn curl_reaches_httpd_through_port_forward_ctrl_c_exits_130_a_removed_env_
     assert!(out.status.success(), "up: {}", text(&out.stderr));
     let env = json_of(&out)["id"].as_str().expect("id").to_owned();
 
-    let child = berth(&["--json", "port-forward", &env, "8080"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn berth port-forward");
-    let mut forward = Forward(child);
-    let address = listening_address(&mut forward);
+    let (mut forward, address) = Forward::spawn(berth(&["--json", "port-forward", &env, "8080"]));
     assert!(address.starts_with("127.0.0.1:"), "{address}");
     assert_ne!(address, "127.0.0.1:0");
 
@@ -92,14 +107,7 @@ async fn curl_reaches_httpd_through_port_forward_ctrl_c_exits_130_a_removed_env_
     );
 
     // A forward whose environment goes away ends with 125 at its next client.
-    let mut forward = Forward(
-        berth(&["--json", "port-forward", &env, "8080"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn berth port-forward"),
-    );
-    let address = listening_address(&mut forward);
+    let (mut forward, address) = Forward::spawn(berth(&["--json", "port-forward", &env, "8080"]));
     let out = run(&["down", &env]);
     assert!(out.status.success(), "down: {}", text(&out.stderr));
     let _ = curl(&format!("http://{address}/"));
@@ -116,18 +124,6 @@ async fn curl_reaches_httpd_through_port_forward_ctrl_c_exits_130_a_removed_env_
         stderr.contains(&format!("stopped forwarding to {env}")),
         "{stderr}"
     );
-}
-
-/// The address the forward printed with --json once listening.
-fn listening_address(forward: &mut Forward) -> String {
-    let mut line = String::new();
-    BufReader::new(forward.0.stdout.as_mut().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read the address line");
-    let printed: serde_json::Value =
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"));
-    assert_eq!(printed["remote_port"], 8080, "{printed}");
-    printed["address"].as_str().expect("address").to_owned()
 }
 
 #[test]
@@ -153,4 +149,46 @@ fn bad_ports_and_missing_environments_exit_125() {
         "{}",
         text(&out.stderr)
     );
+}
+
+/// The same forward with `runner.backend: kubernetes`, against the simulator (its pods are
+/// Docker containers): curl gets httpd's page from inside the pod.
+#[tokio::test]
+async fn curl_reaches_httpd_through_port_forward_on_kubernetes() {
+    common::test_image().await;
+    let sim = berth_k8s_sim::Sim::start().await.expect("simulator");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    sim.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+    let k8s = |args: &[&str]| {
+        let mut cmd = common::berth_in(dir.path(), &dir.path().join("state"), args);
+        common::on_kubernetes(&mut cmd, &kubeconfig);
+        cmd
+    };
+    let session = berth_engine_core::SessionId::generate().to_string();
+    let out = k8s(&["--json", "up", "--session", &session])
+        .output()
+        .expect("up");
+    assert!(out.status.success(), "up: {}", text(&out.stderr));
+    let env = json_of(&out)["id"].as_str().expect("id").to_owned();
+    let out = k8s(&[
+        "exec",
+        &env,
+        "--",
+        "sh",
+        "-c",
+        "mkdir -p /tmp/www && echo served from a pod > /tmp/www/index.html && httpd -p 8080 -h /tmp/www",
+    ])
+    .output()
+    .expect("exec");
+    assert!(out.status.success(), "exec httpd: {}", text(&out.stderr));
+
+    let (forward, address) = Forward::spawn(k8s(&["--json", "port-forward", &env, "0:8080"]));
+    let answer = curl(&format!("http://{address}/index.html"));
+    assert!(answer.status.success(), "curl: {}", text(&answer.stderr));
+    assert_eq!(text(&answer.stdout), "served from a pod\n");
+    drop(forward);
+
+    let out = k8s(&["down", &env]).output().expect("down");
+    assert!(out.status.success(), "down: {}", text(&out.stderr));
 }
