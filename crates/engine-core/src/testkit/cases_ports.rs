@@ -150,7 +150,7 @@ pub async fn port_forward_reaches_an_http_server_inside(fx: &Fixture) {
 }
 
 /// A connection to a port nothing listens on is [`ErrorKind::PortClosed`] naming the port, at
-/// once; through a forward the client is closed without a byte, the forward reports the same
+/// once (port 0 is refused as invalid before any I/O); through a forward the client is closed without a byte, the forward reports the same
 /// error, and serves the next client once a server listens.
 pub async fn port_forward_to_a_closed_port_is_a_clear_error(fx: &Fixture) {
     fx.with_env(&fx.spec(), |env| async move {
@@ -166,6 +166,15 @@ pub async fn port_forward_to_a_closed_port_is_a_clear_error(fx: &Fixture) {
             "took {:?}",
             started.elapsed()
         );
+
+        match fx.engine.connect_port(&env, 0).await {
+            Ok(_) => panic!("a connection to port 0 succeeded"),
+            Err(e) => assert_eq!(e.kind(), ErrorKind::InvalidSpec, "{e}"),
+        }
+        let zero = PortForward::start(fx.engine.clone(), env.clone(), any_local(), 0).await;
+        let err = zero.expect_err("a forward to port 0 started");
+        assert_eq!(err.kind(), ErrorKind::InvalidSpec, "{err}");
+        assert!(err.to_string().contains("remote_port"), "{err}");
 
         let mut fwd = forward(fx, &env, 7071).await;
         let mut client = TcpStream::connect(fwd.local_addr()).await.expect("connect");
