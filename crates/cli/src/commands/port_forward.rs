@@ -58,7 +58,7 @@ pub async fn port_forward(ctx: &Ctx, args: PortForwardArgs) -> anyhow::Result<Ex
 fn parse_ports(text: &str) -> anyhow::Result<(u16, u16)> {
     let bad = || {
         anyhow::anyhow!(
-            "invalid PORTS argument {text:?}: expected [LOCAL:]REMOTE, ports from 1 to 65535 (LOCAL 0 or absent picks a free port), e.g. 8080 or 9000:8080"
+            "invalid [LOCAL:]REMOTE argument {text:?}: expected one or two ports from 1 to 65535 (LOCAL 0 or absent picks a free port), e.g. 8080 or 9000:8080"
         )
     };
     let (local, remote) = match text.split_once(':') {
@@ -83,7 +83,7 @@ mod tests {
         for bad in ["", "0", "x", "80:", ":80", "70000", "1:2:3", "-1", "8080:0"] {
             let err = parse_ports(bad).unwrap_err().to_string();
             assert!(
-                err.contains("PORTS") && err.contains("[LOCAL:]REMOTE"),
+                err.contains("invalid [LOCAL:]REMOTE argument"),
                 "{bad}: {err}"
             );
         }
