@@ -183,6 +183,9 @@ const OPEN_MARKER: &str = "berth-port-open";
 const CLOSED_MARKER: &str = "berth-port-closed";
 /// The marker it prints when the image lacks `awk` or `nc`.
 const NO_TOOLS_MARKER: &str = "berth-port-no-tools";
+/// How long a relay whose client left first waits for the server inside to close too before
+/// it cancels the exec.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(5);
 /// How much of `nc`'s own stderr is kept for an error message.
 const STDERR_KEPT: usize = 4096;
 
@@ -259,8 +262,8 @@ pub async fn connect_port_via_exec<E: ContainerEngine + ?Sized>(
             return Ok(Box::new(ExecPortStream {
                 env: env.clone(),
                 port,
-                stdin,
-                output,
+                stdin: Some(stdin),
+                output: Some(output),
                 process: Some(process),
                 ended: false,
                 pending: Bytes::from(pending),
@@ -309,12 +312,14 @@ fn keep(kept: &mut Vec<u8>, more: &[u8]) {
 struct ExecPortStream {
     env: EnvironmentId,
     port: u16,
-    stdin: ExecStdin,
-    output: OutputStream,
+    /// `None` only while dropping, as are `output` and `process`.
+    stdin: Option<ExecStdin>,
+    output: Option<OutputStream>,
     /// Owns the exec's I/O task for as long as the stream lives.
     process: Option<ExecProcess>,
     /// Whether the output ended (`nc` exited): then dropping the stream only collects the
-    /// exit status; before that it cancels the exec, whose kill ends `nc`.
+    /// exit status; before that it first closes `nc`'s stdin and waits [`LINGER`] for it to
+    /// end by itself, and only then cancels the exec (whose kill ends `nc`).
     ended: bool,
     pending: Bytes,
     stderr: Vec<u8>,
@@ -333,7 +338,10 @@ impl AsyncRead for ExecPortStream {
                 buf.put_slice(&chunk);
                 return Poll::Ready(Ok(()));
             }
-            match Pin::new(&mut self.output).poll_next(cx) {
+            let Some(output) = self.output.as_mut() else {
+                return Poll::Ready(Ok(()));
+            };
+            match Pin::new(output).poll_next(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(OutputChunk::Stdout(b))) => self.pending = b,
                 Poll::Ready(Some(OutputChunk::Stderr(b))) => {
@@ -359,16 +367,28 @@ impl AsyncRead for ExecPortStream {
 
 impl Drop for ExecPortStream {
     fn drop(&mut self) {
-        if !self.ended {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
             return;
-        }
-        if let (Some(process), Ok(handle)) =
-            (self.process.take(), tokio::runtime::Handle::try_current())
-        {
-            handle.spawn(async move {
-                let _ = process.wait().await;
-            });
-        }
+        };
+        let (Some(process), Some(mut stdin), Some(mut output)) =
+            (self.process.take(), self.stdin.take(), self.output.take())
+        else {
+            return;
+        };
+        let ended = self.ended;
+        handle.spawn(async move {
+            if !ended {
+                // The client left first: `nc` ends its sending side, and a server that then
+                // closes its own lets the exec end by itself rather than by a kill.
+                let _ = stdin.close().await;
+                let drain = async { while output.next_chunk().await.is_some() {} };
+                if tokio::time::timeout(LINGER, drain).await.is_err() {
+                    return; // dropping the process cancels the exec
+                }
+            }
+            drop(output);
+            let _ = process.wait().await;
+        });
     }
 }
 
@@ -378,13 +398,22 @@ impl AsyncWrite for ExecPortStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stdin).poll_write(cx, buf)
+        match self.stdin.as_mut() {
+            Some(stdin) => Pin::new(stdin).poll_write(cx, buf),
+            None => Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into())),
+        }
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stdin).poll_flush(cx)
+        match self.stdin.as_mut() {
+            Some(stdin) => Pin::new(stdin).poll_flush(cx),
+            None => Poll::Ready(Ok(())),
+        }
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stdin).poll_shutdown(cx)
+        match self.stdin.as_mut() {
+            Some(stdin) => Pin::new(stdin).poll_shutdown(cx),
+            None => Poll::Ready(Ok(())),
+        }
     }
 }
 
