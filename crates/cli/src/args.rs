@@ -97,6 +97,9 @@ pub enum Command {
     /// Run the job agent: an HTTP API that runs jobs in environments of their own (SIGTERM
     /// drains, a second signal cancels, SIGHUP reloads the API keys).
     Serve(ServeArgs),
+    /// Forward a local port to a port inside an environment until interrupted (Ctrl-C);
+    /// --json prints {"address", "remote_port"} once listening.
+    PortForward(PortForwardArgs),
 }
 
 /// `berth render`.
@@ -544,4 +547,17 @@ pub struct ServeArgs {
     /// TLS private key, PEM (server.tls.key); needs --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+}
+
+/// `berth port-forward`.
+#[derive(Debug, Args)]
+pub struct PortForwardArgs {
+    /// The environment id (as `berth exec` takes it).
+    pub environment: String,
+    /// `[LOCAL:]REMOTE`: the port inside, and the local one (0 or absent picks a free port).
+    #[arg(value_name = "[LOCAL:]REMOTE")]
+    pub ports: String,
+    /// The local address to listen on.
+    #[arg(long, value_name = "IP", default_value = "127.0.0.1")]
+    pub address: std::net::IpAddr,
 }

@@ -34,6 +34,7 @@ use crate::{
 };
 
 pub use crate::kill::{sweep_argv, sweep_sparing_argv, watchdog_argv, SweepReport};
+pub use crate::port::{connect_port_via_exec, relay_script};
 
 /// How many output chunks an [`ExecProcess`] buffers before it stops reading from the engine.
 /// With chunks of at most a few tens of KiB this bounds memory whatever the command prints.

@@ -207,6 +207,18 @@ pub enum Error {
         /// The task, e.g. "exec I/O task".
         what: String,
     },
+    /// A connection to a TCP port inside an environment failed: nothing listens on it (or
+    /// only on an address other than the environment's loopback). The port forward serving
+    /// other clients goes on; start the server inside, or forward another port.
+    #[error("cannot connect to port {port} in {env}: {reason}")]
+    PortClosed {
+        /// The environment.
+        env: String,
+        /// The port inside it.
+        port: u16,
+        /// What was found ("nothing listens on it") or what the relay said.
+        reason: String,
+    },
     /// An operation failed, and cleaning up after it failed too; both are reported.
     #[error("{primary}; cleanup also failed: {cleanup}")]
     CleanupFailed {
@@ -249,6 +261,8 @@ pub enum ErrorKind {
     EnvironmentGone,
     /// See [`Error::ShellClosed`].
     ShellClosed,
+    /// See [`Error::PortClosed`].
+    PortClosed,
     /// See [`Error::Backend`], [`Error::Io`] and [`Error::Internal`].
     Other,
 }
@@ -272,6 +286,7 @@ impl Error {
             Error::ConnectionLost { .. } => ErrorKind::ConnectionLost,
             Error::EnvironmentGone { .. } => ErrorKind::EnvironmentGone,
             Error::ShellClosed { .. } => ErrorKind::ShellClosed,
+            Error::PortClosed { .. } => ErrorKind::PortClosed,
             Error::Backend { .. } | Error::Io { .. } | Error::Internal { .. } => ErrorKind::Other,
             Error::CleanupFailed { primary, .. } => primary.kind(),
         }

@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use crate::{
     BackendKind, BuildSpec, ContainerEngine, EngineInfo, EnvironmentId, EnvironmentSpec,
     EnvironmentStatus, ExecOutput, ExecProcess, ExecRequest, ImageInfo, ImageRef, LabelSelector,
-    LogOptions, LogStream, Progress, PullPolicy, RemoveOutcome, Result, RunId, RunSpec, RunStatus,
-    StopOutcome, TarStream, VolumeStatus,
+    LogOptions, LogStream, PortStream, Progress, PullPolicy, RemoveOutcome, Result, RunId, RunSpec,
+    RunStatus, StopOutcome, TarStream, VolumeStatus,
 };
 
 /// Forwards every method, defaults included, to the engine behind a pointer, so a wrapper
@@ -92,6 +92,9 @@ macro_rules! forward_container_engine {
             }
             async fn cancel_run(&self, run: &RunId) -> Result<()> {
                 (**self).cancel_run(run).await
+            }
+            async fn connect_port(&self, env: &EnvironmentId, port: u16) -> Result<PortStream> {
+                (**self).connect_port(env, port).await
             }
         }
     )+};

@@ -62,6 +62,7 @@ mod forward;
 mod ids;
 mod image;
 mod kill;
+pub(crate) mod port;
 mod run;
 mod shell;
 mod spec;
@@ -89,6 +90,7 @@ pub use image::{
     collect_tar_stream, tar_stream_from_bytes, BuildSpec, ImageInfo, Progress, ProgressEvent,
     PullPolicy, TarStream,
 };
+pub use port::{PortForward, PortIo, PortStream};
 pub use run::{
     logs_connection_lost, resume_from, split_timestamp, validate_schedule, LogCursor, LogLine,
     LogOptions, LogSource, LogStream, LogTime, RunId, RunSpec, RunState, RunStatus, LABEL_RUN,
@@ -397,4 +399,20 @@ pub trait ContainerEngine: Send + Sync {
     /// ([`Error::not_a_berth_volume`]) for a volume or claim berth did not create, which is
     /// left alone.
     async fn remove_volume(&self, name: &str) -> Result<RemoveOutcome>;
+
+    /// Opens one connection to TCP `port` on the environment's loopback and returns it as a
+    /// byte stream; [`PortForward`] serves a local listener with it. Shutting down the
+    /// stream's write side delivers end of file to the server inside.
+    ///
+    /// # Errors
+    /// [`Error::PortClosed`] naming the port when nothing listens on it; [`Error::NotFound`]
+    /// for a missing environment; [`Error::Unsupported`] (the default) where the backend
+    /// cannot reach ports inside.
+    async fn connect_port(&self, env: &EnvironmentId, port: u16) -> Result<PortStream> {
+        Err(Error::Unsupported {
+            backend: self.backend(),
+            operation: "connect_port",
+            reason: format!("this engine cannot connect to port {port} inside {env}"),
+        })
+    }
 }

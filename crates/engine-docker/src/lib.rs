@@ -29,6 +29,7 @@ mod daemon;
 mod errors;
 mod exec;
 mod image;
+mod port;
 mod resolve;
 mod retry;
 mod run;
@@ -419,5 +420,13 @@ impl ContainerEngine for DockerEngine {
 
     async fn remove_volume(&self, name: &str) -> Result<RemoveOutcome> {
         volume::remove(self, name).await
+    }
+
+    async fn connect_port(
+        &self,
+        env: &EnvironmentId,
+        port: u16,
+    ) -> Result<berth_engine_core::PortStream> {
+        port::connect(self, env, port).await
     }
 }

@@ -32,6 +32,7 @@ mod job;
 pub mod manifest;
 mod pod;
 mod policy;
+mod port;
 pub mod progress;
 mod retry;
 mod run;
@@ -243,5 +244,13 @@ impl ContainerEngine for KubernetesEngine {
 
     async fn cancel_run(&self, run: &RunId) -> Result<()> {
         run::cancel(self, run).await
+    }
+
+    async fn connect_port(
+        &self,
+        env: &EnvironmentId,
+        port: u16,
+    ) -> Result<berth_engine_core::PortStream> {
+        port::connect(self, env, port).await
     }
 }

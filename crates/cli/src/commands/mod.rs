@@ -12,6 +12,7 @@ mod image;
 mod kill;
 mod logs;
 mod ls;
+mod port_forward;
 mod ps;
 mod render;
 mod run;
@@ -106,6 +107,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Builder(BuilderCommand::Ls(_)) => builder::ls(&ctx).await,
         Command::Render(a) => render::render(&ctx, a),
         Command::Serve(a) => serve::serve(&ctx, a).await,
+        Command::PortForward(a) => port_forward::port_forward(&ctx, a).await,
     }
 }
 

@@ -39,9 +39,9 @@ fn assert_refused<T>(what: &str, given: &str, result: Result<T>) {
 }
 
 /// A container or Job berth did not create (no `app.kubernetes.io/managed-by=berth` label) is
-/// refused by exec, streaming exec, copy in, copy out and stop, whether named by its name or
-/// another id (a full id, an id prefix), with NotFound "not a berth environment"; it keeps
-/// running, untouched, and `list` never shows it.
+/// refused by exec, streaming exec, copy in, copy out, connect_port and stop, whether named by
+/// its name or another id (a full id, an id prefix), with NotFound "not a berth environment";
+/// it keeps running, untouched, and `list` never shows it.
 pub async fn foreign_objects_are_refused_and_left_alone(fx: &Fixture) {
     let foreign = fx.foreign.as_ref().expect(
         "this fixture cannot make foreign objects: give it a ForeignObjects hook (Fixture::with_foreign)",
@@ -77,6 +77,11 @@ pub async fn foreign_objects_are_refused_and_left_alone(fx: &Fixture) {
                     .await,
             );
             assert_refused("copy_out", given, fx.engine.copy_out(&env, "/etc").await);
+            assert_refused(
+                "connect_port",
+                given,
+                fx.engine.connect_port(&env, 80).await,
+            );
             assert_refused("stop", given, fx.engine.stop(&env).await);
             assert!(
                 foreign.is_alive(&name).await,

@@ -29,6 +29,7 @@ pub mod cases_foreign;
 pub mod cases_kill;
 pub mod cases_lifecycle;
 pub mod cases_outcomes;
+pub mod cases_ports;
 pub mod cases_runs;
 pub mod cases_shell;
 pub mod cases_workspace;
@@ -387,6 +388,10 @@ macro_rules! conformance_suite {
             a_run_past_its_deadline_is_deadline_exceeded,
             list_runs_finds_runs_by_label,
             a_name_that_is_not_a_berth_run_is_not_found,
+            port_forward_reaches_an_http_server_inside,
+            port_forward_to_a_closed_port_is_a_clear_error,
+            port_forward_serves_20_concurrent_connections,
+            port_forward_relays_binary_bytes_exactly_both_ways,
         }
     };
     (@names_of; $($case:ident),* $(,)?) => {
