@@ -295,18 +295,36 @@ fn unknown_keys(
     name: fn(&str) -> String,
     out: &mut Vec<String>,
 ) {
+    unknown_keys_under(prefix, prefix, value, known, name, out);
+}
+
+/// `pattern` is `prefix` with the user's own names (a named map's keys, which may hold dots,
+/// such as an annotation `example.com/team`) written as `*`.
+fn unknown_keys_under(
+    prefix: &str,
+    pattern: &str,
+    value: &config::Value,
+    known: &[(String, ValueKind)],
+    name: fn(&str) -> String,
+    out: &mut Vec<String>,
+) {
     let Ok(table) = value.clone().into_table() else {
         return;
     };
+    let in_named_map = known
+        .iter()
+        .any(|(k, kind)| *kind == ValueKind::Named && path_matches(k, pattern));
     for (key, child) in table {
-        let path = if prefix.is_empty() {
-            key.clone()
+        let (path, child_pattern) = if prefix.is_empty() {
+            (key.clone(), key.clone())
+        } else if in_named_map {
+            (format!("{prefix}.{key}"), format!("{pattern}.*"))
         } else {
-            format!("{prefix}.{key}")
+            (format!("{prefix}.{key}"), format!("{pattern}.{key}"))
         };
         let kind = known
             .iter()
-            .find(|(k, _)| path_matches(k, &path))
+            .find(|(k, _)| path_matches(k, &child_pattern))
             .map(|(_, kind)| *kind);
         let is_known = kind.is_some();
         if matches!(kind, Some(ValueKind::List)) {
@@ -316,14 +334,14 @@ fn unknown_keys(
         if !is_known && child.clone().into_table().is_ok_and(|t| !t.is_empty()) {
             // A mistyped section: name the keys under it, each with its nearest known key
             // (`runer.image` -> `runner.image`), as the file or the variable spells them.
-            unknown_keys(&path, &child, known, name, out);
+            unknown_keys_under(&path, &child_pattern, &child, known, name, out);
         } else if !is_known {
             out.push(match suggest(&path, known) {
                 Some(near) => format!("unknown key {}; did you mean {}?", name(&path), name(near)),
                 None => format!("unknown key {}", name(&path)),
             });
         } else {
-            unknown_keys(&path, &child, known, name, out);
+            unknown_keys_under(&path, &child_pattern, &child, known, name, out);
         }
     }
 }

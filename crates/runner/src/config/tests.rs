@@ -726,3 +726,39 @@ fn options_without_meaning_on_the_backend_are_refused_naming_the_key() {
     let spec = crate::spec::environment_spec(&labelled, &options).unwrap();
     assert_eq!(spec.labels["team"], "agents");
 }
+
+/// A named map's keys are the user's own and may hold dots (`example.com/team`): they are
+/// not read as nested keys, while a wrong key inside a named entry is still named.
+#[test]
+fn named_map_keys_may_hold_dots() {
+    let dir = std::env::temp_dir().join(format!("berth-cfg-dots-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("dots.yaml");
+    std::fs::write(
+        &path,
+        "kubernetes:\n  annotations: {example.com/team: infra, a.b.c/d: x}\n  labels: {app.kubernetes.io/part-of: agents}\nbuilders:\n  arm.1: {host: ssh://b@arm}\n",
+    )
+    .unwrap();
+    let config = BerthConfig::load(&LoadOptions {
+        path: Some(path.clone()),
+        ..LoadOptions::default()
+    })
+    .unwrap();
+    assert_eq!(
+        config.config.kubernetes.annotations["example.com/team"],
+        "infra"
+    );
+    assert_eq!(
+        config.config.kubernetes.labels["app.kubernetes.io/part-of"],
+        "agents"
+    );
+    std::fs::write(&path, "builders:\n  arm.1: {hots: ssh://b@arm}\n").unwrap();
+    let err = BerthConfig::load(&LoadOptions {
+        path: Some(path),
+        ..LoadOptions::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("builders.arm.1.hots"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}
