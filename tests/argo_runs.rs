@@ -293,7 +293,30 @@ async fn an_argo_workflow_is_created_followed_and_exits_with_the_commands_code()
     let out = expect_exit(&mut c.berth(&["--json", "status", &sleeper]), 0);
     assert_eq!(json_of(&out)["state"], "cancelled");
 
-    // `ls --runs` lists the three Argo runs.
+    // A Workflow berth did not make is no run of berth's: not read, not cancelled.
+    let foreign = c.dir.path().join("foreign.json");
+    let object = json!({"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
+        "metadata": {"name": "foreign", "labels": {"berth.dev/session": c.session.as_str()}},
+        "spec": {"entrypoint": "main", "templates": [{"name": "main",
+            "container": {"image": "busybox", "command": ["true"]}}]}});
+    std::fs::write(&foreign, object.to_string()).expect("write");
+    c.kubectl(&["create", "-f", foreign.to_str().expect("utf-8 path")]);
+    let out = expect_exit(&mut c.berth(&["status", "foreign"]), 125);
+    common::assert_stderr_has(&out, "run not found");
+    let out = c.berth(&["down", "foreign"]).output().expect("berth down");
+    assert!(
+        !text(&out.stdout).contains("cancelled"),
+        "{}",
+        text(&out.stdout)
+    );
+    let kept = c.kubectl_json(&["get", "workflow", "foreign"]);
+    assert!(kept["spec"]["shutdown"].is_null(), "{kept}");
+    assert!(
+        kept["metadata"]["labels"]["berth.dev/cancelled"].is_null(),
+        "{kept}"
+    );
+
+    // `ls --runs` lists the three Argo runs (not the foreign Workflow).
     let out = expect_exit(
         &mut c.berth(&["--json", "ls", "--runs", "--session", &c.session]),
         0,

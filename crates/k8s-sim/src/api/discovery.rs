@@ -67,7 +67,10 @@ pub(super) fn answer(inner: &Inner, segs: &[&str]) -> Option<Response<Body>> {
             json_response(200, &g)
         }
         ["apis", ARGO_GROUP, "v1alpha1"] if argo(inner) => json_response(200, &argo_resources()),
-        ["openapi", "v3"] => json_response(200, &openapi::index()),
+        ["openapi", "v3", "apis", ARGO_GROUP, "v1alpha1"] if argo(inner) => {
+            json_response(200, &openapi::group_version(ARGO_GROUP))
+        }
+        ["openapi", "v3"] => json_response(200, &openapi::index(argo(inner))),
         ["openapi", "v3", "api", "v1"] => json_response(200, &openapi::group_version("")),
         ["openapi", "v3", "apis", group @ ("batch" | "apps" | RBAC_GROUP), "v1"] => {
             json_response(200, &openapi::group_version(group))
