@@ -177,6 +177,16 @@ async fn without_argo_crds_submit_says_so_and_exits_125() {
     assert_eq!(json_of(&out), json!([]));
     let out = expect_exit(&mut c.berth(&["status", "berth-no-such-run-0"]), 125);
     common::assert_stderr_has(&out, "run not found");
+    // Off Kubernetes, --engine argo is refused, saying where it runs.
+    let out = expect_exit(
+        c.berth(&["submit", "--engine", "argo", "--", "true"])
+            .env("BERTH_RUNNER__BACKEND", "docker"),
+        125,
+    );
+    common::assert_stderr_has(
+        &out,
+        "--engine argo runs on Kubernetes, not the docker backend",
+    );
     // An unknown engine names the flag.
     let out = expect_exit(
         &mut c.berth(&["submit", "--engine", "airflow", "--", "true"]),
