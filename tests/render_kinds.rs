@@ -16,7 +16,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::{assert_valid_kubernetes, json_of, output_with_stdin, text};
+use common::{argo_check, assert_valid_kubernetes, json_of, output_with_stdin, text};
 
 const PROFILES: [&str; 2] = ["hardened", "restricted"];
 
@@ -145,50 +145,6 @@ fn job_and_cronjob_pass_kubernetes_validate_strict_for_1_31_to_1_33() {
             }
         }
     }
-}
-
-/// Reads the Workflow or CronWorkflow of a YAML (or JSON) file into the Argo SDK's model,
-/// which refuses a missing required field or a wrong type; then refuses any key the models
-/// do not know (they would keep it as an extra property) and a wrong apiVersion.
-const ARGO_CHECK: &str = r#"
-import sys, yaml
-from argo_workflows.configuration import Configuration
-from argo_workflows.model_utils import OpenApiModel, validate_and_convert_types
-from argo_workflows.model.io_argoproj_workflow_v1alpha1_workflow import IoArgoprojWorkflowV1alpha1Workflow
-from argo_workflows.model.io_argoproj_workflow_v1alpha1_cron_workflow import IoArgoprojWorkflowV1alpha1CronWorkflow
-MODELS = {"Workflow": IoArgoprojWorkflowV1alpha1Workflow, "CronWorkflow": IoArgoprojWorkflowV1alpha1CronWorkflow}
-def unknown(obj, path):
-    if isinstance(obj, OpenApiModel):
-        for key, value in obj._data_store.items():
-            if key not in type(obj).attribute_map:
-                yield f"{path}.{key}"
-            else:
-                yield from unknown(value, f"{path}.{type(obj).attribute_map[key]}")
-    elif isinstance(obj, list):
-        for i, item in enumerate(obj):
-            yield from unknown(item, f"{path}[{i}]")
-with open(sys.argv[1]) as f:
-    docs = [d for d in yaml.safe_load_all(f) if d and d.get("kind") in MODELS]
-if len(docs) != 1:
-    sys.exit(f"expected one Workflow or CronWorkflow, found {len(docs)}")
-doc = docs[0]
-if doc.get("apiVersion") != "argoproj.io/v1alpha1":
-    sys.exit(f"apiVersion {doc.get('apiVersion')!r}")
-model = validate_and_convert_types(doc, (MODELS[doc["kind"]],), ["doc"], True, True, configuration=Configuration())
-bad = list(unknown(model, "doc"))
-if bad:
-    sys.exit("unknown fields: " + ", ".join(bad))
-print("ok", doc["kind"])
-"#;
-
-fn argo_check(dir: &Path, file: &Path) -> Output {
-    let script = dir.join("argo_check.py");
-    std::fs::write(&script, ARGO_CHECK).expect("write");
-    Command::new("python3")
-        .arg(&script)
-        .arg(file)
-        .output()
-        .expect("python3 (with pip install argo-workflows)")
 }
 
 #[test]

@@ -4,27 +4,11 @@
 
 use std::process::Command;
 
-use berth_engine_core::testkit::{ensure_test_image, TEST_IMAGE};
-use berth_engine_docker::{DockerConfig, DockerEngine};
-use berth_k8s_sim::Sim;
+use berth_engine_core::testkit::TEST_IMAGE;
 
 mod common;
 
-use common::{json_of, text};
-
-/// Runs `cmd`, failing with its stderr unless it exits `code`.
-#[track_caller]
-fn expect_exit(cmd: &mut Command, code: i32) -> std::process::Output {
-    let out = cmd.output().expect("run berth");
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "{cmd:?}: stdout {} / stderr {}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    out
-}
+use common::{expect_exit, json_of, simulator, text};
 
 fn numbered(n: usize) -> String {
     (1..=n).map(|i| format!("line {i}\n")).collect()
@@ -186,19 +170,6 @@ async fn submit_logs_status_watch_and_cancel_on_docker() {
         125,
     );
     common::assert_stderr_has(&out, "invalid schedule");
-}
-
-/// A simulator, with the test image built and a kubeconfig in the returned directory.
-async fn simulator() -> (Sim, tempfile::TempDir) {
-    let docker = DockerEngine::connect(&DockerConfig::default())
-        .await
-        .unwrap_or_else(|e| panic!("these tests need a running Docker daemon: {e}"));
-    ensure_test_image(&docker).await.expect("test image");
-    let sim = Sim::start().await.expect("simulator");
-    let dir = tempfile::tempdir().expect("tempdir");
-    sim.write_kubeconfig(&dir.path().join("kubeconfig"))
-        .expect("kubeconfig");
-    (sim, dir)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

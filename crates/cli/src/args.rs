@@ -354,6 +354,11 @@ pub struct SubmitArgs {
     /// Run on a schedule instead (Kubernetes: a CronJob): five cron fields ("0 4 * * *").
     #[arg(long, value_name = "CRON")]
     pub schedule: Option<String>,
+    // --engine (issue 14, Argo).
+    /// What runs it: `job` (the backend's own: a container, or a Kubernetes Job/CronJob) or
+    /// `argo` (an Argo Workflow/CronWorkflow; Kubernetes with Argo Workflows installed).
+    #[arg(long, value_name = "ENGINE", default_value = "job")]
+    pub engine: berth_runner::runs::RunEngine,
     /// The command and its arguments, after `--`.
     #[arg(required = true, last = true, value_name = "CMD")]
     pub command: Vec<String>,

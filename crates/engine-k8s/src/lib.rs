@@ -21,6 +21,7 @@
 //! }
 //! ```
 
+mod argo;
 mod attach;
 mod checks;
 mod claim;
@@ -53,6 +54,9 @@ use berth_engine_core::{
     RunStatus, StopOutcome, TarStream, VolumeStatus,
 };
 
+pub use crate::argo::{
+    ARGO_API_VERSION, LABEL_CRON_WORKFLOW, LABEL_WORKFLOW, MAIN_CONTAINER, NO_ARGO_CRDS,
+};
 use crate::errors::BACKEND;
 pub use crate::job::{
     render, render_run_cron_job, render_run_job, render_run_pod_spec, run_cron_job, run_job,

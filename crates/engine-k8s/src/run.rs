@@ -24,8 +24,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{
     DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams, PropagationPolicy,
 };
+use kube::core::DynamicObject;
 use kube::Api;
 
+use crate::argo::{self, ArgoKind};
 use crate::errors::{self, BACKEND};
 use crate::job::label_selector;
 use crate::{manifest, run_cron_job, run_job, CronSchedule, KubernetesEngine};
@@ -125,6 +127,18 @@ fn is_berths_run(meta: &ObjectMeta) -> bool {
 enum RunObject {
     Job(Box<Job>),
     Cron(Box<CronJob>),
+    Workflow(Box<DynamicObject>),
+    CronWorkflow(Box<DynamicObject>),
+}
+
+impl RunObject {
+    /// The container of the run's pod that runs the command.
+    fn container(&self) -> &'static str {
+        match self {
+            RunObject::Workflow(_) | RunObject::CronWorkflow(_) => argo::MAIN_CONTAINER,
+            RunObject::Job(_) | RunObject::Cron(_) => manifest::CONTAINER,
+        }
+    }
 }
 
 async fn get_run(engine: &KubernetesEngine, run: &RunId) -> Result<RunObject> {
@@ -135,19 +149,33 @@ async fn get_run(engine: &KubernetesEngine, run: &RunId) -> Result<RunObject> {
         Err(e) => return Err(errors::api(&engine.address, "get the run's job", e)),
     }
     match engine.cron_jobs().get_opt(run.as_str()).await {
-        Ok(Some(cron)) if is_berths_run(&cron.metadata) => Ok(RunObject::Cron(Box::new(cron))),
-        Ok(_) => Err(not_a_run(run)),
+        Ok(Some(cron)) if is_berths_run(&cron.metadata) => {
+            return Ok(RunObject::Cron(Box::new(cron)))
+        }
+        Ok(Some(_)) => return Err(not_a_run(run)),
+        Ok(None) => {}
         // A cluster (or a role) without CronJobs has no schedules to find.
-        Err(e) if errors::is_not_found(&e) => Err(not_a_run(run)),
-        Err(e) => Err(errors::api(&engine.address, "get the run's cron job", e)),
+        Err(e) if errors::is_not_found(&e) => {}
+        Err(e) => return Err(errors::api(&engine.address, "get the run's cron job", e)),
+    }
+    // Argo runs, on a cluster with its CRDs.
+    match argo::get(engine, run.as_str()).await? {
+        Some((ArgoKind::Workflow, wf)) => Ok(RunObject::Workflow(Box::new(wf))),
+        Some((ArgoKind::CronWorkflow, cron)) => Ok(RunObject::CronWorkflow(Box::new(cron))),
+        None => Err(not_a_run(run)),
     }
 }
 
 /// The Job's pods, newest first.
 async fn pods_of(engine: &KubernetesEngine, job: &str) -> Result<Vec<Pod>> {
+    pods_labelled(engine, &format!("job-name={job}")).await
+}
+
+/// The pods matching `selector`, newest first.
+pub(crate) async fn pods_labelled(engine: &KubernetesEngine, selector: &str) -> Result<Vec<Pod>> {
     let mut pods = engine
         .pod_api()
-        .list(&ListParams::default().labels(&format!("job-name={job}")))
+        .list(&ListParams::default().labels(selector))
         .await
         .map_err(|e| errors::api(&engine.address, "list the run's pods", e))?
         .items;
@@ -159,15 +187,15 @@ async fn pods_of(engine: &KubernetesEngine, job: &str) -> Result<Vec<Pod>> {
     Ok(pods)
 }
 
-/// The run container's `terminated` state (exit code, reason) in `pod`, if it ended.
-fn terminated(pod: &Pod) -> Option<(i32, Option<String>)> {
+/// The `container`'s `terminated` state (exit code, reason) in `pod`, if it ended.
+pub(crate) fn terminated(pod: &Pod, container: &str) -> Option<(i32, Option<String>)> {
     let status = pod
         .status
         .as_ref()?
         .container_statuses
         .as_ref()?
         .iter()
-        .find(|c| c.name == manifest::CONTAINER)?;
+        .find(|c| c.name == container)?;
     let t = status.state.as_ref()?.terminated.as_ref()?;
     // "Error" and "Completed" only restate the exit code; "OOMKilled" and the like say more.
     let reason = t
@@ -177,23 +205,23 @@ fn terminated(pod: &Pod) -> Option<(i32, Option<String>)> {
     Some((t.exit_code, reason))
 }
 
-fn started(pod: &Pod) -> bool {
+fn started(pod: &Pod, container: &str) -> bool {
     pod.status
         .as_ref()
         .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|cs| cs.iter().find(|c| c.name == manifest::CONTAINER))
+        .and_then(|cs| cs.iter().find(|c| c.name == container))
         .and_then(|c| c.state.as_ref())
         .is_some_and(|s| s.running.is_some() || s.terminated.is_some())
 }
 
-fn waiting_reason(pod: &Pod) -> Option<String> {
+pub(crate) fn waiting_reason(pod: &Pod, container: &str) -> Option<String> {
     let w = pod
         .status
         .as_ref()?
         .container_statuses
         .as_ref()?
         .iter()
-        .find(|c| c.name == manifest::CONTAINER)?
+        .find(|c| c.name == container)?
         .state
         .as_ref()?
         .waiting
@@ -224,7 +252,7 @@ pub(crate) fn job_status(job: &Job, pods: &[Pod]) -> Result<RunStatus> {
             .iter()
             .find(|c| c.type_ == typ && c.status == "True")
     };
-    let exit = pods.iter().find_map(terminated);
+    let exit = pods.iter().find_map(|p| terminated(p, manifest::CONTAINER));
     let code = exit.as_ref().map(|(c, _)| *c);
     let cancelled = labels.get(LABEL_CANCELLED).map(String::as_str) == Some("true");
     let (state, message) = if cancelled {
@@ -249,10 +277,14 @@ pub(crate) fn job_status(job: &Job, pods: &[Pod]) -> Result<RunStatus> {
         (RunState::Succeeded, None)
     } else if let Some((_, reason)) = &exit {
         (RunState::Failed, reason.clone())
-    } else if pods.iter().any(started) {
+    } else if pods.iter().any(|p| started(p, manifest::CONTAINER)) {
         (RunState::Running, None)
     } else {
-        (RunState::Pending, pods.iter().find_map(waiting_reason))
+        (
+            RunState::Pending,
+            pods.iter()
+                .find_map(|p| waiting_reason(p, manifest::CONTAINER)),
+        )
     };
     Ok(RunStatus::new(RunId::new(name)?, image, state, labels)
         .with_exit_code(code)
@@ -309,8 +341,25 @@ async fn all_jobs(engine: &KubernetesEngine, selector: &str) -> Result<Vec<Job>>
 }
 
 pub(crate) async fn status(engine: &KubernetesEngine, run: &RunId) -> Result<RunStatus> {
-    match get_run(engine, run).await? {
+    let object = get_run(engine, run).await?;
+    status_of(engine, run, object).await
+}
+
+async fn status_of(engine: &KubernetesEngine, run: &RunId, object: RunObject) -> Result<RunStatus> {
+    match object {
         RunObject::Job(job) => job_status(&job, &pods_of(engine, run.as_str()).await?),
+        RunObject::Workflow(wf) => {
+            argo::workflow_status(&wf, &argo::pods_of(engine, run.as_str()).await?)
+        }
+        RunObject::CronWorkflow(cron) => {
+            let workflows = argo::list(
+                engine,
+                ArgoKind::Workflow,
+                &format!("{LABEL_MANAGED_BY}={MANAGED_BY_VALUE},{LABEL_RUN}"),
+            )
+            .await?;
+            argo::cron_workflow_status(&cron, &workflows)
+        }
         RunObject::Cron(cron) => {
             let jobs = all_jobs(
                 engine,
@@ -349,12 +398,34 @@ pub(crate) async fn list(
         Err(e) if errors::is_not_found(&e) => {}
         Err(e) => return Err(errors::api(&engine.address, "list cron jobs", e)),
     }
+    // Argo runs, on a cluster with its CRDs.
+    let workflows = argo::list(engine, ArgoKind::Workflow, &selector).await?;
+    for wf in &workflows {
+        let name = wf.metadata.name.clone().unwrap_or_default();
+        out.push(argo::workflow_status(
+            wf,
+            &argo::pods_of(engine, &name).await?,
+        )?);
+    }
+    for cron in argo::list(engine, ArgoKind::CronWorkflow, &selector).await? {
+        out.push(argo::cron_workflow_status(&cron, &workflows)?);
+    }
     out.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(out)
 }
 
 pub(crate) async fn cancel(engine: &KubernetesEngine, run: &RunId) -> Result<()> {
     match get_run(engine, run).await? {
+        RunObject::CronWorkflow(_) => argo::delete_cron(engine, run.as_str()).await,
+        RunObject::Workflow(wf) => {
+            let pods = argo::pods_of(engine, run.as_str()).await?;
+            if argo::workflow_status(&wf, &pods)?.state.is_finished() {
+                return Ok(());
+            }
+            argo::terminate(engine, run.as_str()).await?;
+            tracing::debug!(run = %run, "terminated Argo run");
+            Ok(())
+        }
         RunObject::Cron(_) => {
             let params = DeleteParams {
                 propagation_policy: Some(PropagationPolicy::Background),
@@ -396,20 +467,23 @@ pub(crate) async fn cancel(engine: &KubernetesEngine, run: &RunId) -> Result<()>
     }
 }
 
-/// The run's pod once its container started, or `None` when the run ended without one.
-async fn started_pod(engine: &KubernetesEngine, run: &RunId, job: &Job) -> Result<Option<String>> {
+/// The run's pod once its `container` started, or `None` when the run ended without one.
+async fn started_pod(
+    engine: &KubernetesEngine,
+    run: &RunId,
+    container: &str,
+) -> Result<Option<String>> {
     let begin = Instant::now();
     loop {
-        let pods = pods_of(engine, run.as_str()).await?;
-        if let Some(pod) = pods.iter().find(|p| started(p)) {
+        let object = get_run(engine, run).await?;
+        let pods = match &object {
+            RunObject::Workflow(_) => argo::pods_of(engine, run.as_str()).await?,
+            _ => pods_of(engine, run.as_str()).await?,
+        };
+        if let Some(pod) = pods.iter().find(|p| started(p, container)) {
             return Ok(pod.metadata.name.clone());
         }
-        let current = match engine.jobs().get_opt(run.as_str()).await {
-            Ok(Some(j)) => j,
-            Ok(None) => return Err(not_a_run(run)),
-            Err(e) => return Err(errors::api(&engine.address, "get the run's job", e)),
-        };
-        if job_status(&current, &pods)?.state.is_finished() {
+        if status_of(engine, run, object).await?.state.is_finished() {
             return Ok(None);
         }
         if begin.elapsed() > engine.config.start_timeout {
@@ -417,13 +491,12 @@ async fn started_pod(engine: &KubernetesEngine, run: &RunId, job: &Job) -> Resul
                 operation: format!(
                     "waiting for run {run} to start ({})",
                     pods.iter()
-                        .find_map(waiting_reason)
+                        .find_map(|p| waiting_reason(p, container))
                         .unwrap_or_else(|| "no pod yet".to_owned())
                 ),
                 after: engine.config.start_timeout,
             });
         }
-        let _ = job;
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
@@ -433,16 +506,15 @@ pub(crate) async fn logs(
     run: &RunId,
     options: LogOptions,
 ) -> Result<LogStream> {
-    let job = match get_run(engine, run).await? {
-        RunObject::Job(job) => job,
-        RunObject::Cron(_) => {
-            return Err(Error::invalid_spec(
-                "run",
-                format!("{run} is a schedule; read the logs of one of its runs (berth ls --runs)"),
-            ))
-        }
-    };
-    let Some(pod) = started_pod(engine, run, &job).await? else {
+    let object = get_run(engine, run).await?;
+    let container = object.container();
+    if matches!(object, RunObject::Cron(_) | RunObject::CronWorkflow(_)) {
+        return Err(Error::invalid_spec(
+            "run",
+            format!("{run} is a schedule; read the logs of one of its runs (berth ls --runs)"),
+        ));
+    }
+    let Some(pod) = started_pod(engine, run, container).await? else {
         return Ok(Box::pin(futures_util::stream::empty()));
     };
     let since_time = options
@@ -450,7 +522,7 @@ pub(crate) async fn logs(
         .and_then(|c| c.since_secs())
         .and_then(|s| jiff::Timestamp::from_second(s).ok());
     let params = LogParams {
-        container: Some(manifest::CONTAINER.to_owned()),
+        container: Some(container.to_owned()),
         follow: options.follow,
         timestamps: true,
         since_time,

@@ -42,6 +42,7 @@ pub(crate) fn implied_group(resource: &str) -> &'static str {
         "deployments" => "apps",
         "roles" | "rolebindings" => crate::store::RBAC_GROUP,
         SSAR_PLURAL => GROUP,
+        "workflows" | "cronworkflows" => crate::store::ARGO_GROUP,
         _ => "",
     }
 }

@@ -80,6 +80,8 @@ fn canonicalize(res: Res, obj: &mut Value) -> Result<(), ApiError> {
         | Res::ServiceAccount
         | Res::Role
         | Res::RoleBinding => Ok(()),
+        // Custom resources: stored as sent (their CRDs' schemas are not checked).
+        Res::Workflow | Res::CronWorkflow => Ok(()),
     };
     result.map_err(|e| decode_error(res, &e))
 }
@@ -116,6 +118,9 @@ fn typed(res: Res, obj: &Value) -> Option<Value> {
         Res::Deployment => round_trip::<Deployment>(obj),
         Res::Role => round_trip::<Role>(obj),
         Res::RoleBinding => round_trip::<RoleBinding>(obj),
+        // No typed model: a custom resource keeps every field (as a CRD with
+        // `x-kubernetes-preserve-unknown-fields`, which Argo's minimal CRDs are).
+        Res::Workflow | Res::CronWorkflow => None,
     }
 }
 

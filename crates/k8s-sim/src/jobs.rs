@@ -293,7 +293,11 @@ fn terminate_namespaces(inner: &Arc<Inner>) {
     {
         let name = json_str(&ns["metadata"]["name"]);
         let mut remaining = 0;
-        for res in Res::STORED_ONLY.into_iter().chain([Res::CronJob]) {
+        for res in
+            Res::STORED_ONLY
+                .into_iter()
+                .chain([Res::CronJob, Res::Workflow, Res::CronWorkflow])
+        {
             let (items, _) = inner.store.list(res, Some(name));
             for item in items {
                 let _ = inner

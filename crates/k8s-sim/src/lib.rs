@@ -134,6 +134,9 @@
 //!   `concurrencyPolicy: Forbid`, and deletes the Jobs of a deleted CronJob; history limits
 //!   are not applied, and `status.active` stays empty. `Sim::fire_cron_job` starts this
 //!   minute's Job at once, for tests.
+//! - Argo Workflows: after `Sim::install_argo_crds`, `argoproj.io/v1alpha1` `workflows` and
+//!   `cronworkflows` are stored (with `status`, watch and discovery) but never run, and their
+//!   fields are not checked against a schema; before it their paths are a plain-text 404.
 //! - Watches: history of the last 20 000 changes for resourceVersion resumes (older is 410
 //!   Expired; the real server keeps about 5 minutes). As on the real server, a change that
 //!   moves an object into or out of a watch's selectors arrives as ADDED or DELETED. With
@@ -276,6 +279,8 @@ pub(crate) struct Inner {
     /// handler that creates a Job, and two runs at once would both see a new Job without a
     /// pod and create two.
     pub(crate) reconciling: Mutex<()>,
+    /// Whether Argo's CRDs are "installed" ([`Sim::install_argo_crds`]).
+    pub(crate) argo_crds: AtomicBool,
 }
 
 impl Inner {
@@ -357,6 +362,7 @@ impl Sim {
                 exec_cut: tokio::sync::Notify::new(),
                 deleted_unfinished: Mutex::default(),
                 reconciling: Mutex::default(),
+                argo_crds: AtomicBool::new(false),
             });
             for ns in ["default", "kube-system", "kube-public"] {
                 inner
@@ -578,6 +584,26 @@ impl Sim {
     /// without an exit status. The commands themselves keep running in their containers.
     pub fn drop_exec_connections(&self) {
         self.inner.exec_cut.notify_waiters();
+    }
+
+    /// "Installs" Argo Workflows' CRDs: from now on `argoproj.io/v1alpha1` `workflows` and
+    /// `cronworkflows` are served (create, get, list, watch, patch, `status`, delete) and
+    /// listed by discovery, stored only: no Workflow controller runs them, so a test plays
+    /// the controller (creates the pods, patches `status.phase`). Before it, their paths are
+    /// the API server's plain `404 page not found` for a group it does not serve.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), berth_k8s_sim::SimError> {
+    /// let sim = berth_k8s_sim::Sim::start().await?;
+    /// // GET /apis/argoproj.io/v1alpha1/namespaces/default/workflows is 404
+    /// sim.install_argo_crds();
+    /// // ... and now an empty WorkflowList
+    /// # Ok(()) }
+    /// ```
+    pub fn install_argo_crds(&self) {
+        self.inner
+            .argo_crds
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Stops the simulator and removes every container and volume it created.

@@ -4,13 +4,14 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::store::Res;
+use crate::store::{Res, ARGO_GROUP};
 
 const HASH: &str = "B3C4A5D6E7F8";
 
-/// `GET /openapi/v3`: the index of group-version documents.
-pub(crate) fn index() -> Value {
-    json!({"paths": {
+/// `GET /openapi/v3`: the index of group-version documents (with Argo's when its CRDs are
+/// installed).
+pub(crate) fn index(argo: bool) -> Value {
+    let mut index = json!({"paths": {
         "api/v1": {"serverRelativeURL": format!("/openapi/v3/api/v1?hash={HASH}")},
         "apis/authorization.k8s.io/v1": {"serverRelativeURL":
             format!("/openapi/v3/apis/authorization.k8s.io/v1?hash={HASH}")},
@@ -18,11 +19,16 @@ pub(crate) fn index() -> Value {
         "apis/apps/v1": {"serverRelativeURL": format!("/openapi/v3/apis/apps/v1?hash={HASH}")},
         "apis/rbac.authorization.k8s.io/v1": {"serverRelativeURL":
             format!("/openapi/v3/apis/rbac.authorization.k8s.io/v1?hash={HASH}")},
-    }})
+    }});
+    if argo {
+        index["paths"][format!("apis/{ARGO_GROUP}/v1alpha1")] = json!({"serverRelativeURL":
+            format!("/openapi/v3/apis/{ARGO_GROUP}/v1alpha1?hash={HASH}")});
+    }
+    index
 }
 
-/// The document of one group-version (`""`, `"batch"`, `"apps"`, `"rbac.authorization.k8s.io"`
-/// or `"authorization.k8s.io"`).
+/// The document of one group-version (`""`, `"batch"`, `"apps"`, `"rbac.authorization.k8s.io"`,
+/// `"authorization.k8s.io"` or `"argoproj.io"`).
 pub(crate) fn group_version(group: &str) -> Value {
     let mut paths = Map::new();
     if group == crate::authz::GROUP {
@@ -44,11 +50,17 @@ pub(crate) fn group_version(group: &str) -> Value {
             json!({"post": op}),
         );
     }
+    // Argo's CRDs are served at v1alpha1; every other group here at v1.
+    let version = if group == ARGO_GROUP {
+        "v1alpha1"
+    } else {
+        "v1"
+    };
     for res in Res::ALL.into_iter().filter(|r| r.group() == group) {
         let prefix = if group.is_empty() {
             "/api/v1".to_owned()
         } else {
-            format!("/apis/{group}/v1")
+            format!("/apis/{group}/{version}")
         };
         let path = if res.namespaced() {
             format!(
@@ -61,7 +73,7 @@ pub(crate) fn group_version(group: &str) -> Value {
         let op = json!({
             "operationId": format!("patch{}", res.kind()),
             "x-kubernetes-action": "patch",
-            "x-kubernetes-group-version-kind": {"group": group, "version": "v1", "kind": res.kind()},
+            "x-kubernetes-group-version-kind": {"group": group, "version": version, "kind": res.kind()},
             "parameters": [
                 {"name": "dryRun", "in": "query", "schema": {"type": "string"}},
                 {"name": "fieldManager", "in": "query", "schema": {"type": "string"}},

@@ -33,13 +33,20 @@ pub(crate) enum Res {
     RoleBinding,
     // Stored, and read by the kubelet for env and files.
     Secret,
+    // Argo's custom resources: served only once the CRDs are "installed"
+    // (`Sim::install_argo_crds`), stored only (no Workflow controller runs them).
+    Workflow,
+    CronWorkflow,
 }
+
+/// The group of Argo's Workflows and CronWorkflows.
+pub(crate) const ARGO_GROUP: &str = "argoproj.io";
 
 /// The group of Roles and RoleBindings.
 pub(crate) const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 
 impl Res {
-    pub(crate) const ALL: [Res; 16] = [
+    pub(crate) const ALL: [Res; 18] = [
         Res::Namespace,
         Res::Pod,
         Res::Pvc,
@@ -56,6 +63,8 @@ impl Res {
         Res::Role,
         Res::RoleBinding,
         Res::Secret,
+        Res::Workflow,
+        Res::CronWorkflow,
     ];
 
     /// The kinds that are only stored: created, read, changed and deleted, nothing more.
@@ -87,6 +96,8 @@ impl Res {
             Res::Role => "Role",
             Res::RoleBinding => "RoleBinding",
             Res::Secret => "Secret",
+            Res::Workflow => "Workflow",
+            Res::CronWorkflow => "CronWorkflow",
         }
     }
 
@@ -108,6 +119,8 @@ impl Res {
             Res::Role => "roles",
             Res::RoleBinding => "rolebindings",
             Res::Secret => "secrets",
+            Res::Workflow => "workflows",
+            Res::CronWorkflow => "cronworkflows",
         }
     }
 
@@ -116,6 +129,7 @@ impl Res {
             Res::Job | Res::CronJob => "batch",
             Res::Deployment => "apps",
             Res::Role | Res::RoleBinding => RBAC_GROUP,
+            Res::Workflow | Res::CronWorkflow => ARGO_GROUP,
             _ => "",
         }
     }
@@ -125,6 +139,7 @@ impl Res {
             Res::Job | Res::CronJob => "batch/v1",
             Res::Deployment => "apps/v1",
             Res::Role | Res::RoleBinding => "rbac.authorization.k8s.io/v1",
+            Res::Workflow | Res::CronWorkflow => "argoproj.io/v1alpha1",
             _ => "v1",
         }
     }

@@ -133,6 +133,14 @@ fn columns(res: Res) -> Vec<Value> {
             column("Groups", "string", "", 1, "Groups in the roleBinding"),
             column("ServiceAccounts", "string", "", 1, "ServiceAccounts in the roleBinding"),
         ],
+        // Argo's CRDs' additionalPrinterColumns.
+        Res::Workflow => vec![
+            name,
+            column("Status", "string", "", 0, "Status of the workflow"),
+            column("Age", "date", "", 0, "When the workflow was started"),
+            column("Message", "string", "", 1, "Human readable message indicating details about why the workflow is in this condition."),
+        ],
+        Res::CronWorkflow => vec![name, age],
         Res::Pvc => vec![
             name,
             column("Status", "string", "", 0, "Phase represents the current phase of PersistentVolumeClaim."),
@@ -440,6 +448,13 @@ fn cells(res: Res, obj: &Value) -> Vec<Value> {
                 json!(of_kind("ServiceAccount")),
             ]
         }
+        Res::Workflow => vec![
+            json!(name),
+            json!(cell(&obj["status"]["phase"])),
+            json!(meta::age(obj["status"]["startedAt"].as_str())),
+            json!(cell(&obj["status"]["message"])),
+        ],
+        Res::CronWorkflow => vec![json!(name), json!(age)],
         Res::Node => vec![
             json!(name),
             json!("Ready"),

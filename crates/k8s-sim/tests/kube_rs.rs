@@ -21,11 +21,7 @@ async fn client(sim: &Sim) -> kube::Client {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("kubeconfig");
     sim.write_kubeconfig(&path).expect("kubeconfig");
-    let kubeconfig = kube::config::Kubeconfig::read_from(&path).expect("parse kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .expect("config");
-    kube::Client::try_from(config).expect("client")
+    support::kube_client(&path).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,15 +21,17 @@
 use std::time::Duration;
 
 use berth_engine_core::{
-    ContainerEngine, ErrorKind, LogCursor, LogLine, LogOptions, PullPolicy, RunId, RunSpec,
-    RunStatus,
+    BackendKind, ContainerEngine, ErrorKind, LogCursor, LogLine, LogOptions, PullPolicy, RunId,
+    RunSpec, RunStatus,
 };
 use futures_util::StreamExt;
 
 use crate::config::BerthConfig;
 use crate::error::Result;
 use crate::image;
+use crate::render::kinds::{self, Kind, ManifestError, RunManifest};
 use crate::spec::{environment_spec, EnvOptions};
+use berth_engine_k8s::KubernetesEngine;
 
 /// How often a waiter asks for a run's status.
 const POLL: Duration = Duration::from_millis(500);
@@ -65,14 +67,127 @@ pub async fn submit(
     policy: PullPolicy,
 ) -> Result<RunId> {
     spec.validate()?;
+    prepare_image(engine, spec, policy).await?;
+    Ok(engine.submit_run(spec).await?)
+}
+
+/// Makes the run's image present as `policy` says, where the backend needs it first.
+async fn prepare_image(
+    engine: &dyn ContainerEngine,
+    spec: &RunSpec,
+    policy: PullPolicy,
+) -> Result<()> {
     image::prepare(
         engine,
         &spec.env.image,
         policy,
         &berth_engine_core::Progress::none(),
     )
-    .await?;
-    Ok(engine.submit_run(spec).await?)
+    .await
+    .map(|_| ())
+}
+
+/// Which scheduler a run is submitted to: `berth submit --engine`.
+///
+/// ```
+/// use berth_runner::runs::RunEngine;
+///
+/// assert_eq!("argo".parse::<RunEngine>().unwrap(), RunEngine::Argo);
+/// assert!("airflow".parse::<RunEngine>().is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum RunEngine {
+    /// The backend's own: a container (Docker), a batch/v1 Job or CronJob (Kubernetes).
+    #[default]
+    Job,
+    /// An Argo Workflow or CronWorkflow (Kubernetes with Argo Workflows installed).
+    Argo,
+}
+
+impl RunEngine {
+    /// The name `--engine` takes.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RunEngine::Job => "job",
+            RunEngine::Argo => "argo",
+        }
+    }
+}
+
+impl std::fmt::Display for RunEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for RunEngine {
+    type Err = berth_engine_core::Error;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s {
+            "job" => Ok(RunEngine::Job),
+            "argo" => Ok(RunEngine::Argo),
+            _ => Err(berth_engine_core::Error::invalid_spec(
+                "engine",
+                format!("expected job or argo, got {s:?}"),
+            )),
+        }
+    }
+}
+
+/// Submits the run to `run_engine`: [`submit`] for [`RunEngine::Job`]; for
+/// [`RunEngine::Argo`], the image made present as for a Job, then the Workflow (or, with a
+/// schedule, the CronWorkflow) `berth render --kind workflow` prints, created through the
+/// API with the run's name and labels. Follow either with [`watch`] and the other calls
+/// here, on `engine`.
+///
+/// # Errors
+/// [`berth_engine_core::Error::InvalidSpec`] naming `engine` when Argo is asked for off
+/// Kubernetes; [`berth_engine_core::Error::Unsupported`] when the cluster has no Argo CRDs;
+/// else as [`submit`].
+pub async fn submit_to(
+    run_engine: RunEngine,
+    config: &BerthConfig,
+    engine: &dyn ContainerEngine,
+    spec: &RunSpec,
+) -> Result<RunId> {
+    let policy = config.runner.pull_policy;
+    if run_engine == RunEngine::Job {
+        return submit(engine, spec, policy).await;
+    }
+    if config.runner.backend != BackendKind::Kubernetes {
+        return Err(berth_engine_core::Error::invalid_spec(
+            "engine",
+            format!(
+                "--engine argo runs on Kubernetes, not the {} backend (set runner.backend: kubernetes or pass --backend kubernetes)",
+                config.runner.backend
+            ),
+        )
+        .into());
+    }
+    spec.validate()?;
+    let kind = if spec.schedule.is_some() {
+        Kind::CronWorkflow
+    } else {
+        Kind::Workflow
+    };
+    let mut manifest = RunManifest::new(kind, spec.command.clone());
+    manifest.schedule.clone_from(&spec.schedule);
+    let object = kinds::objects(config, &spec.env, &manifest)
+        .map_err(|e| match e {
+            ManifestError::Engine(e) => e,
+            other => berth_engine_core::Error::invalid_spec(
+                "engine",
+                format!("cannot make the Argo {kind}: {other}"),
+            ),
+        })?
+        .pop()
+        .expect("the rendered objects end with the run's");
+    prepare_image(engine, spec, policy).await?;
+    let argo = KubernetesEngine::connect(crate::backend::kubernetes_config(config)).await?;
+    Ok(argo.submit_workflow(spec, object).await?)
 }
 
 /// Follows the run's logs from `from` (the start when `None`) until the run ends, handing

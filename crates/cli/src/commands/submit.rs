@@ -19,13 +19,13 @@ pub async fn submit(ctx: &Ctx, args: SubmitArgs) -> anyhow::Result<ExitCode> {
     })?;
     let spec = runs::run_spec(config, &options, args.command, args.schedule)?;
     let engine = ctx.engine().await?;
-    let run = runs::submit(engine.as_ref(), &spec, config.runner.pull_policy)
+    let run = runs::submit_to(args.engine, config, engine.as_ref(), &spec)
         .await
         .with_context(|| format!("failed to submit a run for session {}", spec.env.session))?;
     if !args.watch {
         if ctx.json {
             ctx.print_json(
-                &json!({"id": run, "session": spec.env.session, "schedule": spec.schedule}),
+                &json!({"id": run, "session": spec.env.session, "schedule": spec.schedule, "engine": args.engine.as_str()}),
             );
         } else {
             println!("{run}");
@@ -52,6 +52,9 @@ pub async fn submit(ctx: &Ctx, args: SubmitArgs) -> anyhow::Result<ExitCode> {
             Ok(code.map_or(ExitCode::from(125), exit_code))
         }
         (_, Some(code)) => Ok(exit_code(code)),
+        // An Argo Workflow that succeeded has had its pod (and the exit code on it) removed
+        // by its podGC: Succeeded means the command exited 0.
+        (RunState::Succeeded, None) => Ok(ExitCode::SUCCESS),
         (state, None) => bail!(
             "run {run} ended {state} without an exit code{}",
             status.message.map(|m| format!(": {m}")).unwrap_or_default()

@@ -5,7 +5,7 @@ use hyper::Response;
 use serde_json::{json, Value};
 
 use super::{full, json_response, Body, VERSION_MINOR};
-use crate::store::RBAC_GROUP;
+use crate::store::{ARGO_GROUP, RBAC_GROUP};
 use crate::{authz, openapi, Inner};
 
 /// The answer to a discovery path (split into segments), or `None` for any other path.
@@ -41,8 +41,7 @@ pub(super) fn answer(inner: &Inner, segs: &[&str]) -> Option<Response<Body>> {
         ["apis"] => json_response(
             200,
             &json!({"kind": "APIGroupList", "apiVersion": "v1",
-            "groups": [authz::group(), group_entry("batch"), group_entry("apps"),
-                group_entry(RBAC_GROUP)]}),
+            "groups": groups(inner)}),
         ),
         ["apis", authz::GROUP] => {
             let mut g = authz::group();
@@ -60,7 +59,18 @@ pub(super) fn answer(inner: &Inner, segs: &[&str]) -> Option<Response<Body>> {
         ["apis", "batch", "v1"] => json_response(200, &batch_resources()),
         ["apis", "apps", "v1"] => json_response(200, &apps_resources()),
         ["apis", RBAC_GROUP, "v1"] => json_response(200, &rbac_resources()),
-        ["openapi", "v3"] => json_response(200, &openapi::index()),
+        // Argo's CRDs, once installed (`Sim::install_argo_crds`).
+        ["apis", ARGO_GROUP] if argo(inner) => {
+            let mut g = argo_group();
+            g["kind"] = json!("APIGroup");
+            g["apiVersion"] = json!("v1");
+            json_response(200, &g)
+        }
+        ["apis", ARGO_GROUP, "v1alpha1"] if argo(inner) => json_response(200, &argo_resources()),
+        ["openapi", "v3", "apis", ARGO_GROUP, "v1alpha1"] if argo(inner) => {
+            json_response(200, &openapi::group_version(ARGO_GROUP))
+        }
+        ["openapi", "v3"] => json_response(200, &openapi::index(argo(inner))),
         ["openapi", "v3", "api", "v1"] => json_response(200, &openapi::group_version("")),
         ["openapi", "v3", "apis", group @ ("batch" | "apps" | RBAC_GROUP), "v1"] => {
             json_response(200, &openapi::group_version(group))
@@ -184,6 +194,50 @@ fn rbac_resources() -> Value {
         "resources": [
             resource_entry("rolebindings", "rolebinding", true, "RoleBinding", OBJECT_VERBS, &[]),
             resource_entry("roles", "role", true, "Role", OBJECT_VERBS, &[]),
+        ],
+    })
+}
+
+/// The API groups `/apis` lists.
+fn groups(inner: &Inner) -> Vec<Value> {
+    let mut groups = vec![
+        authz::group(),
+        group_entry("batch"),
+        group_entry("apps"),
+        group_entry(RBAC_GROUP),
+    ];
+    if argo(inner) {
+        groups.push(argo_group());
+    }
+    groups
+}
+
+/// Whether Argo's CRDs are installed.
+fn argo(inner: &Inner) -> bool {
+    inner.argo_crds.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// The `argoproj.io` group, served at `v1alpha1` (the Workflow CRDs' only version).
+fn argo_group() -> Value {
+    let gv = format!("{ARGO_GROUP}/v1alpha1");
+    json!({
+        "name": ARGO_GROUP,
+        "versions": [{"groupVersion": gv, "version": "v1alpha1"}],
+        "preferredVersion": {"groupVersion": gv, "version": "v1alpha1"},
+    })
+}
+
+/// `/apis/argoproj.io/v1alpha1`: workflows and cronworkflows (stored only).
+fn argo_resources() -> Value {
+    json!({
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": format!("{ARGO_GROUP}/v1alpha1"),
+        "resources": [
+            resource_entry("cronworkflows", "cronworkflow", true, "CronWorkflow", OBJECT_VERBS, &["cwf", "cronwf"]),
+            resource_entry("cronworkflows/status", "", true, "CronWorkflow", &["get", "patch", "update"], &[]),
+            resource_entry("workflows", "workflow", true, "Workflow", OBJECT_VERBS, &["wf"]),
+            resource_entry("workflows/status", "", true, "Workflow", &["get", "patch", "update"], &[]),
         ],
     })
 }

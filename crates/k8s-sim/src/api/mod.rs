@@ -33,7 +33,7 @@ use handlers::{collection, object, status_subresource};
 use crate::errors::ApiError;
 use crate::fields;
 use crate::meta;
-use crate::store::{Res, RBAC_GROUP};
+use crate::store::{Res, ARGO_GROUP, RBAC_GROUP};
 use crate::{authz, exec, kubelet, Inner};
 
 /// A response body: whole or streamed.
@@ -218,6 +218,14 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
             resource(&inner, group, rest, params, req).await
         }
         ["apis", authz::GROUP, "v1", rest @ ..] => authz::serve(&inner, rest, &params, req).await,
+        // Argo's CRDs: served once installed; before, the group is unknown to the server.
+        ["apis", ARGO_GROUP, "v1alpha1", rest @ ..] => {
+            if inner.argo_crds.load(std::sync::atomic::Ordering::SeqCst) {
+                resource(&inner, ARGO_GROUP, rest, params, req).await
+            } else {
+                return page_not_found();
+            }
+        }
         _ => Err(ApiError::new(
             404,
             "NotFound",
@@ -225,6 +233,23 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
         )),
     };
     result.unwrap_or_else(|e| error_response(&e))
+}
+
+/// What kube-apiserver answers for a path under a group it does not serve (an API group
+/// whose CRDs are not installed): the end of its delegation chain, Go's `http.NotFound`, a
+/// plain-text `404 page not found`, not a `Status`.
+pub(crate) fn page_not_found() -> Response<Body> {
+    let mut resp = Response::new(full("404 page not found\n"));
+    *resp.status_mut() = StatusCode::NOT_FOUND;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp.headers_mut().insert(
+        "x-content-type-options",
+        hyper::header::HeaderValue::from_static("nosniff"),
+    );
+    resp
 }
 
 /// The 404 for a path that names no served resource.

@@ -294,6 +294,7 @@ pub(super) async fn create(
         Res::Service => default_service(body),
         Res::Deployment => default_deployment(body, &name)?,
         Res::ServiceAccount | Res::Role | Res::RoleBinding => body,
+        Res::Workflow | Res::CronWorkflow => body,
         Res::ConfigMap => {
             for field in ["data", "binaryData"] {
                 for key in body[field].as_object().into_iter().flat_map(|m| m.keys()) {
@@ -436,7 +437,9 @@ pub(super) async fn delete(
         | Res::ServiceAccount
         | Res::Deployment
         | Res::Role
-        | Res::RoleBinding => inner
+        | Res::RoleBinding
+        | Res::Workflow
+        | Res::CronWorkflow => inner
             .store
             .remove(res, ns, name)
             .ok_or_else(|| ApiError::not_found(res, name)),

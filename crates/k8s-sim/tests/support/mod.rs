@@ -38,6 +38,15 @@ impl Started {
     }
 }
 
+/// A kube-rs client through the kubeconfig at `path`.
+pub async fn kube_client(path: &std::path::Path) -> kube::Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(path).expect("parse kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("config");
+    kube::Client::try_from(config).expect("client")
+}
+
 /// Ensures the test image, starts a simulator and writes its kubeconfig.
 pub async fn start_sim() -> Started {
     ensure_image().await;
