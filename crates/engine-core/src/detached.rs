@@ -242,7 +242,7 @@ impl DetachedStatus {
 ///
 /// [`DetachedCommands::start`] runs a small `sh` supervisor inside the environment, in a
 /// session of its own, without the starting exec's
-/// [`EXEC_MARKER_VAR`](crate::EXEC_MARKER_VAR) and re-parented to PID 1, so neither the end of
+/// [`EXEC_MARKER_VAR`](crate::backend::EXEC_MARKER_VAR) and re-parented to PID 1, so neither the end of
 /// the starting exec nor its kill-on-drop reaches it. The supervisor writes under
 /// [`DETACHED_DIR`]`/<id>/`: `out` and `err` (the command's output), `code` (its exit code,
 /// written once both streams are complete), `pid`, `spid` (the supervisor's), `started` (Unix

@@ -52,8 +52,8 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(60);
 ///
 /// # Timeouts and interrupts
 /// Each command's processes carry their own value of
-/// [`EXEC_MARKER_VAR`](crate::EXEC_MARKER_VAR). At the timeout the same sweep as plain exec
-/// timeouts ([`sweep_sparing_argv`](crate::sweep_sparing_argv)) kills the command's process
+/// [`EXEC_MARKER_VAR`](crate::backend::EXEC_MARKER_VAR). At the timeout the same sweep as plain exec
+/// timeouts ([`sweep_sparing_argv`](crate::backend::sweep_sparing_argv)) kills the command's process
 /// tree, sparing the shell; the shell prints its end marker and the command reports
 /// [`Error::Timeout`]. [`ShellInterrupter::interrupt`] sends SIGINT to the command's processes
 /// (Ctrl-C: a foreground `sleep` ends with 130, the shell lives on).
