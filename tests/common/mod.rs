@@ -171,3 +171,14 @@ pub fn assert_valid_kubernetes(dir: &Path, yaml: &[u8], version: &str) {
         text(yaml)
     );
 }
+
+/// Doctor's check `name` in its JSON `report`.
+pub fn check_of(report: &serde_json::Value, name: &str) -> serde_json::Value {
+    report["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["check"] == name)
+        .unwrap_or_else(|| panic!("no {name} check: {report}"))
+        .clone()
+}
