@@ -10,7 +10,7 @@ use berth_k8s_sim::Sim;
 
 mod common;
 
-use common::{assert_valid_kubernetes, json_of, text};
+use common::{assert_valid_kubernetes, check_of, json_of, text};
 
 struct Cluster {
     sim: Sim,
@@ -36,17 +36,6 @@ impl Cluster {
         common::on_kubernetes(&mut cmd, &dir.join("kubeconfig"));
         cmd
     }
-}
-
-/// Doctor's check `name` in its JSON `report`.
-fn check_of(report: &serde_json::Value, name: &str) -> serde_json::Value {
-    report["checks"]
-        .as_array()
-        .expect("checks")
-        .iter()
-        .find(|c| c["check"] == name)
-        .unwrap_or_else(|| panic!("no {name} check: {report}"))
-        .clone()
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@ use berth_engine_core::testkit::TEST_IMAGE;
 
 mod common;
 
-use common::{expect_exit, json_of, simulator, text};
+use common::{check_of, expect_exit, json_of, simulator, text};
 
 fn numbered(n: usize) -> String {
     (1..=n).map(|i| format!("line {i}\n")).collect()
@@ -172,16 +172,18 @@ async fn submit_logs_status_watch_and_cancel_on_docker() {
     common::assert_stderr_has(&out, "invalid schedule");
 }
 
+/// `berth ARGS` on the simulator whose kubeconfig [`simulator`] wrote in `dir`.
+fn berth_on_sim(dir: &std::path::Path, args: &[&str]) -> Command {
+    let mut cmd = common::berth_in(dir, &dir.join("state"), args);
+    common::on_kubernetes(&mut cmd, &dir.join("kubeconfig"));
+    cmd
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submit_logs_status_watch_and_cancel_on_kubernetes() {
     let (sim, dir) = simulator().await;
-    let kubeconfig = dir.path().join("kubeconfig");
     let session = berth_engine_core::SessionId::generate().to_string();
-    let berth = |args: &[&str]| {
-        let mut cmd = common::berth_in(dir.path(), &dir.path().join("state"), args);
-        common::on_kubernetes(&mut cmd, &kubeconfig);
-        cmd
-    };
+    let berth = |args: &[&str]| berth_on_sim(dir.path(), args);
     submit_logs_status_watch_cancel(&session, &berth);
     drop(sim);
 }
@@ -191,11 +193,7 @@ async fn a_schedule_fires_and_its_runs_are_followed_on_kubernetes() {
     let (sim, dir) = simulator().await;
     let kubeconfig = dir.path().join("kubeconfig");
     let session = berth_engine_core::SessionId::generate().to_string();
-    let berth = |args: &[&str]| {
-        let mut cmd = common::berth_in(dir.path(), &dir.path().join("state"), args);
-        common::on_kubernetes(&mut cmd, &kubeconfig);
-        cmd
-    };
+    let berth = |args: &[&str]| berth_on_sim(dir.path(), args);
     let kubectl = |args: &[&str]| {
         let out = Command::new("/usr/lib/google-cloud-sdk/bin/kubectl.1.33")
             .arg("--kubeconfig")
@@ -287,5 +285,147 @@ async fn a_schedule_fires_and_its_runs_are_followed_on_kubernetes() {
         );
         std::thread::sleep(std::time::Duration::from_millis(300));
     }
+    drop(sim);
+}
+
+/// Every verb the simulator's authorizer could be asked for, on every resource berth might
+/// touch: what a Role does not grant is denied.
+const VERBS: [&str; 8] = [
+    "get",
+    "list",
+    "watch",
+    "create",
+    "update",
+    "patch",
+    "delete",
+    "deletecollection",
+];
+const RESOURCES: [&str; 14] = [
+    "jobs",
+    "jobs/status",
+    "cronjobs",
+    "cronjobs/status",
+    "pods",
+    "pods/exec",
+    "pods/log",
+    "pods/attach",
+    "pods/status",
+    "persistentvolumeclaims",
+    "events",
+    "secrets",
+    "configmaps",
+    "namespaces",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_and_schedules_work_with_only_the_rendered_role_on_kubernetes() {
+    let (sim, dir) = simulator().await;
+    let session = berth_engine_core::SessionId::generate().to_string();
+    let berth = |args: &[&str]| berth_on_sim(dir.path(), args);
+    // Only what `berth render --rbac` grants.
+    let role = json_of(&expect_exit(&mut berth(&["--json", "render", "--rbac"]), 0));
+    let granted: Vec<(String, String)> = role[0]["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .flat_map(|r| {
+            let resource = r["resources"][0].as_str().expect("resource").to_owned();
+            r["verbs"]
+                .as_array()
+                .expect("verbs")
+                .iter()
+                .map(move |v| (v.as_str().expect("verb").to_owned(), resource.clone()))
+        })
+        .collect();
+    for verb in VERBS {
+        for resource in RESOURCES {
+            if !granted.contains(&(verb.to_owned(), resource.to_owned())) {
+                sim.deny(verb, resource);
+            }
+        }
+    }
+    // Doctor checks what runs use, and finds it granted.
+    let report = json_of(&berth(&["--json", "doctor"]).output().expect("doctor"));
+    for name in [
+        "rbac: get pods/log",
+        "rbac: create cronjobs",
+        "rbac: delete cronjobs",
+    ] {
+        assert_eq!(check_of(&report, name)["ok"], true, "{name}: {report}");
+    }
+
+    // A run: watched to its exit code, its status, listed, and a running one cancelled.
+    let out = expect_exit(
+        &mut berth(&[
+            "submit",
+            "--watch",
+            "--session",
+            &session,
+            "--",
+            "sh",
+            "-c",
+            "echo ok; exit 3",
+        ]),
+        3,
+    );
+    assert_eq!(text(&out.stdout), "ok\n");
+    let out = expect_exit(
+        &mut berth(&["submit", "--session", &session, "--", "sleep", "600"]),
+        0,
+    );
+    let sleeper = text(&out.stdout).trim().to_owned();
+    expect_exit(&mut berth(&["logs", &sleeper]), 0);
+    let out = expect_exit(&mut berth(&["down", &sleeper]), 0);
+    assert_eq!(text(&out.stdout), format!("{sleeper}: cancelled\n"));
+
+    // A schedule: created, fired, its run's logs, listed, removed.
+    let out = expect_exit(
+        &mut berth(&[
+            "submit",
+            "--schedule",
+            "@daily",
+            "--session",
+            &session,
+            "--",
+            "echo",
+            "nightly",
+        ]),
+        0,
+    );
+    let schedule = text(&out.stdout).trim().to_owned();
+    let run = sim.fire_cron_job("default", &schedule).expect("fire");
+    let out = expect_exit(&mut berth(&["logs", "-f", &run]), 0);
+    assert_eq!(text(&out.stdout), "nightly\n");
+    let out = expect_exit(
+        &mut berth(&["--json", "ls", "--runs", "--session", &session]),
+        0,
+    );
+    assert!(
+        json_of(&out)
+            .as_array()
+            .expect("a list")
+            .iter()
+            .any(|r| r["id"] == schedule.as_str()),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = expect_exit(&mut berth(&["down", &schedule]), 0);
+    assert_eq!(text(&out.stdout), format!("{schedule}: schedule removed\n"));
+
+    // Without the log permission, `logs` is refused, saying why, and doctor names it.
+    let out = expect_exit(
+        &mut berth(&["submit", "--session", &session, "--", "echo", "unread"]),
+        0,
+    );
+    let unread = text(&out.stdout).trim().to_owned();
+    sim.deny("get", "pods/log");
+    let out = expect_exit(&mut berth(&["logs", "-f", &unread]), 125);
+    common::assert_stderr_has(&out, "forbidden");
+    let report = json_of(&berth(&["--json", "doctor"]).output().expect("doctor"));
+    assert_eq!(
+        check_of(&report, "rbac: get pods/log")["ok"],
+        false,
+        "{report}"
+    );
     drop(sim);
 }

@@ -244,3 +244,14 @@ pub async fn simulator() -> (berth_k8s_sim::Sim, tempfile::TempDir) {
         .expect("kubeconfig");
     (sim, dir)
 }
+
+/// Doctor's check `name` in its JSON `report`.
+pub fn check_of(report: &serde_json::Value, name: &str) -> serde_json::Value {
+    report["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["check"] == name)
+        .unwrap_or_else(|| panic!("no {name} check: {report}"))
+        .clone()
+}

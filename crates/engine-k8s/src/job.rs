@@ -297,7 +297,9 @@ pub fn run_labels(spec: &EnvironmentSpec) -> BTreeMap<String, String> {
     labels
 }
 
-/// When and how a CronJob starts its runs.
+/// When a CronJob starts its runs: the schedule and its time zone. How (suspended,
+/// concurrency, history, a starting deadline) is the config's [`ScheduleSettings`]
+/// ([`KubernetesConfig::schedules`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CronSchedule {
@@ -306,18 +308,15 @@ pub struct CronSchedule {
     /// An IANA time zone (`Europe/Berlin`) the schedule is read in; `None` is the
     /// controller's own (UTC on most clusters).
     pub time_zone: Option<String>,
-    /// `Forbid` (the default: a run still going skips the next), `Allow` or `Replace`.
-    pub concurrency_policy: String,
 }
 
 impl CronSchedule {
-    /// `schedule` in the controller's time zone, with `concurrencyPolicy: Forbid`.
+    /// `schedule` in the controller's time zone.
     #[must_use]
     pub fn new(schedule: impl Into<String>) -> Self {
         Self {
             schedule: schedule.into(),
             time_zone: None,
-            concurrency_policy: "Forbid".into(),
         }
     }
 
@@ -327,6 +326,86 @@ impl CronSchedule {
         self.time_zone = Some(time_zone.into());
         self
     }
+}
+
+/// What a schedule does when its next run is due while the last one still runs
+/// (`concurrencyPolicy` of a CronJob and of an Argo CronWorkflow).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ConcurrencyPolicy {
+    /// Start it anyway: runs overlap.
+    Allow,
+    /// Skip it (berth's default: a slow nightly run is not piled on).
+    #[default]
+    Forbid,
+    /// Cancel the running one and start the new one.
+    Replace,
+}
+
+impl ConcurrencyPolicy {
+    /// Every policy, in the API's order.
+    pub const ALL: [ConcurrencyPolicy; 3] = [
+        ConcurrencyPolicy::Allow,
+        ConcurrencyPolicy::Forbid,
+        ConcurrencyPolicy::Replace,
+    ];
+
+    /// The API's spelling: `Allow`, `Forbid` or `Replace`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConcurrencyPolicy::Allow => "Allow",
+            ConcurrencyPolicy::Forbid => "Forbid",
+            ConcurrencyPolicy::Replace => "Replace",
+        }
+    }
+}
+
+impl std::fmt::Display for ConcurrencyPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ConcurrencyPolicy {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| {
+                Error::invalid_spec(
+                    "concurrency_policy",
+                    format!("expected Allow, Forbid or Replace, got {s:?}"),
+                )
+            })
+    }
+}
+
+/// How every schedule berth makes (a CronJob, an Argo CronWorkflow) starts and keeps its runs.
+///
+/// ```
+/// use berth_engine_k8s::{ConcurrencyPolicy, ScheduleSettings};
+///
+/// let mut settings = ScheduleSettings::default();
+/// assert_eq!(settings.concurrency_policy, ConcurrencyPolicy::Forbid);
+/// settings.concurrency_policy = "Replace".parse().unwrap();
+/// settings.successful_jobs_history_limit = Some(5);
+/// assert!("replace".parse::<ConcurrencyPolicy>().is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct ScheduleSettings {
+    /// Created suspended: no run starts until `suspend` is set false on the cluster.
+    pub suspend: bool,
+    /// What a due run does while the last one runs.
+    pub concurrency_policy: ConcurrencyPolicy,
+    /// How many succeeded runs to keep; `None` is the cluster's default (3).
+    pub successful_jobs_history_limit: Option<i32>,
+    /// How many failed runs to keep; `None` is the cluster's default (1).
+    pub failed_jobs_history_limit: Option<i32>,
+    /// A run that could not start within this many seconds of its time is skipped; `None`
+    /// has no deadline.
+    pub starting_deadline_seconds: Option<i64>,
 }
 
 /// The pod template of a run of `command`: [`manifest::pod_spec`] (the pod an environment
@@ -394,7 +473,9 @@ pub fn run_job(
     })
 }
 
-/// A batch/v1 CronJob named `name` that starts [`run_job`]'s Job on `schedule`.
+/// A batch/v1 CronJob named `name` that starts [`run_job`]'s Job on `schedule`, as the
+/// config's [`ScheduleSettings`] say (suspend, concurrency policy, history limits, starting
+/// deadline).
 ///
 /// # Errors
 /// [`Error::InvalidSpec`] when the spec is invalid or `command` is empty.
@@ -405,12 +486,17 @@ pub fn run_cron_job(
     command: &[String],
     schedule: &CronSchedule,
 ) -> Result<CronJob> {
+    let settings = &config.schedules;
     Ok(CronJob {
         metadata: run_metadata(spec, config, name),
         spec: Some(CronJobSpec {
             schedule: schedule.schedule.clone(),
             time_zone: schedule.time_zone.clone(),
-            concurrency_policy: Some(schedule.concurrency_policy.clone()),
+            concurrency_policy: Some(settings.concurrency_policy.as_str().to_owned()),
+            suspend: Some(settings.suspend),
+            successful_jobs_history_limit: settings.successful_jobs_history_limit,
+            failed_jobs_history_limit: settings.failed_jobs_history_limit,
+            starting_deadline_seconds: settings.starting_deadline_seconds,
             job_template: JobTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(run_labels(spec)),
@@ -418,7 +504,6 @@ pub fn run_cron_job(
                 }),
                 spec: Some(run_job_spec(spec, config, command)?),
             },
-            ..Default::default()
         }),
         status: None,
     })
@@ -536,6 +621,35 @@ mod tests {
     }
 
     #[test]
+    fn a_cron_job_follows_the_schedule_settings() {
+        let config = KubernetesConfig {
+            schedules: ScheduleSettings {
+                suspend: true,
+                concurrency_policy: ConcurrencyPolicy::Replace,
+                successful_jobs_history_limit: Some(5),
+                failed_jobs_history_limit: Some(0),
+                starting_deadline_seconds: Some(120),
+            },
+            ..KubernetesConfig::default()
+        };
+        let cron = run_cron_job(
+            &spec(),
+            &config,
+            "n",
+            &argv(),
+            &CronSchedule::new("* * * * *"),
+        )
+        .unwrap()
+        .spec
+        .unwrap();
+        assert_eq!(cron.suspend, Some(true));
+        assert_eq!(cron.concurrency_policy.as_deref(), Some("Replace"));
+        assert_eq!(cron.successful_jobs_history_limit, Some(5));
+        assert_eq!(cron.failed_jobs_history_limit, Some(0));
+        assert_eq!(cron.starting_deadline_seconds, Some(120));
+    }
+
+    #[test]
     fn a_cron_job_carries_the_schedule_and_the_run_job() {
         let mut s = spec();
         s.security = SecurityProfile::Restricted;
@@ -547,6 +661,9 @@ mod tests {
         assert_eq!(cron_spec.schedule, "0 4 * * *");
         assert_eq!(cron_spec.time_zone.as_deref(), Some("Europe/Berlin"));
         assert_eq!(cron_spec.concurrency_policy.as_deref(), Some("Forbid"));
+        assert_eq!(cron_spec.suspend, Some(false));
+        assert_eq!(cron_spec.successful_jobs_history_limit, None);
+        assert_eq!(cron_spec.starting_deadline_seconds, None);
         let job_spec = cron_spec.job_template.spec.unwrap();
         assert_eq!(
             job_spec,

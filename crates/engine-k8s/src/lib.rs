@@ -60,7 +60,8 @@ pub use crate::argo::{
 use crate::errors::BACKEND;
 pub use crate::job::{
     render, render_run_cron_job, render_run_job, render_run_pod_spec, run_cron_job, run_job,
-    run_labels, run_pod_template, CronSchedule, CREATED_BY_VALUE, LABEL_CREATED_BY,
+    run_labels, run_pod_template, ConcurrencyPolicy, CronSchedule, ScheduleSettings,
+    CREATED_BY_VALUE, LABEL_CREATED_BY,
 };
 pub use crate::run::LABEL_CANCELLED;
 
@@ -99,6 +100,8 @@ pub struct KubernetesConfig {
     /// Env and files from Secrets and ConfigMaps, caches, security overrides and annotations
     /// of every pod.
     pub pod: manifest::PodExtras,
+    /// How schedules (CronJobs) start and keep their runs.
+    pub schedules: ScheduleSettings,
 }
 
 impl Default for KubernetesConfig {
@@ -118,6 +121,7 @@ impl Default for KubernetesConfig {
             workspace_size: "1Gi".into(),
             create_missing_claims: false,
             pod: manifest::PodExtras::default(),
+            schedules: ScheduleSettings::default(),
         }
     }
 }

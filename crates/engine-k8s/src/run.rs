@@ -53,6 +53,8 @@ pub(crate) async fn submit(engine: &KubernetesEngine, spec: &RunSpec) -> Result<
             engine.ensure_claim(name, &spec.env).await?;
         }
     }
+    // As an environment's start does: a cache with `create` is made before its first user.
+    engine.ensure_cache_claims(&spec.env).await?;
     let mut attempts = 0;
     loop {
         let created = if let Some(schedule) = &spec.schedule {

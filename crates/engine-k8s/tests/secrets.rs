@@ -189,3 +189,46 @@ async fn a_cache_claim_berth_creates_outlives_the_environment() {
     assert_eq!((code, out.as_str()), (0, "built\n"));
     engine.stop(&second).await.expect("stop");
 }
+
+/// A batch run makes its cache claim as an environment does: run first, it must not wait on
+/// a claim nobody creates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_makes_its_cache_claim_too() {
+    let (engine, image, _guard) = common::sim_engine(|c: &mut KubernetesConfig| {
+        c.pod.caches.push(Cache {
+            claim: "run-cache".into(),
+            create: Some(NewClaim {
+                size: "1Gi".into(),
+                storage_class: None,
+                access_modes: Vec::new(),
+            }),
+            path: "/cache".into(),
+            read_only: false,
+        });
+    })
+    .await;
+    let run = engine
+        .submit_run(&berth_engine_core::RunSpec::new(
+            spec(&image),
+            ["sh", "-c", "echo ran > /cache/x && cat /cache/x"],
+        ))
+        .await
+        .expect("submit");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        let status = engine.run_status(&run).await.expect("status");
+        if status.state.is_finished() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run never finished: {status:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    };
+    assert_eq!(status.exit_code, Some(0), "{status:?}");
+    engine
+        .stop(&run.as_environment())
+        .await
+        .expect("remove the run");
+}

@@ -808,13 +808,14 @@ fn reconcile_cron_jobs(inner: &Arc<Inner>) {
                 .iter()
                 .any(|c| json_str(&c["metadata"]["uid"]) == owner)
             {
+                // Removed as a background delete does, without `delete_job`'s own
+                // reconcile: this runs inside one, under its lock (a nested pass would
+                // deadlock every later request). The pass goes on to collect its pods.
                 let md = &job["metadata"];
-                let _ = delete_job(
-                    inner,
-                    json_str(&md["namespace"]),
-                    json_str(&md["name"]),
-                    Propagation::Background,
-                );
+                let _ =
+                    inner
+                        .store
+                        .remove(Res::Job, json_str(&md["namespace"]), json_str(&md["name"]));
             }
         }
     }

@@ -44,6 +44,7 @@ pub fn kubernetes_config(config: &BerthConfig) -> KubernetesConfig {
     out.limits = k.resources.limits.resources();
     // Checked when the config loaded; a config built in code and never validated gets none.
     out.pod = k.pod_extras().unwrap_or_default();
+    out.schedules = k.schedules.settings().unwrap_or_default();
     out
 }
 

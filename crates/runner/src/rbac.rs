@@ -151,7 +151,26 @@ pub fn required(config: &BerthConfig) -> Vec<Permission> {
             "ls --volumes and gc --volumes",
         ),
     ];
-    if k.pvc_name.is_some() || k.create_pvc {
+    // Batch runs (engine-k8s run.rs): logs from the pod log API; schedules are CronJobs,
+    // created, read, listed (`ls --runs`) and deleted (`down`); a cancel deletes the pods and
+    // labels the Job (both granted above).
+    out.push(p(
+        "get",
+        "",
+        "pods",
+        Some("log"),
+        "logs and submit --watch read a run's output",
+    ));
+    for (verb, why) in [
+        ("create", "submit --schedule creates a CronJob"),
+        ("get", "status and logs look a schedule up"),
+        ("list", "ls --runs lists schedules"),
+        ("delete", "down removes a schedule"),
+    ] {
+        out.push(p(verb, "batch", "cronjobs", None, why));
+    }
+    let creates_cache = k.caches.iter().any(|c| c.create.is_some());
+    if k.pvc_name.is_some() || k.create_pvc || creates_cache {
         out.push(p(
             "get",
             "",
@@ -160,7 +179,7 @@ pub fn required(config: &BerthConfig) -> Vec<Permission> {
             "check the workspace claim",
         ));
     }
-    if k.create_pvc {
+    if k.create_pvc || creates_cache {
         out.push(p(
             "create",
             "",
@@ -234,6 +253,21 @@ mod tests {
         assert!(plain.contains(&"patch jobs".to_owned()));
         assert!(plain.contains(&"deletecollection pods".to_owned()));
         assert!(!plain.contains(&"create persistentvolumeclaims".to_owned()));
+        // Runs read their logs; schedules are CronJobs.
+        for want in [
+            "get pods/log",
+            "create cronjobs",
+            "get cronjobs",
+            "list cronjobs",
+            "delete cronjobs",
+        ] {
+            assert!(plain.contains(&want.to_owned()), "{want}");
+        }
+        let caching = BerthConfig::from_yaml_str(
+            "kubernetes:\n  caches: [{claim: cargo, path: /cache, create: {size: 1Gi}}]\n",
+        )
+        .expect("a cache");
+        assert!(names(&caching).contains(&"create persistentvolumeclaims".to_owned()));
         config.kubernetes.create_pvc = true;
         let creating = names(&config);
         for want in [

@@ -13,6 +13,7 @@ mod keys;
 mod load;
 mod parse;
 mod pod;
+mod runs;
 mod schema;
 mod types;
 
@@ -30,6 +31,7 @@ pub use parse::{
 pub use pod::{
     CacheEntry, EnvFromEntry, KeyEntry, MountEntry, NewClaimEntry, SecurityContextSection,
 };
+pub use runs::SchedulesSection;
 pub use schema::{
     BerthConfig, CopySection, DockerSection, DockerTls, KubernetesResources, KubernetesSection,
     QuantityPair, ResourceLimits, RunnerConfig, ServerSection, ServerTls, WorkspaceConfig,

@@ -22,6 +22,7 @@ use super::keys::{section, Key, Schema, ValueKind};
 use super::pod::{
     CacheEntry, EnvFromEntry, KeyEntry, MountEntry, PodOptions, SecurityContextSection,
 };
+use super::runs::SchedulesSection;
 use super::types::{
     backend_kind, kubernetes_pull_policy, process_count, pull_policy, security_profile,
     CpuQuantity, HumanDuration, Limit, MemoryQuantity,
@@ -324,6 +325,9 @@ section! {
         pub annotations: BTreeMap<String, String>,
         /// Extra labels of every object and pod (berth's own keys are reserved).
         pub labels: BTreeMap<String, String>,
+        /// How schedules (`submit --schedule`, rendered CronJobs and CronWorkflows) start
+        /// and keep their runs.
+        pub schedules: SchedulesSection,
     }
 }
 
@@ -350,6 +354,7 @@ impl Default for KubernetesSection {
             security_context: SecurityContextSection::default(),
             annotations: BTreeMap::new(),
             labels: BTreeMap::new(),
+            schedules: SchedulesSection::default(),
         }
     }
 }
@@ -591,6 +596,9 @@ impl BerthConfig {
             ));
         }
         if let Err((key, reason)) = self.kubernetes.pod_extras() {
+            return Err(invalid(&key, reason));
+        }
+        if let Err((key, reason)) = self.kubernetes.schedules.settings() {
             return Err(invalid(&key, reason));
         }
         for key in self.kubernetes.labels.keys() {

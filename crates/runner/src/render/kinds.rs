@@ -540,10 +540,31 @@ fn workflow(
             if let Some(tz) = &schedule.time_zone {
                 cron.insert("timezone".into(), tz.clone().into());
             }
+            // Argo's CronWorkflow takes the CronJob's names for these.
+            let settings = &config.schedules;
             cron.insert(
                 "concurrencyPolicy".into(),
-                schedule.concurrency_policy.clone().into(),
+                settings.concurrency_policy.as_str().into(),
             );
+            cron.insert("suspend".into(), settings.suspend.into());
+            for (key, value) in [
+                (
+                    "successfulJobsHistoryLimit",
+                    settings.successful_jobs_history_limit.map(i64::from),
+                ),
+                (
+                    "failedJobsHistoryLimit",
+                    settings.failed_jobs_history_limit.map(i64::from),
+                ),
+                (
+                    "startingDeadlineSeconds",
+                    settings.starting_deadline_seconds,
+                ),
+            ] {
+                if let Some(value) = value {
+                    cron.insert(key.into(), value.into());
+                }
+            }
             cron.insert("workflowMetadata".into(), json!({"labels": labels}));
             cron.insert("workflowSpec".into(), Value::Object(wf));
             json!({

@@ -190,3 +190,36 @@ fn the_run_spec_reads_the_kubernetes_settings_whatever_the_backend() {
     .to_string();
     assert!(e.contains("env"), "{e}");
 }
+
+#[test]
+fn schedule_settings_reach_the_cron_job_and_the_cron_workflow() {
+    let c = config(&format!(
+        "{RESTRICTED}  schedules:\n    suspend: true\n    concurrency_policy: Replace\n    successful_jobs_history_limit: 5\n    failed_jobs_history_limit: 0\n    starting_deadline: 2m\n"
+    ));
+    let spec = spec_of(&c, "nightly");
+    for kind in [Kind::CronJob, Kind::CronWorkflow] {
+        let run = RunManifest::new(kind, argv()).with_schedule("0 4 * * *");
+        let objects = objects(&c, &spec, &run).expect("objects");
+        let cron = &objects.last().unwrap()["spec"];
+        assert_eq!(cron["suspend"], true, "{kind:?}: {cron}");
+        assert_eq!(cron["concurrencyPolicy"], "Replace", "{kind:?}");
+        assert_eq!(cron["successfulJobsHistoryLimit"], 5, "{kind:?}");
+        assert_eq!(cron["failedJobsHistoryLimit"], 0, "{kind:?}");
+        assert_eq!(cron["startingDeadlineSeconds"], 120, "{kind:?}");
+    }
+    // Checked by name when the config loads.
+    for (yaml, want) in [
+        (
+            "kubernetes:\n  schedules: {concurrency_policy: replace}\n",
+            "expected Allow, Forbid or Replace, got \"replace\"",
+        ),
+        (
+            "kubernetes:\n  schedules: {failed_jobs_history_limit: 3000000000}\n",
+            "kubernetes.schedules.failed_jobs_history_limit",
+        ),
+        ("kubernetes:\n  schedules: {suspended: true}\n", "suspend"),
+    ] {
+        let err = BerthConfig::from_yaml_str(yaml).unwrap_err().to_string();
+        assert!(err.contains(want), "{yaml}: {err}");
+    }
+}
