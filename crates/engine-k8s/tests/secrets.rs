@@ -168,16 +168,7 @@ async fn a_required_missing_secret_or_key_is_a_start_error_naming_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cache_claim_berth_creates_outlives_the_environment() {
     let (engine, image, _guard) = common::sim_engine(|c: &mut KubernetesConfig| {
-        c.pod.caches.push(Cache {
-            claim: "build-cache".into(),
-            create: Some(NewClaim {
-                size: "1Gi".into(),
-                storage_class: None,
-                access_modes: Vec::new(),
-            }),
-            path: "/cache".into(),
-            read_only: false,
-        });
+        c.pod.caches.push(created_cache("build-cache"))
     })
     .await;
     let first = engine.start(&spec(&image)).await.expect("start");
@@ -195,16 +186,7 @@ async fn a_cache_claim_berth_creates_outlives_the_environment() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_makes_its_cache_claim_too() {
     let (engine, image, _guard) = common::sim_engine(|c: &mut KubernetesConfig| {
-        c.pod.caches.push(Cache {
-            claim: "run-cache".into(),
-            create: Some(NewClaim {
-                size: "1Gi".into(),
-                storage_class: None,
-                access_modes: Vec::new(),
-            }),
-            path: "/cache".into(),
-            read_only: false,
-        });
+        c.pod.caches.push(created_cache("run-cache"))
     })
     .await;
     let run = engine
@@ -231,4 +213,18 @@ async fn a_run_makes_its_cache_claim_too() {
         .stop(&run.as_environment())
         .await
         .expect("remove the run");
+}
+
+/// A cache at `/cache` on claim `claim`, which berth creates (1Gi) when it is missing.
+fn created_cache(claim: &str) -> Cache {
+    Cache {
+        claim: claim.into(),
+        create: Some(NewClaim {
+            size: "1Gi".into(),
+            storage_class: None,
+            access_modes: Vec::new(),
+        }),
+        path: "/cache".into(),
+        read_only: false,
+    }
 }
