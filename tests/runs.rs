@@ -10,6 +10,24 @@ mod common;
 
 use common::{check_of, expect_exit, json_of, simulator, text};
 
+/// Polls `probe` every 300 ms until it says done, failing with `what` and its last output
+/// after `secs` seconds.
+#[track_caller]
+fn wait_for(secs: u64, what: &str, mut probe: impl FnMut() -> (bool, String)) {
+    let start = std::time::Instant::now();
+    loop {
+        let (done, last) = probe();
+        if done {
+            return;
+        }
+        assert!(
+            start.elapsed().as_secs() < secs,
+            "{what} after {secs} s: {last}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+}
+
 fn numbered(n: usize) -> String {
     (1..=n).map(|i| format!("line {i}\n")).collect()
 }
@@ -84,32 +102,20 @@ fn submit_logs_status_watch_cancel(session: &str, berth: &dyn Fn(&[&str]) -> Com
         0,
     );
     let sleeper = text(&out.stdout).trim().to_owned();
-    let start = std::time::Instant::now();
-    loop {
+    wait_for(90, "never running", || {
         let out = expect_exit(&mut berth(&["--json", "status", &sleeper]), 0);
-        if json_of(&out)["state"] == "running" {
-            break;
-        }
-        assert!(
-            start.elapsed().as_secs() < 90,
-            "never running: {}",
-            text(&out.stdout)
-        );
-        std::thread::sleep(std::time::Duration::from_millis(300));
-    }
+        (json_of(&out)["state"] == "running", text(&out.stdout))
+    });
     let out = expect_exit(&mut berth(&["down", &sleeper]), 0);
     assert_eq!(text(&out.stdout), format!("{sleeper}: cancelled\n"));
-    let start = std::time::Instant::now();
-    loop {
+    wait_for(30, "not cancelled", || {
         let out = expect_exit(&mut berth(&["--json", "status", &sleeper]), 0);
         let state = json_of(&out)["state"].clone();
-        if state == "cancelled" {
-            break;
+        if state != "cancelled" {
+            assert_eq!(state, "running", "after cancel");
         }
-        assert_eq!(state, "running", "after cancel");
-        assert!(start.elapsed().as_secs() < 30, "not cancelled after 30 s");
-        std::thread::sleep(std::time::Duration::from_millis(300));
-    }
+        (state == "cancelled", text(&out.stdout))
+    });
 
     // `ls --runs` shows the session's runs; plain `ls` shows no run as an environment.
     let out = expect_exit(
@@ -269,22 +275,13 @@ async fn a_schedule_fires_and_its_runs_are_followed_on_kubernetes() {
     // `down` removes the schedule, and its Jobs go with it.
     let out = expect_exit(&mut berth(&["down", &schedule]), 0);
     assert_eq!(text(&out.stdout), format!("{schedule}: schedule removed\n"));
-    let start = std::time::Instant::now();
-    loop {
+    wait_for(30, "left after down", || {
         let out = expect_exit(
             &mut berth(&["--json", "ls", "--runs", "--session", &session]),
             0,
         );
-        if json_of(&out) == serde_json::json!([]) {
-            break;
-        }
-        assert!(
-            start.elapsed().as_secs() < 30,
-            "left after down: {}",
-            text(&out.stdout)
-        );
-        std::thread::sleep(std::time::Duration::from_millis(300));
-    }
+        (json_of(&out) == serde_json::json!([]), text(&out.stdout))
+    });
     drop(sim);
 }
 

@@ -207,24 +207,7 @@ impl Worker {
             } else if vol["secret"].is_object() || vol["configMap"].is_object() {
                 Ok(self.object_files(vol).await?)
             } else if vol["emptyDir"].is_object() {
-                let name = format!(
-                    "k8s-sim-{}-{}-{}",
-                    self.inner.id,
-                    &self.uid[..8.min(self.uid.len())],
-                    vname
-                );
-                let mut labels = self.inner.docker_labels(None);
-                labels.insert(POD_UID_LABEL.to_owned(), self.uid.clone());
-                self.inner
-                    .docker
-                    .create_volume(VolumeCreateRequest {
-                        name: Some(name.clone()),
-                        labels: Some(labels),
-                        ..Default::default()
-                    })
-                    .await
-                    .map_err(|e| CreateError::Other(format!("creating emptyDir {vname}: {e}")))?;
-                Ok(name)
+                Ok(self.pod_volume(vname, "emptyDir").await?)
             } else if let Some(path) = vol["hostPath"]["path"].as_str() {
                 let typ = json_str(&vol["hostPath"]["type"]);
                 if typ == "DirectoryOrCreate" {
@@ -306,6 +289,29 @@ impl Worker {
 }
 
 impl Worker {
+    /// A Docker volume owned by this pod (labelled with its uid, so the pod's cleanup removes
+    /// it), named after the pod and the volume `vname`; `what` names it in errors.
+    async fn pod_volume(&self, vname: &str, what: &str) -> Result<String, CreateError> {
+        let name = format!(
+            "k8s-sim-{}-{}-{}",
+            self.inner.id,
+            &self.uid[..8.min(self.uid.len())],
+            vname
+        );
+        let mut labels = self.inner.docker_labels(None);
+        labels.insert(POD_UID_LABEL.to_owned(), self.uid.clone());
+        self.inner
+            .docker
+            .create_volume(VolumeCreateRequest {
+                name: Some(name.clone()),
+                labels: Some(labels),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| CreateError::Other(format!("creating {what} {vname}: {e}")))?;
+        Ok(name)
+    }
+
     /// A Docker volume (removed with the pod's) holding a `secret` or `configMap` volume's
     /// files: every key, or `items` key -> path, with `defaultMode` (0644); empty when the
     /// object is missing and `optional`, as the kubelet mounts it. A missing required object
@@ -367,23 +373,7 @@ impl Worker {
             None => wanted.extend(files.into_iter().map(|(k, v)| (k, v, None))),
         }
         let mode = source["defaultMode"].as_u64().unwrap_or(0o644);
-        let volume = format!(
-            "k8s-sim-{}-{}-{}",
-            self.inner.id,
-            &self.uid[..8.min(self.uid.len())],
-            vname
-        );
-        let mut labels = self.inner.docker_labels(None);
-        labels.insert(POD_UID_LABEL.to_owned(), self.uid.clone());
-        self.inner
-            .docker
-            .create_volume(VolumeCreateRequest {
-                name: Some(volume.clone()),
-                labels: Some(labels),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| CreateError::Other(format!("creating volume {vname}: {e}")))?;
+        let volume = self.pod_volume(vname, "volume").await?;
         let dir = self
             .inner
             .docker
