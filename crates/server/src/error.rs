@@ -150,6 +150,13 @@ impl IntoResponse for ServerError {
             body["maximum"] = maximum.clone().into();
         }
         let mut response = (self.status(), axum::Json(body)).into_response();
+        if let Self::BodyTooLarge { .. } = self {
+            // The rest of the body was never read: the connection cannot carry another
+            // request, and a client that reused it would fail writing (a broken pipe).
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if let Self::QueueFull { retry_after, .. } = self {
             response
                 .headers_mut()
