@@ -111,6 +111,9 @@ pub(crate) async fn stop(engine: &DockerEngine, env: &EnvironmentId) -> Result<S
         return Ok(StopOutcome::AlreadyGone);
     };
     let outcome = engine.remove_container(&name).await?;
+    if let Some(podman) = &engine.podman {
+        podman.forget(&name);
+    }
     tracing::debug!(env = %env, ?outcome, "stopped environment");
     Ok(outcome)
 }
@@ -160,11 +163,14 @@ pub(crate) async fn list(
 ) -> Result<Vec<EnvironmentStatus>> {
     let filters = label_filters(selector);
     let containers = crate::retry::idempotent("list containers", || {
-        engine.docker.list_containers(Some(ListContainersOptions {
-            all: true,
-            filters: Some(filters.clone()),
-            ..Default::default()
-        }))
+        crate::lenient::list_containers(
+            &engine.docker,
+            ListContainersOptions {
+                all: true,
+                filters: Some(filters.clone()),
+                ..Default::default()
+            },
+        )
     })
     .await
     .map_err(engine.other("list containers"))?;

@@ -16,6 +16,20 @@ pub(crate) async fn copy_in(
 ) -> Result<()> {
     backend::require_absolute("dest", dest)?;
     let env = &engine.resolve_existing(env).await?;
+    if engine.podman.is_some() {
+        // Podman creates a missing destination where Docker refuses it: ask first, so the
+        // caller gets Docker's answer (NotFound naming the path) from either.
+        let options = bollard::query_parameters::ContainerArchiveInfoOptions {
+            path: dest.to_owned(),
+        };
+        crate::retry::idempotent("stat the copy destination", || {
+            engine
+                .docker
+                .get_container_archive_info(env.as_str(), Some(options.clone()))
+        })
+        .await
+        .map_err(|e| engine.path_error(env, dest, "copy into container", e))?;
+    }
     engine
         .docker
         .upload_to_container(
@@ -71,7 +85,8 @@ impl DockerEngine {
             Some((404, msg)) if !msg.to_lowercase().contains("no such container") => {
                 Error::path_not_found(path, env)
             }
-            Some((400, msg)) if msg.contains("not a directory") => {
+            // Docker: 400 "... not a directory"; Podman: 500 "... exists but is not a directory".
+            Some((400 | 500, msg)) if msg.contains("not a directory") => {
                 Error::invalid_spec("dest", format!("{path} in {env} is not a directory"))
             }
             _ => errors::env_call(&self.address, env.as_str(), step, e),

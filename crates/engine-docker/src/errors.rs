@@ -57,7 +57,17 @@ pub(crate) fn env_call(address: &str, env: &str, step: &str, err: BollardError) 
                 name: env.to_owned(),
             }
         }
+        // Docker: 409 "Container ... is not running"; Podman: 500 "can only create exec
+        // sessions on running containers: container state improper".
         Some((409, msg)) if msg.contains("not running") || msg.contains("paused") => {
+            Error::NotFound {
+                what: "running environment",
+                name: env.to_owned(),
+            }
+        }
+        Some((500, msg))
+            if msg.contains("container state improper") || msg.contains("is not running") =>
+        {
             Error::NotFound {
                 what: "running environment",
                 name: env.to_owned(),

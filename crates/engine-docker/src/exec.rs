@@ -19,6 +19,7 @@ use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 
 use crate::errors::{self, BACKEND};
+use crate::podman::Podman;
 
 /// How much the demultiplexer reads at once from the daemon.
 const READ_CAPACITY: usize = 64 * 1024;
@@ -37,8 +38,9 @@ pub(crate) fn exec_streaming<'a>(
     address: &'a str,
     env: &'a EnvironmentId,
     req: ExecRequest,
+    podman: Option<Arc<Podman>>,
 ) -> futures_util::future::BoxFuture<'a, Result<ExecProcess>> {
-    Box::pin(exec_streaming_inner(docker, address, env, req))
+    Box::pin(exec_streaming_inner(docker, address, env, req, podman))
 }
 
 async fn exec_streaming_inner(
@@ -46,6 +48,7 @@ async fn exec_streaming_inner(
     address: &str,
     env: &EnvironmentId,
     req: ExecRequest,
+    podman: Option<Arc<Podman>>,
 ) -> Result<ExecProcess> {
     req.validate()?;
     let started_at = Instant::now();
@@ -132,6 +135,7 @@ async fn exec_streaming_inner(
         report: watch::channel(None).0,
         started: created_at,
         oom: OomReport::default(),
+        podman,
     });
     // The output is read by the consumer's own task (no task or channel in between: that hop
     // cost 12% of streaming throughput). A helper task feeds stdin bytes and watches the
@@ -262,6 +266,8 @@ struct ExecIo {
     /// When the exec was created: container events from then on happened during it.
     started: std::time::SystemTime,
     oom: OomReport,
+    /// Set on Podman, which reports no `oom` event for an exec's process.
+    podman: Option<Arc<Podman>>,
 }
 
 /// How long an exec whose output ended may still be reported running before berth concludes
@@ -329,7 +335,8 @@ impl ExecIo {
             operation: "the command".to_owned(),
             reason,
         };
-        let inspect = match self.docker.inspect_container(self.env.as_str(), None).await {
+        let inspect = match crate::lenient::inspect_container(&self.docker, self.env.as_str()).await
+        {
             Ok(inspect) => inspect,
             Err(e) if errors::status(&e).is_some_and(|(code, _)| code == 404) => {
                 return Err(gone("its container was removed".to_owned()))
@@ -368,7 +375,18 @@ impl ExecIo {
                 Ok(ExitStatus(137))
             }
             ContainerEvents { died: true, .. } => Err(gone("its container stopped".to_owned())),
-            _ => result,
+            _ => match &self.podman {
+                Some(podman)
+                    if result.as_ref().is_ok_and(|s| s.code() == 137)
+                        && podman
+                            .oom_killed_since_last(&self.docker, &self.address, &self.env)
+                            .await =>
+                {
+                    self.oom.set(OomKill::new(limit));
+                    Ok(ExitStatus(137))
+                }
+                _ => result,
+            },
         }
     }
 
@@ -453,7 +471,7 @@ impl ExecIo {
             None => req,
         };
         let limit = req.output_limit;
-        let result = match exec_streaming(&self.docker, &self.address, &self.env, req).await {
+        let result = match exec_streaming(&self.docker, &self.address, &self.env, req, None).await {
             Ok(process) => tokio::time::timeout(SWEEP_LIMIT, process.collect(limit))
                 .await
                 .map_err(|_| format!("the sweep did not finish in {SWEEP_LIMIT:?}"))
@@ -476,11 +494,7 @@ impl ExecIo {
     }
 
     async fn environment_running(&self) -> bool {
-        self.docker
-            .inspect_container(
-                self.env.as_str(),
-                None::<bollard::query_parameters::InspectContainerOptions>,
-            )
+        crate::lenient::inspect_container(&self.docker, self.env.as_str())
             .await
             .is_ok_and(|c| c.state.and_then(|s| s.running) == Some(true))
     }

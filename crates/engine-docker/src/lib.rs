@@ -29,6 +29,8 @@ mod daemon;
 mod errors;
 mod exec;
 mod image;
+mod lenient;
+mod podman;
 mod port;
 mod resolve;
 mod retry;
@@ -248,7 +250,16 @@ impl DockerConfig {
     }
 }
 
-/// A [`ContainerEngine`] on a Docker daemon.
+/// Podman's state when the daemon's `/version` answer is Podman's (the negotiation asked the
+/// same endpoint, but bollard keeps only the version number).
+async fn detect_podman(
+    docker: &Docker,
+) -> std::result::Result<Option<Arc<podman::Podman>>, bollard::errors::Error> {
+    let version = retry::idempotent("version", || docker.version()).await?;
+    Ok(podman::is_podman(&version).then(|| Arc::new(podman::Podman::default())))
+}
+
+/// A [`ContainerEngine`] on a Docker daemon (or on Podman's Docker-compatible service).
 #[derive(Debug, Clone)]
 pub struct DockerEngine {
     docker: Docker,
@@ -257,6 +268,8 @@ pub struct DockerEngine {
     _ssh: Option<Arc<ssh::SshProxy>>,
     /// Env files and secret files of every environment.
     files: ContainerFiles,
+    /// Set when the daemon is Podman's Docker-compatible service (see [`DockerEngine::is_podman`]).
+    podman: Option<Arc<podman::Podman>>,
 }
 
 impl DockerEngine {
@@ -287,11 +300,16 @@ impl DockerEngine {
                     Ok(d) => d,
                     Err(e) => return Err(proxy.classify(&address, e)),
                 };
+            let podman = match detect_podman(&docker).await {
+                Ok(podman) => podman,
+                Err(e) => return Err(proxy.classify(&address, e)),
+            };
             return Ok(Self {
                 docker,
                 address,
                 _ssh: Some(Arc::new(proxy)),
                 files: config.files.clone(),
+                podman,
             });
         }
         let docker = match &endpoint.tls {
@@ -308,18 +326,29 @@ impl DockerEngine {
                 other => errors::unavailable(&address, other),
             })?,
         };
+        let classify = |e| match &endpoint.tls {
+            Some(tls) => tls::classify(&address, tls, e),
+            None => errors::unavailable(&address, e),
+        };
         let docker = retry::idempotent("version", || docker.clone().negotiate_version())
             .await
-            .map_err(|e| match &endpoint.tls {
-                Some(tls) => tls::classify(&address, tls, e),
-                None => errors::unavailable(&address, e),
-            })?;
+            .map_err(classify)?;
+        let podman = detect_podman(&docker).await.map_err(classify)?;
         Ok(Self {
             docker,
             address,
             _ssh: None,
             files: config.files.clone(),
+            podman,
         })
+    }
+
+    /// Whether the daemon is Podman's Docker-compatible service (told by its `/version`
+    /// answer at connect). The backend then maps Podman's answers onto Docker's semantics,
+    /// so callers need not ask; this is for reports such as `berth doctor`.
+    #[must_use]
+    pub fn is_podman(&self) -> bool {
+        self.podman.is_some()
     }
 
     /// The daemon address in use.
@@ -371,7 +400,7 @@ impl ContainerEngine for DockerEngine {
 
     async fn exec_streaming(&self, env: &EnvironmentId, req: ExecRequest) -> Result<ExecProcess> {
         let env = self.resolve_existing(env).await?;
-        exec::exec_streaming(&self.docker, &self.address, &env, req).await
+        exec::exec_streaming(&self.docker, &self.address, &env, req, self.podman.clone()).await
     }
 
     async fn copy_in(&self, env: &EnvironmentId, dest: &str, tar: TarStream) -> Result<()> {

@@ -61,7 +61,7 @@ impl DockerEngine {
     /// so berth never runs a command in, copies with, or removes a container it did not create.
     pub(crate) async fn resolve(&self, env: &EnvironmentId) -> Result<Option<String>> {
         let named = match crate::retry::idempotent("inspect container", || {
-            self.docker.inspect_container(env.as_str(), None)
+            crate::lenient::inspect_container(&self.docker, env.as_str())
         })
         .await
         {
@@ -141,11 +141,14 @@ impl DockerEngine {
 
     async fn berth_containers(&self) -> Result<Vec<Candidate>> {
         let listed = crate::retry::idempotent("list containers", || {
-            self.docker.list_containers(Some(ListContainersOptions {
-                all: true,
-                filters: Some(label_filters(&LabelSelector::all())),
-                ..Default::default()
-            }))
+            crate::lenient::list_containers(
+                &self.docker,
+                ListContainersOptions {
+                    all: true,
+                    filters: Some(label_filters(&LabelSelector::all())),
+                    ..Default::default()
+                },
+            )
         })
         .await
         .map_err(self.other("list containers"))?;

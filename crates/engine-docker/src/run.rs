@@ -80,9 +80,7 @@ async fn inspect_run(
     engine: &DockerEngine,
     run: &RunId,
 ) -> Result<bollard::models::ContainerInspectResponse> {
-    let c = engine
-        .docker
-        .inspect_container(run.as_str(), None)
+    let c = crate::lenient::inspect_container(&engine.docker, run.as_str())
         .await
         .map_err(|e| match errors::status(&e) {
             Some((404 | 400, _)) => not_a_run(run),
@@ -272,15 +270,16 @@ pub(crate) async fn list(
         .entry("label".to_owned())
         .or_default()
         .push(LABEL_RUN.to_owned());
-    let containers = engine
-        .docker
-        .list_containers(Some(ListContainersOptions {
+    let containers = crate::lenient::list_containers(
+        &engine.docker,
+        ListContainersOptions {
             all: true,
             filters: Some(filters),
             ..Default::default()
-        }))
-        .await
-        .map_err(|e| errors::other(&engine.address, "list runs", e))?;
+        },
+    )
+    .await
+    .map_err(|e| errors::other(&engine.address, "list runs", e))?;
     let mut out = Vec::new();
     for c in containers {
         let Some(name) = c

@@ -29,21 +29,29 @@ pub(crate) async fn list(
         })
     };
     let listed = list(false).await.map_err(engine.other("list volumes"))?;
-    let unused: std::collections::HashSet<String> = list(true)
-        .await
-        .map_err(engine.other("list unused volumes"))?
-        .volumes
-        .unwrap_or_default()
-        .into_iter()
-        .map(|v| v.name)
-        .collect();
+    let in_use: Box<dyn Fn(&str) -> bool> = if engine.podman.is_some() {
+        // Podman's `dangling` filter does not mean "mounted by no container": read the
+        // containers' mounts instead.
+        let mounted = mounted_volumes(engine).await?;
+        Box::new(move |name| mounted.contains(name))
+    } else {
+        let unused: std::collections::HashSet<String> = list(true)
+            .await
+            .map_err(engine.other("list unused volumes"))?
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| v.name)
+            .collect();
+        Box::new(move |name| !unused.contains(name))
+    };
     let mut out: Vec<VolumeStatus> = listed
         .volumes
         .unwrap_or_default()
         .into_iter()
         .filter_map(|v| {
             let labels: std::collections::BTreeMap<String, String> = v.labels.into_iter().collect();
-            let in_use = !unused.contains(&v.name);
+            let in_use = in_use(&v.name);
             selector
                 .matches(&labels)
                 .then(|| VolumeStatus::new(v.name, labels, in_use))
@@ -51,6 +59,26 @@ pub(crate) async fn list(
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
+}
+
+/// The volumes that some container, running or not, mounts.
+async fn mounted_volumes(engine: &DockerEngine) -> Result<std::collections::HashSet<String>> {
+    let containers = crate::retry::idempotent("list containers", || {
+        crate::lenient::list_containers(
+            &engine.docker,
+            bollard::query_parameters::ListContainersOptions {
+                all: true,
+                ..Default::default()
+            },
+        )
+    })
+    .await
+    .map_err(engine.other("list containers"))?;
+    Ok(containers
+        .into_iter()
+        .flat_map(|c| c.mounts.unwrap_or_default())
+        .filter_map(|m| m.name)
+        .collect())
 }
 
 pub(crate) async fn remove(engine: &DockerEngine, name: &str) -> Result<RemoveOutcome> {
