@@ -14,6 +14,36 @@ use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{CreateContainerOptions, RemoveContainerOptions};
 use bollard::Docker;
 
+/// Stops the environment when the test ends, on a panic too, so a failing test leaves
+/// nothing behind. A fresh engine on its own runtime does it (the test's runtime may be
+/// unwinding); stopping an environment already stopped is fine.
+pub struct StopOnDrop(pub berth_engine_core::EnvironmentId);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let env = self.0.clone();
+        let stopped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            runtime.block_on(async {
+                use berth_engine_core::ContainerEngine;
+                let engine = berth_engine_docker::DockerEngine::connect(
+                    &berth_engine_docker::DockerConfig::default(),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+                engine.stop(&env).await.map_err(|e| e.to_string())
+            })
+        })
+        .join();
+        if !matches!(stopped, Ok(Ok(_))) {
+            eprintln!("cleanup: stopping {} failed: {stopped:?}", self.0);
+        }
+    }
+}
+
 /// Containers started with the plain Docker API, as `docker run` would: no berth labels.
 pub struct PlainContainers(pub Docker);
 
