@@ -72,12 +72,7 @@ pub(crate) async fn create_and_start(
         .map_err(|e| create_error(engine, spec, e))?;
     if let Err(e) = engine.docker.start_container(&name, None).await {
         let err = match errors::status(&e) {
-            Some((_, msg))
-                if msg.contains("executable file not found")
-                    || msg.contains("no such file or directory") =>
-            {
-                not_runnable(msg)
-            }
+            Some((_, msg)) if is_not_runnable(msg) => not_runnable(msg),
             _ => errors::other(&engine.address, "start container", e),
         };
         return match engine.remove_container(&name).await {
@@ -86,6 +81,16 @@ pub(crate) async fn create_and_start(
         };
     }
     Ok(name)
+}
+
+/// Whether a start failed because the command's executable is missing (runc's `exec:
+/// "sleep": executable file not found in $PATH`, `exec: "/x": stat /x: no such file or
+/// directory`), not because of some other missing file of the runtime's own (rootless
+/// Podman's "failed to mount runtime directory for rootless netns: no such file or
+/// directory" is no fault of the image).
+fn is_not_runnable(msg: &str) -> bool {
+    msg.contains("executable file not found")
+        || (msg.contains("no such file or directory") && msg.contains("exec:"))
 }
 
 /// The error of a failed container create for `spec`: a missing image or bind source named
@@ -414,6 +419,19 @@ fn read_env_file(file: &Path) -> Result<BTreeMap<String, String>> {
 #[cfg(test)]
 mod files_tests {
     use super::*;
+
+    #[test]
+    fn only_a_missing_executable_blames_the_image() {
+        assert!(is_not_runnable(
+            "OCI runtime create failed: container_linux.go:380: starting container process caused: exec: \"sleep\": executable file not found in $PATH: unknown"
+        ));
+        assert!(is_not_runnable(
+            "runc create failed: unable to start container process: exec: \"/nope\": stat /nope: no such file or directory: OCI runtime attempted to invoke a command that was not found"
+        ));
+        assert!(!is_not_runnable(
+            "failed to mount runtime directory for rootless netns: no such file or directory"
+        ));
+    }
 
     #[test]
     fn env_files_read_like_docker_and_name_the_line_not_the_value() {

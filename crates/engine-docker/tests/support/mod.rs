@@ -69,10 +69,10 @@ impl ForeignObjects for PlainContainers {
             )
             .await
             .expect("create a foreign container");
-        self.0
-            .start_container(&name, None)
-            .await
-            .expect("start the foreign container");
+        if let Err(e) = self.0.start_container(&name, None).await {
+            self.remove(&name).await;
+            panic!("start the foreign container: {e}");
+        }
         let prefix = created.id[..12].to_owned();
         vec![name, created.id, prefix]
     }
