@@ -25,6 +25,7 @@ use serde::Serialize;
 
 mod docker_bench;
 mod kube_bench;
+mod podman_bench;
 mod remote_bench;
 mod server_bench;
 mod shell_bench;
@@ -48,6 +49,9 @@ enum Suite {
     /// Exec over ssh:// (an sshd on 127.0.0.1 started by the bench; needs root and
     /// openssh-server) against the local socket.
     Remote,
+    /// Exec latency and throughput on Podman's Docker API against Docker
+    /// (`$BERTH_PODMAN_HOST`, default `unix:///tmp/berth-podman.sock`).
+    Podman,
 }
 
 #[derive(Debug, Parser)]
@@ -270,6 +274,15 @@ async fn main() -> anyhow::Result<()> {
         }
         Suite::Remote => {
             remote_bench::scenarios(&bench.engine, &bench.image, &bench.session, bench.smoke).await
+        }
+        Suite::Podman => {
+            podman_bench::scenarios(
+                bench.engine.clone(),
+                &bench.image,
+                &bench.session,
+                bench.smoke,
+            )
+            .await
         }
         Suite::Shells | Suite::All => {
             let first = if shells_only {

@@ -59,7 +59,28 @@ pub(crate) async fn create_and_start(
     let mut body = body;
     engine.files.apply(spec, &engine.address, &mut body)?;
     let name = container_name(spec);
-    engine
+    let podman_workspace =
+        engine.podman.is_some() && matches!(spec.workspace, Workspace::Ephemeral);
+    if podman_workspace {
+        // Podman ignores a mount's volume labels, so the anonymous workspace volume would be
+        // unlabelled there (invisible to gc): make it a named, labelled volume instead, which
+        // `remove_container` removes with the container.
+        let volume = ephemeral_volume(&name);
+        engine.ensure_volume(&volume, labels).await?;
+        let mounts = body
+            .host_config
+            .as_mut()
+            .and_then(|h| h.mounts.as_mut())
+            .into_iter()
+            .flatten();
+        for mount in mounts {
+            if mount.typ == Some(MountType::VOLUME) && mount.source.is_none() {
+                mount.source = Some(volume.clone());
+                mount.volume_options = None;
+            }
+        }
+    }
+    let created = engine
         .docker
         .create_container(
             Some(CreateContainerOptions {
@@ -68,8 +89,16 @@ pub(crate) async fn create_and_start(
             }),
             body,
         )
-        .await
-        .map_err(|e| create_error(engine, spec, e))?;
+        .await;
+    if let Err(e) = created {
+        let err = create_error(engine, spec, e);
+        if podman_workspace {
+            if let Err(cleanup) = engine.remove_ephemeral_volume(&name).await {
+                return Err(err.with_cleanup_failure(cleanup));
+            }
+        }
+        return Err(err);
+    }
     if let Err(e) = engine.docker.start_container(&name, None).await {
         let err = match errors::status(&e) {
             Some((_, msg)) if is_not_runnable(msg) => not_runnable(msg),
@@ -241,14 +270,36 @@ impl DockerEngine {
                 }),
             )
             .await;
-        match removed {
-            Ok(()) => Ok(StopOutcome::Stopped),
+        let outcome = match removed {
+            Ok(()) => StopOutcome::Stopped,
             Err(e) => match errors::status(&e) {
-                Some((404, _)) => Ok(StopOutcome::AlreadyGone),
+                Some((404, _)) => StopOutcome::AlreadyGone,
                 // Another stop is already removing it.
-                Some((409, msg)) if msg.contains("already in progress") => Ok(StopOutcome::Stopped),
-                _ => Err(errors::env_call(&self.address, name, "remove container", e)),
+                Some((409, msg)) if msg.contains("already in progress") => StopOutcome::Stopped,
+                _ => return Err(errors::env_call(&self.address, name, "remove container", e)),
             },
+        };
+        if self.podman.is_some() {
+            self.remove_ephemeral_volume(name).await?;
+        }
+        Ok(outcome)
+    }
+
+    /// Removes the named workspace volume an ephemeral environment has on Podman (see
+    /// `create_and_start`); fine when there is none.
+    async fn remove_ephemeral_volume(&self, container: &str) -> Result<()> {
+        let volume = ephemeral_volume(container);
+        match self
+            .docker
+            .remove_volume(
+                &volume,
+                None::<bollard::query_parameters::RemoveVolumeOptions>,
+            )
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(errors::status(&e), Some((404, _))) => Ok(()),
+            Err(e) => Err(errors::other(&self.address, "remove workspace volume", e)),
         }
     }
 }
@@ -267,6 +318,11 @@ fn labels_map(spec: &EnvironmentSpec) -> HashMap<String, String> {
     spec.object_labels(backend::now_unix())
         .into_iter()
         .collect()
+}
+
+/// The named workspace volume of ephemeral environment `container` on Podman.
+fn ephemeral_volume(container: &str) -> String {
+    format!("{container}-workspace")
 }
 
 /// Docker's names have no length limit that berth's names could reach.

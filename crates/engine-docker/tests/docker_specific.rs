@@ -192,18 +192,11 @@ async fn container_is_hardened_labelled_and_limited() {
         .expect("list volumes")
         .volumes
         .unwrap_or_default();
-    if engine.is_podman() {
-        // Podman ignores a mount's volume labels (VolumeOptions.Labels): the anonymous
-        // workspace volume is unlabelled there, and goes with its container (removed with
-        // `v`), which is labelled and found by gc.
-        eprintln!("skipped on Podman: the ephemeral workspace volume's labels ({volumes:?})");
-    } else {
-        assert_eq!(
-            volumes.len(),
-            1,
-            "the ephemeral workspace volume is labelled: {volumes:?}"
-        );
-    }
+    assert_eq!(
+        volumes.len(),
+        1,
+        "the ephemeral workspace volume is labelled: {volumes:?}"
+    );
     // And it went with the environment.
     let after = raw()
         .list_volumes(Some(ListVolumesOptions {
