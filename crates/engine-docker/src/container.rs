@@ -80,6 +80,7 @@ pub(crate) async fn create_and_start(
             }
         }
     }
+    let limits = requested_limits(&body);
     let created = engine
         .docker
         .create_container(
@@ -98,6 +99,17 @@ pub(crate) async fn create_and_start(
             }
         }
         return Err(err);
+    }
+    if engine.podman.is_some() {
+        // Rootless Podman on cgroup v1 accepts resource limits and drops them without a word
+        // (its inspect then reports 0): an environment without its pids or memory limit is
+        // not one berth promised, so refuse it.
+        if let Err(err) = engine.check_limits(&name, &limits).await {
+            return match engine.remove_container(&name).await {
+                Ok(_) => Err(err),
+                Err(cleanup) => Err(err.with_cleanup_failure(cleanup)),
+            };
+        }
     }
     if let Err(e) = engine.docker.start_container(&name, None).await {
         let err = match errors::status(&e) {
@@ -320,6 +332,65 @@ fn labels_map(spec: &EnvironmentSpec) -> HashMap<String, String> {
         .collect()
 }
 
+/// The resource limits a container body asks for: (name, value) of those set.
+fn requested_limits(body: &ContainerCreateBody) -> Vec<(&'static str, i64)> {
+    let Some(host) = &body.host_config else {
+        return Vec::new();
+    };
+    [
+        ("resources.memory", host.memory),
+        ("resources.pids", host.pids_limit),
+        ("resources.cpu", host.nano_cpus),
+    ]
+    .into_iter()
+    .filter_map(|(name, value)| value.filter(|v| *v > 0).map(|v| (name, v)))
+    .collect()
+}
+
+/// The limits of `requested` that `applied` (the daemon's inspect) lacks.
+fn dropped_limits(
+    requested: &[(&'static str, i64)],
+    applied: &bollard::models::HostConfig,
+) -> Vec<&'static str> {
+    requested
+        .iter()
+        .filter(|(name, _)| {
+            let got = match *name {
+                "resources.memory" => applied.memory,
+                "resources.pids" => applied.pids_limit,
+                _ => applied.nano_cpus,
+            };
+            got.unwrap_or(0) <= 0
+        })
+        .map(|(name, _)| *name)
+        .collect()
+}
+
+impl DockerEngine {
+    /// `Unsupported` when the daemon dropped any of the `requested` limits of container `name`.
+    async fn check_limits(&self, name: &str, requested: &[(&'static str, i64)]) -> Result<()> {
+        if requested.is_empty() {
+            return Ok(());
+        }
+        let inspect = crate::lenient::inspect_container(&self.docker, name)
+            .await
+            .map_err(|e| errors::env_call(&self.address, name, "inspect container", e))?;
+        let dropped = dropped_limits(requested, &inspect.host_config.unwrap_or_default());
+        match dropped.first() {
+            None => Ok(()),
+            Some(first) => Err(Error::Unsupported {
+                backend: BACKEND,
+                operation: *first,
+                reason: format!(
+                    "the Podman service at {} accepted and then ignored the {} limit(s): rootless Podman cannot set resource limits on a cgroup v1 host; use rootful Podman, a cgroup v2 host with delegated controllers, or Docker",
+                    self.address,
+                    dropped.join(", ")
+                ),
+            }),
+        }
+    }
+}
+
 /// The named workspace volume of ephemeral environment `container` on Podman.
 fn ephemeral_volume(container: &str) -> String {
     format!("{container}-workspace")
@@ -475,6 +546,39 @@ fn read_env_file(file: &Path) -> Result<BTreeMap<String, String>> {
 #[cfg(test)]
 mod files_tests {
     use super::*;
+
+    #[test]
+    fn limits_a_daemon_dropped_are_named() {
+        let body = ContainerCreateBody {
+            host_config: Some(bollard::models::HostConfig {
+                memory: Some(64 << 20),
+                pids_limit: Some(4096),
+                nano_cpus: None,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let requested = requested_limits(&body);
+        assert_eq!(
+            requested,
+            [("resources.memory", 64 << 20), ("resources.pids", 4096)]
+        );
+        let rootless_v1 = bollard::models::HostConfig {
+            memory: Some(0),
+            pids_limit: Some(0),
+            ..Default::default()
+        };
+        assert_eq!(
+            dropped_limits(&requested, &rootless_v1),
+            ["resources.memory", "resources.pids"]
+        );
+        let applied = bollard::models::HostConfig {
+            memory: Some(64 << 20),
+            pids_limit: Some(4096),
+            ..Default::default()
+        };
+        assert!(dropped_limits(&requested, &applied).is_empty());
+    }
 
     #[test]
     fn only_a_missing_executable_blames_the_image() {
