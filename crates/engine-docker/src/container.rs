@@ -378,9 +378,9 @@ impl DockerEngine {
         let dropped = dropped_limits(requested, &inspect.host_config.unwrap_or_default());
         match dropped.first() {
             None => Ok(()),
-            Some(first) => Err(Error::Unsupported {
+            Some(&first) => Err(Error::Unsupported {
                 backend: BACKEND,
-                operation: *first,
+                operation: first,
                 reason: format!(
                     "the Podman service at {} accepted and then ignored the {} limit(s): rootless Podman cannot set resource limits on a cgroup v1 host; use rootful Podman, a cgroup v2 host with delegated controllers, or Docker",
                     self.address,
