@@ -319,7 +319,7 @@ pub(crate) async fn apply(engine: &DockerEngine, name: &str, network: &Network) 
     Ok(())
 }
 
-/// The networks the container `name` is attached to, `none` left out.
+/// The networks the container `name` is attached to (`none` for a network-less one).
 async fn attached(engine: &DockerEngine, name: &str) -> Result<Vec<String>> {
     let c = engine
         .docker
@@ -328,7 +328,7 @@ async fn attached(engine: &DockerEngine, name: &str) -> Result<Vec<String>> {
         .map_err(|e| crate::errors::env_call(&engine.address, name, "inspect networks", e))?;
     Ok(c.network_settings
         .and_then(|n| n.networks)
-        .map(|n| n.into_keys().filter(|k| k != "none").collect())
+        .map(|n| n.into_keys().collect())
         .unwrap_or_default())
 }
 
@@ -341,7 +341,9 @@ pub(crate) async fn set_network(
     name: &str,
     network: &Network,
 ) -> Result<()> {
-    let networks = attached(engine, name).await?;
+    let attached = attached(engine, name).await?;
+    let networks: Vec<&String> = attached.iter().filter(|n| *n != "none").collect();
+    let private = attached.iter().any(|n| n == "none");
     let local = enforcement_unavailable(&engine.address);
     match network {
         Network::None => {
@@ -364,6 +366,11 @@ pub(crate) async fn set_network(
             }
             apply(engine, name, network).await?;
             if networks.is_empty() {
+                // Docker connects no network to a container in `none` mode: leave it first
+                // (the container keeps its namespace, rules and loopback).
+                if private {
+                    disconnect(engine, name, "none").await?;
+                }
                 connect(engine, name).await?;
                 // The bridge's resolver may only now be known: load the rules once more.
                 apply(engine, name, network).await?;

@@ -432,6 +432,11 @@ fn the_known_keys_are_the_schema_fields() {
         let value = serde_json::to_value(&config).unwrap();
         serde_paths("", &value, &mut from_serde);
     }
+    // So are the allow-list form's keys of `runner.network` (serde shows "full").
+    let config =
+        BerthConfig::from_yaml_str("runner:\n  network: {allow: [10.0.0.0/8], dns: true}\n")
+            .unwrap();
+    serde_paths("", &serde_json::to_value(&config).unwrap(), &mut from_serde);
     // A named map's entries are any name, `*` in the schema.
     let mut named = BerthConfig::default();
     let mut builder = super::BuilderConfig::default();
