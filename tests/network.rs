@@ -162,6 +162,53 @@ async fn an_environments_network_policy_lives_and_dies_with_it_on_kubernetes() {
     assert!(c.policy(&id).is_none(), "removed with the environment");
 }
 
+/// A policy whose Job is gone (berth died between creating the two) is found and removed
+/// by `berth gc`; a fresh one (a start in progress) is left alone.
+#[tokio::test]
+async fn gc_removes_a_network_policy_left_without_its_job() {
+    let c = Cluster::start(ALLOW).await;
+    let session = SessionId::generate().to_string();
+    let policy = |name: &str, created: u64| {
+        serde_json::json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": name, "labels": {
+                "app.kubernetes.io/managed-by": "berth",
+                "berth.dev/session": session,
+                "berth.dev/name": "main",
+                "berth.dev/created": created.to_string(),
+            }},
+            "spec": {"podSelector": {"matchLabels": {"job-name": name}},
+                "policyTypes": ["Egress"], "egress": []},
+        })
+        .to_string()
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time")
+        .as_secs();
+    let old = format!("berth-{session}-main-old00");
+    let fresh = format!("berth-{session}-main-new00");
+    for (name, created) in [(&old, now - 3600), (&fresh, now)] {
+        let out = common::output_with_stdin(
+            Command::new("kubectl")
+                .args(["create", "-f", "-"])
+                .env("KUBECONFIG", c.dir.path().join("kubeconfig")),
+            policy(name, created).as_bytes(),
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let out = c.berth(&["gc"]).output().expect("gc");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains(&old), "{}", text(&out.stdout));
+    assert!(c.policy(&old).is_none(), "the orphan is removed");
+    assert!(
+        c.policy(&fresh).is_some(),
+        "a start in progress keeps its policy"
+    );
+    let out = c.kubectl(&["delete", "networkpolicy", &fresh]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
 #[tokio::test]
 async fn host_names_are_refused_on_kubernetes_naming_the_entry() {
     let c = Cluster::start("runner:\n  network: {allow: [pypi.org:443]}\n").await;

@@ -93,13 +93,14 @@ async fn reaches(engine: &DockerEngine, env: &EnvironmentId, ip: &str, port: u16
     code == 0 && out.contains("hi")
 }
 
-/// A listener environment serving `hi` on ports 8080 and 8081; its bridge address.
+/// A listener environment serving `hi` on ports 8080, 8081 and 53 (TCP, standing for a DNS
+/// server that is not the environment's resolver); its bridge address.
 async fn listener(envs: &mut Envs, image: &ImageRef) -> String {
     let env = envs.start(image, "listener", Network::Full).await;
     let (code, out) = sh(
         &envs.engine,
         &env,
-        "mkdir -p /tmp/www && echo hi > /tmp/www/index.html && httpd -p 8080 -h /tmp/www && httpd -p 8081 -h /tmp/www",
+        "mkdir -p /tmp/www && echo hi > /tmp/www/index.html && httpd -p 8080 -h /tmp/www && httpd -p 8081 -h /tmp/www && httpd -p 53 -h /tmp/www",
     )
     .await;
     assert_eq!(code, 0, "httpd: {out}");
@@ -180,6 +181,12 @@ async fn an_allow_list_lets_through_what_it_names_and_refuses_the_rest() {
     assert!(reaches(&engine, &block, &ip, 8081).await);
     let rules = output_rules(&block);
     assert!(rules.contains("--dport 53"), "dns: true: {rules}");
+
+    // dns: true opens port 53 of the resolver only, not of any address.
+    assert!(reaches(&engine, &control, &ip, 53).await);
+    let dns_only = envs.start(&image, "dnsonly", allow(&[], true)).await;
+    assert!(!reaches(&engine, &dns_only, &ip, 53).await, "53 elsewhere");
+    assert!(!reaches(&engine, &dns_only, &ip, 8080).await);
 }
 
 #[tokio::test]

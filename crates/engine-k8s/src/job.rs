@@ -194,6 +194,8 @@ pub(crate) async fn list(
             labels,
         ));
     }
+    let jobs: std::collections::BTreeSet<String> = out.iter().map(|e| e.id.to_string()).collect();
+    out.extend(netpol::orphans(engine, selector, &jobs).await?);
     out.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(out)
 }

@@ -214,6 +214,57 @@ impl KubernetesEngine {
     }
 }
 
+/// How old a policy without its Job must be to count as left behind: `start` creates the
+/// policy a moment before the Job, and a `gc` in between must not take it.
+const ORPHAN_AFTER_SECS: u64 = 120;
+
+/// berth's NetworkPolicies matching `selector` whose Job (named in `jobs`) is gone, as exited
+/// environments, so `berth gc` removes them (`stop` deletes the policy of a missing Job).
+/// Left behind only when berth died between creating the policy and the Job, or on a cluster
+/// without a garbage collector for owner references. Without the permission to list them
+/// there is none of berth's to find.
+pub(crate) async fn orphans(
+    engine: &KubernetesEngine,
+    selector: &berth_engine_core::LabelSelector,
+    jobs: &std::collections::BTreeSet<String>,
+) -> Result<Vec<berth_engine_core::EnvironmentStatus>> {
+    let params = kube::api::ListParams::default().labels(&crate::job::label_selector(selector));
+    let policies = match engine.network_policies().list(&params).await {
+        Ok(list) => list.items,
+        Err(e) if errors::is_forbidden(&e) || errors::is_not_found(&e) => return Ok(Vec::new()),
+        Err(e) => return Err(errors::api(&engine.address, "list networkpolicies", e)),
+    };
+    let now = crate::now_unix();
+    let mut out = Vec::new();
+    for policy in policies {
+        let Some(name) = policy.metadata.name.clone() else {
+            continue;
+        };
+        let labels = policy.metadata.labels.clone().unwrap_or_default();
+        let created = labels
+            .get(berth_engine_core::LABEL_CREATED)
+            .and_then(|c| c.parse::<u64>().ok())
+            .unwrap_or(0);
+        if jobs.contains(&name)
+            || policy.metadata.deletion_timestamp.is_some()
+            || now.saturating_sub(created) < ORPHAN_AFTER_SECS
+            || !selector.matches(&labels)
+        {
+            continue;
+        }
+        if engine.jobs().get_opt(&name).await.ok().flatten().is_some() {
+            continue;
+        }
+        out.push(berth_engine_core::EnvironmentStatus::new(
+            EnvironmentId::new(name)?,
+            String::new(),
+            berth_engine_core::EnvironmentState::Exited,
+            labels,
+        ));
+    }
+    Ok(out)
+}
+
 /// Replaces the policy of the running environment `env` with `network`.
 pub(crate) async fn set_network(
     engine: &KubernetesEngine,
