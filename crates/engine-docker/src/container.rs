@@ -48,7 +48,7 @@ pub(crate) async fn start(engine: &DockerEngine, spec: &EnvironmentSpec) -> Resu
     .await?;
     if spec.network.allow_list().is_some() {
         // Before the environment is handed out: only the keepalive runs so far.
-        if let Err(err) = crate::egress::apply(engine, &name, &spec.network).await {
+        if let Err(err) = crate::egress::apply(engine, &name, &spec.network, true).await {
             return match engine.remove_container(&name).await {
                 Ok(_) => Err(err),
                 Err(cleanup) => Err(err.with_cleanup_failure(cleanup)),

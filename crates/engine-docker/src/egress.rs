@@ -93,6 +93,8 @@ fn unsupported(operation: &'static str, reason: String) -> Error {
 /// The network namespace of a running container, as this process sees it.
 struct Netns {
     pid: i64,
+    /// The container's own DNS servers (`--dns`), if it was given any.
+    dns: Vec<IpAddr>,
 }
 
 impl Netns {
@@ -122,7 +124,15 @@ async fn netns(engine: &DockerEngine, name: &str) -> Result<Netns> {
             name: name.to_owned(),
             reason: "it is not running, so its network policy cannot be applied".into(),
         })?;
-    let netns = Netns { pid };
+    let dns = c
+        .host_config
+        .as_ref()
+        .and_then(|h| h.dns.clone())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let netns = Netns { pid, dns };
     let hostname = c
         .config
         .as_ref()
@@ -142,14 +152,43 @@ async fn netns(engine: &DockerEngine, name: &str) -> Result<Netns> {
     Ok(netns)
 }
 
-/// The nameservers of the container's `/etc/resolv.conf`.
-async fn resolvers(netns: &Netns) -> Vec<IpAddr> {
-    let text = tokio::fs::read_to_string(netns.proc().join("root/etc/resolv.conf"))
-        .await
-        .unwrap_or_default();
+/// The `nameserver` addresses of a resolv.conf.
+fn nameservers(text: &str) -> Vec<IpAddr> {
     text.lines()
         .filter_map(|l| l.trim().strip_prefix("nameserver"))
         .filter_map(|a| a.trim().split('%').next()?.parse().ok())
+        .collect()
+}
+
+/// The resolvers DNS may go to. Before any command ran (`fresh`, at start) the container's
+/// own `/etc/resolv.conf`, which the daemon wrote. Later that file is the environment's to
+/// edit (it could name any server as its "resolver" and tunnel through port 53), so the
+/// resolvers are worked out as the daemon does for the default bridge: the container's
+/// `--dns` servers, else the host's non-loopback nameservers (systemd-resolved's upstream
+/// list when the host's file names only its stub), else Docker's fallback (8.8.8.8, 8.8.4.4).
+async fn resolvers(netns: &Netns, fresh: bool) -> Vec<IpAddr> {
+    if fresh {
+        let text = tokio::fs::read_to_string(netns.proc().join("root/etc/resolv.conf"))
+            .await
+            .unwrap_or_default();
+        return nameservers(&text);
+    }
+    if !netns.dns.is_empty() {
+        return netns.dns.clone();
+    }
+    for file in ["/etc/resolv.conf", "/run/systemd/resolve/resolv.conf"] {
+        let text = tokio::fs::read_to_string(file).await.unwrap_or_default();
+        let found: Vec<IpAddr> = nameservers(&text)
+            .into_iter()
+            .filter(|a| !a.is_loopback())
+            .collect();
+        if !found.is_empty() {
+            return found;
+        }
+    }
+    ["8.8.8.8", "8.8.4.4"]
+        .iter()
+        .filter_map(|a| a.parse().ok())
         .collect()
 }
 
@@ -270,8 +309,13 @@ fn has_ipv6(netns: &Netns) -> bool {
 
 /// Loads the rules of `network` (an allow list, or `None` for "deny everything but
 /// loopback", or `Full` for "accept everything") into the container `name`'s namespace, and
-/// reads them back.
-pub(crate) async fn apply(engine: &DockerEngine, name: &str, network: &Network) -> Result<()> {
+/// reads them back. `fresh`: no command has run in the container yet (at start).
+pub(crate) async fn apply(
+    engine: &DockerEngine,
+    name: &str,
+    network: &Network,
+    fresh: bool,
+) -> Result<()> {
     if let Some(reason) = enforcement_unavailable(&engine.address) {
         return Err(unsupported("network", reason));
     }
@@ -281,7 +325,7 @@ pub(crate) async fn apply(engine: &DockerEngine, name: &str, network: &Network) 
         Network::Allow(allow) => {
             let rules = resolve(allow).await?;
             let dns = if allow.dns {
-                resolvers(&ns).await
+                resolvers(&ns, fresh).await
             } else {
                 Vec::new()
             };
@@ -348,7 +392,7 @@ pub(crate) async fn set_network(
     match network {
         Network::None => {
             if local.is_none() {
-                apply(engine, name, network).await?;
+                apply(engine, name, network, false).await?;
             }
             for net in &networks {
                 disconnect(engine, name, net).await?;
@@ -364,7 +408,7 @@ pub(crate) async fn set_network(
                     ),
                 ));
             }
-            apply(engine, name, network).await?;
+            apply(engine, name, network, false).await?;
             if networks.is_empty() {
                 // Docker connects no network to a container in `none` mode: leave it first
                 // (the container keeps its namespace, rules and loopback).
@@ -373,7 +417,7 @@ pub(crate) async fn set_network(
                 }
                 connect(engine, name).await?;
                 // The bridge's resolver may only now be known: load the rules once more.
-                apply(engine, name, network).await?;
+                apply(engine, name, network, false).await?;
             }
         }
         _ => {

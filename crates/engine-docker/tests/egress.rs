@@ -235,6 +235,22 @@ async fn none_has_no_route_and_a_running_policy_changes() {
     assert!(reaches(&engine, &none, &ip, 8081).await);
     assert!(!reaches(&engine, &none, &ip, 8080).await);
 
+    // The environment names the listener as its resolver, then asks for DNS: a policy
+    // applied later does not take the environment's word for where its resolver is.
+    let (code, out) = sh(
+        &engine,
+        &env,
+        &format!("echo 'nameserver {ip}' > /etc/resolv.conf"),
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    engine
+        .set_network(&env, &allow(&[format!("{ip}:8080")], true))
+        .await
+        .expect("with dns");
+    assert!(reaches(&engine, &env, &ip, 8080).await);
+    assert!(!reaches(&engine, &env, &ip, 53).await, "a forged resolver");
+
     let missing = EnvironmentId::new("berth-no-such-environment").unwrap();
     let err = engine
         .set_network(&missing, &Network::Full)
