@@ -104,8 +104,9 @@ impl Netns {
 }
 
 /// The container `name`'s process, checked to be the container's as seen from here (its
-/// `/etc/hostname` is the container's), so a daemon in another PID namespace never has berth
-/// change the firewall of an unrelated process.
+/// cgroup names the container's id, or, where cgroups hide it, its `/etc/hostname` is the
+/// container's), so a daemon in another PID namespace never has berth change the firewall of
+/// an unrelated process.
 async fn netns(engine: &DockerEngine, name: &str) -> Result<Netns> {
     let c = engine
         .docker
@@ -138,10 +139,16 @@ async fn netns(engine: &DockerEngine, name: &str) -> Result<Netns> {
         .as_ref()
         .and_then(|c| c.hostname.clone())
         .unwrap_or_default();
+    let id = c.id.clone().unwrap_or_default();
+    let cgroup = tokio::fs::read_to_string(netns.proc().join("cgroup"))
+        .await
+        .unwrap_or_default();
     let seen = tokio::fs::read_to_string(netns.proc().join("root/etc/hostname"))
         .await
         .unwrap_or_default();
-    if hostname.is_empty() || seen.trim() != hostname {
+    let by_cgroup = id.len() >= 32 && cgroup.contains(&id);
+    let by_hostname = !hostname.is_empty() && seen.trim() == hostname;
+    if !by_cgroup && !by_hostname {
         return Err(unsupported(
             "network",
             format!(

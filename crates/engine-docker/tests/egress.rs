@@ -235,12 +235,13 @@ async fn none_has_no_route_and_a_running_policy_changes() {
     assert!(reaches(&engine, &none, &ip, 8081).await);
     assert!(!reaches(&engine, &none, &ip, 8080).await);
 
-    // The environment names the listener as its resolver, then asks for DNS: a policy
-    // applied later does not take the environment's word for where its resolver is.
+    // The environment renames itself and names the listener as its resolver, then asks for
+    // DNS: the policy still applies to it, and a policy applied later does not take the
+    // environment's word for where its resolver is.
     let (code, out) = sh(
         &engine,
         &env,
-        &format!("echo 'nameserver {ip}' > /etc/resolv.conf"),
+        &format!("echo 'nameserver {ip}' > /etc/resolv.conf && echo forged > /etc/hostname"),
     )
     .await;
     assert_eq!(code, 0, "{out}");
