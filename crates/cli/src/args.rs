@@ -100,6 +100,10 @@ pub enum Command {
     /// Forward a local port to a port inside an environment until interrupted (Ctrl-C);
     /// --json prints {"address", "remote_port"} once listening.
     PortForward(PortForwardArgs),
+    /// Change what a running environment may reach: --allow DEST (host:port, CIDR or
+    /// CIDR:port, repeatable) with --dns for its resolver, --none for no network, --full for
+    /// all of it. On Docker this needs berth on the daemon's host, as root.
+    Network(NetworkArgs),
 }
 
 /// `berth render`.
@@ -552,6 +556,27 @@ pub struct ServeArgs {
     /// TLS private key, PEM (server.tls.key); needs --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+}
+
+/// `berth network`.
+#[derive(Debug, Args)]
+pub struct NetworkArgs {
+    /// The environment id (as `berth exec` takes it).
+    pub environment: String,
+    /// Allow egress to DEST (`host:port`, `CIDR` or `CIDR:port`); repeatable. Everything
+    /// not allowed is refused.
+    #[arg(long = "allow", value_name = "DEST", conflicts_with_all = ["none", "full"])]
+    pub allow: Vec<String>,
+    /// With an allow list: allow DNS (port 53) to the environment's resolver too (off unless
+    /// given here; a config file's allow list has it on by default).
+    #[arg(long, conflicts_with_all = ["none", "full"])]
+    pub dns: bool,
+    /// No network at all (loopback only).
+    #[arg(long, conflicts_with = "full")]
+    pub none: bool,
+    /// The ordinary, unrestricted network.
+    #[arg(long)]
+    pub full: bool,
 }
 
 /// `berth port-forward`.

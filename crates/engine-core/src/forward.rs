@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use crate::{
     BackendKind, BuildSpec, ContainerEngine, EngineInfo, EnvironmentId, EnvironmentSpec,
     EnvironmentStatus, ExecOutput, ExecProcess, ExecRequest, ImageInfo, ImageRef, LabelSelector,
-    LogOptions, LogStream, PortStream, Progress, PullPolicy, RemoveOutcome, Result, RunId, RunSpec,
-    RunStatus, StopOutcome, TarStream, VolumeStatus,
+    LogOptions, LogStream, Network, PortStream, Progress, PullPolicy, RemoveOutcome, Result, RunId,
+    RunSpec, RunStatus, StopOutcome, TarStream, VolumeStatus,
 };
 
 /// Forwards every method, defaults included, to the engine behind a pointer, so a wrapper
@@ -68,6 +68,9 @@ macro_rules! forward_container_engine {
             }
             async fn mark_detached(&self, env: &EnvironmentId) -> Result<()> {
                 (**self).mark_detached(env).await
+            }
+            async fn set_network(&self, env: &EnvironmentId, network: &Network) -> Result<()> {
+                (**self).set_network(env, network).await
             }
             async fn list(&self, selector: &LabelSelector) -> Result<Vec<EnvironmentStatus>> {
                 (**self).list(selector).await

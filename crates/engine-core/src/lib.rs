@@ -62,6 +62,7 @@ mod forward;
 mod ids;
 mod image;
 mod kill;
+mod network;
 pub(crate) mod port;
 mod run;
 mod shell;
@@ -89,6 +90,9 @@ pub use ids::{EnvironmentId, ImageRef, SessionId, MAX_SESSION_ID_LEN};
 pub use image::{
     collect_tar_stream, tar_stream_from_bytes, BuildSpec, ImageInfo, Progress, ProgressEvent,
     PullPolicy, TarStream,
+};
+pub use network::{
+    AllowEntry, Cidr, Destination, EgressAllow, Network, NETWORK_FIELD, NETWORK_FORMS,
 };
 pub use port::{PortForward, PortIo, PortStream};
 pub use run::{
@@ -294,6 +298,23 @@ pub trait ContainerEngine: Send + Sync {
     /// [`StopOutcome::AlreadyGone`], not an error; an object berth did not create is
     /// [`Error::not_a_berth_environment`] and is left alone.
     async fn stop(&self, env: &EnvironmentId) -> Result<StopOutcome>;
+
+    /// Replaces the egress policy of a running environment with `network`. It acts before it
+    /// returns: a connection the new policy refuses is refused from then on (connections
+    /// already open may live on where the backend tracks them).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for a missing environment; [`Error::InvalidSpec`] naming
+    /// `network.allow` for a destination the backend cannot express; [`Error::Unsupported`]
+    /// (the default) with the reason where the backend cannot change it.
+    async fn set_network(&self, env: &EnvironmentId, network: &Network) -> Result<()> {
+        let _ = (env, network);
+        Err(Error::Unsupported {
+            backend: self.backend(),
+            operation: "set_network",
+            reason: "this backend cannot change the network policy of a running environment; stop it and start one with the policy".into(),
+        })
+    }
 
     /// Records on the environment itself that it was detached on purpose and is ready, so
     /// that [`ContainerEngine::list`] reports [`LABEL_DETACHED`]` = `[`DETACHED_YES`] on any

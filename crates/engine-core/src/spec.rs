@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::ids::{validate_dns_label, ImageRef, SessionId};
+use crate::network::Network;
 
 /// Label on every object berth creates, with the value [`MANAGED_BY_VALUE`].
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
@@ -164,8 +165,8 @@ pub struct EnvironmentSpec {
     pub user: Option<String>,
     /// The default working directory of execs, default the image's.
     pub workdir: Option<String>,
-    /// Whether the environment has network access, default true.
-    pub network: bool,
+    /// What the environment may reach on the network, default [`Network::Full`].
+    pub network: Network,
     /// The security profile.
     pub security: SecurityProfile,
     /// The environment stops by itself after this long, default 24 hours.
@@ -191,7 +192,7 @@ impl EnvironmentSpec {
             resources: Resources::default(),
             user: None,
             workdir: None,
-            network: true,
+            network: Network::Full,
             security: SecurityProfile::default(),
             max_lifetime: Self::DEFAULT_MAX_LIFETIME,
         }
@@ -241,8 +242,8 @@ impl EnvironmentSpec {
 
     /// Sets [`EnvironmentSpec::network`].
     #[must_use]
-    pub fn with_network(mut self, network: bool) -> Self {
-        self.network = network;
+    pub fn with_network(mut self, network: impl Into<Network>) -> Self {
+        self.network = network.into();
         self
     }
 

@@ -93,7 +93,14 @@ pub(crate) fn container_body(
         memory_swap: memory_bytes.map(|m| i64::try_from(m).unwrap_or(i64::MAX)),
         nano_cpus: cpu_millis
             .map(|c| i64::try_from(c.saturating_mul(1_000_000)).unwrap_or(i64::MAX)),
-        network_mode: Some(if spec.network { "bridge" } else { "none" }.to_owned()),
+        network_mode: Some(
+            if spec.network.is_connected() {
+                crate::egress::BRIDGE
+            } else {
+                "none"
+            }
+            .to_owned(),
+        ),
         mounts: mount.map(|m| vec![m]),
         ..Default::default()
     };

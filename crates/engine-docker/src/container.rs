@@ -20,6 +20,15 @@ use crate::{DockerEngine, DETACHED_MARKER};
 
 pub(crate) async fn start(engine: &DockerEngine, spec: &EnvironmentSpec) -> Result<EnvironmentId> {
     spec.validate()?;
+    if spec.network.allow_list().is_some() {
+        if let Some(reason) = crate::egress::enforcement_unavailable(&engine.address) {
+            return Err(Error::Unsupported {
+                backend: errors::BACKEND,
+                operation: "network",
+                reason,
+            });
+        }
+    }
     let labels = labels_map(spec);
     let body = body::container_body(
         spec,
@@ -37,6 +46,15 @@ pub(crate) async fn start(engine: &DockerEngine, spec: &EnvironmentSpec) -> Resu
         )
     })
     .await?;
+    if spec.network.allow_list().is_some() {
+        // Before the environment is handed out: only the keepalive runs so far.
+        if let Err(err) = crate::egress::apply(engine, &name, &spec.network, true).await {
+            return match engine.remove_container(&name).await {
+                Ok(_) => Err(err),
+                Err(cleanup) => Err(err.with_cleanup_failure(cleanup)),
+            };
+        }
+    }
     let id = EnvironmentId::new(name)?;
     tracing::debug!(env = %id, image = %spec.image, "started environment");
     Ok(id)
@@ -150,6 +168,15 @@ fn create_error(engine: &DockerEngine, spec: &EnvironmentSpec, e: bollard::error
         }
         _ => errors::other(&engine.address, "create container", e),
     }
+}
+
+pub(crate) async fn set_network(
+    engine: &DockerEngine,
+    env: &EnvironmentId,
+    network: &berth_engine_core::Network,
+) -> Result<()> {
+    let env = engine.resolve_existing(env).await?;
+    crate::egress::set_network(engine, env.as_str(), network).await
 }
 
 pub(crate) async fn stop(engine: &DockerEngine, env: &EnvironmentId) -> Result<StopOutcome> {

@@ -26,6 +26,7 @@ mod container;
 pub mod context;
 mod copy;
 mod daemon;
+mod egress;
 mod errors;
 mod exec;
 mod image;
@@ -46,8 +47,8 @@ use async_trait::async_trait;
 use berth_engine_core::{
     BackendKind, BuildSpec, ContainerEngine, EngineInfo, EnvironmentId, EnvironmentSpec,
     EnvironmentStatus, Error, ExecProcess, ExecRequest, ImageInfo, ImageRef, LabelSelector,
-    LogOptions, LogStream, Progress, PullPolicy, RemoveOutcome, Result, RunId, RunSpec, RunStatus,
-    StopOutcome, TarStream, VolumeStatus,
+    LogOptions, LogStream, Network, Progress, PullPolicy, RemoveOutcome, Result, RunId, RunSpec,
+    RunStatus, StopOutcome, TarStream, VolumeStatus,
 };
 use bollard::Docker;
 
@@ -417,6 +418,10 @@ impl ContainerEngine for DockerEngine {
 
     async fn mark_detached(&self, env: &EnvironmentId) -> Result<()> {
         container::mark_detached(self, env).await
+    }
+
+    async fn set_network(&self, env: &EnvironmentId, network: &Network) -> Result<()> {
+        container::set_network(self, env, network).await
     }
 
     async fn list(&self, selector: &LabelSelector) -> Result<Vec<EnvironmentStatus>> {

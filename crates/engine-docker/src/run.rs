@@ -39,6 +39,13 @@ pub(crate) async fn submit(engine: &DockerEngine, spec: &RunSpec) -> Result<RunI
             ),
         });
     }
+    if spec.env.network.allow_list().is_some() {
+        return Err(Error::Unsupported {
+            backend: BACKEND,
+            operation: "network",
+            reason: "a Docker run's command is the container's first process, so it would start before berth can load the allow list's firewall rules; use network: none or full for runs, or start an environment (berth up) and exec in it".into(),
+        });
+    }
     let now = backend::now_unix();
     let mut labels: HashMap<String, String> = spec.object_labels(now).into_iter().collect();
     labels.insert(

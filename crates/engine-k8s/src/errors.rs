@@ -30,6 +30,10 @@ pub(crate) fn is_not_found(err: &kube::Error) -> bool {
     status(err).is_some_and(|s| s.code == 404)
 }
 
+pub(crate) fn is_forbidden(err: &kube::Error) -> bool {
+    status(err).is_some_and(|s| s.code == 403)
+}
+
 pub(crate) fn is_conflict(err: &kube::Error) -> bool {
     status(err).is_some_and(|s| s.code == 409)
 }

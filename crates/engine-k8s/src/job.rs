@@ -16,7 +16,7 @@ use kube::Api;
 
 use crate::errors::{self, BACKEND};
 use crate::manifest::PodCommand;
-use crate::{manifest, now_unix, wait, KubernetesConfig, KubernetesEngine};
+use crate::{manifest, netpol, now_unix, wait, KubernetesConfig, KubernetesEngine};
 
 pub(crate) async fn start(
     engine: &KubernetesEngine,
@@ -25,6 +25,9 @@ pub(crate) async fn start(
     spec.validate()?;
     let mut job_name = manifest::job_name(spec);
     let mut job = manifest::job(spec, &engine.config, &job_name, now_unix())?;
+    // Checked before anything is created: a host name in the allow list is refused here.
+    let with_policy =
+        netpol::network_policy(spec, &engine.config, &job_name, now_unix())?.is_some();
     if let Workspace::Volume { name, .. } = &spec.workspace {
         if engine.config.create_missing_claims {
             engine.ensure_claim(name, spec).await?;
@@ -32,17 +35,45 @@ pub(crate) async fn start(
     }
     engine.ensure_cache_claims(spec).await?;
     let mut attempts = 0;
-    loop {
-        match engine.jobs().create(&PostParams::default(), &job).await {
-            Ok(_) => break,
-            // A name collision (5 random hex digits): pick another.
-            Err(e) if errors::is_conflict(&e) && attempts < 3 => {
-                attempts += 1;
-                job_name = manifest::job_name(spec);
-                job.metadata.name = Some(job_name.clone());
+    let created = loop {
+        // The policy first, so the pod never runs without it.
+        if let Some(policy) = netpol::network_policy(spec, &engine.config, &job_name, now_unix())? {
+            if let Err(e) = engine
+                .network_policies()
+                .create(&PostParams::default(), &policy)
+                .await
+            {
+                if errors::is_conflict(&e) && attempts < 3 {
+                    attempts += 1;
+                    job_name = manifest::job_name(spec);
+                    job.metadata.name = Some(job_name.clone());
+                    continue;
+                }
+                return Err(errors::api(&engine.address, "create networkpolicy", e));
             }
-            Err(e) => return Err(errors::api(&engine.address, "create job", e)),
         }
+        let err = match engine.jobs().create(&PostParams::default(), &job).await {
+            Ok(created) => break created,
+            Err(e) => e,
+        };
+        if with_policy {
+            if let Err(cleanup) = engine.delete_network_policy(&job_name).await {
+                return Err(
+                    errors::api(&engine.address, "create job", err).with_cleanup_failure(cleanup)
+                );
+            }
+        }
+        // A name collision (5 random hex digits): pick another.
+        if errors::is_conflict(&err) && attempts < 3 {
+            attempts += 1;
+            job_name = manifest::job_name(spec);
+            job.metadata.name = Some(job_name.clone());
+            continue;
+        }
+        return Err(errors::api(&engine.address, "create job", err));
+    };
+    if with_policy {
+        engine.own_network_policy(&job_name, &created).await;
     }
     let id = EnvironmentId::new(job_name.clone())?;
     match wait::until_running(engine, &job_name, spec).await {
@@ -63,7 +94,14 @@ pub(crate) async fn start(
             } else {
                 Duration::from_secs(30)
             };
-            match tokio::time::timeout(patience, engine.delete_job(&job_name)).await {
+            let delete = async {
+                let outcome = engine.delete_job(&job_name).await?;
+                if with_policy {
+                    engine.delete_network_policy(&job_name).await?;
+                }
+                Ok(outcome)
+            };
+            match tokio::time::timeout(patience, delete).await {
                 Ok(Ok(_)) => Err(err),
                 Ok(Err(cleanup)) => Err(err.with_cleanup_failure(cleanup)),
                 Err(_) => Err(err.with_cleanup_failure(Error::Timeout {
@@ -80,6 +118,8 @@ pub(crate) async fn stop(engine: &KubernetesEngine, env: &EnvironmentId) -> Resu
     // Refuses a Job or pod berth did not create; a missing one is AlreadyGone below.
     engine.is_berths(env).await?;
     let outcome = engine.delete_job(env.as_str()).await?;
+    // Named like the Job; a missing one is no error (most environments have none).
+    engine.delete_network_policy(env.as_str()).await?;
     tracing::debug!(env = %env, ?outcome, "stopped environment");
     Ok(outcome)
 }
@@ -154,6 +194,8 @@ pub(crate) async fn list(
             labels,
         ));
     }
+    let jobs: std::collections::BTreeSet<String> = out.iter().map(|e| e.id.to_string()).collect();
+    out.extend(netpol::orphans(engine, selector, &jobs).await?);
     out.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(out)
 }
@@ -274,6 +316,9 @@ pub fn render(spec: &EnvironmentSpec, config: &KubernetesConfig) -> Result<Vec<s
         out.push(to_json("v1", "PersistentVolumeClaim", &pvc)?);
     }
     let job = manifest::job(spec, config, &name, now_unix())?;
+    if let Some(policy) = netpol::network_policy(spec, config, &name, now_unix())? {
+        out.push(to_json("networking.k8s.io/v1", "NetworkPolicy", &policy)?);
+    }
     out.push(to_json("batch/v1", "Job", &job)?);
     Ok(out)
 }

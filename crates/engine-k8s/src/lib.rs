@@ -31,6 +31,7 @@ mod errors;
 mod exec;
 mod job;
 pub mod manifest;
+pub mod netpol;
 mod pod;
 mod policy;
 mod port;
@@ -50,8 +51,8 @@ use async_trait::async_trait;
 use berth_engine_core::{
     BackendKind, BuildSpec, ContainerEngine, EngineInfo, EnvironmentId, EnvironmentSpec,
     EnvironmentStatus, Error, ExecProcess, ExecRequest, ImageInfo, ImageRef, LabelSelector,
-    LogOptions, LogStream, Progress, PullPolicy, RemoveOutcome, Resources, Result, RunId, RunSpec,
-    RunStatus, StopOutcome, TarStream, VolumeStatus,
+    LogOptions, LogStream, Network, Progress, PullPolicy, RemoveOutcome, Resources, Result, RunId,
+    RunSpec, RunStatus, StopOutcome, TarStream, VolumeStatus,
 };
 
 pub use crate::argo::{
@@ -216,6 +217,10 @@ impl ContainerEngine for KubernetesEngine {
     }
     async fn stop(&self, env: &EnvironmentId) -> Result<StopOutcome> {
         job::stop(self, env).await
+    }
+
+    async fn set_network(&self, env: &EnvironmentId, network: &Network) -> Result<()> {
+        netpol::set_network(self, env, network).await
     }
 
     async fn mark_detached(&self, env: &EnvironmentId) -> Result<()> {

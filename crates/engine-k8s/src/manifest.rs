@@ -150,6 +150,17 @@ pub fn pod_spec(
     command: PodCommand<'_>,
 ) -> Result<PodSpec> {
     spec.validate()?;
+    if matches!(command, PodCommand::Run(_)) && spec.network != berth_engine_core::Network::Full {
+        // Never a policy silently dropped: runs get no NetworkPolicy of their own (yet).
+        return Err(Error::Unsupported {
+            backend: crate::errors::BACKEND,
+            operation: "network",
+            reason: format!(
+                "a run's pod gets no NetworkPolicy, so network {} would not be enforced; use network: full for runs, or start an environment (berth up), whose pod gets one",
+                spec.network.describe()
+            ),
+        });
+    }
     let lifetime = lifetime_secs(spec);
     let (uid, gid) = numeric_user(spec.user.as_deref());
     let restricted = spec.security == SecurityProfile::Restricted;

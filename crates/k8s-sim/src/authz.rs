@@ -41,6 +41,7 @@ pub(crate) fn implied_group(resource: &str) -> &'static str {
         "jobs" | "cronjobs" => "batch",
         "deployments" => "apps",
         "roles" | "rolebindings" => crate::store::RBAC_GROUP,
+        "networkpolicies" => crate::store::NETWORKING_GROUP,
         SSAR_PLURAL => GROUP,
         "workflows" | "cronworkflows" => crate::store::ARGO_GROUP,
         _ => "",

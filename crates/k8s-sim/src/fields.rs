@@ -79,7 +79,8 @@ fn canonicalize(res: Res, obj: &mut Value) -> Result<(), ApiError> {
         | Res::Service
         | Res::ServiceAccount
         | Res::Role
-        | Res::RoleBinding => Ok(()),
+        | Res::RoleBinding
+        | Res::NetworkPolicy => Ok(()),
         // Custom resources: stored as sent (their CRDs' schemas are not checked).
         Res::Workflow | Res::CronWorkflow => Ok(()),
     };
@@ -118,6 +119,7 @@ fn typed(res: Res, obj: &Value) -> Option<Value> {
         Res::Deployment => round_trip::<Deployment>(obj),
         Res::Role => round_trip::<Role>(obj),
         Res::RoleBinding => round_trip::<RoleBinding>(obj),
+        Res::NetworkPolicy => round_trip::<k8s_openapi::api::networking::v1::NetworkPolicy>(obj),
         // No typed model: a custom resource keeps every field (as a CRD with
         // `x-kubernetes-preserve-unknown-fields`, which Argo's minimal CRDs are).
         Res::Workflow | Res::CronWorkflow => None,

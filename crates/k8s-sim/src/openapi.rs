@@ -19,6 +19,8 @@ pub(crate) fn index(argo: bool) -> Value {
         "apis/apps/v1": {"serverRelativeURL": format!("/openapi/v3/apis/apps/v1?hash={HASH}")},
         "apis/rbac.authorization.k8s.io/v1": {"serverRelativeURL":
             format!("/openapi/v3/apis/rbac.authorization.k8s.io/v1?hash={HASH}")},
+        "apis/networking.k8s.io/v1": {"serverRelativeURL":
+            format!("/openapi/v3/apis/networking.k8s.io/v1?hash={HASH}")},
     }});
     if argo {
         index["paths"][format!("apis/{ARGO_GROUP}/v1alpha1")] = json!({"serverRelativeURL":

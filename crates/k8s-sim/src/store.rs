@@ -31,6 +31,7 @@ pub(crate) enum Res {
     Deployment,
     Role,
     RoleBinding,
+    NetworkPolicy,
     // Stored, and read by the kubelet for env and files.
     Secret,
     // Argo's custom resources: served only once the CRDs are "installed"
@@ -42,11 +43,14 @@ pub(crate) enum Res {
 /// The group of Argo's Workflows and CronWorkflows.
 pub(crate) const ARGO_GROUP: &str = "argoproj.io";
 
+/// The group of NetworkPolicies.
+pub(crate) const NETWORKING_GROUP: &str = "networking.k8s.io";
+
 /// The group of Roles and RoleBindings.
 pub(crate) const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 
 impl Res {
-    pub(crate) const ALL: [Res; 18] = [
+    pub(crate) const ALL: [Res; 19] = [
         Res::Namespace,
         Res::Pod,
         Res::Pvc,
@@ -65,10 +69,11 @@ impl Res {
         Res::Secret,
         Res::Workflow,
         Res::CronWorkflow,
+        Res::NetworkPolicy,
     ];
 
     /// The kinds that are only stored: created, read, changed and deleted, nothing more.
-    pub(crate) const STORED_ONLY: [Res; 7] = [
+    pub(crate) const STORED_ONLY: [Res; 8] = [
         Res::ConfigMap,
         Res::Service,
         Res::ServiceAccount,
@@ -76,6 +81,7 @@ impl Res {
         Res::Role,
         Res::RoleBinding,
         Res::Secret,
+        Res::NetworkPolicy,
     ];
 
     pub(crate) fn kind(self) -> &'static str {
@@ -95,6 +101,7 @@ impl Res {
             Res::Deployment => "Deployment",
             Res::Role => "Role",
             Res::RoleBinding => "RoleBinding",
+            Res::NetworkPolicy => "NetworkPolicy",
             Res::Secret => "Secret",
             Res::Workflow => "Workflow",
             Res::CronWorkflow => "CronWorkflow",
@@ -118,6 +125,7 @@ impl Res {
             Res::Deployment => "deployments",
             Res::Role => "roles",
             Res::RoleBinding => "rolebindings",
+            Res::NetworkPolicy => "networkpolicies",
             Res::Secret => "secrets",
             Res::Workflow => "workflows",
             Res::CronWorkflow => "cronworkflows",
@@ -129,6 +137,7 @@ impl Res {
             Res::Job | Res::CronJob => "batch",
             Res::Deployment => "apps",
             Res::Role | Res::RoleBinding => RBAC_GROUP,
+            Res::NetworkPolicy => NETWORKING_GROUP,
             Res::Workflow | Res::CronWorkflow => ARGO_GROUP,
             _ => "",
         }
@@ -139,6 +148,7 @@ impl Res {
             Res::Job | Res::CronJob => "batch/v1",
             Res::Deployment => "apps/v1",
             Res::Role | Res::RoleBinding => "rbac.authorization.k8s.io/v1",
+            Res::NetworkPolicy => "networking.k8s.io/v1",
             Res::Workflow | Res::CronWorkflow => "argoproj.io/v1alpha1",
             _ => "v1",
         }

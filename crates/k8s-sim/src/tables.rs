@@ -121,6 +121,11 @@ fn columns(res: Res) -> Vec<Value> {
             column("Images", "string", "", 1, "Images referenced by each container in the template."),
             column("Selector", "string", "", 1, "Label selector for pods. Existing ReplicaSets whose pods are selected by this will be the ones affected by this deployment."),
         ],
+        Res::NetworkPolicy => vec![
+            name,
+            column("Pod-Selector", "string", "", 0, "Pod selector of this network policy."),
+            age,
+        ],
         Res::Role => vec![
             name,
             column("Created At", "date", "", 0, "CreationTimestamp is a timestamp representing the server time when this object was created."),
@@ -419,6 +424,11 @@ fn cells(res: Res, obj: &Value) -> Vec<Value> {
                 json!(match_labels(&spec["selector"]["matchLabels"])),
             ]
         }
+        Res::NetworkPolicy => vec![
+            json!(name),
+            json!(match_labels(&obj["spec"]["podSelector"]["matchLabels"])),
+            json!(age),
+        ],
         Res::Role => vec![json!(name), json!(cell(&md["creationTimestamp"]))],
         Res::RoleBinding => {
             let subjects = items(&obj["subjects"]);

@@ -169,6 +169,25 @@ pub fn required(config: &BerthConfig) -> Vec<Permission> {
     ] {
         out.push(p(verb, "batch", "cronjobs", None, why));
     }
+    // An environment's egress policy is a NetworkPolicy named like its Job (netpol.rs):
+    // created at start, replaced by `berth network`, deleted by stop.
+    if config.runner.network != berth_engine_core::Network::Full {
+        for (verb, why) in [
+            ("create", "start an environment with its network policy"),
+            ("get", "berth network reads the policy it replaces"),
+            (
+                "update",
+                "berth network replaces an environment's network policy",
+            ),
+            (
+                "patch",
+                "start hands the policy to the environment's Job (owner)",
+            ),
+            ("delete", "stop removes the environment's network policy"),
+        ] {
+            out.push(p(verb, "networking.k8s.io", "networkpolicies", None, why));
+        }
+    }
     let creates_cache = k.caches.iter().any(|c| c.create.is_some());
     if k.pvc_name.is_some() || k.create_pvc || creates_cache {
         out.push(p(
@@ -276,6 +295,33 @@ mod tests {
             "delete persistentvolumeclaims",
         ] {
             assert!(creating.contains(&want.to_owned()), "{want}");
+        }
+    }
+
+    #[test]
+    fn network_policies_are_granted_only_when_the_network_is_limited() {
+        let names = |c: &BerthConfig| required(c).iter().map(Permission::name).collect::<Vec<_>>();
+        assert!(!names(&BerthConfig::default())
+            .iter()
+            .any(|n| n.contains("networkpolicies")));
+        for yaml in [
+            "runner:\n  network: none\n",
+            "runner:\n  network: {allow: [10.0.0.0/8:443]}\n",
+        ] {
+            let config = BerthConfig::from_yaml_str(yaml).expect(yaml);
+            let granted = names(&config);
+            for verb in ["create", "get", "update", "patch", "delete"] {
+                assert!(
+                    granted.contains(&format!("{verb} networkpolicies")),
+                    "{yaml}: {verb}"
+                );
+            }
+            let role = &objects(&config, "berth")[0];
+            assert!(role["rules"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["apiGroups"][0] == "networking.k8s.io"));
         }
     }
 

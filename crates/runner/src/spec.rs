@@ -97,7 +97,7 @@ pub fn environment_spec(config: &BerthConfig, options: &EnvOptions) -> Result<En
         .with_workspace(workspace)
         .with_resources(resources(config))
         .with_max_lifetime(config.max_lifetime())
-        .with_network(config.runner.network);
+        .with_network(config.runner.network.clone());
     spec.mount_path.clone_from(&config.runner.mount_path);
     check_backend_options(config)?;
     spec.labels.extend(config.kubernetes.labels.clone());

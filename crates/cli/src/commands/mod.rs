@@ -12,6 +12,7 @@ mod image;
 mod kill;
 mod logs;
 mod ls;
+mod network;
 mod port_forward;
 mod ps;
 mod render;
@@ -108,6 +109,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Render(a) => render::render(&ctx, a),
         Command::Serve(a) => serve::serve(&ctx, a).await,
         Command::PortForward(a) => port_forward::port_forward(&ctx, a).await,
+        Command::Network(a) => network::network(&ctx, a).await,
     }
 }
 

@@ -5,7 +5,7 @@ use hyper::Response;
 use serde_json::{json, Value};
 
 use super::{full, json_response, Body, VERSION_MINOR};
-use crate::store::{ARGO_GROUP, RBAC_GROUP};
+use crate::store::{ARGO_GROUP, NETWORKING_GROUP, RBAC_GROUP};
 use crate::{authz, openapi, Inner};
 
 /// The answer to a discovery path (split into segments), or `None` for any other path.
@@ -50,7 +50,7 @@ pub(super) fn answer(inner: &Inner, segs: &[&str]) -> Option<Response<Body>> {
             json_response(200, &g)
         }
         ["apis", authz::GROUP, "v1"] => json_response(200, &authz::resources()),
-        ["apis", group @ ("batch" | "apps" | RBAC_GROUP)] => {
+        ["apis", group @ ("batch" | "apps" | RBAC_GROUP | NETWORKING_GROUP)] => {
             let mut g = group_entry(group);
             g["kind"] = json!("APIGroup");
             g["apiVersion"] = json!("v1");
@@ -59,6 +59,7 @@ pub(super) fn answer(inner: &Inner, segs: &[&str]) -> Option<Response<Body>> {
         ["apis", "batch", "v1"] => json_response(200, &batch_resources()),
         ["apis", "apps", "v1"] => json_response(200, &apps_resources()),
         ["apis", RBAC_GROUP, "v1"] => json_response(200, &rbac_resources()),
+        ["apis", NETWORKING_GROUP, "v1"] => json_response(200, &networking_resources()),
         // Argo's CRDs, once installed (`Sim::install_argo_crds`).
         ["apis", ARGO_GROUP] if argo(inner) => {
             let mut g = argo_group();
@@ -72,7 +73,7 @@ pub(super) fn answer(inner: &Inner, segs: &[&str]) -> Option<Response<Body>> {
         }
         ["openapi", "v3"] => json_response(200, &openapi::index(argo(inner))),
         ["openapi", "v3", "api", "v1"] => json_response(200, &openapi::group_version("")),
-        ["openapi", "v3", "apis", group @ ("batch" | "apps" | RBAC_GROUP), "v1"] => {
+        ["openapi", "v3", "apis", group @ ("batch" | "apps" | RBAC_GROUP | NETWORKING_GROUP), "v1"] => {
             json_response(200, &openapi::group_version(group))
         }
         ["openapi", "v3", "apis", authz::GROUP, "v1"] => {
@@ -198,6 +199,19 @@ fn rbac_resources() -> Value {
     })
 }
 
+/// `/apis/networking.k8s.io/v1`: network policies (stored only: the simulator's pods are on
+/// Docker's bridge, and nothing enforces them).
+fn networking_resources() -> Value {
+    json!({
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": format!("{NETWORKING_GROUP}/v1"),
+        "resources": [
+            resource_entry("networkpolicies", "networkpolicy", true, "NetworkPolicy", OBJECT_VERBS, &["netpol"]),
+        ],
+    })
+}
+
 /// The API groups `/apis` lists.
 fn groups(inner: &Inner) -> Vec<Value> {
     let mut groups = vec![
@@ -205,6 +219,7 @@ fn groups(inner: &Inner) -> Vec<Value> {
         group_entry("batch"),
         group_entry("apps"),
         group_entry(RBAC_GROUP),
+        group_entry(NETWORKING_GROUP),
     ];
     if argo(inner) {
         groups.push(argo_group());

@@ -33,7 +33,7 @@ use handlers::{collection, object, status_subresource};
 use crate::errors::ApiError;
 use crate::fields;
 use crate::meta;
-use crate::store::{Res, ARGO_GROUP, RBAC_GROUP};
+use crate::store::{Res, ARGO_GROUP, NETWORKING_GROUP, RBAC_GROUP};
 use crate::{authz, exec, kubelet, Inner};
 
 /// A response body: whole or streamed.
@@ -214,7 +214,7 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
     }
     let result = match segs.as_slice() {
         ["api", "v1", rest @ ..] => resource(&inner, "", rest, params, req).await,
-        ["apis", group @ ("batch" | "apps" | RBAC_GROUP), "v1", rest @ ..] => {
+        ["apis", group @ ("batch" | "apps" | RBAC_GROUP | NETWORKING_GROUP), "v1", rest @ ..] => {
             resource(&inner, group, rest, params, req).await
         }
         ["apis", authz::GROUP, "v1", rest @ ..] => authz::serve(&inner, rest, &params, req).await,

@@ -293,7 +293,7 @@ pub(super) async fn create(
         Res::Node | Res::Event | Res::LimitRange => body,
         Res::Service => default_service(body),
         Res::Deployment => default_deployment(body, &name)?,
-        Res::ServiceAccount | Res::Role | Res::RoleBinding => body,
+        Res::ServiceAccount | Res::Role | Res::RoleBinding | Res::NetworkPolicy => body,
         Res::Workflow | Res::CronWorkflow => body,
         Res::ConfigMap => {
             for field in ["data", "binaryData"] {
@@ -438,6 +438,7 @@ pub(super) async fn delete(
         | Res::Deployment
         | Res::Role
         | Res::RoleBinding
+        | Res::NetworkPolicy
         | Res::Workflow
         | Res::CronWorkflow => inner
             .store

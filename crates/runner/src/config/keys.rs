@@ -6,7 +6,7 @@
 use std::num::NonZeroU64;
 use std::path::PathBuf;
 
-use berth_engine_core::{BackendKind, PullPolicy, SecurityProfile};
+use berth_engine_core::{BackendKind, Network, PullPolicy, SecurityProfile};
 
 use super::types::{CpuQuantity, HumanDuration, Limit, MemoryQuantity};
 
@@ -32,6 +32,8 @@ pub(crate) enum ValueKind {
     Workspace,
     /// A list (its entries are checked when they deserialize).
     List,
+    /// `runner.network`: `none`, `full`, `true`, `false` or `{allow: [..], dns: ..}`.
+    Network,
 }
 
 impl ValueKind {
@@ -47,6 +49,7 @@ impl ValueKind {
             ValueKind::Quantity => "a quantity or duration, like 2, 500m, 4Gi or 30m",
             ValueKind::Workspace => "none, ephemeral, {host_path: /abs/dir} or {volume: name}",
             ValueKind::List => "a list",
+            ValueKind::Network => berth_engine_core::NETWORK_FORMS,
         }
     }
 }
@@ -86,6 +89,27 @@ leaf!(Text: String, PathBuf, BackendKind, PullPolicy, SecurityProfile);
 leaf!(Bool: bool);
 leaf!(Count: u64, NonZeroU64);
 leaf!(Quantity: HumanDuration, CpuQuantity, MemoryQuantity);
+
+impl Schema for Network {
+    fn kind() -> ValueKind {
+        ValueKind::Network
+    }
+    /// The keys of the `{allow: [..], dns: ..}` form.
+    fn keys() -> Vec<Key> {
+        vec![
+            Key {
+                name: "allow",
+                kind: ValueKind::List,
+                children: Vec::new(),
+            },
+            Key {
+                name: "dns",
+                kind: ValueKind::Bool,
+                children: Vec::new(),
+            },
+        ]
+    }
+}
 
 impl<T: Schema> Schema for Option<T> {
     fn kind() -> ValueKind {

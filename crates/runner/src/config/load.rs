@@ -184,6 +184,16 @@ fn type_error(prefix: &str, doc: &Yaml, known: &[(String, ValueKind)]) -> Option
                 }
                 true
             }
+            (ValueKind::Network, Yaml::Boolean(_)) => true,
+            (ValueKind::Network, Yaml::String(s)) => {
+                matches!(s.as_str(), "none" | "full" | "true" | "false")
+            }
+            (ValueKind::Network, Yaml::Hash(_)) => {
+                if let Some(found) = type_error(&path, value, known) {
+                    return Some(found);
+                }
+                true
+            }
             (ValueKind::Workspace, _) => {
                 if let Some(reason) = workspace_error(value) {
                     return Some((path, reason));

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use berth_engine_core::{
-    BackendKind, ImageRef, PullPolicy, Resources, SecurityProfile, SessionId, Workspace,
+    BackendKind, ImageRef, Network, PullPolicy, Resources, SecurityProfile, SessionId, Workspace,
 };
 use serde::{Deserialize, Serialize};
 
@@ -80,8 +80,9 @@ section! {
         pub mount_path: String,
         /// Resource limits (Docker; Kubernetes uses `kubernetes.resources`).
         pub resources: ResourceLimits,
-        /// Whether environments have network access.
-        pub network: bool,
+        /// What environments may reach: `none`, `full` (or `false` / `true`), or
+        /// `{allow: [host:port | CIDR | CIDR:port, ..], dns: true|false}`.
+        pub network: Network,
     }
 }
 
@@ -95,7 +96,7 @@ impl Default for RunnerConfig {
             workspace: WorkspaceConfig::default(),
             mount_path: "/workspace".into(),
             resources: ResourceLimits::default(),
-            network: true,
+            network: Network::Full,
         }
     }
 }

@@ -121,7 +121,30 @@ fn wrong_types_name_the_key_and_what_was_expected() {
     );
     let err = load_file("network.yaml", b"runner:\n  network: maybe\n");
     assert!(
-        err.contains("runner.network") && err.contains("true or false"),
+        err.contains("runner.network") && err.contains("none, full (or false/true)"),
+        "{err}"
+    );
+    let err = load_file("network.yaml", b"runner:\n  network: {allow: 10.0.0.0/8}\n");
+    assert!(
+        err.contains("runner.network.allow") && err.contains("expected a list"),
+        "{err}"
+    );
+    let err = load_file(
+        "network.yaml",
+        b"runner:\n  network: {allow: [], dns: maybe}\n",
+    );
+    assert!(
+        err.contains("runner.network.dns") && err.contains("true or false"),
+        "{err}"
+    );
+    let err = load_file("network.yaml", b"runner:\n  network: {alow: []}\n");
+    assert!(err.contains("runner.network.alow"), "{err}");
+    let err = load_file(
+        "network.yaml",
+        b"runner:\n  network: {allow: [10.0.0.0/8:443, '10.0.0.0/40']}\n",
+    );
+    assert!(
+        err.contains("runner.network") && err.contains("\"10.0.0.0/40\"") && err.contains("prefix"),
         "{err}"
     );
 }
@@ -300,7 +323,7 @@ fn each_typed_value_names_its_key_and_what_was_expected() {
         (
             "runner:\n  network: maybe\n",
             "runner.network",
-            "expected a boolean",
+            "none, full",
         ),
     ] {
         let err = BerthConfig::from_yaml_str(yaml).expect_err(yaml);
@@ -409,6 +432,11 @@ fn the_known_keys_are_the_schema_fields() {
         let value = serde_json::to_value(&config).unwrap();
         serde_paths("", &value, &mut from_serde);
     }
+    // So are the allow-list form's keys of `runner.network` (serde shows "full").
+    let config =
+        BerthConfig::from_yaml_str("runner:\n  network: {allow: [10.0.0.0/8], dns: true}\n")
+            .unwrap();
+    serde_paths("", &serde_json::to_value(&config).unwrap(), &mut from_serde);
     // A named map's entries are any name, `*` in the schema.
     let mut named = BerthConfig::default();
     let mut builder = super::BuilderConfig::default();
@@ -761,4 +789,38 @@ fn named_map_keys_may_hold_dots() {
     .to_string();
     assert!(err.contains("builders.arm.1.hots"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn network_takes_every_form_and_booleans_still_work() {
+    use berth_engine_core::Network;
+    for (yaml, want) in [
+        ("runner:\n  network: true\n", Network::Full),
+        ("runner:\n  network: false\n", Network::None),
+        ("runner:\n  network: none\n", Network::None),
+        ("runner:\n  network: full\n", Network::Full),
+    ] {
+        let config = BerthConfig::from_yaml_str(yaml).expect(yaml);
+        assert_eq!(config.runner.network, want, "{yaml}");
+    }
+    let config = BerthConfig::from_yaml_str(
+        "runner:\n  network:\n    allow: [10.0.0.0/8:443, pypi.org:443, 1.2.3.4]\n    dns: false\n",
+    )
+    .expect("allow");
+    let allow = config.runner.network.allow_list().expect("an allow list");
+    assert_eq!(allow.allow.len(), 3);
+    assert!(!allow.dns);
+    let config =
+        BerthConfig::from_yaml_str("runner:\n  network: {allow: [10.0.0.0/8]}\n").expect("dns");
+    assert!(
+        config.runner.network.allow_list().expect("allow").dns,
+        "dns defaults on"
+    );
+    let err = BerthConfig::from_yaml_str("runner:\n  network: {allow: ['a b:1']}\n")
+        .expect_err("bad entry")
+        .to_string();
+    assert!(
+        err.contains("runner.network") && err.contains("\"a b:1\""),
+        "{err}"
+    );
 }
