@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use berth_engine_core::backend;
 use berth_engine_core::{
     logs_connection_lost, resume_from, split_timestamp, Error, LabelSelector, LogLine, LogOptions,
-    LogSource, LogStream, Result, RunId, RunSpec, RunState, RunStatus, LABEL_MANAGED_BY, LABEL_RUN,
+    LogSource, LogStream, Result, RunId, RunSource, RunSpec, RunState, RunStatus, LABEL_MANAGED_BY, LABEL_RUN,
     MANAGED_BY_VALUE,
 };
 use bollard::container::LogOutput;
@@ -39,6 +39,30 @@ pub(crate) async fn submit(engine: &DockerEngine, spec: &RunSpec) -> Result<RunI
             ),
         });
     }
+    let upload = match &spec.source {
+        None => None,
+        Some(RunSource::Git { .. }) => {
+            return Err(Error::Unsupported {
+                backend: BACKEND,
+                operation: "git source",
+                reason: "a Docker container has no step before its command to clone in; check the repository out on the client and pass its directory (berth_runner::runs::submit does)".to_owned(),
+            })
+        }
+        Some(RunSource::Directory(dir)) => Some(container::Upload {
+            dest: spec.env.mount_path.clone(),
+            tar: pack_dir(dir.clone()).await?,
+        }),
+        Some(other) => {
+            return Err(Error::Unsupported {
+                backend: BACKEND,
+                operation: "run source",
+                reason: format!("this version of the Docker backend does not know {other:?}"),
+            })
+        }
+    };
+    let mut prepared = spec.clone();
+    prepared.env = spec.prepared_env().into_owned();
+    let spec = &prepared;
     let now = backend::now_unix();
     let mut labels: HashMap<String, String> = spec.object_labels(now).into_iter().collect();
     labels.insert(
@@ -54,7 +78,7 @@ pub(crate) async fn submit(engine: &DockerEngine, spec: &RunSpec) -> Result<RunI
     // The command is the main process: no keepalive, and not the image's CMD either.
     body.entrypoint = Some(spec.command.clone());
     body.cmd = None;
-    let name = container::create_and_start(engine, &spec.env, &labels, body, |msg| {
+    let name = container::create_and_start(engine, &spec.env, &labels, body, upload, |msg| {
         Error::invalid_spec(
             "command",
             format!(
@@ -66,6 +90,29 @@ pub(crate) async fn submit(engine: &DockerEngine, spec: &RunSpec) -> Result<RunI
     .await?;
     tracing::debug!(run = %name, image = %spec.env.image, "submitted run");
     RunId::new(name)
+}
+
+/// The contents of `dir` as a tar archive (symlinks kept as links, nothing followed out of
+/// it), made off the async workers.
+async fn pack_dir(dir: std::path::PathBuf) -> Result<Vec<u8>> {
+    let shown = dir.display().to_string();
+    let packed = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+        if !dir.is_dir() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "not a directory",
+            ));
+        }
+        let mut builder = tar::Builder::new(Vec::new());
+        builder.follow_symlinks(false);
+        builder.append_dir_all(".", &dir)?;
+        builder.into_inner()
+    })
+    .await
+    .map_err(|e| Error::backend(BACKEND, "pack the run's files", std::io::Error::other(e)))?;
+    packed.map_err(|e| {
+        Error::invalid_spec("source", format!("cannot pack the directory {shown}: {e}"))
+    })
 }
 
 fn not_a_run(run: &RunId) -> Error {

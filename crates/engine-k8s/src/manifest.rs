@@ -239,6 +239,102 @@ pub fn pod_spec(
     Ok(pod)
 }
 
+/// The name of the init container that clones a run's git source into the workspace.
+pub const GIT_CONTAINER: &str = "git-clone";
+
+/// The variable the clone's init container reads the token from (the key `token` of
+/// [`KubernetesConfig::git_secret`]); the Job spec names the Secret, never the value.
+pub const GIT_TOKEN_ENV: &str = "BERTH_GIT_TOKEN";
+
+/// A credential helper the clone's git runs (with `sh`) when the server asks for
+/// credentials: it answers with the token from the environment, so the token is never in a
+/// URL, an argument or a file.
+const GIT_CREDENTIAL_HELPER: &str =
+    "!f() { test \"$1\" = get || return 0; echo username=x-access-token; echo \"password=${BERTH_GIT_TOKEN}\"; }; f";
+
+/// Adds to `pod` (a run's, made by [`pod_spec`] from `spec`) the init container that clones
+/// `url` (at `branch`, or the remote's HEAD) into the workspace at `spec.mount_path` before
+/// the command starts: image [`KubernetesConfig::git_image`], `git clone --depth 1`, the
+/// command container's security context and resources (so the restricted profile holds for
+/// it too), only the workspace mounted, and with [`KubernetesConfig::git_secret`] the token
+/// from that Secret's key `token` through a credential helper.
+///
+/// # Errors
+/// [`Error::InvalidSpec`] naming `git` when the spec has no workspace to clone into, or the
+/// pod has no command container.
+pub fn add_git_clone(
+    pod: &mut PodSpec,
+    spec: &EnvironmentSpec,
+    config: &KubernetesConfig,
+    url: &str,
+    branch: Option<&str>,
+) -> Result<()> {
+    let main = pod
+        .containers
+        .iter()
+        .find(|c| c.name == CONTAINER)
+        .ok_or_else(|| Error::invalid_spec("git", "the pod has no command container"))?;
+    let mount = main
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == "workspace" && m.mount_path == spec.mount_path)
+        .cloned()
+        .ok_or_else(|| {
+            Error::invalid_spec(
+                "git",
+                format!("a clone needs a workspace at {}", spec.mount_path),
+            )
+        })?;
+    let mut command: Vec<String> = ["git", "clone", "--depth", "1", "--single-branch"]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    if let Some(b) = branch {
+        command.extend(["--branch".to_owned(), b.to_owned()]);
+    }
+    command.extend(["--".to_owned(), url.to_owned(), spec.mount_path.clone()]);
+    let var = |name: &str, value: &str| EnvVar {
+        name: name.to_owned(),
+        value: Some(value.to_owned()),
+        value_from: None,
+    };
+    // No prompt would ever be answered: fail at once instead of waiting for a terminal.
+    let mut env = vec![var("GIT_TERMINAL_PROMPT", "0")];
+    if let Some(secret) = &config.git_secret {
+        env.push(EnvVar {
+            name: GIT_TOKEN_ENV.to_owned(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: secret.clone(),
+                    key: "token".to_owned(),
+                    optional: Some(false),
+                }),
+                ..Default::default()
+            }),
+        });
+        env.extend([
+            var("GIT_CONFIG_COUNT", "1"),
+            var("GIT_CONFIG_KEY_0", "credential.helper"),
+            var("GIT_CONFIG_VALUE_0", GIT_CREDENTIAL_HELPER),
+        ]);
+    }
+    let init = Container {
+        name: GIT_CONTAINER.to_owned(),
+        image: Some(config.git_image.clone()),
+        image_pull_policy: config.image_pull_policy.clone(),
+        command: Some(command),
+        env: Some(env),
+        resources: main.resources.clone(),
+        security_context: main.security_context.clone(),
+        volume_mounts: Some(vec![mount]),
+        ..Default::default()
+    };
+    pod.init_containers.get_or_insert_with(Vec::new).push(init);
+    Ok(())
+}
+
 /// The Job of an environment: one container sleeping for the lifetime, `restartPolicy: Never`,
 /// `backoffLimit: 0`, `activeDeadlineSeconds` = lifetime, `ttlSecondsAfterFinished`, no service
 /// account token, berth's labels on the Job and the pod template.
