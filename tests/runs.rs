@@ -651,5 +651,29 @@ async fn submit_git_clones_in_an_init_container_on_kubernetes() {
         125,
     );
     common::assert_stderr_has(&out, "clone of its git source failed");
+
+    // A persistent workspace already holding a checkout gets the asked-for commit over it.
+    let on_claim = |args: &[&str]| {
+        let mut cmd = berth(args);
+        cmd.env("BERTH_KUBERNETES__PVC_NAME", "ws")
+            .env("BERTH_KUBERNETES__CREATE_PVC", "true");
+        cmd
+    };
+    let out = expect_exit(
+        &mut on_claim(&[
+            "submit", "--watch", "--session", &session, "--git", url, "--", "sh", "-c",
+            "cat file; echo mine > untracked",
+        ]),
+        0,
+    );
+    assert_eq!(text(&out.stdout), "from main\n");
+    let out = expect_exit(
+        &mut on_claim(&[
+            "submit", "--watch", "--session", &session, "--git", url, "--branch", "feature",
+            "--", "cat", "feature.txt", "untracked",
+        ]),
+        0,
+    );
+    assert_eq!(text(&out.stdout), "feature\nmine\n");
     drop(sim);
 }
