@@ -439,6 +439,7 @@ fn add_clone(
     command: &[String],
     source: &RunSource,
 ) -> Result<(), ManifestError> {
+    source.validate()?;
     let RunSource::Git { url, branch } = source else {
         return Err(berth_engine_core::Error::invalid_spec(
             "git",
