@@ -677,3 +677,40 @@ async fn submit_git_clones_in_an_init_container_on_kubernetes() {
     assert_eq!(text(&out.stdout), "feature\nmine\n");
     drop(sim);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn down_json_lists_runs_and_environments_together_on_docker() {
+    let (session, _cleanup) = common::fresh_session().await;
+    let berth = |args: &[&str]| {
+        let mut cmd = common::berth_with_state("runs-down-state", args);
+        cmd.env("BERTH_RUNNER__IMAGE", TEST_IMAGE)
+            .env("BERTH_RUNNER__BACKEND", "docker");
+        cmd
+    };
+    let out = expect_exit(&mut berth(&["up", "--session", &session]), 0);
+    let env = text(&out.stdout).trim().to_owned();
+    let out = expect_exit(
+        &mut berth(&["submit", "--session", &session, "--", "sleep", "600"]),
+        0,
+    );
+    let run = text(&out.stdout).trim().to_owned();
+    wait_for(60, "never running", || {
+        let out = expect_exit(&mut berth(&["--json", "status", &run]), 0);
+        (json_of(&out)["state"] == "running", text(&out.stdout))
+    });
+    // One JSON document: an array holding both, runs first.
+    let out = expect_exit(&mut berth(&["--json", "down", &env, &run]), 0);
+    assert_eq!(
+        json_of(&out),
+        serde_json::json!([
+            {"id": run, "outcome": "cancelled"},
+            {"id": env, "outcome": "stopped"},
+        ])
+    );
+    // Runs alone: an array too.
+    let out = expect_exit(&mut berth(&["--json", "down", &run]), 0);
+    assert_eq!(
+        json_of(&out),
+        serde_json::json!([{"id": run, "outcome": "cancelled"}])
+    );
+}
