@@ -488,7 +488,9 @@ async fn simwait_render_rbac_prints_a_valid_least_privilege_role() {
     };
     assert_eq!(
         argo("workflows"),
-        Some(serde_json::json!(["create", "get", "list", "patch", "delete"]))
+        Some(serde_json::json!([
+            "create", "get", "list", "patch", "delete"
+        ]))
     );
     assert_eq!(
         argo("cronworkflows"),

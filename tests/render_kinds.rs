@@ -377,7 +377,11 @@ async fn simwait_kubectl_dry_run_accepts_the_job_and_pod_security_admits_restric
         let job = objects.as_array().and_then(|o| o.last()).expect("the job");
         let admitted = admit_pod(&kubeconfig, job);
         let err = text(&admitted.stderr);
-        assert_eq!(admitted.status.success(), admit, "{profile} with --git: {err}");
+        assert_eq!(
+            admitted.status.success(),
+            admit,
+            "{profile} with --git: {err}"
+        );
         if !admit {
             assert!(err.contains("\"git-clone\""), "{err}");
         }
@@ -468,7 +472,10 @@ fn git_adds_a_clone_to_every_kind_that_passes_the_validators() {
             .expect("berth runs");
         assert!(out.status.success(), "{kind}: {}", text(&out.stderr));
         let objects = json_of(&out);
-        let object = objects.as_array().and_then(|o| o.last()).expect("an object");
+        let object = objects
+            .as_array()
+            .and_then(|o| o.last())
+            .expect("an object");
         let init = &object.pointer(pod).expect("a pod")["initContainers"][0];
         assert_eq!(init["name"], "git-clone", "{kind}: {object}");
         assert_eq!(init["image"], "example.com/git:2");
@@ -526,7 +533,16 @@ fn git_adds_a_clone_to_every_kind_that_passes_the_validators() {
     let out = common::berth_in(
         bare.path(),
         &bare.path().join("state"),
-        &["--json", "render", "--kind", "job", "--git", "https://example.com/r.git", "--", "make"],
+        &[
+            "--json",
+            "render",
+            "--kind",
+            "job",
+            "--git",
+            "https://example.com/r.git",
+            "--",
+            "make",
+        ],
     )
     .env("BERTH_RUNNER__IMAGE", "busybox:1.36")
     .output()
@@ -536,7 +552,11 @@ fn git_adds_a_clone_to_every_kind_that_passes_the_validators() {
     let job = objects.as_array().and_then(|o| o.last()).expect("the job");
     let pod = &job["spec"]["template"]["spec"];
     assert_eq!(pod["containers"][0]["workingDir"], "/workspace", "{pod}");
-    assert_eq!(pod["volumes"][0]["emptyDir"], serde_json::json!({}), "{pod}");
+    assert_eq!(
+        pod["volumes"][0]["emptyDir"],
+        serde_json::json!({}),
+        "{pod}"
+    );
     assert_eq!(pod["initContainers"][0]["image"], "alpine/git:2.47.2");
     // --branch needs --git; a URL git would take as an option is refused, naming --git.
     let out = render(

@@ -431,7 +431,12 @@ async fn runs_and_schedules_work_with_only_the_rendered_role_on_kubernetes() {
 /// identity and no user or system config.
 fn git(dir: &std::path::Path, args: &[&str]) {
     let out = Command::new("git")
-        .args(["-c", "user.name=berth", "-c", "user.email=berth@example.com"])
+        .args([
+            "-c",
+            "user.name=berth",
+            "-c",
+            "user.email=berth@example.com",
+        ])
         .args(args)
         .current_dir(dir)
         .env("GIT_CONFIG_NOSYSTEM", "1")
@@ -481,7 +486,10 @@ async fn submit_git_checks_a_local_repository_out_into_the_run_on_docker() {
     let out = expect_exit(&mut submit(&[], &["cat", "file"]), 0);
     assert_eq!(text(&out.stdout), "from main\n");
     let out = expect_exit(
-        &mut submit(&[], &["sh", "-c", "pwd; ls -a; test -f feature.txt || exit 3"]),
+        &mut submit(
+            &[],
+            &["sh", "-c", "pwd; ls -a; test -f feature.txt || exit 3"],
+        ),
         3,
     );
     assert_eq!(text(&out.stdout), "/workspace\n.\n..\n.git\nfile\n");
@@ -489,15 +497,34 @@ async fn submit_git_checks_a_local_repository_out_into_the_run_on_docker() {
     let url = format!("file://{repo}");
     let out = expect_exit(
         &mut berth(&[
-            "submit", "--watch", "--session", &session, "--git", &url, "--branch", "feature",
-            "--", "cat", "feature.txt", "file",
+            "submit",
+            "--watch",
+            "--session",
+            &session,
+            "--git",
+            &url,
+            "--branch",
+            "feature",
+            "--",
+            "cat",
+            "feature.txt",
+            "file",
         ]),
         0,
     );
     assert_eq!(text(&out.stdout), "feature\nfrom main\n");
     // Detached: the files are there when the run starts, whoever follows it.
     let out = expect_exit(
-        &mut berth(&["submit", "--session", &session, "--git", repo, "--", "cat", "file"]),
+        &mut berth(&[
+            "submit",
+            "--session",
+            &session,
+            "--git",
+            repo,
+            "--",
+            "cat",
+            "file",
+        ]),
         0,
     );
     let run = text(&out.stdout).trim().to_owned();
@@ -509,7 +536,10 @@ async fn submit_git_checks_a_local_repository_out_into_the_run_on_docker() {
     let missing = dir.path().join("no-such-repo");
     for (git_args, needle) in [
         (vec!["--git", missing.to_str().expect("utf-8")], "--git"),
-        (vec!["--git", repo, "--branch", "no-such-branch"], "no-such-branch"),
+        (
+            vec!["--git", repo, "--branch", "no-such-branch"],
+            "no-such-branch",
+        ),
         (vec!["--git=--upload-pack=touch /tmp/x"], "--git"),
         (vec!["--git", "https://"], "--git"),
     ] {
@@ -519,7 +549,11 @@ async fn submit_git_checks_a_local_repository_out_into_the_run_on_docker() {
         let out = expect_exit(&mut berth(&args), 125);
         common::assert_stderr_has(&out, needle);
     }
-    assert_eq!(common::containers_of(&session).len(), before, "a run was left");
+    assert_eq!(
+        common::containers_of(&session).len(),
+        before,
+        "a run was left"
+    );
 }
 
 /// An image with the host's `git` (its binary, the libraries it links and its exec path) on
@@ -531,7 +565,9 @@ impl GitImage {
     fn build(dir: &std::path::Path, repo: &std::path::Path) -> Self {
         let tag = format!(
             "berth-test/git-{}:1",
-            berth_engine_core::SessionId::generate().as_str().to_lowercase()
+            berth_engine_core::SessionId::generate()
+                .as_str()
+                .to_lowercase()
         );
         let context = dir.join("git-image");
         let rootfs = context.join("rootfs");
@@ -545,7 +581,10 @@ impl GitImage {
             .output()
             .expect("sh");
         let git_bin = std::path::PathBuf::from(text(&which.stdout).trim());
-        let exec_path = Command::new("git").arg("--exec-path").output().expect("git");
+        let exec_path = Command::new("git")
+            .arg("--exec-path")
+            .output()
+            .expect("git");
         let exec_path = text(&exec_path.stdout).trim().to_owned();
         copy(&git_bin, "/usr/bin/git");
         for program in ["git", "git-upload-pack"] {
@@ -611,7 +650,15 @@ async fn submit_git_clones_in_an_init_container_on_kubernetes() {
     // The pod clones before the command's first instruction, which starts in the clone.
     let out = expect_exit(
         &mut berth(&[
-            "submit", "--watch", "--session", &session, "--git", url, "--", "sh", "-c",
+            "submit",
+            "--watch",
+            "--session",
+            &session,
+            "--git",
+            url,
+            "--",
+            "sh",
+            "-c",
             "pwd; cat file",
         ]),
         0,
@@ -619,8 +666,18 @@ async fn submit_git_clones_in_an_init_container_on_kubernetes() {
     assert_eq!(text(&out.stdout), "/workspace\nfrom main\n");
     let out = expect_exit(
         &mut berth(&[
-            "submit", "--watch", "--session", &session, "--git", url, "--branch", "feature",
-            "--", "sh", "-c", "cat feature.txt; exit 3",
+            "submit",
+            "--watch",
+            "--session",
+            &session,
+            "--git",
+            url,
+            "--branch",
+            "feature",
+            "--",
+            "sh",
+            "-c",
+            "cat feature.txt; exit 3",
         ]),
         3,
     );
@@ -640,13 +697,28 @@ async fn submit_git_clones_in_an_init_container_on_kubernetes() {
     let init = &pod["initContainers"][0];
     assert_eq!(init["name"], "git-clone", "{pod}");
     assert_eq!(init["image"], image.0.as_str());
-    assert_eq!(init["securityContext"], pod["containers"][0]["securityContext"]);
-    assert_eq!(init["volumeMounts"].as_array().map(Vec::len), Some(1), "{init}");
+    assert_eq!(
+        init["securityContext"],
+        pod["containers"][0]["securityContext"]
+    );
+    assert_eq!(
+        init["volumeMounts"].as_array().map(Vec::len),
+        Some(1),
+        "{init}"
+    );
     // A clone that fails fails the run before the command, saying so (berth's 125).
     let out = expect_exit(
         &mut berth(&[
-            "submit", "--watch", "--session", &session, "--git", url, "--branch", "nope",
-            "--", "true",
+            "submit",
+            "--watch",
+            "--session",
+            &session,
+            "--git",
+            url,
+            "--branch",
+            "nope",
+            "--",
+            "true",
         ]),
         125,
     );
@@ -661,7 +733,15 @@ async fn submit_git_clones_in_an_init_container_on_kubernetes() {
     };
     let out = expect_exit(
         &mut on_claim(&[
-            "submit", "--watch", "--session", &session, "--git", url, "--", "sh", "-c",
+            "submit",
+            "--watch",
+            "--session",
+            &session,
+            "--git",
+            url,
+            "--",
+            "sh",
+            "-c",
             "cat file; echo mine > untracked",
         ]),
         0,
@@ -669,8 +749,18 @@ async fn submit_git_clones_in_an_init_container_on_kubernetes() {
     assert_eq!(text(&out.stdout), "from main\n");
     let out = expect_exit(
         &mut on_claim(&[
-            "submit", "--watch", "--session", &session, "--git", url, "--branch", "feature",
-            "--", "cat", "feature.txt", "untracked",
+            "submit",
+            "--watch",
+            "--session",
+            &session,
+            "--git",
+            url,
+            "--branch",
+            "feature",
+            "--",
+            "cat",
+            "feature.txt",
+            "untracked",
         ]),
         0,
     );

@@ -93,8 +93,8 @@ pub use image::{
 pub use port::{PortForward, PortIo, PortStream};
 pub use run::{
     logs_connection_lost, resume_from, split_timestamp, validate_schedule, LogCursor, LogLine,
-    LogOptions, LogSource, LogStream, LogTime, RunId, RunSource, RunSpec, RunState, RunStatus, LABEL_RUN,
-    RUN_ONCE, RUN_SCHEDULED,
+    LogOptions, LogSource, LogStream, LogTime, RunId, RunSource, RunSpec, RunState, RunStatus,
+    LABEL_RUN, RUN_ONCE, RUN_SCHEDULED,
 };
 pub use shell::{Shell, ShellCommand, ShellInterrupter, ShellOptions, TIMEOUT_GRACE};
 pub use spec::{

@@ -122,7 +122,13 @@ impl Upload {
                 bollard::body_full(self.tar.into()),
             )
             .await
-            .map_err(|e| errors::other(&engine.address, &format!("copy the run's files into {dest}"), e))
+            .map_err(|e| {
+                errors::other(
+                    &engine.address,
+                    &format!("copy the run's files into {dest}"),
+                    e,
+                )
+            })
     }
 }
 

@@ -12,8 +12,8 @@ use std::collections::{BTreeMap, HashMap};
 use berth_engine_core::backend;
 use berth_engine_core::{
     logs_connection_lost, resume_from, split_timestamp, Error, LabelSelector, LogLine, LogOptions,
-    LogSource, LogStream, Result, RunId, RunSource, RunSpec, RunState, RunStatus, LABEL_MANAGED_BY, LABEL_RUN,
-    MANAGED_BY_VALUE,
+    LogSource, LogStream, Result, RunId, RunSource, RunSpec, RunState, RunStatus, LABEL_MANAGED_BY,
+    LABEL_RUN, MANAGED_BY_VALUE,
 };
 use bollard::container::LogOutput;
 use bollard::models::ContainerStateStatusEnum;

@@ -867,7 +867,12 @@ mod tests {
             assert_eq!(command[..3], ["sh", "-c", GIT_CLONE_SCRIPT]);
             assert_eq!(
                 command[3..],
-                [GIT_CONTAINER, "https://example.com/r.git", "/workspace", "main"]
+                [
+                    GIT_CONTAINER,
+                    "https://example.com/r.git",
+                    "/workspace",
+                    "main"
+                ]
             );
             let mounts = init.volume_mounts.as_ref().unwrap();
             assert_eq!(mounts.len(), 1);
@@ -879,8 +884,14 @@ mod tests {
         }
         // Without a workspace there is nowhere to clone to.
         let mut bare = pod_spec(&spec(), &config, PodCommand::Run(&["ls".to_owned()])).unwrap();
-        let err = add_git_clone(&mut bare, &spec(), &config, "https://example.com/r.git", None)
-            .unwrap_err();
+        let err = add_git_clone(
+            &mut bare,
+            &spec(),
+            &config,
+            "https://example.com/r.git",
+            None,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("workspace"), "{err}");
     }
 
@@ -893,8 +904,17 @@ mod tests {
         let env = init.env.as_ref().unwrap();
         let token = env.iter().find(|e| e.name == GIT_TOKEN_ENV).unwrap();
         assert!(token.value.is_none());
-        let key = token.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
-        assert_eq!((key.name.as_str(), key.key.as_str()), ("git-token", "token"));
+        let key = token
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            (key.name.as_str(), key.key.as_str()),
+            ("git-token", "token")
+        );
         let value = |name: &str| {
             env.iter()
                 .find(|e| e.name == name)
@@ -906,7 +926,10 @@ mod tests {
         // The helper, run by a real git (the host's), answers with the token from the
         // environment, and nothing for other requests.
         let fill = std::process::Command::new("git")
-            .args(["-c", &format!("credential.helper={}", value("GIT_CONFIG_VALUE_1"))])
+            .args([
+                "-c",
+                &format!("credential.helper={}", value("GIT_CONFIG_VALUE_1")),
+            ])
             .args(["credential", "fill"])
             .env(GIT_TOKEN_ENV, "s3cr3t")
             .env("GIT_TERMINAL_PROMPT", "0")

@@ -13,9 +13,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use berth_engine_core::{
-    backend, logs_connection_lost, StopOutcome, resume_from, split_timestamp, Error, LabelSelector, LogLine,
-    LogOptions, LogSource, LogStream, Result, RunId, RunSource, RunSpec, RunState, RunStatus, Workspace,
-    LABEL_MANAGED_BY, LABEL_RUN, MANAGED_BY_VALUE,
+    backend, logs_connection_lost, resume_from, split_timestamp, Error, LabelSelector, LogLine,
+    LogOptions, LogSource, LogStream, Result, RunId, RunSource, RunSpec, RunState, RunStatus,
+    StopOutcome, Workspace, LABEL_MANAGED_BY, LABEL_RUN, MANAGED_BY_VALUE,
 };
 use futures_util::{AsyncBufReadExt, StreamExt};
 use k8s_openapi::api::batch::v1::{CronJob, Job};

@@ -869,7 +869,8 @@ fn keep_cron_history<'a>(inner: &Arc<Inner>, cron: &Value, owned: &[&'a Value]) 
     };
     let refs_value = json!(refs);
     let changed = names(&status["active"]) != names(&refs_value)
-        || (last_success.is_some() && status["lastSuccessfulTime"].as_str() != last_success.as_deref());
+        || (last_success.is_some()
+            && status["lastSuccessfulTime"].as_str() != last_success.as_deref());
     if changed {
         let md = &cron["metadata"];
         let _ = inner.store.update(

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use berth_engine_core::backend::now_unix as now;
 use berth_engine_core::{
-    ContainerEngine, EnvironmentId, EnvironmentState, EnvironmentStatus, LabelSelector, SessionId,
-    RunState, VolumeStatus, DETACHED_REQUESTED, DETACHED_YES, LABEL_DETACHED, LABEL_RUN,
+    ContainerEngine, EnvironmentId, EnvironmentState, EnvironmentStatus, LabelSelector, RunState,
+    SessionId, VolumeStatus, DETACHED_REQUESTED, DETACHED_YES, LABEL_DETACHED, LABEL_RUN,
 };
 use serde::Serialize;
 
@@ -330,7 +330,9 @@ async fn collect_runs(
     let now = now();
     for run in runs {
         if run.state == RunState::Scheduled
-            || environments.iter().any(|e| e.id.as_str() == run.id.as_str())
+            || environments
+                .iter()
+                .any(|e| e.id.as_str() == run.id.as_str())
         {
             continue;
         }

@@ -93,7 +93,10 @@ pub fn required_with(config: &BerthConfig, engine: RunEngine) -> Vec<Permission>
             out.push(p(verb, "argoproj.io", "workflows", None, why));
         }
         for (verb, why) in [
-            ("create", "submit --engine argo --schedule creates a CronWorkflow"),
+            (
+                "create",
+                "submit --engine argo --schedule creates a CronWorkflow",
+            ),
             ("get", "status looks a CronWorkflow up"),
             ("list", "ls --runs and gc list CronWorkflows"),
             ("delete", "down and gc remove a CronWorkflow"),
@@ -327,7 +330,9 @@ mod tests {
                 .map(Permission::name)
                 .collect::<Vec<_>>()
         };
-        assert!(!names(RunEngine::Job).iter().any(|n| n.contains("workflows")));
+        assert!(!names(RunEngine::Job)
+            .iter()
+            .any(|n| n.contains("workflows")));
         let argo = names(RunEngine::Argo);
         for want in [
             "create workflows",

@@ -87,7 +87,10 @@ pub async fn submit(
 ) -> Result<RunId> {
     spec.validate()?;
     let git = match &spec.source {
-        Some(RunSource::Git { url, branch }) if engine.backend() == BackendKind::Docker => {
+        // A schedule is refused by Docker before anything is checked out.
+        Some(RunSource::Git { url, branch })
+            if engine.backend() == BackendKind::Docker && spec.schedule.is_none() =>
+        {
             Some(git_source(url, branch.as_deref())?)
         }
         _ => None,

@@ -27,7 +27,9 @@ pub fn render(ctx: &Ctx, args: RenderArgs) -> anyhow::Result<ExitCode> {
         let mut run = RunManifest::new(kind, args.command);
         run.schedule = args.schedule;
         run.timezone = args.timezone;
-        run.source = args.git.map(|url| berth_runner::runs::git(url, args.branch));
+        run.source = args
+            .git
+            .map(|url| berth_runner::runs::git(url, args.branch));
         render::kinds::objects(ctx.config(), &spec, &run)?
     } else {
         let spec = spec::environment_spec(ctx.config(), &env_options(&args.env)?)?;

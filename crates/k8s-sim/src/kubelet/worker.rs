@@ -266,7 +266,10 @@ impl Worker {
         for (i, c) in init.iter().enumerate() {
             loop {
                 let created = match self.pull(c).await {
-                    Ok(()) => self.create_container(pod, c, init_statuses[i].restarts).await,
+                    Ok(()) => {
+                        self.create_container(pod, c, init_statuses[i].restarts)
+                            .await
+                    }
                     Err(e) => Err(e),
                 };
                 let (id, image_id) = match created {

@@ -762,3 +762,22 @@ fn named_map_keys_may_hold_dots() {
     assert!(err.contains("builders.arm.1.hots"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn git_image_and_secret_are_checked_and_reach_the_engine() {
+    let err = load_file("gi.yaml", b"kubernetes:\n  git_image: 'not an image'\n");
+    assert!(err.contains("kubernetes.git_image"), "{err}");
+    let err = load_file("gs.yaml", b"kubernetes:\n  git_secret: Bad_Name\n");
+    assert!(err.contains("kubernetes.git_secret"), "{err}");
+    let config = BerthConfig::from_yaml_str(
+        "kubernetes:\n  git_image: example.com/git:2\n  git_secret: git-token\n",
+    )
+    .expect("valid");
+    let k8s = crate::backend::kubernetes_config(&config);
+    assert_eq!(k8s.git_image, "example.com/git:2");
+    assert_eq!(k8s.git_secret.as_deref(), Some("git-token"));
+    assert_eq!(
+        crate::backend::kubernetes_config(&BerthConfig::default()).git_image,
+        crate::config::DEFAULT_GIT_IMAGE
+    );
+}
