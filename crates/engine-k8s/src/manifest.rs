@@ -897,8 +897,10 @@ mod tests {
 
     #[test]
     fn the_token_comes_from_the_secret_and_only_a_credential_helper_sends_it() {
-        let mut config = KubernetesConfig::default();
-        config.git_secret = Some("git-token".into());
+        let config = KubernetesConfig {
+            git_secret: Some("git-token".into()),
+            ..KubernetesConfig::default()
+        };
         let pod = cloning_pod(SecurityProfile::Restricted, &config, None);
         let init = &pod.init_containers.as_ref().unwrap()[0];
         let env = init.env.as_ref().unwrap();
