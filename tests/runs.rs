@@ -446,14 +446,16 @@ fn git(dir: &std::path::Path, args: &[&str]) {
     assert!(out.status.success(), "git {args:?}: {}", text(&out.stderr));
 }
 
-/// A repository in `dir/repo`: `file` ("from main") on `main`, and `feature.txt`
+/// A repository in `dir/repo`: `file` ("from main") and `link` (a symlink to it) on
+/// `main`, and `feature.txt`
 /// ("feature") on branch `feature` too.
 fn git_repo(dir: &std::path::Path) -> std::path::PathBuf {
     let repo = dir.join("repo");
     std::fs::create_dir_all(&repo).expect("mkdir");
     git(&repo, &["init", "-q", "-b", "main"]);
     std::fs::write(repo.join("file"), "from main\n").expect("write");
-    git(&repo, &["add", "file"]);
+    std::os::unix::fs::symlink("file", repo.join("link")).expect("symlink");
+    git(&repo, &["add", "file", "link"]);
     git(&repo, &["commit", "-q", "-m", "one"]);
     git(&repo, &["checkout", "-q", "-b", "feature"]);
     std::fs::write(repo.join("feature.txt"), "feature\n").expect("write");
@@ -488,11 +490,18 @@ async fn submit_git_checks_a_local_repository_out_into_the_run_on_docker() {
     let out = expect_exit(
         &mut submit(
             &[],
-            &["sh", "-c", "pwd; ls -a; test -f feature.txt || exit 3"],
+            &[
+                "sh",
+                "-c",
+                "pwd; ls -a; readlink link; test -f feature.txt || exit 3",
+            ],
         ),
         3,
     );
-    assert_eq!(text(&out.stdout), "/workspace\n.\n..\n.git\nfile\n");
+    assert_eq!(
+        text(&out.stdout),
+        "/workspace\n.\n..\n.git\nfile\nlink\nfile\n"
+    );
     // --branch: that branch's files; a file:// URL works as a path does.
     let url = format!("file://{repo}");
     let out = expect_exit(

@@ -103,7 +103,7 @@ pub(crate) struct Upload {
     /// The absolute directory the archive is extracted into.
     pub(crate) dest: String,
     /// The archive.
-    pub(crate) tar: Vec<u8>,
+    pub(crate) tar: berth_engine_core::TarStream,
 }
 
 impl Upload {
@@ -119,7 +119,7 @@ impl Upload {
                     copy_uidgid: Some("true".to_owned()),
                     ..Default::default()
                 }),
-                bollard::body_full(self.tar.into()),
+                bollard::body_try_stream(self.tar),
             )
             .await
             .map_err(|e| {

@@ -8,12 +8,13 @@
 //! its status says so; `berth gc` removes finished runs.
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::Write as _;
 
 use berth_engine_core::backend;
 use berth_engine_core::{
     logs_connection_lost, resume_from, split_timestamp, Error, LabelSelector, LogLine, LogOptions,
-    LogSource, LogStream, Result, RunId, RunSource, RunSpec, RunState, RunStatus, LABEL_MANAGED_BY,
-    LABEL_RUN, MANAGED_BY_VALUE,
+    LogSource, LogStream, Result, RunId, RunSource, RunSpec, RunState, RunStatus, TarStream,
+    LABEL_MANAGED_BY, LABEL_RUN, MANAGED_BY_VALUE,
 };
 use bollard::container::LogOutput;
 use bollard::models::ContainerStateStatusEnum;
@@ -50,7 +51,7 @@ pub(crate) async fn submit(engine: &DockerEngine, spec: &RunSpec) -> Result<RunI
         }
         Some(RunSource::Directory(dir)) => Some(container::Upload {
             dest: spec.env.mount_path.clone(),
-            tar: pack_dir(dir.clone()).await?,
+            tar: pack_dir(dir.clone())?,
         }),
         Some(other) => {
             return Err(Error::Unsupported {
@@ -92,27 +93,75 @@ pub(crate) async fn submit(engine: &DockerEngine, spec: &RunSpec) -> Result<RunI
     RunId::new(name)
 }
 
-/// The contents of `dir` as a tar archive (symlinks kept as links, nothing followed out of
-/// it), made off the async workers.
-async fn pack_dir(dir: std::path::PathBuf) -> Result<Vec<u8>> {
-    let shown = dir.display().to_string();
-    let packed = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
-        if !dir.is_dir() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "not a directory",
-            ));
+/// The contents of `dir` as a tar archive streamed as it is written (a checkout may be large:
+/// it is never held whole in memory), made on a blocking thread: symlinks kept as links,
+/// nothing followed out of the directory, sparse files written whole (Docker refuses GNU
+/// sparse entries).
+fn pack_dir(dir: std::path::PathBuf) -> Result<TarStream> {
+    if !dir.is_dir() {
+        return Err(Error::invalid_spec(
+            "source",
+            format!("{} is not a directory", dir.display()),
+        ));
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(4);
+    tokio::task::spawn_blocking(move || {
+        let mut writer = ChannelWriter {
+            tx: tx.clone(),
+            buf: Vec::with_capacity(PIECE),
+        };
+        let result = (|| {
+            let mut builder = tar::Builder::new(&mut writer);
+            builder.follow_symlinks(false);
+            builder.sparse(false);
+            builder.append_dir_all(".", &dir)?;
+            builder.finish()
+        })()
+        .and_then(|()| writer.flush());
+        if let Err(e) = result {
+            let _ = tx.blocking_send(Err(e));
         }
-        let mut builder = tar::Builder::new(Vec::new());
-        builder.follow_symlinks(false);
-        builder.append_dir_all(".", &dir)?;
-        builder.into_inner()
-    })
-    .await
-    .map_err(|e| Error::backend(BACKEND, "pack the run's files", std::io::Error::other(e)))?;
-    packed.map_err(|e| {
-        Error::invalid_spec("source", format!("cannot pack the directory {shown}: {e}"))
-    })
+    });
+    Ok(Box::pin(futures_util::stream::unfold(
+        rx,
+        |mut rx| async move { rx.recv().await.map(|item| (item, rx)) },
+    )))
+}
+
+/// How much of the archive goes to the daemon at a time.
+const PIECE: usize = 256 * 1024;
+
+/// A writer handing what it is given to a channel in pieces; a receiver gone (the upload
+/// failed) ends the writing with an error.
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>,
+    buf: Vec<u8>,
+}
+
+impl ChannelWriter {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let piece = bytes::Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(PIECE)));
+        self.tx
+            .blocking_send(Ok(piece))
+            .map_err(|_| std::io::Error::other("the upload of the run's files stopped"))
+    }
+}
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= PIECE {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
 }
 
 fn not_a_run(run: &RunId) -> Error {
