@@ -540,6 +540,27 @@ async fn submit_git_checks_a_local_repository_out_into_the_run_on_docker() {
     let out = expect_exit(&mut berth(&["logs", "-f", &run]), 0);
     assert_eq!(text(&out.stdout), "from main\n");
 
+    // An image whose user is not root gets the checkout as its own: it can change it.
+    let image = UserImage::build(dir.path());
+    let out = expect_exit(
+        &mut berth(&[
+            "submit",
+            "--watch",
+            "--session",
+            &session,
+            "--image",
+            &image.0,
+            "--git",
+            repo,
+            "--",
+            "sh",
+            "-c",
+            "id -u; echo more >> file && touch new && stat -c %u file new",
+        ]),
+        0,
+    );
+    assert_eq!(text(&out.stdout), "1000\n1000\n1000\n");
+
     // Bad input: exit 125, naming --git, and no run left behind.
     let before = common::containers_of(&session).len();
     let missing = dir.path().join("no-such-repo");
@@ -563,6 +584,40 @@ async fn submit_git_checks_a_local_repository_out_into_the_run_on_docker() {
         before,
         "a run was left"
     );
+}
+
+/// The test image running as uid 1000 (`USER 1000`), removed on drop.
+struct UserImage(String);
+
+impl UserImage {
+    fn build(dir: &std::path::Path) -> Self {
+        let tag = format!(
+            "berth-test/user-{}:1",
+            berth_engine_core::SessionId::generate()
+                .as_str()
+                .to_lowercase()
+        );
+        let context = dir.join("user-image");
+        std::fs::create_dir_all(&context).expect("mkdir");
+        std::fs::write(
+            context.join("Dockerfile"),
+            format!("FROM {TEST_IMAGE}\nUSER 1000\n"),
+        )
+        .expect("Dockerfile");
+        let out = Command::new("docker")
+            .args(["build", "-q", "-t", &tag])
+            .arg(&context)
+            .output()
+            .expect("docker build");
+        assert!(out.status.success(), "docker build: {}", text(&out.stderr));
+        Self(tag)
+    }
+}
+
+impl Drop for UserImage {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["rmi", "-f", &self.0]).output();
+    }
 }
 
 /// An image with the host's `git` (its binary, the libraries it links and its exec path) on
