@@ -829,6 +829,29 @@ async fn submit_git_clones_in_an_init_container_on_kubernetes() {
         0,
     );
     assert_eq!(text(&out.stdout), "feature\nmine\n");
+
+    // A schedule clones afresh for each of its runs.
+    let out = expect_exit(
+        &mut berth(&[
+            "submit",
+            "--schedule",
+            "0 4 * * *",
+            "--session",
+            &session,
+            "--name",
+            "nightly",
+            "--git",
+            url,
+            "--",
+            "cat",
+            "file",
+        ]),
+        0,
+    );
+    let schedule = text(&out.stdout).trim().to_owned();
+    let run = sim.fire_cron_job("default", &schedule).expect("fire");
+    let out = expect_exit(&mut berth(&["logs", "-f", &run]), 0);
+    assert_eq!(text(&out.stdout), "from main\n");
     drop(sim);
 }
 
