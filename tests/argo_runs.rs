@@ -177,6 +177,9 @@ async fn without_argo_crds_submit_says_so_and_exits_125() {
     assert_eq!(json_of(&out), json!([]));
     let out = expect_exit(&mut c.berth(&["status", "berth-no-such-run-0"]), 125);
     common::assert_stderr_has(&out, "run not found");
+    // gc skips the missing Workflow resources quietly.
+    let out = expect_exit(&mut c.berth(&["gc", "--session", &c.session]), 0);
+    assert_eq!(text(&out.stderr), "", "{}", text(&out.stdout));
     // Off Kubernetes, --engine argo is refused, saying where it runs.
     let out = expect_exit(
         c.berth(&["submit", "--engine", "argo", "--", "true"])
@@ -333,6 +336,36 @@ async fn an_argo_workflow_is_created_followed_and_exits_with_the_commands_code()
     );
     let listed = json_of(&out);
     assert_eq!(listed.as_array().map(Vec::len), Some(3), "{listed}");
+
+    // gc removes the finished Argo runs (succeeded, failed, cancelled), never the foreign
+    // Workflow.
+    let out = expect_exit(&mut c.berth(&["--json", "gc", "--session", &c.session]), 0);
+    let report = json_of(&out);
+    let mut removed: Vec<&str> = report["garbage"]
+        .as_array()
+        .expect("garbage")
+        .iter()
+        .filter(|g| g["removed"] == true && g["reason"] == "a batch run that has finished")
+        .filter_map(|g| g["id"].as_str())
+        .collect();
+    removed.sort_unstable();
+    let mut want: Vec<&str> = seen.iter().map(String::as_str).collect();
+    want.push(&sleeper);
+    want.sort_unstable();
+    assert_eq!(removed, want, "{report}");
+    let left = c.kubectl_json(&["get", "workflows"]);
+    let names: Vec<&str> = left["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|w| w["metadata"]["name"].as_str())
+        .collect();
+    assert_eq!(names, ["foreign"], "{left}");
+    let out = expect_exit(
+        &mut c.berth(&["--json", "ls", "--runs", "--session", &c.session]),
+        0,
+    );
+    assert_eq!(json_of(&out), json!([]));
     c.sim.shutdown().await;
 }
 
@@ -379,6 +412,10 @@ async fn a_scheduled_argo_run_is_a_cron_workflow() {
     let status = json_of(&out);
     assert_eq!(status["state"], "scheduled", "{status}");
     assert_eq!(status["schedule"], "0 4 * * *", "{status}");
+    // gc keeps a schedule: `down` removes it.
+    let out = expect_exit(&mut c.berth(&["--json", "gc", "--session", &c.session]), 0);
+    assert_eq!(json_of(&out)["garbage"], json!([]), "{}", text(&out.stdout));
+    assert!(c.kubectl(&["get", "cronworkflows"]).contains(&name));
     let out = expect_exit(&mut c.berth(&["down", &name]), 0);
     assert_eq!(text(&out.stdout), format!("{name}: schedule removed\n"));
     assert!(!c.kubectl(&["get", "cronworkflows"]).contains(&name));

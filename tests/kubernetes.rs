@@ -467,6 +467,41 @@ async fn simwait_render_rbac_prints_a_valid_least_privilege_role() {
                     || (v == "patch" && r["resources"][0] != "jobs")))),
         "least privilege: {rules:?}"
     );
+    // With --engine argo: the verbs on Argo's workflows and cronworkflows too, still valid.
+    let out = c
+        .berth(&["render", "--rbac", "--engine", "argo"])
+        .output()
+        .expect("render");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_valid_kubernetes(c.dir.path(), &out.stdout, "1.33.0");
+    let out = c
+        .berth(&["--json", "render", "--rbac", "--engine", "argo"])
+        .output()
+        .expect("render");
+    let objects = json_of(&out);
+    let rules = objects[0]["rules"].as_array().expect("rules");
+    let argo = |resource: &str| {
+        rules
+            .iter()
+            .find(|r| r["apiGroups"][0] == "argoproj.io" && r["resources"][0] == resource)
+            .map(|r| r["verbs"].clone())
+    };
+    assert_eq!(
+        argo("workflows"),
+        Some(serde_json::json!([
+            "create", "get", "list", "patch", "delete"
+        ]))
+    );
+    assert_eq!(
+        argo("cronworkflows"),
+        Some(serde_json::json!(["create", "get", "list", "delete"]))
+    );
+    // --engine is for --rbac only.
+    let out = c
+        .berth(&["render", "--engine", "argo"])
+        .output()
+        .expect("render");
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
 }
 
 #[tokio::test]

@@ -363,6 +363,29 @@ async fn simwait_kubectl_dry_run_accepts_the_job_and_pod_security_admits_restric
         "restricted with secrets refused: {}",
         text(&admitted.stderr)
     );
+    // With the clone's init container, restricted still passes; and admission does look at
+    // init containers (hardened's clone is named among the violations).
+    for (profile, admit) in [("restricted", true), ("hardened", false)] {
+        let mut args = vec!["--config", config.to_str().expect("utf-8")];
+        args.extend(git_kind_args("job", true));
+        let out = common::berth_in(dir.path(), &dir.path().join("state"), &args)
+            .env("BERTH_KUBERNETES__SECURITY", profile)
+            .output()
+            .expect("berth runs");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let objects = json_of(&out);
+        let job = objects.as_array().and_then(|o| o.last()).expect("the job");
+        let admitted = admit_pod(&kubeconfig, job);
+        let err = text(&admitted.stderr);
+        assert_eq!(
+            admitted.status.success(),
+            admit,
+            "{profile} with --git: {err}"
+        );
+        if !admit {
+            assert!(err.contains("\"git-clone\""), "{err}");
+        }
+    }
     // Nothing was stored.
     let jobs = kubectl(&kubeconfig, &["get", "jobs", "-n", "agents", "-o", "json"])
         .output()
@@ -403,6 +426,153 @@ kubernetes:
   labels:
     team: agents
 "#;
+
+/// `kind_args(kind, json)` with `--git URL --branch main` before the command.
+fn git_kind_args(kind: &str, json: bool) -> Vec<&str> {
+    let mut args = kind_args(kind, json);
+    let at = args.iter().position(|a| *a == "--").expect("--");
+    for (i, a) in [
+        "--git",
+        "https://example.com/agents/app.git",
+        "--branch",
+        "main",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        args.insert(at + i, a);
+    }
+    args
+}
+
+#[test]
+fn git_adds_a_clone_to_every_kind_that_passes_the_validators() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("berth.yaml");
+    std::fs::write(
+        &config,
+        format!("{SECRETS_CONFIG}  git_secret: git-token\n  git_image: example.com/git:2\n"),
+    )
+    .expect("write");
+    let config = config.to_str().expect("utf-8");
+    for (kind, argo, pod) in [
+        ("job", None, "/spec/template/spec"),
+        ("cronjob", None, "/spec/jobTemplate/spec/template/spec"),
+        ("workflow", Some("Workflow"), "/spec/templates/0"),
+        (
+            "cron-workflow",
+            Some("CronWorkflow"),
+            "/spec/workflowSpec/templates/0",
+        ),
+    ] {
+        let mut args = vec!["--config", config];
+        args.extend(git_kind_args(kind, true));
+        let out = common::berth_in(dir.path(), &dir.path().join("state"), &args)
+            .output()
+            .expect("berth runs");
+        assert!(out.status.success(), "{kind}: {}", text(&out.stderr));
+        let objects = json_of(&out);
+        let object = objects
+            .as_array()
+            .and_then(|o| o.last())
+            .expect("an object");
+        let init = &object.pointer(pod).expect("a pod")["initContainers"][0];
+        assert_eq!(init["name"], "git-clone", "{kind}: {object}");
+        assert_eq!(init["image"], "example.com/git:2");
+        let command = init["command"].as_array().expect("a command");
+        assert_eq!(command[4], "https://example.com/agents/app.git");
+        assert_eq!(command[6], "main");
+        let token = init["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .find(|e| e["name"] == "BERTH_GIT_TOKEN")
+            .expect("the token variable");
+        assert_eq!(
+            token["valueFrom"]["secretKeyRef"],
+            serde_json::json!({"name": "git-token", "key": "token", "optional": false})
+        );
+        // The clone has the command's security context (restricted here).
+        let container = if argo.is_some() {
+            &object.pointer(pod).expect("a template")["container"]
+        } else {
+            &object.pointer(pod).expect("a pod")["containers"][0]
+        };
+        assert_eq!(init["securityContext"], container["securityContext"]);
+        assert_eq!(init["securityContext"]["runAsNonRoot"], true);
+        // The same as YAML, through the validators.
+        let mut args = vec!["--config", config];
+        args.extend(git_kind_args(kind, false));
+        let out = common::berth_in(dir.path(), &dir.path().join("state"), &args)
+            .output()
+            .expect("berth runs");
+        assert!(out.status.success(), "{kind}: {}", text(&out.stderr));
+        match argo {
+            None => {
+                for version in ["1.31.0", "1.32.0", "1.33.0"] {
+                    assert_valid_kubernetes(dir.path(), &out.stdout, version);
+                }
+            }
+            Some(name) => {
+                let file = dir.path().join(format!("{kind}-git.yaml"));
+                std::fs::write(&file, &out.stdout).expect("write");
+                let checked = argo_check(dir.path(), &file);
+                assert!(
+                    checked.status.success(),
+                    "{kind}: {}{}",
+                    text(&checked.stdout),
+                    text(&checked.stderr)
+                );
+                assert_eq!(text(&checked.stdout).trim(), format!("ok {name}"));
+            }
+        }
+    }
+    // Without a workspace in the config, the clone gets one of its own (emptyDir), and the
+    // command starts in it.
+    let bare = tempfile::tempdir().expect("tempdir");
+    let out = common::berth_in(
+        bare.path(),
+        &bare.path().join("state"),
+        &[
+            "--json",
+            "render",
+            "--kind",
+            "job",
+            "--git",
+            "https://example.com/r.git",
+            "--",
+            "make",
+        ],
+    )
+    .env("BERTH_RUNNER__IMAGE", "busybox:1.36")
+    .output()
+    .expect("berth runs");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let objects = json_of(&out);
+    let job = objects.as_array().and_then(|o| o.last()).expect("the job");
+    let pod = &job["spec"]["template"]["spec"];
+    assert_eq!(pod["containers"][0]["workingDir"], "/workspace", "{pod}");
+    assert_eq!(
+        pod["volumes"][0]["emptyDir"],
+        serde_json::json!({}),
+        "{pod}"
+    );
+    assert_eq!(pod["initContainers"][0]["image"], "alpine/git:2.47.2");
+    // --branch needs --git; a URL git would take as an option is refused, naming --git.
+    let out = render(
+        dir.path(),
+        "hardened",
+        &["render", "--kind", "job", "--branch", "main", "--", "make"],
+    );
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
+    let out = render(
+        dir.path(),
+        "hardened",
+        &["render", "--kind", "job", "--git=-oops", "--", "make"],
+    );
+    assert_eq!(out.status.code(), Some(125));
+    assert!(text(&out.stderr).contains("git"), "{}", text(&out.stderr));
+}
 
 #[test]
 fn every_kind_with_secrets_mounts_and_caches_passes_the_validators() {

@@ -116,6 +116,10 @@ pub struct RenderArgs {
     /// service account (default `berth`).
     #[arg(long, value_name = "SERVICE_ACCOUNT", num_args = 0..=1, default_missing_value = "berth")]
     pub rbac: Option<String>,
+    /// With --rbac: the runs' engine whose permissions the Role also grants; `argo` adds
+    /// the verbs on Argo's workflows and cronworkflows that `submit --engine argo` uses.
+    #[arg(long, value_name = "ENGINE", default_value = "job", requires = "rbac")]
+    pub engine: berth_runner::runs::RunEngine,
     /// Print instead the manifests that run `berth serve` in kubernetes.namespace: a
     /// ServiceAccount, Role and RoleBinding, a ConfigMap, a Deployment and a Service. The API
     /// keys come from a Secret you create: berth-server-api-keys, key `keys`. Not with --rbac,
@@ -148,6 +152,13 @@ pub struct RenderArgs {
     /// With --kind: the command's working directory.
     #[arg(short = 'w', long, requires = "kind")]
     pub workdir: Option<String>,
+    /// With --kind: clone this repository into the workspace first (an init container of
+    /// kubernetes.git_image), and start the command in it unless --workdir says otherwise.
+    #[arg(long, value_name = "URL", requires = "kind")]
+    pub git: Option<String>,
+    /// With --git: the branch or tag (default: the repository's HEAD).
+    #[arg(long, value_name = "BRANCH", requires = "git")]
+    pub branch: Option<String>,
     /// With --kind: the command and its arguments, after `--`.
     #[arg(last = true, value_name = "CMD", requires = "kind")]
     pub command: Vec<String>,
@@ -363,6 +374,15 @@ pub struct SubmitArgs {
     /// `argo` (an Argo Workflow/CronWorkflow; Kubernetes with Argo Workflows installed).
     #[arg(long, value_name = "ENGINE", default_value = "job")]
     pub engine: berth_runner::runs::RunEngine,
+    /// Clone this repository into the run's workspace before CMD starts, and start CMD in
+    /// it. Docker: checked out here (any URL or local path this machine reaches; token from
+    /// BERTH_GIT_TOKEN) and copied in; Kubernetes: cloned by the pod (an init container of
+    /// kubernetes.git_image, token from the Secret kubernetes.git_secret).
+    #[arg(long, value_name = "URL")]
+    pub git: Option<String>,
+    /// With --git: the branch or tag (default: the repository's HEAD).
+    #[arg(long, value_name = "BRANCH", requires = "git")]
+    pub branch: Option<String>,
     /// The command and its arguments, after `--`.
     #[arg(required = true, last = true, value_name = "CMD")]
     pub command: Vec<String>,

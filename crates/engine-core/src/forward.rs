@@ -96,6 +96,9 @@ macro_rules! forward_container_engine {
             async fn cancel_run(&self, run: &RunId) -> Result<()> {
                 (**self).cancel_run(run).await
             }
+            async fn remove_run(&self, run: &RunId) -> Result<StopOutcome> {
+                (**self).remove_run(run).await
+            }
             async fn connect_port(&self, env: &EnvironmentId, port: u16) -> Result<PortStream> {
                 (**self).connect_port(env, port).await
             }

@@ -97,8 +97,8 @@ pub use network::{
 pub use port::{PortForward, PortIo, PortStream};
 pub use run::{
     logs_connection_lost, resume_from, split_timestamp, validate_schedule, LogCursor, LogLine,
-    LogOptions, LogSource, LogStream, LogTime, RunId, RunSpec, RunState, RunStatus, LABEL_RUN,
-    RUN_ONCE, RUN_SCHEDULED,
+    LogOptions, LogSource, LogStream, LogTime, RunId, RunSource, RunSpec, RunState, RunStatus,
+    LABEL_RUN, RUN_ONCE, RUN_SCHEDULED,
 };
 pub use shell::{Shell, ShellCommand, ShellInterrupter, ShellOptions, TIMEOUT_GRACE};
 pub use spec::{
@@ -385,6 +385,17 @@ pub trait ContainerEngine: Send + Sync {
     /// As [`ContainerEngine::run_status`].
     async fn cancel_run(&self, run: &RunId) -> Result<()> {
         Err(self.runs_unsupported("cancel_run", run.as_str()))
+    }
+
+    /// Removes a run or a schedule altogether, whatever its state (what `berth gc` does to a
+    /// finished run). The default is [`ContainerEngine::stop`] with [`RunId::as_environment`],
+    /// right where a run is an environment's kind of object (a container, a Job); an engine
+    /// with runs of other kinds (Argo Workflows) overrides it.
+    ///
+    /// # Errors
+    /// As [`ContainerEngine::stop`].
+    async fn remove_run(&self, run: &RunId) -> Result<StopOutcome> {
+        self.stop(&run.as_environment()).await
     }
 
     #[doc(hidden)]

@@ -51,6 +51,84 @@ pub struct RunSpec {
     pub command: Vec<String>,
     /// A cron schedule of five fields; `None` runs once, now.
     pub schedule: Option<String>,
+    /// What is put into the workspace (at the environment's `mount_path`) before the
+    /// command's first instruction; `None`: nothing.
+    pub source: Option<RunSource>,
+}
+
+/// What a run finds in its workspace when its command starts ([`RunSpec::source`]).
+///
+/// Either form puts the files at the environment's `mount_path`, which needs a workspace
+/// there: without one, an engine gives the run an ephemeral one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum RunSource {
+    /// A git repository cloned by the cluster before the command starts (Kubernetes: an init
+    /// container). Docker has no such step: the client checks the repository out and passes
+    /// [`RunSource::Directory`] instead.
+    Git {
+        /// The repository (`https://`, `http://`, `ssh://`, `git://`).
+        url: String,
+        /// The branch or tag (default: the remote's HEAD).
+        branch: Option<String>,
+    },
+    /// A directory on the submitting machine, whose contents are copied into the workspace
+    /// before the command starts (Docker).
+    Directory(std::path::PathBuf),
+}
+
+impl RunSource {
+    /// Checks the source's shape before any I/O: a URL or branch a `git clone` cannot take as
+    /// an option, a directory that is absolute.
+    ///
+    /// ```
+    /// use berth_engine_core::RunSource;
+    ///
+    /// let git = |url: &str, branch: Option<&str>| RunSource::Git { url: url.into(), branch: branch.map(Into::into) };
+    /// assert!(git("https://example.com/r.git", Some("main")).validate().is_ok());
+    /// assert!(git("--upload-pack=touch /tmp/x", None).validate().is_err());
+    /// assert!(git("https://example.com/r.git", Some("-b")).validate().is_err());
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidSpec`] naming `git`, `branch` or `source`.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            RunSource::Git { url, branch } => {
+                let bad = |s: &str| {
+                    s.is_empty()
+                        || s.starts_with('-')
+                        || s.chars().any(|c| c.is_control() || c.is_whitespace())
+                };
+                if bad(url) {
+                    return Err(Error::invalid_spec(
+                        "git",
+                        format!("expected a repository URL (no spaces, not starting with '-'), got {url:?}"),
+                    ));
+                }
+                if let Some(b) = branch {
+                    if bad(b) || b.contains("..") || b.ends_with('/') || b.starts_with('/') {
+                        return Err(Error::invalid_spec(
+                            "branch",
+                            format!("{b:?} is not a branch or tag name git takes"),
+                        ));
+                    }
+                }
+                Ok(())
+            }
+            RunSource::Directory(dir) => {
+                if dir.is_absolute() {
+                    Ok(())
+                } else {
+                    Err(Error::invalid_spec(
+                        "source",
+                        format!("expected an absolute directory, got {}", dir.display()),
+                    ))
+                }
+            }
+        }
+    }
 }
 
 impl RunSpec {
@@ -65,6 +143,7 @@ impl RunSpec {
             env,
             command: command.into_iter().map(Into::into).collect(),
             schedule: None,
+            source: None,
         }
     }
 
@@ -72,6 +151,13 @@ impl RunSpec {
     #[must_use]
     pub fn with_schedule(mut self, schedule: impl Into<String>) -> Self {
         self.schedule = Some(schedule.into());
+        self
+    }
+
+    /// Puts `source` into the workspace before the command starts.
+    #[must_use]
+    pub fn with_source(mut self, source: RunSource) -> Self {
+        self.source = Some(source);
         self
     }
 
@@ -96,7 +182,39 @@ impl RunSpec {
         if let Some(schedule) = &self.schedule {
             validate_schedule(schedule)?;
         }
+        if let Some(source) = &self.source {
+            source.validate()?;
+        }
         Ok(())
+    }
+
+    /// The environment the run is made as: [`RunSpec::env`], and with a [`RunSource`] an
+    /// ephemeral workspace when it has none (the files need a place at `mount_path`) and
+    /// `mount_path` as the working directory when it has none (the command starts in its
+    /// files).
+    ///
+    /// ```
+    /// use berth_engine_core::{EnvironmentSpec, ImageRef, RunSource, RunSpec, SessionId, Workspace};
+    ///
+    /// let env = EnvironmentSpec::new(ImageRef::new("busybox:1.36").unwrap(), SessionId::generate());
+    /// let run = RunSpec::new(env, ["ls"]).with_source(RunSource::Directory("/tmp/x".into()));
+    /// let prepared = run.prepared_env();
+    /// assert_eq!(prepared.workspace, Workspace::Ephemeral);
+    /// assert_eq!(prepared.workdir.as_deref(), Some("/workspace"));
+    /// ```
+    #[must_use]
+    pub fn prepared_env(&self) -> std::borrow::Cow<'_, EnvironmentSpec> {
+        if self.source.is_none() {
+            return std::borrow::Cow::Borrowed(&self.env);
+        }
+        let mut env = self.env.clone();
+        if env.workspace == crate::Workspace::None {
+            env.workspace = crate::Workspace::Ephemeral;
+        }
+        if env.workdir.is_none() {
+            env.workdir = Some(env.mount_path.clone());
+        }
+        std::borrow::Cow::Owned(env)
     }
 
     /// The labels of the run's object: the environment's ([`EnvironmentSpec::object_labels`])

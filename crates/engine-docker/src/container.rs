@@ -36,7 +36,7 @@ pub(crate) async fn start(engine: &DockerEngine, spec: &EnvironmentSpec) -> Resu
         &engine.address,
         &engine.docker.client_version(),
     )?;
-    let name = create_and_start(engine, spec, &labels, body, |msg| {
+    let name = create_and_start(engine, spec, &labels, body, None, |msg| {
         Error::invalid_spec(
             "image",
             format!(
@@ -69,6 +69,7 @@ pub(crate) async fn create_and_start(
     spec: &EnvironmentSpec,
     labels: &HashMap<String, String>,
     body: bollard::models::ContainerCreateBody,
+    before_start: Option<Upload>,
     not_runnable: impl FnOnce(&str) -> Error,
 ) -> Result<String> {
     if let Workspace::Volume { name, .. } = &spec.workspace {
@@ -129,6 +130,14 @@ pub(crate) async fn create_and_start(
             };
         }
     }
+    if let Some(upload) = before_start {
+        if let Err(e) = upload.put(engine, &name).await {
+            return match engine.remove_container(&name).await {
+                Ok(_) => Err(e),
+                Err(cleanup) => Err(e.with_cleanup_failure(cleanup)),
+            };
+        }
+    }
     if let Err(e) = engine.docker.start_container(&name, None).await {
         let err = match errors::status(&e) {
             Some((_, msg)) if is_not_runnable(msg) => not_runnable(msg),
@@ -150,6 +159,41 @@ pub(crate) async fn create_and_start(
 fn is_not_runnable(msg: &str) -> bool {
     msg.contains("executable file not found")
         || (msg.contains("no such file or directory") && msg.contains("exec:"))
+}
+
+/// Files put into a created container before it starts (a run's checkout): a tar archive
+/// extracted at `dest`, owned by the container's user.
+pub(crate) struct Upload {
+    /// The absolute directory the archive is extracted into.
+    pub(crate) dest: String,
+    /// The archive.
+    pub(crate) tar: berth_engine_core::TarStream,
+}
+
+impl Upload {
+    async fn put(self, engine: &DockerEngine, container: &str) -> Result<()> {
+        let dest = self.dest;
+        engine
+            .docker
+            .upload_to_container(
+                container,
+                Some(bollard::query_parameters::UploadToContainerOptions {
+                    path: dest.clone(),
+                    // Owned by the user the command runs as, so it can change its checkout.
+                    copy_uidgid: Some("true".to_owned()),
+                    ..Default::default()
+                }),
+                bollard::body_try_stream(self.tar),
+            )
+            .await
+            .map_err(|e| {
+                errors::other(
+                    &engine.address,
+                    &format!("copy the run's files into {dest}"),
+                    e,
+                )
+            })
+    }
 }
 
 /// The error of a failed container create for `spec`: a missing image or bind source named

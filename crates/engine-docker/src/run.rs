@@ -8,12 +8,13 @@
 //! its status says so; `berth gc` removes finished runs.
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::Write as _;
 
 use berth_engine_core::backend;
 use berth_engine_core::{
     logs_connection_lost, resume_from, split_timestamp, Error, LabelSelector, LogLine, LogOptions,
-    LogSource, LogStream, Result, RunId, RunSpec, RunState, RunStatus, LABEL_MANAGED_BY, LABEL_RUN,
-    MANAGED_BY_VALUE,
+    LogSource, LogStream, Result, RunId, RunSource, RunSpec, RunState, RunStatus, TarStream,
+    LABEL_MANAGED_BY, LABEL_RUN, MANAGED_BY_VALUE,
 };
 use bollard::container::LogOutput;
 use bollard::models::ContainerStateStatusEnum;
@@ -46,6 +47,30 @@ pub(crate) async fn submit(engine: &DockerEngine, spec: &RunSpec) -> Result<RunI
             reason: "a Docker run's command is the container's first process, so it would start before berth can load the allow list's firewall rules; use network: none or full for runs, or start an environment (berth up) and exec in it".into(),
         });
     }
+    let upload = match &spec.source {
+        None => None,
+        Some(RunSource::Git { .. }) => {
+            return Err(Error::Unsupported {
+                backend: BACKEND,
+                operation: "git source",
+                reason: "a Docker container has no step before its command to clone in; check the repository out on the client and pass its directory (berth_runner::runs::submit does)".to_owned(),
+            })
+        }
+        Some(RunSource::Directory(dir)) => Some(container::Upload {
+            dest: spec.env.mount_path.clone(),
+            tar: pack_dir(dir.clone())?,
+        }),
+        Some(other) => {
+            return Err(Error::Unsupported {
+                backend: BACKEND,
+                operation: "run source",
+                reason: format!("this version of the Docker backend does not know {other:?}"),
+            })
+        }
+    };
+    let mut prepared = spec.clone();
+    prepared.env = spec.prepared_env().into_owned();
+    let spec = &prepared;
     let now = backend::now_unix();
     let mut labels: HashMap<String, String> = spec.object_labels(now).into_iter().collect();
     labels.insert(
@@ -61,7 +86,7 @@ pub(crate) async fn submit(engine: &DockerEngine, spec: &RunSpec) -> Result<RunI
     // The command is the main process: no keepalive, and not the image's CMD either.
     body.entrypoint = Some(spec.command.clone());
     body.cmd = None;
-    let name = container::create_and_start(engine, &spec.env, &labels, body, |msg| {
+    let name = container::create_and_start(engine, &spec.env, &labels, body, upload, |msg| {
         Error::invalid_spec(
             "command",
             format!(
@@ -73,6 +98,77 @@ pub(crate) async fn submit(engine: &DockerEngine, spec: &RunSpec) -> Result<RunI
     .await?;
     tracing::debug!(run = %name, image = %spec.env.image, "submitted run");
     RunId::new(name)
+}
+
+/// The contents of `dir` as a tar archive streamed as it is written (a checkout may be large:
+/// it is never held whole in memory), made on a blocking thread: symlinks kept as links,
+/// nothing followed out of the directory, sparse files written whole (Docker refuses GNU
+/// sparse entries).
+fn pack_dir(dir: std::path::PathBuf) -> Result<TarStream> {
+    if !dir.is_dir() {
+        return Err(Error::invalid_spec(
+            "source",
+            format!("{} is not a directory", dir.display()),
+        ));
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(4);
+    tokio::task::spawn_blocking(move || {
+        let mut writer = ChannelWriter {
+            tx: tx.clone(),
+            buf: Vec::with_capacity(PIECE),
+        };
+        let result = (|| {
+            let mut builder = tar::Builder::new(&mut writer);
+            builder.follow_symlinks(false);
+            builder.sparse(false);
+            builder.append_dir_all(".", &dir)?;
+            builder.finish()
+        })()
+        .and_then(|()| writer.flush());
+        if let Err(e) = result {
+            let _ = tx.blocking_send(Err(e));
+        }
+    });
+    Ok(Box::pin(futures_util::stream::unfold(
+        rx,
+        |mut rx| async move { rx.recv().await.map(|item| (item, rx)) },
+    )))
+}
+
+/// How much of the archive goes to the daemon at a time.
+const PIECE: usize = 256 * 1024;
+
+/// A writer handing what it is given to a channel in pieces; a receiver gone (the upload
+/// failed) ends the writing with an error.
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>,
+    buf: Vec<u8>,
+}
+
+impl ChannelWriter {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let piece = bytes::Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(PIECE)));
+        self.tx
+            .blocking_send(Ok(piece))
+            .map_err(|_| std::io::Error::other("the upload of the run's files stopped"))
+    }
+}
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= PIECE {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
 }
 
 fn not_a_run(run: &RunId) -> Error {

@@ -343,6 +343,26 @@ pub(crate) async fn terminate(engine: &KubernetesEngine, name: &str) -> Result<(
         .map_err(|e| errors::api(&engine.address, "terminate the workflow", e))
 }
 
+/// Deletes berth's Workflow or CronWorkflow `name` (in the background: Argo's pods go with a
+/// Workflow through their owner references).
+pub(crate) async fn delete(
+    engine: &KubernetesEngine,
+    kind: ArgoKind,
+    name: &str,
+) -> Result<berth_engine_core::StopOutcome> {
+    let params = kube::api::DeleteParams {
+        propagation_policy: Some(kube::api::PropagationPolicy::Background),
+        ..Default::default()
+    };
+    match engine.argo_api(kind).delete(name, &params).await {
+        Ok(_) => Ok(berth_engine_core::StopOutcome::Stopped),
+        Err(e) if errors::is_not_found(&e) || is_absent(&e) => {
+            Ok(berth_engine_core::StopOutcome::AlreadyGone)
+        }
+        Err(e) => Err(errors::api(&engine.address, "delete the workflow", e)),
+    }
+}
+
 /// Deletes the CronWorkflow `name` (its Workflows stay, as Argo leaves them).
 pub(crate) async fn delete_cron(engine: &KubernetesEngine, name: &str) -> Result<()> {
     match engine

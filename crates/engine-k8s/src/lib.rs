@@ -103,7 +103,16 @@ pub struct KubernetesConfig {
     pub pod: manifest::PodExtras,
     /// How schedules (CronJobs) start and keep their runs.
     pub schedules: ScheduleSettings,
+    /// The image of the init container that clones a run's git source
+    /// ([`RunSource::Git`](berth_engine_core::RunSource::Git)) into the workspace; it needs
+    /// `git` and `sh`.
+    pub git_image: String,
+    /// A Secret whose key `token` authenticates that clone; `None`: no credentials.
+    pub git_secret: Option<String>,
 }
+
+/// The default [`KubernetesConfig::git_image`].
+pub const DEFAULT_GIT_IMAGE: &str = "alpine/git:2.47.2";
 
 impl Default for KubernetesConfig {
     fn default() -> Self {
@@ -123,6 +132,8 @@ impl Default for KubernetesConfig {
             create_missing_claims: false,
             pod: manifest::PodExtras::default(),
             schedules: ScheduleSettings::default(),
+            git_image: DEFAULT_GIT_IMAGE.into(),
+            git_secret: None,
         }
     }
 }
@@ -257,6 +268,10 @@ impl ContainerEngine for KubernetesEngine {
 
     async fn cancel_run(&self, run: &RunId) -> Result<()> {
         run::cancel(self, run).await
+    }
+
+    async fn remove_run(&self, run: &RunId) -> Result<StopOutcome> {
+        run::remove(self, run).await
     }
 
     async fn connect_port(

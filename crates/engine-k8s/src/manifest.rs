@@ -250,6 +250,128 @@ pub fn pod_spec(
     Ok(pod)
 }
 
+/// The name of the init container that clones a run's git source into the workspace.
+pub const GIT_CONTAINER: &str = "git-clone";
+
+/// The variable the clone's init container reads the token from (the key `token` of
+/// [`KubernetesConfig::git_secret`]); the Job spec names the Secret, never the value.
+pub const GIT_TOKEN_ENV: &str = "BERTH_GIT_TOKEN";
+
+/// A credential helper the clone's git runs (with `sh`) when the server asks for
+/// credentials: it answers with the token from the environment, so the token is never in a
+/// URL, an argument or a file.
+const GIT_CREDENTIAL_HELPER: &str =
+    "!f() { test \"$1\" = get || return 0; echo username=x-access-token; echo \"password=${BERTH_GIT_TOKEN}\"; }; f";
+
+/// The clone's script, run by `sh -c` with the URL, the directory and the branch (empty for
+/// the remote's HEAD) as `$1`, `$2`, `$3`: a shallow clone into the directory; where it
+/// already holds a checkout (a persistent workspace used before), the commit fetched and
+/// checked out over it instead (tracked files reset, untracked ones kept).
+pub const GIT_CLONE_SCRIPT: &str = r#"set -eu
+url=$1 dest=$2 branch=$3
+if [ -d "$dest/.git" ]; then
+  cd "$dest"
+  if [ -n "$branch" ]; then git fetch -q --depth 1 -- "$url" "$branch"; else git fetch -q --depth 1 -- "$url"; fi
+  git checkout -q -f --detach FETCH_HEAD
+elif [ -n "$branch" ]; then
+  git clone -q --depth 1 --single-branch --branch "$branch" -- "$url" "$dest"
+else
+  git clone -q --depth 1 --single-branch -- "$url" "$dest"
+fi
+"#;
+
+/// Adds to `pod` (a run's, made by [`pod_spec`] from `spec`) the init container that clones
+/// `url` (at `branch`, or the remote's HEAD) into the workspace at `spec.mount_path` before
+/// the command starts: image [`KubernetesConfig::git_image`], [`GIT_CLONE_SCRIPT`], the
+/// command container's security context and resources (so the restricted profile holds for
+/// it too), only the workspace mounted, and with [`KubernetesConfig::git_secret`] the token
+/// from that Secret's key `token` through a credential helper.
+///
+/// # Errors
+/// [`Error::InvalidSpec`] naming `git` when the spec has no workspace to clone into, or the
+/// pod has no command container.
+pub fn add_git_clone(
+    pod: &mut PodSpec,
+    spec: &EnvironmentSpec,
+    config: &KubernetesConfig,
+    url: &str,
+    branch: Option<&str>,
+) -> Result<()> {
+    let main = pod
+        .containers
+        .iter()
+        .find(|c| c.name == CONTAINER)
+        .ok_or_else(|| Error::invalid_spec("git", "the pod has no command container"))?;
+    let mount = main
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == "workspace" && m.mount_path == spec.mount_path)
+        .cloned()
+        .ok_or_else(|| {
+            Error::invalid_spec(
+                "git",
+                format!("a clone needs a workspace at {}", spec.mount_path),
+            )
+        })?;
+    // The URL, directory and branch are arguments of the script, never part of its text.
+    let command = vec![
+        "sh".to_owned(),
+        "-c".to_owned(),
+        GIT_CLONE_SCRIPT.to_owned(),
+        GIT_CONTAINER.to_owned(),
+        url.to_owned(),
+        spec.mount_path.clone(),
+        branch.unwrap_or_default().to_owned(),
+    ];
+    let var = |name: &str, value: &str| EnvVar {
+        name: name.to_owned(),
+        value: Some(value.to_owned()),
+        value_from: None,
+    };
+    // No prompt would ever be answered: fail at once instead of waiting for a terminal. A
+    // persistent workspace may hold a checkout another user made: git may use it.
+    let mut env = vec![
+        var("GIT_TERMINAL_PROMPT", "0"),
+        var("GIT_CONFIG_KEY_0", "safe.directory"),
+        var("GIT_CONFIG_VALUE_0", "*"),
+    ];
+    if let Some(secret) = &config.git_secret {
+        env.push(EnvVar {
+            name: GIT_TOKEN_ENV.to_owned(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: secret.clone(),
+                    key: "token".to_owned(),
+                    optional: Some(false),
+                }),
+                ..Default::default()
+            }),
+        });
+        env.extend([
+            var("GIT_CONFIG_KEY_1", "credential.helper"),
+            var("GIT_CONFIG_VALUE_1", GIT_CREDENTIAL_HELPER),
+            var("GIT_CONFIG_COUNT", "2"),
+        ]);
+    } else {
+        env.push(var("GIT_CONFIG_COUNT", "1"));
+    }
+    let init = Container {
+        name: GIT_CONTAINER.to_owned(),
+        image: Some(config.git_image.clone()),
+        image_pull_policy: config.image_pull_policy.clone(),
+        command: Some(command),
+        env: Some(env),
+        resources: main.resources.clone(),
+        security_context: main.security_context.clone(),
+        volume_mounts: Some(vec![mount]),
+        ..Default::default()
+    };
+    pod.init_containers.get_or_insert_with(Vec::new).push(init);
+    Ok(())
+}
+
 /// The Job of an environment: one container sleeping for the lifetime, `restartPolicy: Never`,
 /// `backoffLimit: 0`, `activeDeadlineSeconds` = lifetime, `ttlSecondsAfterFinished`, no service
 /// account token, berth's labels on the Job and the pod template.
@@ -718,6 +840,130 @@ mod tests {
             ImageRef::new("busybox:1.36").unwrap(),
             SessionId::new("s1").unwrap(),
         )
+    }
+
+    /// A run's pod with the clone of `url` at `branch`, under `profile`.
+    fn cloning_pod(
+        profile: SecurityProfile,
+        config: &KubernetesConfig,
+        branch: Option<&str>,
+    ) -> PodSpec {
+        let mut spec = spec();
+        spec.workspace = Workspace::Ephemeral;
+        spec.security = profile;
+        spec.user = Some("1000:1000".into());
+        let command = ["make".to_owned()];
+        let mut pod = pod_spec(&spec, config, PodCommand::Run(&command)).unwrap();
+        add_git_clone(&mut pod, &spec, config, "https://example.com/r.git", branch).unwrap();
+        pod
+    }
+
+    #[test]
+    fn the_clone_runs_as_the_command_does_and_sees_only_the_workspace() {
+        let mut config = KubernetesConfig::default();
+        config.limits.memory_bytes = Some(1 << 30);
+        config.pod.key_env.insert(
+            "API_KEY".into(),
+            KeyRef::new(SourceKind::Secret, "api", "k"),
+        );
+        for profile in [SecurityProfile::Hardened, SecurityProfile::Restricted] {
+            let pod = cloning_pod(profile, &config, Some("main"));
+            let init = &pod.init_containers.as_ref().unwrap()[0];
+            let main = &pod.containers[0];
+            assert_eq!(init.name, GIT_CONTAINER);
+            assert_eq!(init.image.as_deref(), Some(crate::DEFAULT_GIT_IMAGE));
+            assert_eq!(init.security_context, main.security_context);
+            assert_eq!(init.resources, main.resources);
+            let command = init.command.as_deref().unwrap();
+            assert_eq!(command[..3], ["sh", "-c", GIT_CLONE_SCRIPT]);
+            assert_eq!(
+                command[3..],
+                [
+                    GIT_CONTAINER,
+                    "https://example.com/r.git",
+                    "/workspace",
+                    "main"
+                ]
+            );
+            let mounts = init.volume_mounts.as_ref().unwrap();
+            assert_eq!(mounts.len(), 1);
+            assert_eq!(mounts[0].mount_path, "/workspace");
+            // The command's own secrets are not the clone's.
+            let env = init.env.as_ref().unwrap();
+            assert!(env.iter().all(|e| e.name != "API_KEY"), "{env:?}");
+            assert!(env.iter().all(|e| e.value_from.is_none()), "{env:?}");
+        }
+        // Without a workspace there is nowhere to clone to.
+        let mut bare = pod_spec(&spec(), &config, PodCommand::Run(&["ls".to_owned()])).unwrap();
+        let err = add_git_clone(
+            &mut bare,
+            &spec(),
+            &config,
+            "https://example.com/r.git",
+            None,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("workspace"), "{err}");
+    }
+
+    #[test]
+    fn the_token_comes_from_the_secret_and_only_a_credential_helper_sends_it() {
+        let config = KubernetesConfig {
+            git_secret: Some("git-token".into()),
+            ..KubernetesConfig::default()
+        };
+        let pod = cloning_pod(SecurityProfile::Restricted, &config, None);
+        let init = &pod.init_containers.as_ref().unwrap()[0];
+        let env = init.env.as_ref().unwrap();
+        let token = env.iter().find(|e| e.name == GIT_TOKEN_ENV).unwrap();
+        assert!(token.value.is_none());
+        let key = token
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            (key.name.as_str(), key.key.as_str()),
+            ("git-token", "token")
+        );
+        let value = |name: &str| {
+            env.iter()
+                .find(|e| e.name == name)
+                .and_then(|e| e.value.clone())
+                .unwrap()
+        };
+        assert_eq!(value("GIT_CONFIG_COUNT"), "2");
+        assert_eq!(value("GIT_CONFIG_KEY_1"), "credential.helper");
+        // The helper, run by a real git (the host's), answers with the token from the
+        // environment, and nothing for other requests.
+        let fill = std::process::Command::new("git")
+            .args([
+                "-c",
+                &format!("credential.helper={}", value("GIT_CONFIG_VALUE_1")),
+            ])
+            .args(["credential", "fill"])
+            .env(GIT_TOKEN_ENV, "s3cr3t")
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("HOME", "/nonexistent")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("git (the host's, to run the helper)");
+        use std::io::Write;
+        fill.stdin
+            .as_ref()
+            .unwrap()
+            .write_all(b"protocol=https\nhost=example.com\n\n")
+            .unwrap();
+        let out = fill.wait_with_output().unwrap();
+        let out = String::from_utf8_lossy(&out.stdout);
+        assert!(out.contains("username=x-access-token\n"), "{out}");
+        assert!(out.contains("password=s3cr3t\n"), "{out}");
+        // Nowhere in the spec is the token's value.
+        assert!(!serde_json::to_string(&pod).unwrap().contains("s3cr3t"));
     }
 
     #[test]

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use berth_engine_core::{
     backend, logs_connection_lost, resume_from, split_timestamp, Error, LabelSelector, LogLine,
-    LogOptions, LogSource, LogStream, Result, RunId, RunSpec, RunState, RunStatus, Workspace,
-    LABEL_MANAGED_BY, LABEL_RUN, MANAGED_BY_VALUE,
+    LogOptions, LogSource, LogStream, Result, RunId, RunSource, RunSpec, RunState, RunStatus,
+    StopOutcome, Workspace, LABEL_MANAGED_BY, LABEL_RUN, MANAGED_BY_VALUE,
 };
 use futures_util::{AsyncBufReadExt, StreamExt};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
@@ -45,8 +45,39 @@ fn set_labels(meta: &mut ObjectMeta, labels: &BTreeMap<String, String>) {
     meta.labels = Some(labels.clone());
 }
 
+/// The clone of the run's source, added to its pod.
+fn add_source(
+    pod: Option<&mut k8s_openapi::api::core::v1::PodSpec>,
+    spec: &RunSpec,
+    config: &crate::KubernetesConfig,
+) -> Result<()> {
+    match (&spec.source, pod) {
+        (None, _) => Ok(()),
+        (Some(RunSource::Git { url, branch }), Some(pod)) => {
+            manifest::add_git_clone(pod, &spec.env, config, url, branch.as_deref())
+        }
+        (Some(RunSource::Git { .. }), None) => Err(Error::invalid_spec("git", "the run has no pod")),
+        (Some(RunSource::Directory(dir)), _) => Err(Error::Unsupported {
+            backend: BACKEND,
+            operation: "local source",
+            reason: format!(
+                "a Job's pod cannot read {} on this machine; push it and give its URL (berth submit --git URL), which the pod clones",
+                dir.display()
+            ),
+        }),
+        (Some(other), _) => Err(Error::Unsupported {
+            backend: BACKEND,
+            operation: "run source",
+            reason: format!("this version of the Kubernetes backend does not know {other:?}"),
+        }),
+    }
+}
+
 pub(crate) async fn submit(engine: &KubernetesEngine, spec: &RunSpec) -> Result<RunId> {
     spec.validate()?;
+    let mut prepared = spec.clone();
+    prepared.env = spec.prepared_env().into_owned();
+    let spec = &prepared;
     let labels = spec.object_labels(backend::now_unix());
     if let Workspace::Volume { name, .. } = &spec.env.workspace {
         if engine.config.create_missing_claims {
@@ -77,6 +108,12 @@ pub(crate) async fn submit(engine: &KubernetesEngine, spec: &RunSpec) -> Result<
                         set_labels(m, &labels);
                     }
                 }
+                let pod = cs
+                    .job_template
+                    .spec
+                    .as_mut()
+                    .and_then(|js| js.template.spec.as_mut());
+                add_source(pod, spec, &engine.config)?;
             }
             engine
                 .cron_jobs()
@@ -92,6 +129,8 @@ pub(crate) async fn submit(engine: &KubernetesEngine, spec: &RunSpec) -> Result<
                     set_labels(m, &labels);
                 }
             }
+            let pod = job.spec.as_mut().and_then(|js| js.template.spec.as_mut());
+            add_source(pod, spec, &engine.config)?;
             engine
                 .jobs()
                 .create(&PostParams::default(), &job)
@@ -207,6 +246,28 @@ pub(crate) fn terminated(pod: &Pod, container: &str) -> Option<(i32, Option<Stri
     Some((t.exit_code, reason))
 }
 
+/// Why the run's git clone (its init container) failed, if it did.
+fn clone_failure(pod: &Pod) -> Option<String> {
+    let status = pod
+        .status
+        .as_ref()?
+        .init_container_statuses
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == manifest::GIT_CONTAINER)?;
+    let t = status.state.as_ref()?.terminated.as_ref()?;
+    (t.exit_code != 0).then(|| {
+        format!(
+            "the clone of its git source failed (init container {} exited {}{}; kubectl logs {} -c {})",
+            manifest::GIT_CONTAINER,
+            t.exit_code,
+            t.message.as_ref().map(|m| format!(": {m}")).unwrap_or_default(),
+            pod.metadata.name.as_deref().unwrap_or_default(),
+            manifest::GIT_CONTAINER,
+        )
+    })
+}
+
 fn started(pod: &Pod, container: &str) -> bool {
     pod.status
         .as_ref()
@@ -257,8 +318,11 @@ pub(crate) fn job_status(job: &Job, pods: &[Pod]) -> Result<RunStatus> {
     let exit = pods.iter().find_map(|p| terminated(p, manifest::CONTAINER));
     let code = exit.as_ref().map(|(c, _)| *c);
     let cancelled = labels.get(LABEL_CANCELLED).map(String::as_str) == Some("true");
+    let clone_failed = pods.iter().find_map(clone_failure);
     let (state, message) = if cancelled {
         (RunState::Cancelled, None)
+    } else if let (Some(why), None) = (&clone_failed, code) {
+        (RunState::Failed, Some(why.clone()))
     } else if let Some(c) = condition("Failed").or_else(|| condition("FailureTarget")) {
         match (c.reason.as_deref(), code) {
             (Some("DeadlineExceeded"), _) => (
@@ -414,6 +478,24 @@ pub(crate) async fn list(
     }
     out.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(out)
+}
+
+/// Removes the run altogether: a Job as an environment's is stopped, a schedule deleted, an
+/// Argo Workflow or CronWorkflow deleted (its pods go with it).
+pub(crate) async fn remove(engine: &KubernetesEngine, run: &RunId) -> Result<StopOutcome> {
+    let object = match get_run(engine, run).await {
+        Ok(object) => object,
+        Err(e) if e.is_not_found() => return Ok(StopOutcome::AlreadyGone),
+        Err(e) => return Err(e),
+    };
+    match object {
+        RunObject::Job(_) => crate::job::stop(engine, &run.as_environment()).await,
+        RunObject::Cron(_) => cancel(engine, run).await.map(|()| StopOutcome::Stopped),
+        RunObject::Workflow(_) => argo::delete(engine, ArgoKind::Workflow, run.as_str()).await,
+        RunObject::CronWorkflow(_) => {
+            argo::delete(engine, ArgoKind::CronWorkflow, run.as_str()).await
+        }
+    }
 }
 
 pub(crate) async fn cancel(engine: &KubernetesEngine, run: &RunId) -> Result<()> {

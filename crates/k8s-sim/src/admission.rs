@@ -145,10 +145,12 @@ pub(crate) fn pod_security(level: &str, spec: &Value) -> Vec<String> {
         return Vec::new();
     }
     let mut out = Vec::new();
-    let containers: Vec<&Value> = spec["containers"]
-        .as_array()
-        .map(|a| a.iter().collect())
-        .unwrap_or_default();
+    // Every container the pod runs, init containers first, as the admission plugin checks.
+    let containers: Vec<&Value> = ["initContainers", "containers"]
+        .iter()
+        .filter_map(|list| spec[*list].as_array())
+        .flatten()
+        .collect();
     let names = |pred: &dyn Fn(&Value) -> bool| -> Vec<String> {
         containers
             .iter()

@@ -788,10 +788,119 @@ pub(crate) fn start_cron_run(
     Ok(job_name)
 }
 
+/// A Job's place in its CronJob's history: its scheduled time, then its creation, then its
+/// name.
+fn history_key(job: &Value) -> (i64, i64, String) {
+    let md = &job["metadata"];
+    let scheduled = md["annotations"]["batch.kubernetes.io/cronjob-scheduled-timestamp"]
+        .as_str()
+        .and_then(meta::parse_rfc3339)
+        .unwrap_or(0);
+    let created = md["creationTimestamp"]
+        .as_str()
+        .and_then(meta::parse_rfc3339)
+        .unwrap_or(0);
+    (scheduled, created, json_str(&md["name"]).to_owned())
+}
+
+/// Removes a CronJob's Job as the controller does (background propagation: the pass goes on
+/// to collect its pods), without `delete_job`'s own reconcile, which would deadlock here.
+fn remove_cron_run(inner: &Arc<Inner>, job: &Value) {
+    let md = &job["metadata"];
+    let _ = inner
+        .store
+        .remove(Res::Job, json_str(&md["namespace"]), json_str(&md["name"]));
+}
+
+/// Keeps the CronJob's history within its limits (`successfulJobsHistoryLimit`, default 3;
+/// `failedJobsHistoryLimit`, default 1: the oldest finished Jobs beyond them are removed),
+/// and its `status.active` (references to its unfinished Jobs) and `lastSuccessfulTime` true.
+/// Returns its unfinished Jobs.
+fn keep_cron_history<'a>(inner: &Arc<Inner>, cron: &Value, owned: &[&'a Value]) -> Vec<&'a Value> {
+    let limit = |key: &str, default: i64| {
+        usize::try_from(cron["spec"][key].as_i64().unwrap_or(default).max(0)).unwrap_or(0)
+    };
+    let mut succeeded: Vec<&Value> = owned
+        .iter()
+        .copied()
+        .filter(|j| has_condition(j, "Complete"))
+        .collect();
+    let mut failed: Vec<&Value> = owned
+        .iter()
+        .copied()
+        .filter(|j| has_condition(j, "Failed"))
+        .collect();
+    let active: Vec<&Value> = owned
+        .iter()
+        .copied()
+        .filter(|j| !has_condition(j, "Complete") && !has_condition(j, "Failed"))
+        .collect();
+    for (list, keep) in [
+        (&mut succeeded, limit("successfulJobsHistoryLimit", 3)),
+        (&mut failed, limit("failedJobsHistoryLimit", 1)),
+    ] {
+        list.sort_by_key(|j| history_key(j));
+        let extra = list.len().saturating_sub(keep);
+        for job in list.drain(..extra) {
+            remove_cron_run(inner, job);
+        }
+    }
+    let refs: Vec<Value> = active
+        .iter()
+        .map(|j| {
+            let md = &j["metadata"];
+            json!({"apiVersion": "batch/v1", "kind": "Job", "name": md["name"],
+                "namespace": md["namespace"], "uid": md["uid"],
+                "resourceVersion": md["resourceVersion"]})
+        })
+        .collect();
+    let last_success = succeeded
+        .iter()
+        .filter_map(|j| j["status"]["completionTime"].as_str())
+        .max()
+        .map(str::to_owned);
+    let status = &cron["status"];
+    let names = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| json_str(&r["name"]).to_owned())
+            .collect()
+    };
+    let refs_value = json!(refs);
+    let changed = names(&status["active"]) != names(&refs_value)
+        || (last_success.is_some()
+            && status["lastSuccessfulTime"].as_str() != last_success.as_deref());
+    if changed {
+        let md = &cron["metadata"];
+        let _ = inner.store.update(
+            Res::CronJob,
+            json_str(&md["namespace"]),
+            json_str(&md["name"]),
+            None,
+            |c| {
+                if refs.is_empty() {
+                    if let Some(st) = c["status"].as_object_mut() {
+                        st.remove("active");
+                    }
+                } else {
+                    c["status"]["active"] = refs_value.clone();
+                }
+                if let Some(t) = &last_success {
+                    c["status"]["lastSuccessfulTime"] = json!(t);
+                }
+                Ok(())
+            },
+        );
+    }
+    active
+}
+
 /// The CronJob controller: each scheduled minute not started yet (since the last schedule, or
-/// the creation) starts a Job, unless suspended, or `Forbid` while one of its Jobs is active.
-/// Jobs whose CronJob is gone are deleted (the garbage collector's background propagation).
-/// History limits are not applied.
+/// the creation) starts a Job, unless suspended, or `Forbid` while one of its Jobs is active;
+/// `Replace` removes the active ones first. Jobs whose CronJob is gone are deleted (the
+/// garbage collector's background propagation); finished Jobs beyond the history limits are
+/// removed, and `status.active` lists the unfinished ones.
 fn reconcile_cron_jobs(inner: &Arc<Inner>) {
     let now = meta::now_secs();
     let (crons, _) = inner.store.list(Res::CronJob, None);
@@ -820,7 +929,16 @@ fn reconcile_cron_jobs(inner: &Arc<Inner>) {
         }
     }
     for cron in &crons {
-        if cron["spec"]["suspend"] == true || !cron["metadata"]["deletionTimestamp"].is_null() {
+        if !cron["metadata"]["deletionTimestamp"].is_null() {
+            continue;
+        }
+        let uid = json_str(&cron["metadata"]["uid"]);
+        let owned: Vec<&Value> = jobs
+            .iter()
+            .filter(|j| owner_of(j).as_deref() == Some(uid))
+            .collect();
+        let active = keep_cron_history(inner, cron, &owned);
+        if cron["spec"]["suspend"] == true {
             continue;
         }
         let Some(spec) = CronSpec::parse(json_str(&cron["spec"]["schedule"])) else {
@@ -835,14 +953,14 @@ fn reconcile_cron_jobs(inner: &Arc<Inner>) {
         if this_minute <= since - since.rem_euclid(60) || !spec.matches(this_minute) {
             continue;
         }
-        let uid = json_str(&cron["metadata"]["uid"]);
-        let active = jobs.iter().any(|j| {
-            owner_of(j).as_deref() == Some(uid)
-                && !has_condition(j, "Complete")
-                && !has_condition(j, "Failed")
-        });
-        if active && cron["spec"]["concurrencyPolicy"] == "Forbid" {
-            continue;
+        match json_str(&cron["spec"]["concurrencyPolicy"]) {
+            "Forbid" if !active.is_empty() => continue,
+            "Replace" => {
+                for job in &active {
+                    remove_cron_run(inner, job);
+                }
+            }
+            _ => {}
         }
         if let Err(e) = start_cron_run(inner, cron, this_minute) {
             tracing::debug!(error = ?e, "the cron job controller could not start a job");

@@ -131,9 +131,11 @@
 //! - CronJobs: a controller starts `<name>-<minutes since the epoch>` Jobs, owned by the
 //!   CronJob, at each scheduled minute (five fields of numbers, `*`, ranges, lists, steps, or
 //!   `@daily`-style macros; no month or day names, no `timeZone`), honours `suspend` and
-//!   `concurrencyPolicy: Forbid`, and deletes the Jobs of a deleted CronJob; history limits
-//!   are not applied, and `status.active` stays empty. `Sim::fire_cron_job` starts this
-//!   minute's Job at once, for tests.
+//!   `concurrencyPolicy` (`Forbid` skips a run while one is active, `Replace` removes the
+//!   active ones first), removes finished Jobs beyond `successfulJobsHistoryLimit` (default 3)
+//!   and `failedJobsHistoryLimit` (default 1), keeps `status.active`, `lastScheduleTime` and
+//!   `lastSuccessfulTime`, and deletes the Jobs of a deleted CronJob. `Sim::fire_cron_job`
+//!   starts this minute's Job at once, for tests.
 //! - Argo Workflows: after `Sim::install_argo_crds`, `argoproj.io/v1alpha1` `workflows` and
 //!   `cronworkflows` are stored (with `status`, watch and discovery) but never run, and their
 //!   fields are not checked against a schema; before it their paths are a plain-text 404.
@@ -150,7 +152,10 @@
 //!   caps at 5 min), shown as CrashLoopBackOff meanwhile; the last dead one is kept for
 //!   `logs --previous`. A job with OnFailure counts container restarts as failures against
 //!   its backoffLimit. A pod's own `activeDeadlineSeconds` kills it (Failed,
-//!   DeadlineExceeded). No init containers, probes, ephemeral containers or readiness gates;
+//!   DeadlineExceeded). Init containers run one after the other, each to its end, before the
+//!   pod's containers are created (`initContainerStatuses`, the `Initialized` condition); a
+//!   failed one fails the pod under `restartPolicy: Never`, else runs again after a back-off.
+//!   No probes, ephemeral containers or readiness gates;
 //!   deletion removes the containers at once (`docker rm -f`, no grace period) and then the object; a
 //!   failed pull is ErrImagePull, then ImagePullBackOff, retried with a
 //!   back-off capped at 16 s; only `persistentVolumeClaim`, `emptyDir` and `hostPath`

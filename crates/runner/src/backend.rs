@@ -45,6 +45,8 @@ pub fn kubernetes_config(config: &BerthConfig) -> KubernetesConfig {
     // Checked when the config loaded; a config built in code and never validated gets none.
     out.pod = k.pod_extras().unwrap_or_default();
     out.schedules = k.schedules.settings().unwrap_or_default();
+    out.git_image.clone_from(&k.git_image);
+    out.git_secret.clone_from(&k.git_secret);
     out
 }
 

@@ -112,6 +112,15 @@ pub enum RunnerError {
         /// Each environment that did not stop, with why.
         failures: Vec<(EnvironmentId, berth_engine_core::Error)>,
     },
+    /// A run's repository (`berth submit --git`) could not be checked out on this machine.
+    #[error("cannot check out --git {url}: {source}")]
+    Checkout {
+        /// The repository, as given.
+        url: String,
+        /// Why.
+        #[source]
+        source: crate::source::SourceError,
+    },
     /// Local I/O (state directory, files) failed.
     #[error("{what}")]
     Io {

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use berth_engine_core::backend::now_unix as now;
 use berth_engine_core::{
-    ContainerEngine, EnvironmentId, EnvironmentState, EnvironmentStatus, LabelSelector, SessionId,
-    VolumeStatus, DETACHED_REQUESTED, DETACHED_YES, LABEL_DETACHED, LABEL_RUN,
+    ContainerEngine, EnvironmentId, EnvironmentState, EnvironmentStatus, LabelSelector, RunState,
+    SessionId, VolumeStatus, DETACHED_REQUESTED, DETACHED_YES, LABEL_DETACHED, LABEL_RUN,
 };
 use serde::Serialize;
 
@@ -269,6 +269,7 @@ pub async fn collect_garbage(
             removed,
         });
     }
+    collect_runs(engine, &selector, &found, options, &mut report).await?;
     // Volumes are listed after the environments are gone, so that a volume they held is free.
     let volumes = engine.list_volumes(&selector).await?;
     let plan = plan_volumes(&volumes, options, now());
@@ -308,6 +309,63 @@ pub async fn collect_garbage(
         .await?;
     }
     Ok(report)
+}
+
+/// The runs that are no environment's kind of object (Argo Workflows; none where the engine
+/// has no runs or the cluster no Argo CRDs): a finished one is removed as a finished Job run
+/// is, one older than `older_than` too. Schedules (CronJobs, CronWorkflows) are kept: they
+/// are meant to outlive everything, and `berth down NAME` removes them.
+async fn collect_runs(
+    engine: &dyn ContainerEngine,
+    selector: &LabelSelector,
+    environments: &[EnvironmentStatus],
+    options: &GcOptions,
+    report: &mut GcReport,
+) -> Result<()> {
+    let runs = match engine.list_runs(selector).await {
+        Ok(runs) => runs,
+        Err(e) if e.is_unsupported() => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let now = now();
+    for run in runs {
+        if run.state == RunState::Scheduled
+            || environments
+                .iter()
+                .any(|e| e.id.as_str() == run.id.as_str())
+        {
+            continue;
+        }
+        let age = run.created_unix_secs.map(|c| now.saturating_sub(c));
+        let reason = if run.state.is_finished() {
+            Some("a batch run that has finished".to_owned())
+        } else {
+            options
+                .older_than
+                .zip(age)
+                .filter(|(limit, age)| *age >= limit.as_secs())
+                .map(|(limit, _)| format!("older than {}s", limit.as_secs()))
+        };
+        let Some(reason) = reason else {
+            report.kept += 1;
+            continue;
+        };
+        let removed = !options.dry_run
+            && match engine.remove_run(&run.id).await {
+                Ok(_) => true,
+                Err(e) => {
+                    tracing::warn!(run = %run.id, error = %e, "gc could not remove");
+                    false
+                }
+            };
+        report.garbage.push(GcItem {
+            id: run.id.as_environment(),
+            session: run.session.clone(),
+            reason,
+            removed,
+        });
+    }
+    Ok(())
 }
 
 async fn remove(

@@ -4,6 +4,7 @@
 use serde_json::{json, Value};
 
 use crate::config::BerthConfig;
+use crate::runs::RunEngine;
 
 /// One verb on one resource berth uses in its namespace, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +73,41 @@ const fn p(
 /// them out.
 #[must_use]
 pub fn required(config: &BerthConfig) -> Vec<Permission> {
+    required_with(config, RunEngine::Job)
+}
+
+/// [`required`], plus with [`RunEngine::Argo`] the verbs on Argo's `workflows` and
+/// `cronworkflows` (argoproj.io) that `berth submit --engine argo`, `status`, `logs`,
+/// `ls --runs`, `down` and `gc` use.
+#[must_use]
+pub fn required_with(config: &BerthConfig, engine: RunEngine) -> Vec<Permission> {
+    let mut out = required_jobs(config);
+    if engine == RunEngine::Argo {
+        for (verb, why) in [
+            ("create", "submit --engine argo creates a Workflow"),
+            ("get", "status and logs look a Workflow up"),
+            ("list", "ls --runs and gc list Workflows"),
+            ("patch", "down cancels a Workflow (label, spec.shutdown)"),
+            ("delete", "gc removes finished Workflows"),
+        ] {
+            out.push(p(verb, "argoproj.io", "workflows", None, why));
+        }
+        for (verb, why) in [
+            (
+                "create",
+                "submit --engine argo --schedule creates a CronWorkflow",
+            ),
+            ("get", "status looks a CronWorkflow up"),
+            ("list", "ls --runs and gc list CronWorkflows"),
+            ("delete", "down and gc remove a CronWorkflow"),
+        ] {
+            out.push(p(verb, "argoproj.io", "cronworkflows", None, why));
+        }
+    }
+    out
+}
+
+fn required_jobs(config: &BerthConfig) -> Vec<Permission> {
     let k = &config.kubernetes;
     let mut out = vec![
         p(
@@ -222,10 +258,16 @@ pub fn required(config: &BerthConfig) -> Vec<Permission> {
 /// environments' own `kubernetes.service_account` needs no permissions).
 #[must_use]
 pub fn objects(config: &BerthConfig, subject: &str) -> Vec<Value> {
+    objects_with(config, subject, RunEngine::Job)
+}
+
+/// [`objects`] granting [`required_with`] `engine`.
+#[must_use]
+pub fn objects_with(config: &BerthConfig, subject: &str, engine: RunEngine) -> Vec<Value> {
     let ns = &config.kubernetes.namespace;
     // One rule per (group, resource), verbs in berth's order: short, and each verb visible.
     let mut rules: Vec<(String, String, Vec<&str>)> = Vec::new();
-    for perm in required(config) {
+    for perm in required_with(config, engine) {
         let (group, resource) = (perm.group.to_owned(), perm.resource_path());
         match rules
             .iter_mut()
@@ -323,6 +365,42 @@ mod tests {
                 .iter()
                 .any(|r| r["apiGroups"][0] == "networking.k8s.io"));
         }
+    }
+
+    #[test]
+    fn argo_adds_its_workflow_verbs_and_nothing_else_does() {
+        let config = BerthConfig::default();
+        let names = |e| {
+            required_with(&config, e)
+                .iter()
+                .map(Permission::name)
+                .collect::<Vec<_>>()
+        };
+        assert!(!names(RunEngine::Job)
+            .iter()
+            .any(|n| n.contains("workflows")));
+        let argo = names(RunEngine::Argo);
+        for want in [
+            "create workflows",
+            "get workflows",
+            "list workflows",
+            "patch workflows",
+            "delete workflows",
+            "create cronworkflows",
+            "get cronworkflows",
+            "list cronworkflows",
+            "delete cronworkflows",
+        ] {
+            assert!(argo.contains(&want.to_owned()), "{want}");
+        }
+        let role = &objects_with(&config, "berth", RunEngine::Argo)[0];
+        let rule = role["rules"]
+            .as_array()
+            .expect("rules")
+            .iter()
+            .find(|r| r["resources"][0] == "workflows")
+            .expect("a workflows rule");
+        assert_eq!(rule["apiGroups"], json!(["argoproj.io"]));
     }
 
     #[test]

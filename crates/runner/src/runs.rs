@@ -22,12 +22,12 @@ use std::time::Duration;
 
 use berth_engine_core::{
     BackendKind, ContainerEngine, ErrorKind, LogCursor, LogLine, LogOptions, PullPolicy, RunId,
-    RunSpec, RunStatus,
+    RunSource, RunSpec, RunStatus,
 };
 use futures_util::StreamExt;
 
 use crate::config::BerthConfig;
-use crate::error::Result;
+use crate::error::{Result, RunnerError};
 use crate::image;
 use crate::render::kinds::{self, Kind, ManifestError, RunManifest};
 use crate::spec::{environment_spec, EnvOptions};
@@ -56,19 +56,80 @@ pub fn run_spec(
     Ok(spec)
 }
 
+/// `berth submit --git URL [--branch B]`: the repository cloned into the run's workspace
+/// before its command starts, which then starts in it.
+#[must_use]
+pub fn git(url: impl Into<String>, branch: Option<String>) -> RunSource {
+    RunSource::Git {
+        url: url.into(),
+        branch,
+    }
+}
+
 /// Makes the image present (as `policy` says, where the backend needs it first) and submits
 /// the run; returns its name at once.
 ///
 /// # Errors
 /// [`RunnerError::ImageMissing`](crate::RunnerError::ImageMissing), or the engine's error.
+///
+/// A [`RunSource::Git`] on Docker is checked out here, on the client (a shallow clone with
+/// [`crate::source::checkout`], with the token in `BERTH_GIT_TOKEN` when set), and the
+/// checkout copied into the run's workspace before its command starts; Kubernetes clones in
+/// the run's pod (an init container).
+///
+/// # Errors
+/// [`RunnerError::Checkout`](crate::RunnerError::Checkout) when the repository cannot be
+/// checked out.
 pub async fn submit(
     engine: &dyn ContainerEngine,
     spec: &RunSpec,
     policy: PullPolicy,
 ) -> Result<RunId> {
     spec.validate()?;
+    let git = match &spec.source {
+        // A schedule is refused by Docker before anything is checked out.
+        Some(RunSource::Git { url, branch })
+            if engine.backend() == BackendKind::Docker && spec.schedule.is_none() =>
+        {
+            Some(git_source(url, branch.as_deref())?)
+        }
+        _ => None,
+    };
     prepare_image(engine, spec, policy).await?;
-    Ok(engine.submit_run(spec).await?)
+    let Some(git) = git else {
+        return Ok(engine.submit_run(spec).await?);
+    };
+    let checkout = crate::source::checkout(&git)
+        .await
+        .map_err(|source| RunnerError::Checkout {
+            url: git.url.clone(),
+            source,
+        })?;
+    let local = spec
+        .clone()
+        .with_source(RunSource::Directory(checkout.path().to_owned()));
+    // The checkout is removed when `checkout` drops, once the engine has copied it in.
+    Ok(engine.submit_run(&local).await?)
+}
+
+/// The variable holding the token for a client-side `--git` checkout (Docker).
+pub const GIT_TOKEN_ENV: &str = "BERTH_GIT_TOKEN";
+
+/// `url` at `branch` as this machine checks it out: any host, local paths and `file://`
+/// included (the user's own machine and network), with the token in [`GIT_TOKEN_ENV`].
+fn git_source(url: &str, branch: Option<&str>) -> Result<crate::source::GitSource> {
+    let mut git = crate::source::GitSource::new(url);
+    if let Some(b) = branch {
+        git = git.branch(b);
+    }
+    if let Some(token) = std::env::var(GIT_TOKEN_ENV).ok().filter(|t| !t.is_empty()) {
+        git = git.token(crate::source::Token::new(token));
+    }
+    git.validate().map_err(|source| RunnerError::Checkout {
+        url: url.to_owned(),
+        source,
+    })?;
+    Ok(git)
 }
 
 /// Makes the run's image present as `policy` says, where the backend needs it first.
@@ -175,6 +236,7 @@ pub async fn submit_to(
     };
     let mut manifest = RunManifest::new(kind, spec.command.clone());
     manifest.schedule.clone_from(&spec.schedule);
+    manifest.source.clone_from(&spec.source);
     let object = kinds::objects(config, &spec.env, &manifest)
         .map_err(|e| match e {
             ManifestError::Engine(e) => e,

@@ -42,30 +42,21 @@ pub async fn down(ctx: &Ctx, args: DownArgs) -> anyhow::Result<ExitCode> {
     }
     let named = environments;
     let none_named = named.is_empty() && cancelled.is_empty();
-    if named.is_empty() && session.is_none() {
-        for (run, schedule) in &cancelled {
+    // One list, runs first: `--json` prints it as one array of {id, outcome}.
+    let mut done: Vec<(String, &'static str, &'static str)> = cancelled
+        .iter()
+        .map(|(run, schedule)| {
             let what = if *schedule {
                 "schedule removed"
             } else {
                 "cancelled"
             };
-            if ctx.json {
-                ctx.print_json(&json!({"id": run, "outcome": what}));
-            } else {
-                println!("{run}: {what}");
-            }
-        }
+            (run.to_string(), what, what)
+        })
+        .collect();
+    if named.is_empty() && session.is_none() {
+        print_outcomes(ctx, &done);
         return Ok(ExitCode::SUCCESS);
-    }
-    for (run, schedule) in &cancelled {
-        let what = if *schedule {
-            "schedule removed"
-        } else {
-            "cancelled"
-        };
-        if !ctx.json {
-            println!("{run}: {what}");
-        }
     }
     let report = lifecycle::down(
         engine.as_ref(),
@@ -78,22 +69,14 @@ pub async fn down(ctx: &Ctx, args: DownArgs) -> anyhow::Result<ExitCode> {
         // Nothing to stop is success: the session is as asked, without environments.
         eprintln!("berth: session {s} has no environments; nothing to stop");
     }
-    if ctx.json {
-        let list: Vec<_> = report
-            .stopped
-            .iter()
-            .map(|(id, o)| json!({"id": id, "outcome": o}))
-            .collect();
-        ctx.print_json(&json!(list));
-    } else {
-        for (id, outcome) in &report.stopped {
-            let what = match outcome {
-                StopOutcome::Stopped => "stopped",
-                StopOutcome::AlreadyGone => "already gone",
-            };
-            println!("{id}: {what}");
-        }
-    }
+    done.extend(report.stopped.iter().map(|(id, outcome)| {
+        let (what, json) = match outcome {
+            StopOutcome::Stopped => ("stopped", "stopped"),
+            StopOutcome::AlreadyGone => ("already gone", "already_gone"),
+        };
+        (id.to_string(), what, json)
+    }));
+    print_outcomes(ctx, &done);
     // Every failure is said; the last one is the error.
     let mut failures: Vec<anyhow::Error> = report
         .failures
@@ -107,5 +90,22 @@ pub async fn down(ctx: &Ctx, args: DownArgs) -> anyhow::Result<ExitCode> {
     match last {
         Some(e) => Err(e),
         None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// What `down` did to each name: `NAME: OUTCOME` lines, or with `--json` one array of
+/// `{id, outcome}` (runs and environments alike). Each entry: the name, the outcome in text
+/// and in JSON.
+fn print_outcomes(ctx: &Ctx, done: &[(String, &'static str, &'static str)]) {
+    if ctx.json {
+        let list: Vec<_> = done
+            .iter()
+            .map(|(id, _, outcome)| json!({"id": id, "outcome": outcome}))
+            .collect();
+        ctx.print_json(&json!(list));
+    } else {
+        for (id, what, _) in done {
+            println!("{id}: {what}");
+        }
     }
 }

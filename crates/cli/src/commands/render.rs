@@ -15,7 +15,7 @@ pub fn render(ctx: &Ctx, args: RenderArgs) -> anyhow::Result<ExitCode> {
     let objects = if args.server {
         render::server_objects(ctx.config())?
     } else if let Some(subject) = &args.rbac {
-        rbac::objects(ctx.config(), subject)
+        rbac::objects_with(ctx.config(), subject, args.engine)
     } else if let Some(kind) = &args.kind {
         let kind: Kind = kind.parse()?;
         let spec = render::kinds::run_spec(
@@ -27,6 +27,9 @@ pub fn render(ctx: &Ctx, args: RenderArgs) -> anyhow::Result<ExitCode> {
         let mut run = RunManifest::new(kind, args.command);
         run.schedule = args.schedule;
         run.timezone = args.timezone;
+        run.source = args
+            .git
+            .map(|url| berth_runner::runs::git(url, args.branch));
         render::kinds::objects(ctx.config(), &spec, &run)?
     } else {
         let spec = spec::environment_spec(ctx.config(), &env_options(&args.env)?)?;

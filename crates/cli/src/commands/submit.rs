@@ -17,7 +17,14 @@ pub async fn submit(ctx: &Ctx, args: SubmitArgs) -> anyhow::Result<ExitCode> {
         session: args.session.clone(),
         name: args.name.clone(),
     })?;
-    let spec = runs::run_spec(config, &options, args.command, args.schedule)?;
+    let mut spec = runs::run_spec(config, &options, args.command, args.schedule)?;
+    if let Some(url) = args.git {
+        let source = runs::git(url.clone(), args.branch);
+        source
+            .validate()
+            .with_context(|| format!("cannot use --git {url}"))?;
+        spec = spec.with_source(source);
+    }
     let engine = ctx.engine().await?;
     let run = runs::submit_to(args.engine, config, engine.as_ref(), &spec)
         .await

@@ -178,9 +178,33 @@ impl Worker {
                     )),
                 )
             };
+            // Init containers (their statuses written by the worker as they run) all ended
+            // well, or there are none.
+            let init = old["initContainerStatuses"].clone();
+            let initialized = init.as_array().is_none_or(|a| {
+                a.iter()
+                    .all(|c| c["state"]["terminated"]["exitCode"] == 0)
+            });
+            let pending_init: Vec<&str> = init
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|c| c["state"]["terminated"]["exitCode"] != 0)
+                .filter_map(|c| c["name"].as_str())
+                .collect();
+            let init_msg = format!(
+                "containers with incomplete status: [{}]",
+                pending_init.join(" ")
+            );
             let conditions = vec![
                 condition(&old, "PodReadyToStartContainers", !all_done, None, None),
-                condition(&old, "Initialized", true, None, None),
+                condition(
+                    &old,
+                    "Initialized",
+                    initialized,
+                    (!initialized).then_some("ContainersNotInitialized"),
+                    (!initialized).then_some(init_msg.as_str()),
+                ),
                 condition(&old, "Ready", all_running, reason, msg.as_deref()),
                 condition(&old, "ContainersReady", all_running, reason, msg.as_deref()),
                 condition(&old, "PodScheduled", true, None, None),
@@ -199,6 +223,9 @@ impl Worker {
                 "qosClass": old["qosClass"],
                 "containerStatuses": statuses.iter().map(ContainerStatus::to_json).collect::<Vec<_>>(),
             });
+            if !init.is_null() {
+                status["initContainerStatuses"] = init;
+            }
             let ip = ip
                 .map(str::to_owned)
                 .or_else(|| old["podIP"].as_str().map(str::to_owned));

@@ -202,27 +202,184 @@ impl Worker {
             .as_array()
             .cloned()
             .unwrap_or_default();
-        let mut statuses: Vec<ContainerStatus> = containers
-            .iter()
-            .map(|c| ContainerStatus {
+        let init = pod["spec"]["initContainers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let waiting = |reason: &'static str| {
+            move |c: &Value| ContainerStatus {
                 name: json_str(&c["name"]).to_owned(),
                 image: json_str(&c["image"]).to_owned(),
                 id: None,
                 image_id: String::new(),
                 state: ContainerState::Waiting {
-                    reason: "ContainerCreating".to_owned(),
+                    reason: reason.to_owned(),
                     message: None,
                 },
                 restarts: 0,
                 last_state: None,
-            })
-            .collect();
+            }
+        };
+        let first = if init.is_empty() {
+            "ContainerCreating"
+        } else {
+            "PodInitializing"
+        };
+        let mut statuses: Vec<ContainerStatus> = containers.iter().map(waiting(first)).collect();
         self.set_status(&statuses, None)?;
+        if !init.is_empty() {
+            let mut init_statuses: Vec<ContainerStatus> =
+                init.iter().map(waiting("PodInitializing")).collect();
+            if !self
+                .run_init_containers(&pod, &init, &mut init_statuses, &statuses)
+                .await?
+            {
+                return Ok(());
+            }
+            for s in &mut statuses {
+                s.state = ContainerState::Waiting {
+                    reason: "ContainerCreating".to_owned(),
+                    message: None,
+                };
+            }
+            self.set_status(&statuses, None)?;
+        }
         self.create_containers(&pod, &containers, &mut statuses)
             .await?;
         let ip = self.start_containers(&mut statuses).await;
         self.set_status(&statuses, ip.as_deref())?;
         self.supervise(&pod, &containers, statuses).await
+    }
+
+    /// Runs the pod's init containers one after the other, each to completion, as a kubelet
+    /// does before it creates the pod's containers: a failed one is run again after a
+    /// back-off unless `restartPolicy` is `Never`, which fails the pod. Returns whether they
+    /// all succeeded.
+    async fn run_init_containers(
+        &self,
+        pod: &Value,
+        init: &[Value],
+        init_statuses: &mut [ContainerStatus],
+        statuses: &[ContainerStatus],
+    ) -> Result<bool, Stop> {
+        let policy = json_str(&pod["spec"]["restartPolicy"]).to_owned();
+        for (i, c) in init.iter().enumerate() {
+            loop {
+                let created = match self.pull(c).await {
+                    Ok(()) => {
+                        self.create_container(pod, c, init_statuses[i].restarts)
+                            .await
+                    }
+                    Err(e) => Err(e),
+                };
+                let (id, image_id) = match created {
+                    Ok(created) => created,
+                    Err(
+                        CreateError::NeverPull(m)
+                        | CreateError::ImageMissing(m)
+                        | CreateError::Config(m)
+                        | CreateError::Mount(m)
+                        | CreateError::Other(m),
+                    ) => {
+                        self.event("Warning", "Failed", &format!("Error: {m}"), "kubelet");
+                        init_statuses[i].state = ContainerState::Waiting {
+                            reason: "CreateContainerConfigError".to_owned(),
+                            message: Some(m),
+                        };
+                        self.set_init_status(init_statuses, statuses, None)?;
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                        if self
+                            .pod()
+                            .is_none_or(|p| !p["metadata"]["deletionTimestamp"].is_null())
+                        {
+                            return Err(Stop::Deleted);
+                        }
+                        continue;
+                    }
+                };
+                init_statuses[i].id = Some(id.clone());
+                init_statuses[i].image_id = image_id;
+                let started = self
+                    .inner
+                    .docker
+                    .start_container(&id, None::<StartContainerOptions>)
+                    .await;
+                let (exit_code, reason) = if let Err(e) = started {
+                    tracing::warn!(error = %e, "init container start failed");
+                    (128, "StartError")
+                } else {
+                    let msg = format!("Started container {}", init_statuses[i].name);
+                    self.event("Normal", "Started", &msg, "kubelet");
+                    init_statuses[i].state = ContainerState::Running {
+                        started_at: meta::now_rfc3339(),
+                    };
+                    self.set_init_status(init_statuses, statuses, None)?;
+                    wait_exit(self.inner.docker.clone(), id.clone(), i).await;
+                    let inspect = self.inner.docker.inspect_container(&id, None).await.ok();
+                    let Some(state) = inspect.and_then(|i| i.state) else {
+                        return Err(Stop::Deleted);
+                    };
+                    let code = state.exit_code.unwrap_or(0);
+                    (code, if code == 0 { "Completed" } else { "Error" })
+                };
+                let started_at = match &init_statuses[i].state {
+                    ContainerState::Running { started_at } => started_at.clone(),
+                    _ => meta::now_rfc3339(),
+                };
+                init_statuses[i].state = ContainerState::Terminated {
+                    exit_code,
+                    reason: reason.to_owned(),
+                    started_at,
+                    finished_at: meta::now_rfc3339(),
+                };
+                if exit_code == 0 {
+                    self.set_init_status(init_statuses, statuses, None)?;
+                    break;
+                }
+                if policy == "Never" {
+                    self.set_init_status(init_statuses, statuses, Some("Failed"))?;
+                    return Ok(false);
+                }
+                self.set_init_status(init_statuses, statuses, None)?;
+                init_statuses[i].restarts += 1;
+                let backoff = Duration::from_secs(
+                    1 << init_statuses[i].restarts.clamp(1, 5).saturating_sub(1),
+                );
+                let msg = format!(
+                    "Back-off restarting failed container {}",
+                    init_statuses[i].name
+                );
+                self.event("Warning", "BackOff", &msg, "kubelet");
+                tokio::time::sleep(backoff).await;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Writes the init containers' statuses, then the pod status from `statuses`, with the
+    /// pod's phase set to `phase` when given (`Failed` after an init container failed).
+    fn set_init_status(
+        &self,
+        init: &[ContainerStatus],
+        statuses: &[ContainerStatus],
+        phase: Option<&str>,
+    ) -> Result<(), Stop> {
+        let init: Vec<Value> = init.iter().map(ContainerStatus::to_json).collect();
+        self.update(|p| p["status"]["initContainerStatuses"] = json!(init))?;
+        self.set_status(statuses, None)?;
+        if let Some(phase) = phase {
+            self.update(|p| {
+                p["status"]["phase"] = json!(phase);
+                if let Some(conds) = p["status"]["conditions"].as_array_mut() {
+                    for c in conds {
+                        if c["type"] == "PodReadyToStartContainers" {
+                            c["status"] = json!("False");
+                        }
+                    }
+                }
+            })?;
+        }
+        Ok(())
     }
 
     /// Waits for each container to end, and restarts it when the pod's `restartPolicy` says

@@ -35,7 +35,7 @@ pub use runs::SchedulesSection;
 pub use schema::{
     BerthConfig, CopySection, DockerSection, DockerTls, KubernetesResources, KubernetesSection,
     QuantityPair, ResourceLimits, RunnerConfig, ServerSection, ServerTls, WorkspaceConfig,
-    DEFAULT_CPU, DEFAULT_MEMORY,
+    DEFAULT_CPU, DEFAULT_GIT_IMAGE, DEFAULT_MEMORY,
 };
 pub use types::{
     kubernetes_pull_policy, CpuQuantity, HumanDuration, Limit, MemoryQuantity, UNLIMITED,

@@ -34,7 +34,7 @@ fn source(
 }
 
 /// A DNS subdomain, as the API names Secrets, ConfigMaps and claims.
-fn check_name(key: &str, name: &str) -> Result<(), (String, String)> {
+pub(super) fn check_name(key: &str, name: &str) -> Result<(), (String, String)> {
     let ok = !name.is_empty()
         && name.len() <= 253
         && name

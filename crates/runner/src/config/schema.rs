@@ -329,6 +329,12 @@ section! {
         /// How schedules (`submit --schedule`, rendered CronJobs and CronWorkflows) start
         /// and keep their runs.
         pub schedules: SchedulesSection,
+        /// The image of the init container that clones `submit --git URL` into the
+        /// workspace (it needs `git` and `sh`).
+        pub git_image: String,
+        /// A Secret whose key `token` authenticates the clone of `submit --git` (HTTP basic
+        /// auth, user `x-access-token`); unset clones without credentials.
+        pub git_secret: Option<String>,
     }
 }
 
@@ -356,9 +362,14 @@ impl Default for KubernetesSection {
             annotations: BTreeMap::new(),
             labels: BTreeMap::new(),
             schedules: SchedulesSection::default(),
+            git_image: DEFAULT_GIT_IMAGE.into(),
+            git_secret: None,
         }
     }
 }
+
+/// The default `kubernetes.git_image`.
+pub const DEFAULT_GIT_IMAGE: &str = berth_engine_k8s::DEFAULT_GIT_IMAGE;
 
 impl KubernetesSection {
     /// The Kubernetes-only pod settings.
@@ -601,6 +612,14 @@ impl BerthConfig {
         }
         if let Err((key, reason)) = self.kubernetes.schedules.settings() {
             return Err(invalid(&key, reason));
+        }
+        if let Err(e) = ImageRef::new(self.kubernetes.git_image.clone()) {
+            return Err(invalid("kubernetes.git_image", e.to_string()));
+        }
+        if let Some(secret) = &self.kubernetes.git_secret {
+            if let Err((key, reason)) = super::pod::check_name("kubernetes.git_secret", secret) {
+                return Err(invalid(&key, reason));
+            }
         }
         for key in self.kubernetes.labels.keys() {
             let mut labels = BTreeMap::new();

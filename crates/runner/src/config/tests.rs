@@ -824,3 +824,22 @@ fn network_takes_every_form_and_booleans_still_work() {
         "{err}"
     );
 }
+
+#[test]
+fn git_image_and_secret_are_checked_and_reach_the_engine() {
+    let err = load_file("gi.yaml", b"kubernetes:\n  git_image: 'not an image'\n");
+    assert!(err.contains("kubernetes.git_image"), "{err}");
+    let err = load_file("gs.yaml", b"kubernetes:\n  git_secret: Bad_Name\n");
+    assert!(err.contains("kubernetes.git_secret"), "{err}");
+    let config = BerthConfig::from_yaml_str(
+        "kubernetes:\n  git_image: example.com/git:2\n  git_secret: git-token\n",
+    )
+    .expect("valid");
+    let k8s = crate::backend::kubernetes_config(&config);
+    assert_eq!(k8s.git_image, "example.com/git:2");
+    assert_eq!(k8s.git_secret.as_deref(), Some("git-token"));
+    assert_eq!(
+        crate::backend::kubernetes_config(&BerthConfig::default()).git_image,
+        crate::config::DEFAULT_GIT_IMAGE
+    );
+}

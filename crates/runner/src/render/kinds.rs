@@ -7,7 +7,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use berth_engine_core::{BackendKind, EnvironmentSpec, Workspace};
+use berth_engine_core::{BackendKind, EnvironmentSpec, RunSource, RunSpec, Workspace};
 use berth_engine_k8s::{CronSchedule, KubernetesConfig};
 use serde_json::{json, Map, Value};
 
@@ -162,6 +162,9 @@ pub struct RunManifest {
     pub schedule: Option<String>,
     /// The IANA time zone the schedule is read in (scheduled kinds only).
     pub timezone: Option<String>,
+    /// A repository cloned into the workspace before the command starts (an init container
+    /// of `kubernetes.git_image`); only [`RunSource::Git`] has a place in a manifest.
+    pub source: Option<RunSource>,
 }
 
 impl RunManifest {
@@ -173,6 +176,7 @@ impl RunManifest {
             command,
             schedule: None,
             timezone: None,
+            source: None,
         }
     }
 
@@ -356,6 +360,14 @@ pub fn objects(
     run: &RunManifest,
 ) -> Result<Vec<Value>, ManifestError> {
     let schedule = run.validate()?;
+    // With a source, the files need a workspace and the command starts in them.
+    let prepared = run.source.as_ref().map(|source| {
+        RunSpec::new(spec.clone(), run.command.clone())
+            .with_source(source.clone())
+            .prepared_env()
+            .into_owned()
+    });
+    let spec = prepared.as_ref().unwrap_or(spec);
     let name = object_name(spec, run.kind)?;
     let k8s = kubernetes_config(config);
     let mut out = Vec::new();
@@ -411,9 +423,55 @@ pub fn objects(
         }
         (kind, None) => return Err(ManifestError::MissingSchedule { kind }),
     };
+    if let Some(source) = &run.source {
+        add_clone(&mut object, spec, &k8s, command, source)?;
+    }
     annotate(&mut object, &k8s.pod.annotations);
     out.push(object);
     Ok(out)
+}
+
+/// The init container that clones `source`, in the rendered object's pod (or Argo template).
+fn add_clone(
+    object: &mut Value,
+    spec: &EnvironmentSpec,
+    k8s: &KubernetesConfig,
+    command: &[String],
+    source: &RunSource,
+) -> Result<(), ManifestError> {
+    source.validate()?;
+    let RunSource::Git { url, branch } = source else {
+        return Err(berth_engine_core::Error::invalid_spec(
+            "git",
+            "a manifest runs on a cluster, which clones a repository URL; a local directory has no place in it",
+        )
+        .into());
+    };
+    let mut pod = berth_engine_k8s::manifest::pod_spec(
+        spec,
+        k8s,
+        berth_engine_k8s::manifest::PodCommand::Run(command),
+    )?;
+    berth_engine_k8s::manifest::add_git_clone(&mut pod, spec, k8s, url, branch.as_deref())?;
+    let init = serde_json::to_value(pod.init_containers.unwrap_or_default()).map_err(|e| {
+        berth_engine_core::Error::backend(
+            berth_engine_core::BackendKind::Kubernetes,
+            "render the clone's init container",
+            e,
+        )
+    })?;
+    for pointer in [
+        "/spec/template/spec",
+        "/spec/jobTemplate/spec/template/spec",
+        "/spec/templates/0",
+        "/spec/workflowSpec/templates/0",
+    ] {
+        if let Some(target) = object.pointer_mut(pointer).and_then(Value::as_object_mut) {
+            target.insert("initContainers".into(), init);
+            return Ok(());
+        }
+    }
+    unreachable!("every rendered kind has a pod spec or a template")
 }
 
 /// `annotations` on the object and on every pod (or job, or workflow) template inside it.
