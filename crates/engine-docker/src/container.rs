@@ -53,12 +53,32 @@ pub(crate) async fn create_and_start(
     body: bollard::models::ContainerCreateBody,
     not_runnable: impl FnOnce(&str) -> Error,
 ) -> Result<String> {
+    create_and_start_named(
+        engine,
+        spec,
+        labels,
+        body,
+        container_name(spec),
+        not_runnable,
+    )
+    .await
+}
+
+/// [`create_and_start`] with the container's name chosen by the caller (a pool member
+/// carries its own name in a label).
+pub(crate) async fn create_and_start_named(
+    engine: &DockerEngine,
+    spec: &EnvironmentSpec,
+    labels: &HashMap<String, String>,
+    body: bollard::models::ContainerCreateBody,
+    name: String,
+    not_runnable: impl FnOnce(&str) -> Error,
+) -> Result<String> {
     if let Workspace::Volume { name, .. } = &spec.workspace {
         engine.ensure_volume(name, labels).await?;
     }
     let mut body = body;
     engine.files.apply(spec, &engine.address, &mut body)?;
-    let name = container_name(spec);
     engine
         .docker
         .create_container(
@@ -159,15 +179,35 @@ pub(crate) async fn list(
     selector: &LabelSelector,
 ) -> Result<Vec<EnvironmentStatus>> {
     let filters = label_filters(selector);
-    let containers = crate::retry::idempotent("list containers", || {
-        engine.docker.list_containers(Some(ListContainersOptions {
-            all: true,
-            filters: Some(filters.clone()),
-            ..Default::default()
-        }))
-    })
-    .await
-    .map_err(engine.other("list containers"))?;
+    let list_with = |filters: HashMap<String, Vec<String>>| {
+        crate::retry::idempotent("list containers", move || {
+            engine.docker.list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(filters.clone()),
+                ..Default::default()
+            }))
+        })
+    };
+    let mut containers = list_with(filters)
+        .await
+        .map_err(engine.other("list containers"))?;
+    if selector != &LabelSelector::all() {
+        // A claimed pool member's own labels are the pool's; its session's are in its claim
+        // record, so the daemon's label filter cannot find it: look at every claimed member.
+        let mut members = label_filters(&LabelSelector::all());
+        if let Some(labels) = members.get_mut("label") {
+            labels.push(berth_engine_core::LABEL_POOL_MEMBER.to_owned());
+        }
+        let seen: std::collections::HashSet<String> =
+            containers.iter().filter_map(|c| c.id.clone()).collect();
+        containers.extend(
+            list_with(members)
+                .await
+                .map_err(engine.other("list containers"))?
+                .into_iter()
+                .filter(|c| c.id.as_ref().is_some_and(|id| !seen.contains(id))),
+        );
+    }
     let mut out = Vec::with_capacity(containers.len());
     for c in containers {
         let Some(name) = c
@@ -180,6 +220,9 @@ pub(crate) async fn list(
         };
         let mut labels: std::collections::BTreeMap<String, String> =
             c.labels.unwrap_or_default().into_iter().collect();
+        if crate::pool::is_claimed(&name, &labels) {
+            labels = claimed_labels(engine, &name, labels).await?;
+        }
         if labels.get(LABEL_DETACHED).map(String::as_str) == Some(DETACHED_REQUESTED)
             && c.state == Some(ContainerSummaryStateEnum::RUNNING)
             && engine.has_detached_marker(&name).await?
@@ -215,6 +258,43 @@ pub(crate) async fn list(
     }
     out.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(out)
+}
+
+/// The labels `list` reports for the claimed pool member `name` whose own labels are
+/// `own`: its claim record's; while the record is not written, the member's labels less the
+/// pool's (so it is no longer offered as a member, and gc sees a claim nobody finished).
+async fn claimed_labels(
+    engine: &DockerEngine,
+    name: &str,
+    own: std::collections::BTreeMap<String, String>,
+) -> Result<std::collections::BTreeMap<String, String>> {
+    let record = match engine.claim_record(name).await {
+        Ok(record) => record,
+        // Removed while listing.
+        Err(e) if e.kind() == berth_engine_core::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    Ok(match record {
+        Some(mut labels) => {
+            // The record cannot make a container berth's or move it into another pool.
+            labels.insert(
+                berth_engine_core::LABEL_MANAGED_BY.to_owned(),
+                berth_engine_core::MANAGED_BY_VALUE.to_owned(),
+            );
+            labels.remove(berth_engine_core::LABEL_POOL);
+            labels.remove(berth_engine_core::LABEL_POOL_SPEC);
+            labels
+        }
+        None => {
+            let mut labels = own;
+            labels.remove(berth_engine_core::LABEL_POOL);
+            labels.insert(
+                berth_engine_core::LABEL_CLAIM_PENDING.to_owned(),
+                "true".to_owned(),
+            );
+            labels
+        }
+    })
 }
 
 impl DockerEngine {

@@ -29,6 +29,7 @@ mod daemon;
 mod errors;
 mod exec;
 mod image;
+mod pool;
 mod port;
 mod resolve;
 mod retry;
@@ -44,8 +45,8 @@ use async_trait::async_trait;
 use berth_engine_core::{
     BackendKind, BuildSpec, ContainerEngine, EngineInfo, EnvironmentId, EnvironmentSpec,
     EnvironmentStatus, Error, ExecProcess, ExecRequest, ImageInfo, ImageRef, LabelSelector,
-    LogOptions, LogStream, Progress, PullPolicy, RemoveOutcome, Result, RunId, RunSpec, RunStatus,
-    StopOutcome, TarStream, VolumeStatus,
+    LogOptions, LogStream, PoolClaim, PoolSpec, Progress, PullPolicy, RemoveOutcome, Result, RunId,
+    RunSpec, RunStatus, StopOutcome, TarStream, VolumeStatus,
 };
 use bollard::Docker;
 
@@ -392,6 +393,14 @@ impl ContainerEngine for DockerEngine {
 
     async fn list(&self, selector: &LabelSelector) -> Result<Vec<EnvironmentStatus>> {
         container::list(self, selector).await
+    }
+
+    async fn start_pool_member(&self, pool: &PoolSpec) -> Result<EnvironmentId> {
+        pool::start_member(self, pool).await
+    }
+
+    async fn claim_pool_member(&self, claim: &PoolClaim) -> Result<Option<EnvironmentId>> {
+        pool::claim(self, claim).await
     }
 
     async fn list_volumes(&self, selector: &LabelSelector) -> Result<Vec<VolumeStatus>> {

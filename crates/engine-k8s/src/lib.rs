@@ -33,6 +33,7 @@ mod job;
 pub mod manifest;
 mod pod;
 mod policy;
+mod pools;
 mod port;
 pub mod progress;
 mod retry;
@@ -50,8 +51,8 @@ use async_trait::async_trait;
 use berth_engine_core::{
     BackendKind, BuildSpec, ContainerEngine, EngineInfo, EnvironmentId, EnvironmentSpec,
     EnvironmentStatus, Error, ExecProcess, ExecRequest, ImageInfo, ImageRef, LabelSelector,
-    LogOptions, LogStream, Progress, PullPolicy, RemoveOutcome, Resources, Result, RunId, RunSpec,
-    RunStatus, StopOutcome, TarStream, VolumeStatus,
+    LogOptions, LogStream, PoolClaim, PoolSpec, Progress, PullPolicy, RemoveOutcome, Resources,
+    Result, RunId, RunSpec, RunStatus, StopOutcome, TarStream, VolumeStatus,
 };
 
 pub use crate::argo::{
@@ -220,6 +221,14 @@ impl ContainerEngine for KubernetesEngine {
 
     async fn mark_detached(&self, env: &EnvironmentId) -> Result<()> {
         job::mark_detached(self, env).await
+    }
+
+    async fn start_pool_member(&self, pool: &PoolSpec) -> Result<EnvironmentId> {
+        pools::start_member(self, pool).await
+    }
+
+    async fn claim_pool_member(&self, claim: &PoolClaim) -> Result<Option<EnvironmentId>> {
+        pools::claim(self, claim).await
     }
 
     async fn list(&self, selector: &LabelSelector) -> Result<Vec<EnvironmentStatus>> {
