@@ -25,6 +25,7 @@ use serde::Serialize;
 
 mod docker_bench;
 mod kube_bench;
+mod pool_bench;
 mod remote_bench;
 mod server_bench;
 mod shell_bench;
@@ -48,6 +49,9 @@ enum Suite {
     /// Exec over ssh:// (an sshd on 127.0.0.1 started by the bench; needs root and
     /// openssh-server) against the local socket.
     Remote,
+    /// Warm pools: claim + first command against a cold start, and the refill rate, on
+    /// Docker and the simulator (also part of `all`).
+    Pools,
 }
 
 #[derive(Debug, Parser)]
@@ -255,6 +259,14 @@ async fn main() -> anyhow::Result<()> {
         );
         anyhow::Ok(scenarios)
     };
+    let pools = async {
+        pool_bench::scenarios(
+            bench.engine.clone() as Arc<dyn ContainerEngine>,
+            &bench.image,
+            bench.smoke,
+        )
+        .await
+    };
     let shells_only = matches!(args.suite, Suite::Shells);
     let kubernetes = async { kube_bench::run(&bench.image, args.smoke, shells_only).await };
     let scenarios = match args.suite {
@@ -271,18 +283,26 @@ async fn main() -> anyhow::Result<()> {
         Suite::Remote => {
             remote_bench::scenarios(&bench.engine, &bench.image, &bench.session, bench.smoke).await
         }
+        Suite::Pools => pools.await,
         Suite::Shells | Suite::All => {
             let first = if shells_only {
                 bench.shells().await
             } else {
                 docker.await
             };
-            match first {
+            let both = match first {
                 Ok(mut d) => kubernetes.await.map(|k| {
                     d.extend(k);
                     d
                 }),
                 Err(e) => Err(e),
+            };
+            match both {
+                Ok(mut d) if !shells_only => pools.await.map(|p| {
+                    d.extend(p);
+                    d
+                }),
+                other => other,
             }
         }
     };
