@@ -421,6 +421,73 @@ fn owner_gone_reason(
 mod tests {
     use super::*;
 
+    fn member(name: &str, pool: &str, hash: &str, age: u64, now: u64) -> EnvironmentStatus {
+        let labels: BTreeMap<String, String> = [
+            (berth_engine_core::LABEL_MANAGED_BY, "berth"),
+            (LABEL_POOL, pool),
+            (LABEL_POOL_SPEC, hash),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let mut status = EnvironmentStatus::new(
+            EnvironmentId::new(name).unwrap(),
+            "img",
+            EnvironmentState::Running,
+            labels,
+        );
+        status.created_unix_secs = Some(now - age);
+        status
+    }
+
+    #[test]
+    fn gc_keeps_live_pools_members_and_removes_orphans() {
+        let now = 10_000;
+        let envs = vec![
+            member("live", "py", "h1", 10, now),
+            member("unknown-pool", "gone", "h1", 10, now),
+            member("old-spec", "py", "h0", 10, now),
+            member("idle", "py", "h1", 4000, now),
+        ];
+        let pools = BTreeMap::from([(
+            "py".to_owned(),
+            PoolRule {
+                spec_hash: Some("h1".into()),
+                idle_ttl: Duration::from_secs(3600),
+            },
+        )]);
+        let options = GcOptions {
+            pools: Some(pools),
+            ..GcOptions::default()
+        };
+        let plan = plan_environments(&envs, &BTreeMap::new(), &options, now);
+        let removed: Vec<(String, String)> = plan
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::RemoveEnvironment { id, reason, .. } => {
+                    Some((id.to_string(), reason.clone()))
+                }
+                Action::RemoveVolume { .. } => None,
+            })
+            .collect();
+        assert_eq!(plan.kept, 1, "{removed:?}");
+        assert!(removed[0].0 == "unknown-pool" && removed[0].1.contains("not configured"));
+        assert!(removed[1].0 == "old-spec" && removed[1].1.contains("older spec"));
+        assert!(removed[2].0 == "idle" && removed[2].1.contains("idle_ttl"));
+        // Without the config's pools, members are kept.
+        let plan = plan_environments(&envs, &BTreeMap::new(), &GcOptions::default(), now);
+        assert_eq!(plan.kept, 4);
+        // A claim that never finished is garbage either way.
+        let mut pending = member("pending", "py", "h1", 10, now);
+        pending.labels.remove(LABEL_POOL);
+        pending
+            .labels
+            .insert(LABEL_CLAIM_PENDING.to_owned(), "true".to_owned());
+        let plan = plan_environments(&[pending], &BTreeMap::new(), &GcOptions::default(), now);
+        assert_eq!(plan.actions.len(), 1);
+    }
+
     fn owner() -> Owner {
         Owner {
             host: "h".into(),
