@@ -191,7 +191,11 @@ pub(crate) async fn list(
     let mut containers = list_with(filters)
         .await
         .map_err(engine.other("list containers"))?;
-    if selector != &LabelSelector::all() {
+    // A selector naming a pool wants unclaimed members, whose own labels are their labels.
+    let wants_members = selector
+        .requirements()
+        .contains_key(berth_engine_core::LABEL_POOL);
+    if selector != &LabelSelector::all() && !wants_members {
         // A claimed pool member's own labels are the pool's; its session's are in its claim
         // record, so the daemon's label filter cannot find it: look at every claimed member.
         let mut members = label_filters(&LabelSelector::all());
@@ -221,7 +225,18 @@ pub(crate) async fn list(
         let mut labels: std::collections::BTreeMap<String, String> =
             c.labels.unwrap_or_default().into_iter().collect();
         if crate::pool::is_claimed(&name, &labels) {
-            labels = claimed_labels(engine, &name, labels).await?;
+            let running = c.state == Some(ContainerSummaryStateEnum::RUNNING);
+            let id = c.id.clone().unwrap_or_default();
+            match claimed_labels(engine, &id, &name, labels).await {
+                Ok(claimed) => labels = claimed,
+                // One going away (the daemon cannot read its files while removing it) is
+                // left out rather than failing the whole list.
+                Err(e) if !running && e.kind() != berth_engine_core::ErrorKind::Unavailable => {
+                    tracing::debug!(container = %name, error = %e, "skipping a claimed member going away");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
         }
         if labels.get(LABEL_DETACHED).map(String::as_str) == Some(DETACHED_REQUESTED)
             && c.state == Some(ContainerSummaryStateEnum::RUNNING)
@@ -265,10 +280,23 @@ pub(crate) async fn list(
 /// pool's (so it is no longer offered as a member, and gc sees a claim nobody finished).
 async fn claimed_labels(
     engine: &DockerEngine,
+    id: &str,
     name: &str,
     own: std::collections::BTreeMap<String, String>,
 ) -> Result<std::collections::BTreeMap<String, String>> {
-    let record = match engine.claim_record(name).await {
+    let mut read = engine.cached_claim_record(id, name).await;
+    if let Err(e) = &read {
+        if !matches!(
+            e.kind(),
+            berth_engine_core::ErrorKind::NotFound | berth_engine_core::ErrorKind::Unavailable
+        ) {
+            // The daemon answers 500 while it removes the container: ask once more, when it
+            // is gone (404) or readable again.
+            tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+            read = engine.cached_claim_record(id, name).await;
+        }
+    }
+    let record = match read {
         Ok(record) => record,
         // Removed while listing.
         Err(e) if e.kind() == berth_engine_core::ErrorKind::NotFound => None,

@@ -258,6 +258,8 @@ pub struct DockerEngine {
     _ssh: Option<Arc<ssh::SshProxy>>,
     /// Env files and secret files of every environment.
     files: ContainerFiles,
+    /// Claim records already read, by container id (a record never changes once written).
+    claims: pool::ClaimCache,
 }
 
 impl DockerEngine {
@@ -293,6 +295,7 @@ impl DockerEngine {
                 address,
                 _ssh: Some(Arc::new(proxy)),
                 files: config.files.clone(),
+                claims: pool::ClaimCache::default(),
             });
         }
         let docker = match &endpoint.tls {
@@ -320,6 +323,7 @@ impl DockerEngine {
             address,
             _ssh: None,
             files: config.files.clone(),
+            claims: pool::ClaimCache::default(),
         })
     }
 

@@ -38,6 +38,35 @@ pub(crate) const CLAIM_RECORD: &str = ".berth-claim";
 /// What a member's name becomes once claimed.
 const CLAIMED_SUFFIX: &str = "-claimed";
 
+/// Claim records already read, by container id: a record is written once, so `list` reads
+/// each claimed member's record once per engine.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ClaimCache(
+    std::sync::Arc<std::sync::Mutex<HashMap<String, BTreeMap<String, String>>>>,
+);
+
+impl ClaimCache {
+    fn get(&self, id: &str) -> Option<BTreeMap<String, String>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(id)
+            .cloned()
+    }
+
+    fn put(&self, id: &str, labels: &BTreeMap<String, String>) {
+        let mut cache = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Bounded: a long-lived process sees many claims come and go.
+        if cache.len() > 4096 {
+            cache.clear();
+        }
+        cache.insert(id.to_owned(), labels.clone());
+    }
+}
+
 /// The name a claim renames member `member` to.
 pub(crate) fn claimed_name(member: &str) -> String {
     format!("{member}{CLAIMED_SUFFIX}")
@@ -241,6 +270,22 @@ async fn watchdog(engine: &DockerEngine, name: &str, claim: &PoolClaim) -> Resul
 impl DockerEngine {
     /// The labels recorded in the claimed member `name`; `None` while the record is not
     /// written yet (the claimer is between its rename and its record, or died there).
+    /// [`DockerEngine::claim_record`] through the cache, for the container `id` called `name`.
+    pub(crate) async fn cached_claim_record(
+        &self,
+        id: &str,
+        name: &str,
+    ) -> Result<Option<BTreeMap<String, String>>> {
+        if let Some(labels) = self.claims.get(id) {
+            return Ok(Some(labels));
+        }
+        let record = self.claim_record(name).await?;
+        if let Some(labels) = &record {
+            self.claims.put(id, labels);
+        }
+        Ok(record)
+    }
+
     pub(crate) async fn claim_record(
         &self,
         name: &str,
