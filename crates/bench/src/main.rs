@@ -26,6 +26,7 @@ use serde::Serialize;
 mod docker_bench;
 mod kube_bench;
 mod podman_bench;
+mod pool_bench;
 mod remote_bench;
 mod server_bench;
 mod shell_bench;
@@ -52,6 +53,9 @@ enum Suite {
     /// Exec latency and throughput on Podman's Docker API against Docker
     /// (`$BERTH_PODMAN_HOST`, default `unix:///tmp/berth-podman.sock`).
     Podman,
+    /// Warm pools: claim + first command against a cold start, and the refill rate, on
+    /// Docker and the simulator (also part of `all`).
+    Pools,
 }
 
 #[derive(Debug, Parser)]
@@ -259,6 +263,14 @@ async fn main() -> anyhow::Result<()> {
         );
         anyhow::Ok(scenarios)
     };
+    let pools = async {
+        pool_bench::scenarios(
+            bench.engine.clone() as Arc<dyn ContainerEngine>,
+            &bench.image,
+            bench.smoke,
+        )
+        .await
+    };
     let shells_only = matches!(args.suite, Suite::Shells);
     let kubernetes = async { kube_bench::run(&bench.image, args.smoke, shells_only).await };
     let scenarios = match args.suite {
@@ -284,18 +296,26 @@ async fn main() -> anyhow::Result<()> {
             )
             .await
         }
+        Suite::Pools => pools.await,
         Suite::Shells | Suite::All => {
             let first = if shells_only {
                 bench.shells().await
             } else {
                 docker.await
             };
-            match first {
+            let both = match first {
                 Ok(mut d) => kubernetes.await.map(|k| {
                     d.extend(k);
                     d
                 }),
                 Err(e) => Err(e),
+            };
+            match both {
+                Ok(mut d) if !shells_only => pools.await.map(|p| {
+                    d.extend(p);
+                    d
+                }),
+                other => other,
             }
         }
     };

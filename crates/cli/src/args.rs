@@ -104,6 +104,9 @@ pub enum Command {
     /// CIDR:port, repeatable) with --dns for its resolver, --none for no network, --full for
     /// all of it. On Docker this needs berth on the daemon's host, as root.
     Network(NetworkArgs),
+    /// Warm pools of the config (`pools:`): fill, list, drain.
+    #[command(subcommand)]
+    Pool(PoolCommand),
 }
 
 /// `berth render`.
@@ -184,6 +187,10 @@ pub struct EnvArgs {
     /// Environment name within the session.
     #[arg(long, default_value = "main")]
     pub name: String,
+    /// Claim the environment from this warm pool (`pools.NAME` in the config); when the
+    /// pool is empty, start one cold from the pool's spec (and say so).
+    #[arg(long, value_name = "NAME", conflicts_with = "image")]
+    pub pool: Option<String>,
 }
 
 /// What a command runs with (`exec`, `run`).
@@ -483,6 +490,39 @@ pub struct ImageBuildArgs {
 pub enum BuilderCommand {
     /// List the builders: reachable or not, Docker version, OS/arch, CPUs, memory, free disk.
     Ls(BuilderLsArgs),
+}
+
+/// `berth pool`.
+#[derive(Debug, Subcommand)]
+pub enum PoolCommand {
+    /// Start members until the pool has --size ready ones (default: its min_ready; never
+    /// more than its max), replacing members idle past idle_ttl or of an older spec.
+    Fill(PoolFillArgs),
+    /// List the configured pools: ready members, others, min_ready, max.
+    Ls(PoolLsArgs),
+    /// Stop every unclaimed member of the pool (claimed ones belong to their sessions).
+    Drain(PoolDrainArgs),
+}
+
+/// `berth pool fill`.
+#[derive(Debug, Args)]
+pub struct PoolFillArgs {
+    /// The pool (`pools.NAME` in the config).
+    pub name: String,
+    /// How many ready members to have.
+    #[arg(long, value_name = "N")]
+    pub size: Option<usize>,
+}
+
+/// `berth pool ls`.
+#[derive(Debug, Args)]
+pub struct PoolLsArgs {}
+
+/// `berth pool drain`.
+#[derive(Debug, Args)]
+pub struct PoolDrainArgs {
+    /// The pool (`pools.NAME` in the config).
+    pub name: String,
 }
 
 /// `berth builder ls`.

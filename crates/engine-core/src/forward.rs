@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use crate::{
     BackendKind, BuildSpec, ContainerEngine, EngineInfo, EnvironmentId, EnvironmentSpec,
     EnvironmentStatus, ExecOutput, ExecProcess, ExecRequest, ImageInfo, ImageRef, LabelSelector,
-    LogOptions, LogStream, Network, PortStream, Progress, PullPolicy, RemoveOutcome, Result, RunId,
-    RunSpec, RunStatus, StopOutcome, TarStream, VolumeStatus,
+    LogOptions, LogStream, Network, PoolClaim, PoolSpec, PortStream, Progress, PullPolicy,
+    RemoveOutcome, Result, RunId, RunSpec, RunStatus, StopOutcome, TarStream, VolumeStatus,
 };
 
 /// Forwards every method, defaults included, to the engine behind a pointer, so a wrapper
@@ -102,6 +102,15 @@ macro_rules! forward_container_engine {
             async fn connect_port(&self, env: &EnvironmentId, port: u16) -> Result<PortStream> {
                 (**self).connect_port(env, port).await
             }
+            async fn start_pool_member(&self, pool: &PoolSpec) -> Result<EnvironmentId> {
+                (**self).start_pool_member(pool).await
+            }
+            async fn list_pool_members(&self, pool: &str) -> Result<Vec<EnvironmentStatus>> {
+                (**self).list_pool_members(pool).await
+            }
+            async fn claim_pool_member(&self, claim: &PoolClaim) -> Result<Option<EnvironmentId>> {
+                (**self).claim_pool_member(claim).await
+            }
         }
     )+};
 }
@@ -189,6 +198,14 @@ mod tests {
         async fn remove_volume(&self, _: &str) -> Result<RemoveOutcome> {
             self.refuse("remove_volume")
         }
+        async fn claim_pool_member(&self, _: &PoolClaim) -> Result<Option<EnvironmentId>> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            Ok(Some(EnvironmentId::new("claimed")?))
+        }
+    }
+
+    fn boxed_again(fake: &Arc<Fake>) -> Box<dyn ContainerEngine> {
+        Box::new(fake.clone())
     }
 
     /// A wrapper an embedder might write: it holds any engine and is one.
@@ -268,5 +285,12 @@ mod tests {
         let err = wrapped.stop(&env).await.unwrap_err();
         assert!(err.is_unsupported(), "{err}");
         assert_eq!(fake.calls.load(Ordering::SeqCst), 3);
+        // A pool claim through `Arc<Box<dyn ..>>` reaches the engine's own claim, not the
+        // Unsupported default (method resolution picks the pointer's impl first).
+        let pointer: Arc<Box<dyn ContainerEngine>> = Arc::new(boxed_again(&fake));
+        let claim = PoolClaim::new("p", "h", crate::SessionId::generate(), "main");
+        let claimed = pointer.claim_pool_member(&claim).await.expect("forwarded");
+        assert_eq!(claimed.map(|e| e.to_string()).as_deref(), Some("claimed"));
+        assert_eq!(fake.calls.load(Ordering::SeqCst), 4);
     }
 }

@@ -63,6 +63,7 @@ mod ids;
 mod image;
 mod kill;
 mod network;
+mod pool;
 pub(crate) mod port;
 mod run;
 mod shell;
@@ -93,6 +94,10 @@ pub use image::{
 };
 pub use network::{
     AllowEntry, Cidr, Destination, EgressAllow, Network, NETWORK_FIELD, NETWORK_FORMS,
+};
+pub use pool::{
+    spec_hash, PoolClaim, PoolSpec, LABEL_CLAIM_PENDING, LABEL_POOL, LABEL_POOL_MEMBER,
+    LABEL_POOL_SPEC, MAX_POOL_NAME_LEN,
 };
 pub use port::{PortForward, PortIo, PortStream};
 pub use run::{
@@ -431,6 +436,67 @@ pub trait ContainerEngine: Send + Sync {
     /// ([`Error::not_a_berth_volume`]) for a volume or claim berth did not create, which is
     /// left alone.
     async fn remove_volume(&self, name: &str) -> Result<RemoveOutcome>;
+
+    /// Starts one member of `pool`: an environment of [`PoolSpec::member_spec`], labelled
+    /// with the pool and its spec hash, ready to be claimed. Nothing runs in it but its
+    /// keepalive, so a claimed member is as clean as a fresh environment.
+    ///
+    /// # Errors
+    /// As [`ContainerEngine::start`]; [`Error::Unsupported`] (the default) where the backend
+    /// cannot claim members atomically (a member nobody can claim safely is no use).
+    async fn start_pool_member(&self, pool: &PoolSpec) -> Result<EnvironmentId> {
+        Err(self.pools_unsupported("start_pool_member", &pool.name))
+    }
+
+    /// The unclaimed members of the pool called `pool` (any spec hash), oldest first. A
+    /// claimed member is listed under its session, never here.
+    ///
+    /// # Errors
+    /// As [`ContainerEngine::list`].
+    async fn list_pool_members(&self, pool: &str) -> Result<Vec<EnvironmentStatus>> {
+        let mut members = self
+            .list(&LabelSelector::all().with(LABEL_POOL, pool))
+            .await?;
+        members.sort_by_key(|m| m.created_unix_secs);
+        Ok(members)
+    }
+
+    /// Claims one running, unclaimed member of `claim.pool` started from a spec hashing to
+    /// `claim.spec_hash`, atomically (two claimers in any processes never get the same
+    /// member), and hands it to `claim.session`: from then on it is listed with the claim's
+    /// labels only (its creation time is the claim's) and it ends `claim.lifetime` after the
+    /// claim. `None` when the pool has no such member.
+    ///
+    /// ```no_run
+    /// # async fn demo(engine: &dyn berth_engine_core::ContainerEngine, pool: &berth_engine_core::PoolSpec) -> berth_engine_core::Result<()> {
+    /// use berth_engine_core::SessionId;
+    ///
+    /// let claim = pool.claim_for(SessionId::generate(), "main");
+    /// let env = match engine.claim_pool_member(&claim).await? {
+    ///     Some(env) => env,
+    ///     None => engine.start(&pool.spec).await?, // the pool is empty: a cold start
+    /// };
+    /// # let _ = env; Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidSpec`] for a bad claim, before any I/O; [`Error::Unsupported`] (the
+    /// default) where the backend has no atomic claim.
+    async fn claim_pool_member(&self, claim: &PoolClaim) -> Result<Option<EnvironmentId>> {
+        claim.validate()?;
+        Err(self.pools_unsupported("claim_pool_member", &claim.pool))
+    }
+
+    #[doc(hidden)]
+    fn pools_unsupported(&self, operation: &'static str, pool: &str) -> Error {
+        Error::Unsupported {
+            backend: self.backend(),
+            operation,
+            reason: format!(
+                "this engine has no atomic claim, so it keeps no warm pool ({pool}); start environments cold"
+            ),
+        }
+    }
 
     /// Opens one connection to TCP `port` on the environment's loopback and returns it as a
     /// byte stream; [`PortForward`] serves a local listener with it. Shutting down the

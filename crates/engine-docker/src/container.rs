@@ -46,18 +46,30 @@ pub(crate) async fn start(engine: &DockerEngine, spec: &EnvironmentSpec) -> Resu
         )
     })
     .await?;
-    if spec.network.allow_list().is_some() {
-        // Before the environment is handed out: only the keepalive runs so far.
-        if let Err(err) = crate::egress::apply(engine, &name, &spec.network, true).await {
-            return match engine.remove_container(&name).await {
-                Ok(_) => Err(err),
-                Err(cleanup) => Err(err.with_cleanup_failure(cleanup)),
-            };
-        }
-    }
+    enforce_network(engine, spec, &name).await?;
     let id = EnvironmentId::new(name)?;
     tracing::debug!(env = %id, image = %spec.image, "started environment");
     Ok(id)
+}
+
+/// Loads the allow list of `spec`'s network into the started container `name` before anyone
+/// else gets it (only the keepalive runs so far); a container whose rules did not load is
+/// removed, never handed out unenforced. Nothing to do for `none` and `full`.
+pub(crate) async fn enforce_network(
+    engine: &DockerEngine,
+    spec: &EnvironmentSpec,
+    name: &str,
+) -> Result<()> {
+    if spec.network.allow_list().is_none() {
+        return Ok(());
+    }
+    if let Err(err) = crate::egress::apply(engine, name, &spec.network, true).await {
+        return match engine.remove_container(name).await {
+            Ok(_) => Err(err),
+            Err(cleanup) => Err(err.with_cleanup_failure(cleanup)),
+        };
+    }
+    Ok(())
 }
 
 /// Creates the container `body` of `spec` (its workspace volume first), named like an
@@ -72,12 +84,34 @@ pub(crate) async fn create_and_start(
     before_start: Option<Upload>,
     not_runnable: impl FnOnce(&str) -> Error,
 ) -> Result<String> {
+    create_and_start_named(
+        engine,
+        spec,
+        labels,
+        body,
+        container_name(spec),
+        before_start,
+        not_runnable,
+    )
+    .await
+}
+
+/// [`create_and_start`] with the container's name chosen by the caller (a pool member
+/// carries its own name in a label).
+pub(crate) async fn create_and_start_named(
+    engine: &DockerEngine,
+    spec: &EnvironmentSpec,
+    labels: &HashMap<String, String>,
+    body: bollard::models::ContainerCreateBody,
+    name: String,
+    before_start: Option<Upload>,
+    not_runnable: impl FnOnce(&str) -> Error,
+) -> Result<String> {
     if let Workspace::Volume { name, .. } = &spec.workspace {
         engine.ensure_volume(name, labels).await?;
     }
     let mut body = body;
     engine.files.apply(spec, &engine.address, &mut body)?;
-    let name = container_name(spec);
     let podman_workspace =
         engine.podman.is_some() && matches!(spec.workspace, Workspace::Ephemeral);
     if podman_workspace {
@@ -279,18 +313,42 @@ pub(crate) async fn list(
     selector: &LabelSelector,
 ) -> Result<Vec<EnvironmentStatus>> {
     let filters = label_filters(selector);
-    let containers = crate::retry::idempotent("list containers", || {
-        crate::lenient::list_containers(
-            &engine.docker,
-            ListContainersOptions {
-                all: true,
-                filters: Some(filters.clone()),
-                ..Default::default()
-            },
-        )
-    })
-    .await
-    .map_err(engine.other("list containers"))?;
+    let list_with = |filters: HashMap<String, Vec<String>>| {
+        crate::retry::idempotent("list containers", move || {
+            crate::lenient::list_containers(
+                &engine.docker,
+                ListContainersOptions {
+                    all: true,
+                    filters: Some(filters.clone()),
+                    ..Default::default()
+                },
+            )
+        })
+    };
+    let mut containers = list_with(filters)
+        .await
+        .map_err(engine.other("list containers"))?;
+    // A selector naming a pool wants unclaimed members, whose own labels are their labels.
+    let wants_members = selector
+        .requirements()
+        .contains_key(berth_engine_core::LABEL_POOL);
+    if selector != &LabelSelector::all() && !wants_members {
+        // A claimed pool member's own labels are the pool's; its session's are in its claim
+        // record, so the daemon's label filter cannot find it: look at every claimed member.
+        let mut members = label_filters(&LabelSelector::all());
+        if let Some(labels) = members.get_mut("label") {
+            labels.push(berth_engine_core::LABEL_POOL_MEMBER.to_owned());
+        }
+        let seen: std::collections::HashSet<String> =
+            containers.iter().filter_map(|c| c.id.clone()).collect();
+        containers.extend(
+            list_with(members)
+                .await
+                .map_err(engine.other("list containers"))?
+                .into_iter()
+                .filter(|c| c.id.as_ref().is_some_and(|id| !seen.contains(id))),
+        );
+    }
     let mut out = Vec::with_capacity(containers.len());
     for c in containers {
         let Some(name) = c
@@ -303,6 +361,20 @@ pub(crate) async fn list(
         };
         let mut labels: std::collections::BTreeMap<String, String> =
             c.labels.unwrap_or_default().into_iter().collect();
+        if crate::pool::is_claimed(&name, &labels) {
+            let running = c.state == Some(ContainerSummaryStateEnum::RUNNING);
+            let id = c.id.clone().unwrap_or_default();
+            match claimed_labels(engine, &id, &name, labels).await {
+                Ok(claimed) => labels = claimed,
+                // One going away (the daemon cannot read its files while removing it) is
+                // left out rather than failing the whole list.
+                Err(e) if !running && e.kind() != berth_engine_core::ErrorKind::Unavailable => {
+                    tracing::debug!(container = %name, error = %e, "skipping a claimed member going away");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        }
         if labels.get(LABEL_DETACHED).map(String::as_str) == Some(DETACHED_REQUESTED)
             && c.state == Some(ContainerSummaryStateEnum::RUNNING)
             && engine.has_detached_marker(&name).await?
@@ -338,6 +410,56 @@ pub(crate) async fn list(
     }
     out.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(out)
+}
+
+/// The labels `list` reports for the claimed pool member `name` whose own labels are
+/// `own`: its claim record's; while the record is not written, the member's labels less the
+/// pool's (so it is no longer offered as a member, and gc sees a claim nobody finished).
+async fn claimed_labels(
+    engine: &DockerEngine,
+    id: &str,
+    name: &str,
+    own: std::collections::BTreeMap<String, String>,
+) -> Result<std::collections::BTreeMap<String, String>> {
+    let mut read = engine.cached_claim_record(id, name).await;
+    if let Err(e) = &read {
+        if !matches!(
+            e.kind(),
+            berth_engine_core::ErrorKind::NotFound | berth_engine_core::ErrorKind::Unavailable
+        ) {
+            // The daemon answers 500 while it removes the container: ask once more, when it
+            // is gone (404) or readable again.
+            tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+            read = engine.cached_claim_record(id, name).await;
+        }
+    }
+    let record = match read {
+        Ok(record) => record,
+        // Removed while listing.
+        Err(e) if e.kind() == berth_engine_core::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    Ok(match record {
+        Some(mut labels) => {
+            // The record cannot make a container berth's or move it into another pool.
+            labels.insert(
+                berth_engine_core::LABEL_MANAGED_BY.to_owned(),
+                berth_engine_core::MANAGED_BY_VALUE.to_owned(),
+            );
+            labels.remove(berth_engine_core::LABEL_POOL);
+            labels.remove(berth_engine_core::LABEL_POOL_SPEC);
+            labels
+        }
+        None => {
+            let mut labels = own;
+            labels.remove(berth_engine_core::LABEL_POOL);
+            labels.insert(
+                berth_engine_core::LABEL_CLAIM_PENDING.to_owned(),
+                "true".to_owned(),
+            );
+            labels
+        }
+    })
 }
 
 impl DockerEngine {

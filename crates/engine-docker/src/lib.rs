@@ -32,6 +32,7 @@ mod exec;
 mod image;
 mod lenient;
 mod podman;
+mod pool;
 mod port;
 mod resolve;
 mod retry;
@@ -47,8 +48,8 @@ use async_trait::async_trait;
 use berth_engine_core::{
     BackendKind, BuildSpec, ContainerEngine, EngineInfo, EnvironmentId, EnvironmentSpec,
     EnvironmentStatus, Error, ExecProcess, ExecRequest, ImageInfo, ImageRef, LabelSelector,
-    LogOptions, LogStream, Network, Progress, PullPolicy, RemoveOutcome, Result, RunId, RunSpec,
-    RunStatus, StopOutcome, TarStream, VolumeStatus,
+    LogOptions, LogStream, Network, PoolClaim, PoolSpec, Progress, PullPolicy, RemoveOutcome,
+    Result, RunId, RunSpec, RunStatus, StopOutcome, TarStream, VolumeStatus,
 };
 use bollard::Docker;
 
@@ -271,6 +272,8 @@ pub struct DockerEngine {
     files: ContainerFiles,
     /// Set when the daemon is Podman's Docker-compatible service (see [`DockerEngine::is_podman`]).
     podman: Option<Arc<podman::Podman>>,
+    /// Claim records already read, by container id (a record never changes once written).
+    claims: pool::ClaimCache,
 }
 
 impl DockerEngine {
@@ -311,6 +314,7 @@ impl DockerEngine {
                 _ssh: Some(Arc::new(proxy)),
                 files: config.files.clone(),
                 podman,
+                claims: pool::ClaimCache::default(),
             });
         }
         let docker = match &endpoint.tls {
@@ -341,6 +345,7 @@ impl DockerEngine {
             _ssh: None,
             files: config.files.clone(),
             podman,
+            claims: pool::ClaimCache::default(),
         })
     }
 
@@ -426,6 +431,14 @@ impl ContainerEngine for DockerEngine {
 
     async fn list(&self, selector: &LabelSelector) -> Result<Vec<EnvironmentStatus>> {
         container::list(self, selector).await
+    }
+
+    async fn start_pool_member(&self, pool: &PoolSpec) -> Result<EnvironmentId> {
+        pool::start_member(self, pool).await
+    }
+
+    async fn claim_pool_member(&self, claim: &PoolClaim) -> Result<Option<EnvironmentId>> {
+        pool::claim(self, claim).await
     }
 
     async fn list_volumes(&self, selector: &LabelSelector) -> Result<Vec<VolumeStatus>> {

@@ -34,6 +34,7 @@ pub mod manifest;
 pub mod netpol;
 mod pod;
 mod policy;
+mod pools;
 mod port;
 pub mod progress;
 mod retry;
@@ -51,8 +52,8 @@ use async_trait::async_trait;
 use berth_engine_core::{
     BackendKind, BuildSpec, ContainerEngine, EngineInfo, EnvironmentId, EnvironmentSpec,
     EnvironmentStatus, Error, ExecProcess, ExecRequest, ImageInfo, ImageRef, LabelSelector,
-    LogOptions, LogStream, Network, Progress, PullPolicy, RemoveOutcome, Resources, Result, RunId,
-    RunSpec, RunStatus, StopOutcome, TarStream, VolumeStatus,
+    LogOptions, LogStream, Network, PoolClaim, PoolSpec, Progress, PullPolicy, RemoveOutcome,
+    Resources, Result, RunId, RunSpec, RunStatus, StopOutcome, TarStream, VolumeStatus,
 };
 
 pub use crate::argo::{
@@ -236,6 +237,14 @@ impl ContainerEngine for KubernetesEngine {
 
     async fn mark_detached(&self, env: &EnvironmentId) -> Result<()> {
         job::mark_detached(self, env).await
+    }
+
+    async fn start_pool_member(&self, pool: &PoolSpec) -> Result<EnvironmentId> {
+        pools::start_member(self, pool).await
+    }
+
+    async fn claim_pool_member(&self, claim: &PoolClaim) -> Result<Option<EnvironmentId>> {
+        pools::claim(self, claim).await
     }
 
     async fn list(&self, selector: &LabelSelector) -> Result<Vec<EnvironmentStatus>> {

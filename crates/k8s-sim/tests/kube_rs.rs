@@ -392,3 +392,62 @@ async fn jobs_created_at_once_get_one_pod_each() {
         assert_eq!(owned, 1, "job {name} has {owned} pods");
     }
 }
+
+/// A merge patch carrying `metadata.resourceVersion` is a precondition, as on the API server:
+/// the current version applies, a stale one is 409 Conflict and changes nothing (what a pool
+/// claim relies on so that two claimers never take the same member).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patch_with_a_stale_resource_version_is_a_conflict() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::{Patch, PatchParams};
+
+    let sim = Sim::start().await.expect("the simulator starts");
+    let client = client(&sim).await;
+    let maps: Api<ConfigMap> = Api::namespaced(client, "default");
+    let map: ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "rv", "labels": {"owner": "none"}},
+        "data": {"a": "1"},
+    }))
+    .expect("configmap");
+    let created = maps
+        .create(&PostParams::default(), &map)
+        .await
+        .expect("create");
+    let rv = created
+        .metadata
+        .resource_version
+        .clone()
+        .expect("a resourceVersion");
+    let claim = |owner: &str, rv: &str| serde_json::json!({"metadata": {"resourceVersion": rv, "labels": {"owner": owner}}});
+    let first = maps
+        .patch(
+            "rv",
+            &PatchParams::default(),
+            &Patch::Merge(&claim("first", &rv)),
+        )
+        .await
+        .expect("the first patch with the current version applies");
+    assert_ne!(
+        first.metadata.resource_version.as_deref(),
+        Some(rv.as_str())
+    );
+    let err = maps
+        .patch(
+            "rv",
+            &PatchParams::default(),
+            &Patch::Merge(&claim("second", &rv)),
+        )
+        .await
+        .expect_err("a stale version is refused");
+    match err {
+        kube::Error::Api(status) => assert_eq!(status.code, 409, "{status:?}"),
+        other => panic!("expected 409 Conflict, got {other:?}"),
+    }
+    let now = maps.get("rv").await.expect("get");
+    assert_eq!(now.metadata.labels.unwrap()["owner"], "first");
+    // Without a version, a patch applies whatever the current one is.
+    let plain = serde_json::json!({"metadata": {"labels": {"owner": "third"}}});
+    maps.patch("rv", &PatchParams::default(), &Patch::Merge(&plain))
+        .await
+        .expect("an unconditional patch");
+}

@@ -7,7 +7,8 @@ use std::time::Duration;
 use berth_engine_core::backend::now_unix as now;
 use berth_engine_core::{
     ContainerEngine, EnvironmentId, EnvironmentState, EnvironmentStatus, LabelSelector, RunState,
-    SessionId, VolumeStatus, DETACHED_REQUESTED, DETACHED_YES, LABEL_DETACHED, LABEL_RUN,
+    SessionId, VolumeStatus, DETACHED_REQUESTED, DETACHED_YES, LABEL_CLAIM_PENDING, LABEL_DETACHED,
+    LABEL_POOL, LABEL_POOL_SPEC, LABEL_RUN,
 };
 use serde::Serialize;
 
@@ -29,6 +30,49 @@ pub struct GcOptions {
     /// older than `older_than`, when it is set). Off by default: workspaces outlive sessions
     /// on purpose.
     pub volumes: bool,
+    /// The configured pools by name; with it, gc removes pool members whose pool is not
+    /// configured, whose spec changed, or that sat idle past the pool's `idle_ttl`, and
+    /// keeps the others. Without it (`None`), unclaimed members are kept (unless older than
+    /// `older_than`).
+    pub pools: Option<BTreeMap<String, PoolRule>>,
+}
+
+/// What gc knows of a configured pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolRule {
+    /// The spec hash of its members (`None`: unknown, e.g. its image comes from the
+    /// command line; members of any spec are kept).
+    pub spec_hash: Option<String>,
+    /// How long a member may sit unclaimed.
+    pub idle_ttl: Duration,
+}
+
+/// Why the unclaimed pool member `env` is garbage under `pools`, if it is.
+fn pool_member_reason(
+    env: &EnvironmentStatus,
+    pools: &BTreeMap<String, PoolRule>,
+    age: Option<u64>,
+) -> Option<String> {
+    let pool = env.labels.get(LABEL_POOL)?;
+    let Some(rule) = pools.get(pool) else {
+        return Some(format!("a member of pool {pool}, which is not configured"));
+    };
+    if rule
+        .spec_hash
+        .as_ref()
+        .is_some_and(|hash| env.labels.get(LABEL_POOL_SPEC) != Some(hash))
+    {
+        return Some(format!(
+            "a member of pool {pool} started from an older spec"
+        ));
+    }
+    match age {
+        Some(age) if age > rule.idle_ttl.as_secs() => Some(format!(
+            "a member of pool {pool} idle past its idle_ttl ({}s, idle {age}s)",
+            rule.idle_ttl.as_secs()
+        )),
+        _ => None,
+    }
 }
 
 /// One environment gc decided about.
@@ -143,6 +187,14 @@ pub fn plan_environments(
             Some("a batch run that has finished".to_owned())
         } else if env.state == EnvironmentState::Exited {
             Some("its keepalive has exited (lifetime over or killed)".to_owned())
+        } else if env.labels.contains_key(LABEL_CLAIM_PENDING) {
+            Some("a pool member whose claim never finished (its claimer died)".to_owned())
+        } else if let Some(reason) = options
+            .pools
+            .as_ref()
+            .and_then(|pools| pool_member_reason(env, pools, age))
+        {
+            Some(reason)
         } else if let (Some(limit), Some(age)) = (options.older_than, age) {
             (age > limit.as_secs()).then(|| format!("older than {}s ({age}s)", limit.as_secs()))
         } else {
@@ -426,6 +478,73 @@ fn owner_gone_reason(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn member(name: &str, pool: &str, hash: &str, age: u64, now: u64) -> EnvironmentStatus {
+        let labels: BTreeMap<String, String> = [
+            (berth_engine_core::LABEL_MANAGED_BY, "berth"),
+            (LABEL_POOL, pool),
+            (LABEL_POOL_SPEC, hash),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let mut status = EnvironmentStatus::new(
+            EnvironmentId::new(name).unwrap(),
+            "img",
+            EnvironmentState::Running,
+            labels,
+        );
+        status.created_unix_secs = Some(now - age);
+        status
+    }
+
+    #[test]
+    fn gc_keeps_live_pools_members_and_removes_orphans() {
+        let now = 10_000;
+        let envs = vec![
+            member("live", "py", "h1", 10, now),
+            member("unknown-pool", "gone", "h1", 10, now),
+            member("old-spec", "py", "h0", 10, now),
+            member("idle", "py", "h1", 4000, now),
+        ];
+        let pools = BTreeMap::from([(
+            "py".to_owned(),
+            PoolRule {
+                spec_hash: Some("h1".into()),
+                idle_ttl: Duration::from_secs(3600),
+            },
+        )]);
+        let options = GcOptions {
+            pools: Some(pools),
+            ..GcOptions::default()
+        };
+        let plan = plan_environments(&envs, &BTreeMap::new(), &options, now);
+        let removed: Vec<(String, String)> = plan
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::RemoveEnvironment { id, reason, .. } => {
+                    Some((id.to_string(), reason.clone()))
+                }
+                Action::RemoveVolume { .. } => None,
+            })
+            .collect();
+        assert_eq!(plan.kept, 1, "{removed:?}");
+        assert!(removed[0].0 == "unknown-pool" && removed[0].1.contains("not configured"));
+        assert!(removed[1].0 == "old-spec" && removed[1].1.contains("older spec"));
+        assert!(removed[2].0 == "idle" && removed[2].1.contains("idle_ttl"));
+        // Without the config's pools, members are kept.
+        let plan = plan_environments(&envs, &BTreeMap::new(), &GcOptions::default(), now);
+        assert_eq!(plan.kept, 4);
+        // A claim that never finished is garbage either way.
+        let mut pending = member("pending", "py", "h1", 10, now);
+        pending.labels.remove(LABEL_POOL);
+        pending
+            .labels
+            .insert(LABEL_CLAIM_PENDING.to_owned(), "true".to_owned());
+        let plan = plan_environments(&[pending], &BTreeMap::new(), &GcOptions::default(), now);
+        assert_eq!(plan.actions.len(), 1);
+    }
 
     fn owner() -> Owner {
         Owner {

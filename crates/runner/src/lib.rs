@@ -71,6 +71,7 @@ pub mod gc;
 pub mod image;
 pub mod lifecycle;
 pub mod owner;
+pub mod pool;
 pub mod rbac;
 pub mod render;
 pub mod runs;

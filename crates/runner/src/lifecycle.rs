@@ -200,7 +200,22 @@ pub struct Started {
 /// detachment cannot be recorded (the environment is stopped then).
 pub async fn up(
     engine: Arc<dyn ContainerEngine>,
+    spec: EnvironmentSpec,
+    policy: PullPolicy,
+    progress: &StartProgress,
+) -> Result<Started> {
+    up_from(engine, spec, None, policy, progress).await
+}
+
+/// [`up`], claiming the environment from `pool` when one is given (`berth up --pool`); the
+/// spec is then [`crate::pool::session_spec`]'s.
+///
+/// # Errors
+/// As [`up`].
+pub async fn up_from(
+    engine: Arc<dyn ContainerEngine>,
     mut spec: EnvironmentSpec,
+    pool: Option<crate::pool::Pool>,
     policy: PullPolicy,
     progress: &StartProgress,
 ) -> Result<Started> {
@@ -208,7 +223,10 @@ pub async fn up(
         .insert(LABEL_DETACHED.into(), DETACHED_REQUESTED.into());
     refuse_duplicate_name(engine.as_ref(), &spec).await?;
     let name = spec.name.clone();
-    let session = Session::new(engine.clone(), spec);
+    let mut session = Session::new(engine.clone(), spec);
+    if let Some(pool) = pool {
+        session = session.with_pool(pool);
+    }
     let id = start(&session, &name, policy, progress).await?;
     if let Err(e) = engine.mark_detached(&id).await {
         if let Err(stop) = session.shutdown().await {

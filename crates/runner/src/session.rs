@@ -42,6 +42,8 @@ pub struct Session {
     engine: Arc<dyn ContainerEngine>,
     template: EnvironmentSpec,
     envs: Mutex<Envs>,
+    /// Where starts claim their environments from, if anywhere.
+    pool: Option<crate::pool::Pool>,
 }
 
 /// The session's names: reserved while starting, then bound to an environment.
@@ -114,7 +116,18 @@ impl Session {
             engine,
             template,
             envs: Mutex::new(Envs::default()),
+            pool: None,
         }
+    }
+
+    /// Claims every environment from `pool` (a cold start from the pool's spec when it is
+    /// empty) instead of starting it from the template; the template's labels (the owner,
+    /// a detached marker) go on the claimed environment. Make the template with
+    /// [`crate::pool::session_spec`] so that what the session says it runs is what it gets.
+    #[must_use]
+    pub fn with_pool(mut self, pool: crate::pool::Pool) -> Self {
+        self.pool = Some(pool);
+        self
     }
 
     /// The session id.
@@ -168,7 +181,14 @@ impl Session {
             armed: true,
         };
         let spec = self.template.clone().with_name(name);
-        let id = self.engine.start(&spec).await?;
+        let id = match &self.pool {
+            Some(pool) => {
+                pool.claim(self.id().clone(), name, self.template.labels.clone())
+                    .await?
+                    .id
+            }
+            None => self.engine.start(&spec).await?,
+        };
         let bound = {
             let mut envs = self.envs();
             let still_ours =

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::anyhow;
 use berth_runner::config::parse_duration;
-use berth_runner::gc::{collect_garbage, GcOptions};
+use berth_runner::gc::{collect_garbage, GcOptions, PoolRule};
 use berth_runner::state::StateDir;
 
 use super::{session_id, Ctx};
@@ -21,6 +21,19 @@ pub async fn gc(ctx: &Ctx, args: GcArgs) -> anyhow::Result<ExitCode> {
         .map_err(|e| anyhow!("invalid --older-than: {e}"))?;
     options.session = args.session.as_deref().map(session_id).transpose()?;
     options.volumes = args.volumes;
+    options.pools = Some(
+        ctx.config()
+            .pools
+            .keys()
+            .map(|name| {
+                let rule = PoolRule {
+                    spec_hash: ctx.config().pool_spec(name).ok().map(|p| p.spec_hash()),
+                    idle_ttl: ctx.config().pools[name].idle_ttl.get(),
+                };
+                (name.clone(), rule)
+            })
+            .collect(),
+    );
     let engine = ctx.engine().await?;
     let report = collect_garbage(engine.as_ref(), &StateDir::from_env(), &options).await?;
     let all_removed =

@@ -13,6 +13,7 @@ mod kill;
 mod logs;
 mod ls;
 mod network;
+mod pool;
 mod port_forward;
 mod ps;
 mod render;
@@ -33,7 +34,7 @@ use berth_engine_core::{
 use berth_runner::config::{BerthConfig, LoadOptions, Loaded};
 use berth_runner::spec::EnvOptions;
 
-use crate::args::{BuilderCommand, Cli, Command, DetachedArgs, EnvArgs, ImageCommand};
+use crate::args::{BuilderCommand, Cli, Command, DetachedArgs, EnvArgs, ImageCommand, PoolCommand};
 
 /// What every command sees: the loaded config and the global flags.
 pub struct Ctx {
@@ -110,6 +111,9 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(a) => serve::serve(&ctx, a).await,
         Command::PortForward(a) => port_forward::port_forward(&ctx, a).await,
         Command::Network(a) => network::network(&ctx, a).await,
+        Command::Pool(PoolCommand::Fill(a)) => pool::fill(&ctx, a).await,
+        Command::Pool(PoolCommand::Ls(_)) => pool::ls(&ctx).await,
+        Command::Pool(PoolCommand::Drain(a)) => pool::drain(&ctx, a).await,
     }
 }
 

@@ -15,11 +15,18 @@ use crate::progress::{self, Mode};
 
 pub async fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = ctx.config();
-    let spec = spec::environment_spec(config, &env_options(&args.env)?)?;
+    let pooled = super::pool::for_env(ctx, &args.env).await?;
+    let spec = match &pooled {
+        Some((spec, _)) => spec.clone(),
+        None => spec::environment_spec(config, &env_options(&args.env)?)?,
+    };
     let req = exec_request(&args.cmd, args.command.clone())?;
     let engine = ctx.engine().await?;
     let name = spec.name.clone();
-    let session = Session::new(engine.clone(), spec);
+    let mut session = Session::new(engine.clone(), spec);
+    if let Some((_, pool)) = pooled {
+        session = session.with_pool(pool);
+    }
     // Our stderr carries the command's: progress only on a terminal, cleared before it runs.
     let (progress, spinner) = progress::start(Mode::for_start(ctx.json, false));
     let body = async {

@@ -11,6 +11,9 @@ use tokio::signal::unix::{signal, SignalKind};
 use super::Ctx;
 use crate::args::ServeArgs;
 
+/// How often `berth serve` tops its pools up (a claim by another process is seen then).
+const POOL_REFILL_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub async fn serve(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut config = ctx.config().clone();
     let server = &mut config.server;
@@ -37,6 +40,19 @@ pub async fn serve(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     config.validate("the flags of berth serve")?;
     let engine = ctx.engine().await?;
+    // Each configured pool is kept at min_ready while the agent runs (dropped on return).
+    let mut refillers = Vec::new();
+    for name in config.pools.keys() {
+        let spec = config
+            .pool_spec(name)
+            .map_err(|(key, reason)| anyhow::anyhow!("invalid {key}: {reason}"))?;
+        let pool = berth_runner::pool::Pool::new(
+            engine.clone(),
+            spec,
+            config.pools[name].start_concurrency(),
+        );
+        refillers.push(pool.refill_in_background(POOL_REFILL_EVERY));
+    }
     let server = Server::new(config, engine)?;
     let listener = tokio::net::TcpListener::bind(server.listen_address())
         .await

@@ -38,6 +38,7 @@ pub async fn shell(ctx: &Ctx, args: ShellArgs) -> anyhow::Result<ExitCode> {
         image: args.image.clone(),
         session: None,
         name: "shell".into(),
+        pool: None,
     };
     let spec = spec::environment_spec(ctx.config(), &env_options(&env_args)?)?;
     let session = Session::new(engine.clone(), spec);

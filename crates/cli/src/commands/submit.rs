@@ -16,6 +16,7 @@ pub async fn submit(ctx: &Ctx, args: SubmitArgs) -> anyhow::Result<ExitCode> {
         image: args.image.clone(),
         session: args.session.clone(),
         name: args.name.clone(),
+        pool: None,
     })?;
     let mut spec = runs::run_spec(config, &options, args.command, args.schedule)?;
     if let Some(url) = args.git {

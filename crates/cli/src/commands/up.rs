@@ -12,15 +12,21 @@ use crate::progress::{self, Mode};
 
 pub async fn up(ctx: &Ctx, args: UpArgs) -> anyhow::Result<ExitCode> {
     let config = ctx.config();
-    let spec = spec::environment_spec(config, &env_options(&args.env)?)?;
+    let (spec, pool) = match super::pool::for_env(ctx, &args.env).await? {
+        Some((spec, pool)) => (spec, Some(pool)),
+        None => (
+            spec::environment_spec(config, &env_options(&args.env)?)?,
+            None,
+        ),
+    };
     let session = spec.session.clone();
     let limits = spec::limits(config);
-    if limits.unlimited {
+    if limits.unlimited && pool.is_none() {
         eprintln!("berth: note: this environment has {}", limits.note);
     }
     let engine = ctx.engine().await?;
     let (progress, spinner) = progress::start(Mode::for_start(ctx.json, true));
-    let started = lifecycle::up(engine, spec, config.runner.pull_policy, &progress)
+    let started = lifecycle::up_from(engine, spec, pool, config.runner.pull_policy, &progress)
         .await
         .with_context(|| format!("failed to start an environment for session {session}"))?;
     drop(spinner);

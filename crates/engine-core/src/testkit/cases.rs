@@ -19,6 +19,7 @@ pub use super::cases_foreign::*;
 pub use super::cases_kill::*;
 pub use super::cases_lifecycle::*;
 pub use super::cases_outcomes::*;
+pub use super::cases_pools::*;
 pub use super::cases_ports::*;
 pub use super::cases_runs::*;
 pub use super::cases_shell::*;

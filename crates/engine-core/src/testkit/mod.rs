@@ -29,6 +29,7 @@ pub mod cases_foreign;
 pub mod cases_kill;
 pub mod cases_lifecycle;
 pub mod cases_outcomes;
+pub mod cases_pools;
 pub mod cases_ports;
 pub mod cases_runs;
 pub mod cases_shell;
@@ -392,6 +393,10 @@ macro_rules! conformance_suite {
             port_forward_to_a_closed_port_is_a_clear_error,
             port_forward_serves_20_concurrent_connections,
             port_forward_relays_binary_bytes_exactly_both_ways,
+            a_claimed_member_has_the_sessions_labels_only,
+            a_claimed_members_lifetime_counts_from_the_claim,
+            no_member_is_claimed_twice_by_20_concurrent_claimers,
+            a_claim_for_another_spec_leaves_the_member,
         }
     };
     (@names_of; $($case:ident),* $(,)?) => {

@@ -23,14 +23,21 @@ pub(super) fn patch(
     body: &Value,
     decode: impl FnOnce(&mut Value) -> Result<(), ApiError>,
 ) -> Result<Value, ApiError> {
-    inner.store.update(res, ns, name, None, |obj| {
-        if let Value::Array(ops) = body {
-            json_patch(obj, ops)?;
-        } else {
-            meta::merge_patch(obj, body);
-        }
-        decode(obj)
-    })
+    // A merge patch naming a resourceVersion is a precondition, as on the API server: a
+    // stale one is 409 Conflict (how optimistic concurrency, e.g. a pool claim, works).
+    let expected = body["metadata"]["resourceVersion"]
+        .as_str()
+        .map(str::to_owned);
+    inner
+        .store
+        .update(res, ns, name, expected.as_deref(), |obj| {
+            if let Value::Array(ops) = body {
+                json_patch(obj, ops)?;
+            } else {
+                meta::merge_patch(obj, body);
+            }
+            decode(obj)
+        })
 }
 
 /// A small RFC 6902 subset: add, replace and remove on object paths and array indexes.

@@ -13,6 +13,7 @@ mod keys;
 mod load;
 mod parse;
 mod pod;
+mod pools;
 mod runs;
 mod schema;
 mod types;
@@ -31,6 +32,7 @@ pub use parse::{
 pub use pod::{
     CacheEntry, EnvFromEntry, KeyEntry, MountEntry, NewClaimEntry, SecurityContextSection,
 };
+pub use pools::{PoolConfig, DEFAULT_START_CONCURRENCY};
 pub use runs::SchedulesSection;
 pub use schema::{
     BerthConfig, CopySection, DockerSection, DockerTls, KubernetesResources, KubernetesSection,

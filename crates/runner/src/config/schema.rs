@@ -22,6 +22,7 @@ use super::keys::{section, Key, Schema, ValueKind};
 use super::pod::{
     CacheEntry, EnvFromEntry, KeyEntry, MountEntry, PodOptions, SecurityContextSection,
 };
+use super::pools::PoolConfig;
 use super::runs::SchedulesSection;
 use super::types::{
     backend_kind, kubernetes_pull_policy, process_count, pull_policy, security_profile,
@@ -55,6 +56,8 @@ section! {
         pub server: ServerSection,
         /// Named Docker daemons that build images (`berth image build --builder NAME`).
         pub builders: BTreeMap<String, BuilderConfig>,
+        /// Warm pools: `{NAME: {image, resources, env, min_ready, max, idle_ttl, ...}}`.
+        pub pools: BTreeMap<String, PoolConfig>,
     }
 }
 
@@ -620,6 +623,9 @@ impl BerthConfig {
             if let Err((key, reason)) = super::pod::check_name("kubernetes.git_secret", secret) {
                 return Err(invalid(&key, reason));
             }
+        }
+        if let Err((key, reason)) = super::pools::check(self) {
+            return Err(invalid(&key, reason));
         }
         for key in self.kubernetes.labels.keys() {
             let mut labels = BTreeMap::new();

@@ -450,6 +450,18 @@ fn the_known_keys_are_the_schema_fields() {
         .secret_env
         .insert("*".into(), super::KeyEntry::default());
     serde_paths("", &serde_json::to_value(&named).unwrap(), &mut from_serde);
+    // A pool, with each workspace form.
+    for workspace in [
+        WorkspaceConfig::HostPath("/abs".into()),
+        WorkspaceConfig::Volume("v".into()),
+    ] {
+        let mut pooled = BerthConfig::default();
+        let mut pool = super::PoolConfig::default();
+        pool.env.insert("*".into(), "x".into());
+        pool.workspace = workspace;
+        pooled.pools.insert("*".into(), pool);
+        serde_paths("", &serde_json::to_value(&pooled).unwrap(), &mut from_serde);
+    }
     from_serde.sort();
     from_serde.dedup();
     let mut from_schema: Vec<String> = known_paths().into_iter().map(|(p, _)| p).collect();
