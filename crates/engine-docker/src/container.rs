@@ -53,11 +53,40 @@ pub(crate) async fn create_and_start(
     body: bollard::models::ContainerCreateBody,
     not_runnable: impl FnOnce(&str) -> Error,
 ) -> Result<String> {
+    let name = create(engine, spec, labels, body, |_| {}).await?;
+    if let Err(e) = engine.docker.start_container(&name, None).await {
+        let err = match errors::status(&e) {
+            Some((_, msg)) if not_runnable_message(msg) => not_runnable(msg),
+            _ => errors::other(&engine.address, "start container", e),
+        };
+        return match engine.remove_container(&name).await {
+            Ok(_) => Err(err),
+            Err(cleanup) => Err(err.with_cleanup_failure(cleanup)),
+        };
+    }
+    Ok(name)
+}
+
+/// Whether the runtime's message says the executable to start is missing.
+pub(crate) fn not_runnable_message(msg: &str) -> bool {
+    msg.contains("executable file not found") || msg.contains("no such file or directory")
+}
+
+/// Creates the container `body` of `spec` (its workspace volume first, the configured env
+/// and secret files applied, then `adjust`), named like an environment; returns its name.
+pub(crate) async fn create(
+    engine: &DockerEngine,
+    spec: &EnvironmentSpec,
+    labels: &HashMap<String, String>,
+    body: bollard::models::ContainerCreateBody,
+    adjust: impl FnOnce(&mut ContainerCreateBody),
+) -> Result<String> {
     if let Workspace::Volume { name, .. } = &spec.workspace {
         engine.ensure_volume(name, labels).await?;
     }
     let mut body = body;
     engine.files.apply(spec, &engine.address, &mut body)?;
+    adjust(&mut body);
     let name = container_name(spec);
     engine
         .docker
@@ -70,21 +99,6 @@ pub(crate) async fn create_and_start(
         )
         .await
         .map_err(|e| create_error(engine, spec, e))?;
-    if let Err(e) = engine.docker.start_container(&name, None).await {
-        let err = match errors::status(&e) {
-            Some((_, msg))
-                if msg.contains("executable file not found")
-                    || msg.contains("no such file or directory") =>
-            {
-                not_runnable(msg)
-            }
-            _ => errors::other(&engine.address, "start container", e),
-        };
-        return match engine.remove_container(&name).await {
-            Ok(_) => Err(err),
-            Err(cleanup) => Err(err.with_cleanup_failure(cleanup)),
-        };
-    }
     Ok(name)
 }
 
@@ -252,7 +266,7 @@ pub(crate) fn label_filters(selector: &LabelSelector) -> HashMap<String, Vec<Str
     HashMap::from([("label".to_owned(), labels)])
 }
 
-fn labels_map(spec: &EnvironmentSpec) -> HashMap<String, String> {
+pub(crate) fn labels_map(spec: &EnvironmentSpec) -> HashMap<String, String> {
     spec.object_labels(backend::now_unix())
         .into_iter()
         .collect()

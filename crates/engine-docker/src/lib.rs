@@ -29,6 +29,7 @@ mod daemon;
 mod errors;
 mod exec;
 mod image;
+mod oneshot;
 mod port;
 mod resolve;
 mod retry;
@@ -372,6 +373,14 @@ impl ContainerEngine for DockerEngine {
     async fn exec_streaming(&self, env: &EnvironmentId, req: ExecRequest) -> Result<ExecProcess> {
         let env = self.resolve_existing(env).await?;
         exec::exec_streaming(&self.docker, &self.address, &env, req).await
+    }
+
+    async fn run_once(
+        &self,
+        spec: &EnvironmentSpec,
+        req: ExecRequest,
+    ) -> Result<(EnvironmentId, ExecProcess)> {
+        oneshot::run_once(self, spec, req).await
     }
 
     async fn copy_in(&self, env: &EnvironmentId, dest: &str, tar: TarStream) -> Result<()> {
