@@ -121,6 +121,9 @@ fn create_error(engine: &DockerEngine, spec: &EnvironmentSpec, e: bollard::error
 }
 
 pub(crate) async fn stop(engine: &DockerEngine, env: &EnvironmentId) -> Result<StopOutcome> {
+    if engine.forget_removed(env.as_str()) {
+        return Ok(StopOutcome::AlreadyGone);
+    }
     let Some(name) = engine.resolve(env).await? else {
         return Ok(StopOutcome::AlreadyGone);
     };

@@ -258,6 +258,9 @@ pub struct DockerEngine {
     _ssh: Option<Arc<ssh::SshProxy>>,
     /// Env files and secret files of every environment.
     files: ContainerFiles,
+    /// One-shot containers this engine removed itself once their command ended, so that the
+    /// caller's stop need not ask the daemon again.
+    removed: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl DockerEngine {
@@ -293,6 +296,7 @@ impl DockerEngine {
                 address,
                 _ssh: Some(Arc::new(proxy)),
                 files: config.files.clone(),
+                removed: Arc::default(),
             });
         }
         let docker = match &endpoint.tls {
@@ -320,6 +324,7 @@ impl DockerEngine {
             address,
             _ssh: None,
             files: config.files.clone(),
+            removed: Arc::default(),
         })
     }
 

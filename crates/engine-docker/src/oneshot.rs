@@ -48,6 +48,30 @@ const ENDED_NOT: u8 = 0;
 const ENDED_TIMEOUT: u8 = 1;
 const ENDED_LIFETIME: u8 = 2;
 
+impl DockerEngine {
+    /// Records that this engine removed the one-shot container `name` itself.
+    fn note_removed(&self, name: &str) {
+        let mut removed = self
+            .removed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Names carry a random suffix and are never reused; the bound only keeps a
+        // long-lived engine whose callers never stop from growing.
+        if removed.len() >= 4096 {
+            removed.clear();
+        }
+        removed.insert(name.to_owned());
+    }
+
+    /// Whether this engine removed the one-shot container `name` itself (forgotten now).
+    pub(crate) fn forget_removed(&self, name: &str) -> bool {
+        self.removed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(name)
+    }
+}
+
 /// Runs `req` as the main process of a fresh container of `spec`; see the module docs.
 pub(crate) async fn run_once(
     engine: &DockerEngine,
@@ -208,9 +232,12 @@ impl Once {
         if matches!(code, Ok(137)) && ended == ENDED_NOT {
             self.record_oom().await;
         }
-        if let Err(e) = self.engine.remove_container(self.name()).await {
+        match self.engine.remove_container(self.name()).await {
+            Ok(_) => self.engine.note_removed(self.name()),
             // The caller's stop (and gc) will try again.
-            tracing::debug!(env = %self.env, error = %e, "could not remove a one-shot container yet");
+            Err(e) => {
+                tracing::debug!(env = %self.env, error = %e, "could not remove a one-shot container yet");
+            }
         }
         match ended {
             ENDED_TIMEOUT => {

@@ -6,7 +6,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use berth_engine_core::{
-    missing_command, probe_command_missing, BackendKind, ContainerEngine, EnvironmentId,
+    missing_command, probe_command_missing, BackendKind, ErrorKind, ContainerEngine, EnvironmentId,
     EnvironmentSpec, EnvironmentState, ExecProcess, ExecRequest, ImageRef, LabelSelector, Progress,
     ProgressEvent, PullPolicy, SessionId, StopOutcome, DETACHED_REQUESTED, LABEL_DETACHED,
     LABEL_NAME,
@@ -322,21 +322,38 @@ pub async fn run_once(
 ) -> Result<(EnvironmentId, ExecProcess)> {
     let engine = session.engine();
     let image = &session.template().image;
-    image::prepare(engine.as_ref(), image, policy, &progress.pulls(image)).await?;
+    // Like `docker run`, a present image is not asked about first: the create says when it
+    // is missing, and only then is it pulled (or said missing, as `policy` wants).
+    let lazy = image::needs_pre_pull(engine.backend())
+        && matches!(policy, PullPolicy::IfNotPresent | PullPolicy::Never);
+    if !lazy {
+        image::prepare(engine.as_ref(), image, policy, &progress.pulls(image)).await?;
+    }
     progress.report(&StartPhase::Starting {
         backend: engine.backend(),
     });
-    let ran = match &progress.0 {
-        Some(f) => {
-            let f = f.clone();
-            let on_wait = move |what: &str| {
-                f(&StartPhase::Waiting {
-                    what: what.to_owned(),
-                });
-            };
-            berth_engine_k8s::progress::report_waits(on_wait, session.run_once(name, req)).await
+    let attempt = |req: ExecRequest| async move {
+        match &progress.0 {
+            // A backend that can say what it waits for (Kubernetes) says it here.
+            Some(f) => {
+                let f = f.clone();
+                let on_wait = move |what: &str| {
+                    f(&StartPhase::Waiting {
+                        what: what.to_owned(),
+                    });
+                };
+                berth_engine_k8s::progress::report_waits(on_wait, session.run_once(name, req))
+                    .await
+            }
+            None => session.run_once(name, req).await,
         }
-        None => session.run_once(name, req).await,
+    };
+    let ran = match attempt(req.clone()).await {
+        Err(RunnerError::Engine(e)) if lazy && e.kind() == ErrorKind::ImageNotFound => {
+            image::prepare(engine.as_ref(), image, policy, &progress.pulls(image)).await?;
+            attempt(req).await
+        }
+        other => other,
     };
     let (id, process) = ran.map_err(|e| match e {
         RunnerError::Engine(engine) => {
