@@ -29,7 +29,7 @@ use berth_engine_core::{
 };
 use bollard::container::LogOutput;
 use bollard::query_parameters::{
-    AttachContainerOptions, KillContainerOptions, WaitContainerOptions,
+    AttachContainerOptions, KillContainerOptions, RemoveContainerOptions, WaitContainerOptions,
 };
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -232,12 +232,40 @@ impl Once {
         if matches!(code, Ok(137)) && ended == ENDED_NOT {
             self.record_oom().await;
         }
-        match self.engine.remove_container(self.name()).await {
-            Ok(_) => self.engine.note_removed(self.name()),
-            // The caller's stop (and gc) will try again.
-            Err(e) => {
-                tracing::debug!(env = %self.env, error = %e, "could not remove a one-shot container yet");
+        let removed = self
+            .engine
+            .docker
+            .remove_container(
+                self.name(),
+                Some(RemoveContainerOptions {
+                    force: true,
+                    v: true,
+                    ..Default::default()
+                }),
+            )
+            .await;
+        let removed_by_another = match removed {
+            Ok(()) => {
+                self.engine.note_removed(self.name());
+                false
             }
+            Err(e) => match errors::status(&e) {
+                Some((404, _)) => true,
+                Some((409, msg)) if msg.contains("already in progress") => true,
+                // The caller's stop (and gc) will try again.
+                _ => {
+                    tracing::debug!(env = %self.env, error = %e, "could not remove a one-shot container yet");
+                    false
+                }
+            },
+        };
+        if removed_by_another && ended == ENDED_NOT {
+            // A stop under the command: its exit code (a kill's 137) is not its own.
+            return Err(Error::EnvironmentGone {
+                env: self.env.to_string(),
+                operation: "the command".to_owned(),
+                reason: "its container was removed".to_owned(),
+            });
         }
         match ended {
             ENDED_TIMEOUT => {

@@ -28,6 +28,7 @@ pub mod cases_exec;
 pub mod cases_foreign;
 pub mod cases_kill;
 pub mod cases_lifecycle;
+pub mod cases_once;
 pub mod cases_outcomes;
 pub mod cases_ports;
 pub mod cases_runs;
@@ -392,6 +393,12 @@ macro_rules! conformance_suite {
             port_forward_to_a_closed_port_is_a_clear_error,
             port_forward_serves_20_concurrent_connections,
             port_forward_relays_binary_bytes_exactly_both_ways,
+            run_once_exit_code_and_streams_apart,
+            run_once_stdin_bytes_and_piped_close,
+            run_once_output_is_capped,
+            run_once_timeout_ends_everything,
+            run_once_missing_command_is_not_found,
+            run_once_is_listed_while_it_runs_and_stop_ends_it,
         }
     };
     (@names_of; $($case:ident),* $(,)?) => {
