@@ -48,6 +48,8 @@ enum Suite {
     /// Exec over ssh:// (an sshd on 127.0.0.1 started by the bench; needs root and
     /// openssh-server) against the local socket.
     Remote,
+    /// Only the cold `berth run true` against `docker run --rm` (needs the berth binary).
+    ColdRun,
 }
 
 #[derive(Debug, Parser)]
@@ -241,6 +243,7 @@ async fn main() -> anyhow::Result<()> {
     let docker = async {
         let mut scenarios = vec![bench.exec_latency().await?, bench.exec_throughput().await?];
         scenarios.extend(bench.start_stop().await?);
+        scenarios.push(bench.cold_run().await?);
         scenarios.push(bench.concurrent(10).await?);
         scenarios.push(bench.concurrent(20).await?);
         scenarios.push(bench.memory_50().await?);
@@ -268,6 +271,7 @@ async fn main() -> anyhow::Result<()> {
             )
             .await
         }
+        Suite::ColdRun => bench.cold_run().await.map(|s| vec![s]),
         Suite::Remote => {
             remote_bench::scenarios(&bench.engine, &bench.image, &bench.session, bench.smoke).await
         }

@@ -177,6 +177,8 @@ pub async fn run_once_is_listed_while_it_runs_and_stop_ends_it(fx: &Fixture) {
         .list(&LabelSelector::session(&spec.session))
         .await
         .expect("list");
+    // As for an exec: the command is under way before the stop.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let stopping = Instant::now();
     fx.engine.stop(&env).await.expect("stop");
     let outcome = tokio::time::timeout(Duration::from_secs(60), process.wait())
