@@ -389,7 +389,7 @@ impl Bench {
     /// `run_once`) beside them. `BERTH_BENCH_BIN` names the berth binary (default: next to
     /// this one); `BERTH_BENCH_OLD_BIN` adds a row for another build of it (an old one).
     pub(crate) async fn cold_run(&self) -> anyhow::Result<Scenario> {
-        let iterations = if self.smoke { 2 } else { 30 };
+        let iterations = if self.smoke { 2 } else { 40 };
         let bin = std::env::var_os("BERTH_BENCH_BIN")
             .map(std::path::PathBuf::from)
             .or_else(|| {
@@ -406,7 +406,15 @@ impl Bench {
             let (image, session) = (image.clone(), session.clone());
             async move {
                 let status = tokio::process::Command::new(&bin)
-                    .args(["run", "--image", &image, "--session", &session, "--", "true"])
+                    .args([
+                        "run",
+                        "--image",
+                        &image,
+                        "--session",
+                        &session,
+                        "--",
+                        "true",
+                    ])
                     // The bench's own config: the built-in defaults, whatever the caller has.
                     .env("BERTH_RUNNER__PULL_POLICY", "if_not_present")
                     .stdout(Stdio::null())
@@ -420,7 +428,30 @@ impl Bench {
                 anyhow::Ok(())
             }
         };
-        let subjects = if old_bin.is_some() { 5 } else { 4 };
+        // `docker run --rm` with the container berth makes (init, hardening, labels), so the
+        // cost of the container's config is told apart from berth's own.
+        let label = format!("{LABEL_SESSION}={}", self.session);
+        let managed = format!("{LABEL_MANAGED_BY}={MANAGED_BY_VALUE}");
+        let mut like_berth = vec![
+            "run",
+            "--rm",
+            "--init",
+            "--label",
+            &label,
+            "--label",
+            &managed,
+            "--security-opt",
+            "no-new-privileges:true",
+            "--cap-drop",
+            "ALL",
+            "--pids-limit",
+            "4096",
+        ];
+        for cap in berth_engine_docker::HARDENED_CAPABILITIES {
+            like_berth.extend(["--cap-add", cap]);
+        }
+        like_berth.extend([self.image.as_str(), "true"]);
+        let subjects = if old_bin.is_some() { 6 } else { 5 };
         let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); subjects];
         for i in 0..iterations {
             // Rotate who goes first: a removal leaves the daemon busy for a moment.
@@ -445,13 +476,17 @@ impl Bench {
                     3 => {
                         let env = self.engine.start(&self.spec()).await?;
                         let req = ExecRequest::new(["true"]);
-                        let missing =
-                            berth_engine_core::probe_command_missing(self.engine.as_ref(), &env, &req)
-                                .await;
+                        let missing = berth_engine_core::probe_command_missing(
+                            self.engine.as_ref(),
+                            &env,
+                            &req,
+                        )
+                        .await;
                         let out = self.engine.exec(&env, req).await?;
                         self.engine.stop(&env).await?;
                         anyhow::ensure!(missing.is_none() && out.status.success(), "true failed");
                     }
+                    4 => self.docker_cli(&like_berth).await?,
                     _ => berth_run(old_bin.clone().unwrap_or_default()).await?,
                 }
                 samples[who].push(t.elapsed());
@@ -466,8 +501,12 @@ impl Bench {
                 samples[3].clone(),
             ),
         ];
-        if subjects == 5 {
-            rows.push(("berth run true (BERTH_BENCH_OLD_BIN)", samples[4].clone()));
+        rows.push((
+            "docker run --rm with berth's container config (CLI)",
+            samples[4].clone(),
+        ));
+        if subjects == 6 {
+            rows.push(("berth run true (BERTH_BENCH_OLD_BIN)", samples[5].clone()));
         }
         Ok(Scenario::timed(
             "11. cold run `true`: berth run vs docker run --rm",

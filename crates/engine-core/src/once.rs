@@ -2,8 +2,7 @@
 //! ([`ContainerEngine::run_once`]), and the "command not found" probe its general path uses.
 
 use crate::{
-    ContainerEngine, EnvironmentId, EnvironmentSpec, Error, ExecProcess, ExecRequest, Result,
-    Stdin,
+    ContainerEngine, EnvironmentId, EnvironmentSpec, Error, ExecProcess, ExecRequest, Result, Stdin,
 };
 
 /// What [`ContainerEngine::run_once`] names the object of a program that is not there.

@@ -388,8 +388,8 @@ async fn attach_and_start(
         })
     });
     let argv0 = req.argv[0].clone();
-    let chunks = hold_back_init_failure(Box::pin(chunks), once.clone(), argv0.clone())
-        .take_until(stopped);
+    let chunks =
+        hold_back_init_failure(Box::pin(chunks), once.clone(), argv0.clone()).take_until(stopped);
     let timeout = req.timeout;
     let finisher = once.clone();
     let finish = async move { finisher.finish(argv0, timeout, lifetime).await };

@@ -6,10 +6,10 @@ use std::fmt;
 use std::sync::Arc;
 
 use berth_engine_core::{
-    missing_command, probe_command_missing, BackendKind, ErrorKind, ContainerEngine, EnvironmentId,
-    EnvironmentSpec, EnvironmentState, ExecProcess, ExecRequest, ImageRef, LabelSelector, Progress,
-    ProgressEvent, PullPolicy, SessionId, StopOutcome, DETACHED_REQUESTED, LABEL_DETACHED,
-    LABEL_NAME,
+    missing_command, probe_command_missing, BackendKind, ContainerEngine, EnvironmentId,
+    EnvironmentSpec, EnvironmentState, ErrorKind, ExecProcess, ExecRequest, ImageRef,
+    LabelSelector, Progress, ProgressEvent, PullPolicy, SessionId, StopOutcome, DETACHED_REQUESTED,
+    LABEL_DETACHED, LABEL_NAME,
 };
 
 use crate::error::{Result, RunnerError};
@@ -342,8 +342,7 @@ pub async fn run_once(
                         what: what.to_owned(),
                     });
                 };
-                berth_engine_k8s::progress::report_waits(on_wait, session.run_once(name, req))
-                    .await
+                berth_engine_k8s::progress::report_waits(on_wait, session.run_once(name, req)).await
             }
             None => session.run_once(name, req).await,
         }

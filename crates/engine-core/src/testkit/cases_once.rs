@@ -111,10 +111,9 @@ pub async fn run_once_output_is_capped(fx: &Fixture) {
 /// A timeout is [`ErrorKind::Timeout`], promptly; nothing of the command runs after it (not
 /// even a process that escaped with `setsid`), and nothing is left once it is stopped.
 pub async fn run_once_timeout_ends_everything(fx: &Fixture) {
-    let req = ExecRequest::shell(
-        "(env -u BERTH_EXEC_ID setsid sleep 1003 &); sleep 60; echo ran-on",
-    )
-    .with_timeout(Duration::from_secs(2));
+    let req =
+        ExecRequest::shell("(env -u BERTH_EXEC_ID setsid sleep 1003 &); sleep 60; echo ran-on")
+            .with_timeout(Duration::from_secs(2));
     with_once(fx, req, |env, process| async move {
         let started = Instant::now();
         let err = tokio::time::timeout(Duration::from_secs(60), process.collect(MIB))
@@ -158,7 +157,11 @@ pub async fn run_once_missing_command_is_not_found(fx: &Fixture) {
             outcome.expect_err("a missing program is not an exit code")
         }
     };
-    assert_eq!(missing_command(&err), Some("no-such-command"), "{err} ({err:?})");
+    assert_eq!(
+        missing_command(&err),
+        Some("no-such-command"),
+        "{err} ({err:?})"
+    );
     assert!(err.to_string().contains("no-such-command"), "{err}");
     assert_session_empty(fx, &spec.session).await;
 }
