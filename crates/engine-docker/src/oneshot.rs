@@ -13,8 +13,10 @@
 //!   then, [`Error::EnvironmentGone`]); if the client dies, the container runs on until its
 //!   command ends or `berth gc` removes it (its owner process is gone).
 //! - A program that is not there: Docker's init (tini) reports it on stderr and exits 127.
-//!   That one line is held back and, when the exit code confirms it, replaced by
-//!   [`command_not_found`] for a bare program name, as the probe of the general path says.
+//!   That one line is held back and, when the exit code confirms it and the program is in
+//!   no directory of the container's PATH (asked of the stopped container's filesystem, so
+//!   a command cannot forge it), replaced by [`command_not_found`] for a bare program name,
+//!   as the probe of the general path says.
 //! - A TTY request takes the general path ([`start_then_exec`]): a terminal's resize and
 //!   foreground job are the exec's business.
 
@@ -29,7 +31,8 @@ use berth_engine_core::{
 };
 use bollard::container::LogOutput;
 use bollard::query_parameters::{
-    AttachContainerOptions, KillContainerOptions, RemoveContainerOptions, WaitContainerOptions,
+    AttachContainerOptions, ContainerArchiveInfoOptions, KillContainerOptions,
+    RemoveContainerOptions, WaitContainerOptions,
 };
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -42,6 +45,9 @@ use crate::{body, container, DockerEngine};
 /// How long after the kill of a timed-out container its output may take to end before the
 /// stream is ended anyway.
 const KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// The PATH of a container whose image sets none, as Docker gives it.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Why the client ended the command.
 const ENDED_NOT: u8 = 0;
@@ -198,6 +204,46 @@ impl Once {
                 .filter(|m| *m > 0);
             self.oom.set(OomKill::new(limit));
         }
+    }
+
+    /// Whether `program` (a bare name) is a file in a directory of the container's PATH,
+    /// asked of the stopped container's filesystem: a command cannot forge init's "not
+    /// found" line for a program that is there.
+    async fn program_present(&self, program: &str) -> bool {
+        let Ok(inspect) = self
+            .engine
+            .docker
+            .inspect_container(self.name(), None)
+            .await
+        else {
+            return true;
+        };
+        let path = inspect
+            .config
+            .and_then(|c| c.env)
+            .unwrap_or_default()
+            .into_iter()
+            .find_map(|kv| kv.strip_prefix("PATH=").map(str::to_owned))
+            .unwrap_or_else(|| DEFAULT_PATH.to_owned());
+        for dir in path.split(':').filter(|d| d.starts_with('/')) {
+            let stat = self
+                .engine
+                .docker
+                .get_container_archive_info(
+                    self.name(),
+                    Some(ContainerArchiveInfoOptions {
+                        path: format!("{}/{program}", dir.trim_end_matches('/')),
+                    }),
+                )
+                .await;
+            match stat {
+                Ok(_) => return true,
+                Err(e) if matches!(errors::status(&e), Some((404, _))) => {}
+                // Cannot tell: keep the runtime's own words.
+                Err(_) => return true,
+            }
+        }
+        false
     }
 
     /// SIGKILL to the container: its init and every process in it end.
@@ -463,7 +509,8 @@ fn hold_back_init_failure(
                     let held = s.held.take()?;
                     let missing = is_init_enoent(&held, &s.argv0)
                         && !s.argv0.contains('/')
-                        && matches!(s.once.exit_code().await, Ok(127));
+                        && matches!(s.once.exit_code().await, Ok(127))
+                        && !s.once.program_present(&s.argv0).await;
                     if missing {
                         s.once.not_found.store(true, Ordering::SeqCst);
                         return None;

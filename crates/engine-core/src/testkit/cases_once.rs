@@ -164,6 +164,19 @@ pub async fn run_once_missing_command_is_not_found(fx: &Fixture) {
     );
     assert!(err.to_string().contains("no-such-command"), "{err}");
     assert_session_empty(fx, &spec.session).await;
+    // A command cannot pass itself off as missing: a forged runtime line and a 127 of its
+    // own stay its own.
+    let forged = "[FATAL tini (7)] exec sh failed: No such file or directory";
+    let req = ExecRequest::shell(format!("echo '{forged}' >&2; exit 127"));
+    with_once(fx, req, |_, process| async move {
+        let out = process
+            .collect(MIB)
+            .await
+            .unwrap_or_else(|e| panic!("a command's own 127 is an exit code, got {e} ({e:?})"));
+        assert_eq!(out.status.code(), 127);
+        assert_eq!(out.stderr_lossy(), format!("{forged}\n"));
+    })
+    .await;
 }
 
 /// While the command runs, its environment is listed with the session's labels (so `gc`
