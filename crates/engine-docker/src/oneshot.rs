@@ -401,7 +401,11 @@ async fn attach_and_start(
                 }
             };
             let watchdog = async move {
-                tokio::time::sleep_until((started_at + limit).into()).await;
+                // A lifetime past what the clock can hold never comes.
+                match started_at.checked_add(limit) {
+                    Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+                    None => std::future::pending::<()>().await,
+                }
                 once.ended.store(why, Ordering::SeqCst);
                 once.kill().await;
                 tokio::time::sleep(KILL_GRACE).await;

@@ -216,3 +216,22 @@ pub async fn run_once_is_listed_while_it_runs_and_stop_ends_it(fx: &Fixture) {
     );
     assert_session_empty(fx, &spec.session).await;
 }
+
+/// The environment's maximum lifetime bounds a one-shot command as it bounds an exec: the
+/// command ends with [`ErrorKind::EnvironmentGone`] (not an exit status) soon after it.
+pub async fn run_once_ends_at_the_environments_max_lifetime(fx: &Fixture) {
+    // Long enough to start on a loaded machine, as in `environment_ends_after_max_lifetime`.
+    let spec = fx.spec().with_max_lifetime(Duration::from_secs(5));
+    let (env, process) = fx
+        .engine
+        .run_once(&spec, ExecRequest::new(["sleep", "300"]))
+        .await
+        .unwrap_or_else(|e| panic!("run_once failed: {e} ({e:?})"));
+    let outcome = tokio::time::timeout(Duration::from_secs(90), process.wait()).await;
+    let stopped = fx.engine.stop(&env).await;
+    let outcome = outcome.expect("still running 90 s after a 5 s lifetime");
+    let err = outcome.expect_err("an environment that ended is not an exit status");
+    assert_eq!(err.kind(), ErrorKind::EnvironmentGone, "{err} ({err:?})");
+    stopped.expect("stop after the lifetime");
+    assert_session_empty(fx, &spec.session).await;
+}

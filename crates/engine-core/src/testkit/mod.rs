@@ -399,6 +399,7 @@ macro_rules! conformance_suite {
             run_once_timeout_ends_everything,
             run_once_missing_command_is_not_found,
             run_once_is_listed_while_it_runs_and_stop_ends_it,
+            run_once_ends_at_the_environments_max_lifetime,
         }
     };
     (@names_of; $($case:ident),* $(,)?) => {
