@@ -383,6 +383,152 @@ impl Bench {
         Ok(s)
     }
 
+    /// Scenario 11: a cold `berth run true` (the binary, as a user runs it) against `docker
+    /// run --rm IMAGE true`, alternating, with the library's one-shot path and the old path
+    /// (start + the "command not found" probe + exec + stop, what `berth run` did before
+    /// `run_once`) beside them. `BERTH_BENCH_BIN` names the berth binary (default: next to
+    /// this one); `BERTH_BENCH_OLD_BIN` adds a row for another build of it (an old one).
+    pub(crate) async fn cold_run(&self) -> anyhow::Result<Scenario> {
+        let iterations = if self.smoke { 2 } else { 40 };
+        let bin = std::env::var_os("BERTH_BENCH_BIN")
+            .map(std::path::PathBuf::from)
+            .or_else(|| {
+                std::env::current_exe()
+                    .ok()
+                    .and_then(|e| e.parent().map(|d| d.join("berth")))
+            })
+            .filter(|p| p.is_file());
+        let old_bin = std::env::var_os("BERTH_BENCH_OLD_BIN").map(std::path::PathBuf::from);
+        let image = self.image.to_string();
+        let session = self.session.to_string();
+        let berth_run = |bin: std::path::PathBuf| {
+            let (image, session) = (image.clone(), session.clone());
+            async move {
+                let status = tokio::process::Command::new(&bin)
+                    .args([
+                        "run",
+                        "--image",
+                        &image,
+                        "--session",
+                        &session,
+                        "--",
+                        "true",
+                    ])
+                    // The bench's own config: the built-in defaults, whatever the caller has.
+                    .env("BERTH_RUNNER__PULL_POLICY", "if_not_present")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .await
+                    .with_context(|| format!("running {}", bin.display()))?;
+                if !status.success() {
+                    bail!("{} run true failed: {status}", bin.display());
+                }
+                anyhow::Ok(())
+            }
+        };
+        // `docker run --rm` with the container berth makes (init, hardening, labels), so the
+        // cost of the container's config is told apart from berth's own.
+        let label = format!("{LABEL_SESSION}={}", self.session);
+        let managed = format!("{LABEL_MANAGED_BY}={MANAGED_BY_VALUE}");
+        let mut like_berth = vec![
+            "run",
+            "--rm",
+            "--init",
+            "--label",
+            &label,
+            "--label",
+            &managed,
+            "--security-opt",
+            "no-new-privileges:true",
+            "--cap-drop",
+            "ALL",
+            "--pids-limit",
+            "4096",
+        ];
+        for cap in berth_engine_docker::HARDENED_CAPABILITIES {
+            like_berth.extend(["--cap-add", cap]);
+        }
+        like_berth.extend([self.image.as_str(), "true"]);
+        let subjects = if old_bin.is_some() { 6 } else { 5 };
+        let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); subjects];
+        for i in 0..iterations {
+            // Rotate who goes first: a removal leaves the daemon busy for a moment.
+            for turn in 0..subjects {
+                let who = (turn + i) % subjects;
+                let t = Instant::now();
+                match who {
+                    0 => match &bin {
+                        Some(bin) => berth_run(bin.clone()).await?,
+                        None => continue,
+                    },
+                    1 => {
+                        self.docker_cli(&["run", "--rm", self.image.as_str(), "true"])
+                            .await?;
+                    }
+                    2 => {
+                        let (env, process) = self
+                            .engine
+                            .run_once(&self.spec(), ExecRequest::new(["true"]))
+                            .await?;
+                        let status = process.wait().await?;
+                        self.engine.stop(&env).await?;
+                        anyhow::ensure!(status.success(), "true failed: {status}");
+                    }
+                    3 => {
+                        let env = self.engine.start(&self.spec()).await?;
+                        let req = ExecRequest::new(["true"]);
+                        let missing = berth_engine_core::probe_command_missing(
+                            self.engine.as_ref(),
+                            &env,
+                            &req,
+                        )
+                        .await;
+                        let out = self.engine.exec(&env, req).await?;
+                        self.engine.stop(&env).await?;
+                        anyhow::ensure!(missing.is_none() && out.status.success(), "true failed");
+                    }
+                    4 => self.docker_cli(&like_berth).await?,
+                    _ => berth_run(old_bin.clone().unwrap_or_default()).await?,
+                }
+                samples[who].push(t.elapsed());
+            }
+        }
+        let mut rows = Vec::new();
+        if bin.is_some() {
+            rows.push(("berth run true (CLI, one-shot)", samples[0].clone()));
+        }
+        rows.extend([
+            ("docker run --rm IMAGE true (CLI)", samples[1].clone()),
+            ("library: run_once + wait + stop", samples[2].clone()),
+            (
+                "library: start + probe + exec + stop (the old path)",
+                samples[3].clone(),
+            ),
+        ]);
+        if bin.is_none() {
+            // The library's one-shot path is the subject the ratios are taken against.
+            rows.swap(0, 1);
+        }
+        rows.push((
+            "docker run --rm with berth's container config (CLI)",
+            samples[4].clone(),
+        ));
+        if subjects == 6 {
+            rows.push(("berth run true (BERTH_BENCH_OLD_BIN)", samples[5].clone()));
+        }
+        let missing = if bin.is_none() {
+            " No berth binary was found next to the bench (build berth-cli or set BERTH_BENCH_BIN): the library's one-shot path leads."
+        } else {
+            ""
+        };
+        Ok(Scenario::timed(
+            "13. cold run `true`: berth run vs docker run --rm",
+            &format!("{iterations} runs per subject, alternating, the order rotating.{missing} The binaries are measured as a user runs them (process start, config, connect included); `docker run --rm` uses no init, berth's one-shot container runs under Docker's init like every environment."),
+            rows,
+        ))
+    }
+
     /// Scenario 5: resident memory of a process holding a session of 50 live environments.
     pub(crate) async fn memory_50(&self) -> anyhow::Result<Scenario> {
         let n = if self.smoke { 3 } else { 50 };

@@ -56,6 +56,8 @@ enum Suite {
     /// Warm pools: claim + first command against a cold start, and the refill rate, on
     /// Docker and the simulator (also part of `all`).
     Pools,
+    /// Only the cold `berth run true` against `docker run --rm` (needs the berth binary).
+    ColdRun,
 }
 
 #[derive(Debug, Parser)]
@@ -249,6 +251,7 @@ async fn main() -> anyhow::Result<()> {
     let docker = async {
         let mut scenarios = vec![bench.exec_latency().await?, bench.exec_throughput().await?];
         scenarios.extend(bench.start_stop().await?);
+        scenarios.push(bench.cold_run().await?);
         scenarios.push(bench.concurrent(10).await?);
         scenarios.push(bench.concurrent(20).await?);
         scenarios.push(bench.memory_50().await?);
@@ -284,6 +287,7 @@ async fn main() -> anyhow::Result<()> {
             )
             .await
         }
+        Suite::ColdRun => bench.cold_run().await.map(|s| vec![s]),
         Suite::Remote => {
             remote_bench::scenarios(&bench.engine, &bench.image, &bench.session, bench.smoke).await
         }

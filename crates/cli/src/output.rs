@@ -87,6 +87,43 @@ pub async fn exec_in(
     Ok(exit_code(outcome.status.code()))
 }
 
+/// What a command started elsewhere (`run`'s one-shot) reads: with `interactive`, all of our
+/// stdin as bytes for `json` (captured runs), else our stdin forwarded as it comes.
+pub async fn stdin_for(json: bool, interactive: bool, req: &mut ExecRequest) -> anyhow::Result<()> {
+    if interactive {
+        req.stdin = if json {
+            Stdin::Bytes(read_all_stdin().await?)
+        } else {
+            Stdin::Piped
+        };
+    }
+    Ok(())
+}
+
+/// Drives a started command as [`exec_in`] does: with `json`, captured (at most `limit` bytes
+/// of each stream) and printed as one object; otherwise streamed to our stdout and stderr,
+/// with our stdin forwarded when it is piped.
+pub async fn drive(
+    json: bool,
+    mut process: berth_engine_core::ExecProcess,
+    limit: usize,
+) -> anyhow::Result<ExitCode> {
+    if json {
+        let out = process.collect(limit).await?;
+        println!("{}", output_json(&out));
+        report_oom(out.oom);
+        return Ok(exit_code(out.status.code()));
+    }
+    forward_stdin(&mut process);
+    let output = process
+        .take_output()
+        .context("the command's output was already taken")?;
+    forward_output(output).await?;
+    let outcome = process.wait_outcome().await?;
+    report_oom(outcome.oom);
+    Ok(exit_code(outcome.status.code()))
+}
+
 /// Copies a command's output to our stdout and stderr as it comes.
 pub async fn forward_output(mut output: OutputStream) -> anyhow::Result<()> {
     let mut stdout = tokio::io::stdout();

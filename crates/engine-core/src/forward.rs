@@ -49,6 +49,13 @@ macro_rules! forward_container_engine {
             async fn exec(&self, env: &EnvironmentId, req: ExecRequest) -> Result<ExecOutput> {
                 (**self).exec(env, req).await
             }
+            async fn run_once(
+                &self,
+                spec: &EnvironmentSpec,
+                req: ExecRequest,
+            ) -> Result<(EnvironmentId, ExecProcess)> {
+                (**self).run_once(spec, req).await
+            }
             async fn exec_as_user(
                 &self,
                 env: &EnvironmentId,

@@ -63,6 +63,7 @@ mod ids;
 mod image;
 mod kill;
 mod network;
+mod once;
 mod pool;
 pub(crate) mod port;
 mod run;
@@ -94,6 +95,10 @@ pub use image::{
 };
 pub use network::{
     AllowEntry, Cidr, Destination, EgressAllow, Network, NETWORK_FIELD, NETWORK_FORMS,
+};
+pub use once::{
+    command_not_found, exec_in_started, missing_command, probe_command_missing, start_then_exec,
+    WHAT_COMMAND,
 };
 pub use pool::{
     spec_hash, PoolClaim, PoolSpec, LABEL_CLAIM_PENDING, LABEL_POOL, LABEL_POOL_MEMBER,
@@ -245,6 +250,32 @@ pub trait ContainerEngine: Send + Sync {
     /// [`Error::NotFound`] when the environment does not exist or has stopped;
     /// [`Error::InvalidSpec`] when the request is malformed.
     async fn exec_streaming(&self, env: &EnvironmentId, req: ExecRequest) -> Result<ExecProcess>;
+
+    /// Runs one command in a fresh environment of `spec` that nothing else will exec into
+    /// (`berth run`): returns the environment and the running command. Once the command has
+    /// ended ([`ExecProcess::wait`] or [`ExecProcess::collect`] returned), the environment
+    /// has ended with everything the command started; the caller still calls
+    /// [`ContainerEngine::stop`] (idempotent: a backend may have removed it already), and
+    /// stops it at once to end the command early. Timeouts, output caps, stdin and
+    /// out-of-memory reports are as [`ContainerEngine::exec_streaming`] has them, except
+    /// that a timeout may end the whole environment.
+    ///
+    /// The default is the general path, [`start_then_exec`]: [`ContainerEngine::start`],
+    /// a probe for a missing program, then [`ContainerEngine::exec_streaming`]. A backend
+    /// that can run the command as the environment's own process (Docker) saves the
+    /// keepalive, the probe and the exec.
+    ///
+    /// # Errors
+    /// As [`ContainerEngine::start`] and [`ContainerEngine::exec_streaming`];
+    /// [`command_not_found`]'s [`Error::NotFound`] when `req`'s program (a bare name) is not
+    /// on the environment's PATH. Nothing is left running when it fails.
+    async fn run_once(
+        &self,
+        spec: &EnvironmentSpec,
+        req: ExecRequest,
+    ) -> Result<(EnvironmentId, ExecProcess)> {
+        start_then_exec(self, spec, req).await
+    }
 
     /// Runs a command to completion, capturing at most [`ExecRequest::output_limit`] bytes of
     /// each stream. A non-zero exit code is in the output, not an error.

@@ -107,11 +107,57 @@ pub(crate) async fn create_and_start_named(
     before_start: Option<Upload>,
     not_runnable: impl FnOnce(&str) -> Error,
 ) -> Result<String> {
+    let name = create_named(engine, spec, labels, body, name, |_| {}).await?;
+    if let Some(upload) = before_start {
+        if let Err(e) = upload.put(engine, &name).await {
+            return match engine.remove_container(&name).await {
+                Ok(_) => Err(e),
+                Err(cleanup) => Err(e.with_cleanup_failure(cleanup)),
+            };
+        }
+    }
+    if let Err(e) = engine.docker.start_container(&name, None).await {
+        let err = match errors::status(&e) {
+            Some((_, msg)) if not_runnable_message(msg) => not_runnable(msg),
+            _ => errors::other(&engine.address, "start container", e),
+        };
+        return match engine.remove_container(&name).await {
+            Ok(_) => Err(err),
+            Err(cleanup) => Err(err.with_cleanup_failure(cleanup)),
+        };
+    }
+    Ok(name)
+}
+
+/// Creates the container `body` of `spec` (its workspace volume first, the configured env
+/// and secret files applied, then `adjust`), named like an environment; returns its name.
+pub(crate) async fn create(
+    engine: &DockerEngine,
+    spec: &EnvironmentSpec,
+    labels: &HashMap<String, String>,
+    body: bollard::models::ContainerCreateBody,
+    adjust: impl FnOnce(&mut ContainerCreateBody),
+) -> Result<String> {
+    create_named(engine, spec, labels, body, container_name(spec), adjust).await
+}
+
+/// [`create`] named `name`. On Podman an ephemeral workspace becomes a named, labelled
+/// volume and the resource limits are read back (see below); a container that fails either
+/// is removed.
+async fn create_named(
+    engine: &DockerEngine,
+    spec: &EnvironmentSpec,
+    labels: &HashMap<String, String>,
+    body: bollard::models::ContainerCreateBody,
+    name: String,
+    adjust: impl FnOnce(&mut ContainerCreateBody),
+) -> Result<String> {
     if let Workspace::Volume { name, .. } = &spec.workspace {
         engine.ensure_volume(name, labels).await?;
     }
     let mut body = body;
     engine.files.apply(spec, &engine.address, &mut body)?;
+    adjust(&mut body);
     let podman_workspace =
         engine.podman.is_some() && matches!(spec.workspace, Workspace::Ephemeral);
     if podman_workspace {
@@ -164,24 +210,6 @@ pub(crate) async fn create_and_start_named(
             };
         }
     }
-    if let Some(upload) = before_start {
-        if let Err(e) = upload.put(engine, &name).await {
-            return match engine.remove_container(&name).await {
-                Ok(_) => Err(e),
-                Err(cleanup) => Err(e.with_cleanup_failure(cleanup)),
-            };
-        }
-    }
-    if let Err(e) = engine.docker.start_container(&name, None).await {
-        let err = match errors::status(&e) {
-            Some((_, msg)) if is_not_runnable(msg) => not_runnable(msg),
-            _ => errors::other(&engine.address, "start container", e),
-        };
-        return match engine.remove_container(&name).await {
-            Ok(_) => Err(err),
-            Err(cleanup) => Err(err.with_cleanup_failure(cleanup)),
-        };
-    }
     Ok(name)
 }
 
@@ -190,7 +218,7 @@ pub(crate) async fn create_and_start_named(
 /// directory`), not because of some other missing file of the runtime's own (rootless
 /// Podman's "failed to mount runtime directory for rootless netns: no such file or
 /// directory" is no fault of the image).
-fn is_not_runnable(msg: &str) -> bool {
+pub(crate) fn not_runnable_message(msg: &str) -> bool {
     msg.contains("executable file not found")
         || (msg.contains("no such file or directory") && msg.contains("exec:"))
 }
@@ -258,6 +286,9 @@ pub(crate) async fn set_network(
 }
 
 pub(crate) async fn stop(engine: &DockerEngine, env: &EnvironmentId) -> Result<StopOutcome> {
+    if engine.forget_removed(env.as_str()) {
+        return Ok(StopOutcome::AlreadyGone);
+    }
     let Some(name) = engine.resolve(env).await? else {
         return Ok(StopOutcome::AlreadyGone);
     };
@@ -519,7 +550,7 @@ pub(crate) fn label_filters(selector: &LabelSelector) -> HashMap<String, Vec<Str
     HashMap::from([("label".to_owned(), labels)])
 }
 
-fn labels_map(spec: &EnvironmentSpec) -> HashMap<String, String> {
+pub(crate) fn labels_map(spec: &EnvironmentSpec) -> HashMap<String, String> {
     spec.object_labels(backend::now_unix())
         .into_iter()
         .collect()
@@ -775,13 +806,13 @@ mod files_tests {
 
     #[test]
     fn only_a_missing_executable_blames_the_image() {
-        assert!(is_not_runnable(
+        assert!(not_runnable_message(
             "OCI runtime create failed: container_linux.go:380: starting container process caused: exec: \"sleep\": executable file not found in $PATH: unknown"
         ));
-        assert!(is_not_runnable(
+        assert!(not_runnable_message(
             "runc create failed: unable to start container process: exec: \"/nope\": stat /nope: no such file or directory: OCI runtime attempted to invoke a command that was not found"
         ));
-        assert!(!is_not_runnable(
+        assert!(!not_runnable_message(
             "failed to mount runtime directory for rootless netns: no such file or directory"
         ));
     }

@@ -31,6 +31,7 @@ mod errors;
 mod exec;
 mod image;
 mod lenient;
+mod oneshot;
 mod podman;
 mod pool;
 mod port;
@@ -274,6 +275,9 @@ pub struct DockerEngine {
     podman: Option<Arc<podman::Podman>>,
     /// Claim records already read, by container id (a record never changes once written).
     claims: pool::ClaimCache,
+    /// One-shot containers this engine removed itself once their command ended, so that the
+    /// caller's stop need not ask the daemon again.
+    removed: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl DockerEngine {
@@ -315,6 +319,7 @@ impl DockerEngine {
                 files: config.files.clone(),
                 podman,
                 claims: pool::ClaimCache::default(),
+                removed: Arc::default(),
             });
         }
         let docker = match &endpoint.tls {
@@ -346,6 +351,7 @@ impl DockerEngine {
             files: config.files.clone(),
             podman,
             claims: pool::ClaimCache::default(),
+            removed: Arc::default(),
         })
     }
 
@@ -407,6 +413,14 @@ impl ContainerEngine for DockerEngine {
     async fn exec_streaming(&self, env: &EnvironmentId, req: ExecRequest) -> Result<ExecProcess> {
         let env = self.resolve_existing(env).await?;
         exec::exec_streaming(&self.docker, &self.address, &env, req, self.podman.clone()).await
+    }
+
+    async fn run_once(
+        &self,
+        spec: &EnvironmentSpec,
+        req: ExecRequest,
+    ) -> Result<(EnvironmentId, ExecProcess)> {
+        oneshot::run_once(self, spec, req).await
     }
 
     async fn copy_in(&self, env: &EnvironmentId, dest: &str, tar: TarStream) -> Result<()> {

@@ -6,9 +6,10 @@ use std::fmt;
 use std::sync::Arc;
 
 use berth_engine_core::{
-    BackendKind, ContainerEngine, EnvironmentId, EnvironmentSpec, EnvironmentState, ExecRequest,
-    ImageRef, LabelSelector, Progress, ProgressEvent, PullPolicy, SessionId, Stdin, StopOutcome,
-    DETACHED_REQUESTED, LABEL_DETACHED, LABEL_NAME,
+    missing_command, probe_command_missing, BackendKind, ContainerEngine, EnvironmentId,
+    EnvironmentSpec, EnvironmentState, ErrorKind, ExecProcess, ExecRequest, ImageRef,
+    LabelSelector, Progress, ProgressEvent, PullPolicy, SessionId, StopOutcome, DETACHED_REQUESTED,
+    LABEL_DETACHED, LABEL_NAME,
 };
 
 use crate::error::{Result, RunnerError};
@@ -303,26 +304,89 @@ pub async fn down(
 
 /// Whether `req`'s program, a bare name, is missing from the environment's PATH for a command
 /// run as `req` says (its user, workdir and variables): [`RunnerError::CommandNotFound`] if
-/// so. Asks the image's `sh`; without one (or on any failure to ask) the answer is "not known
-/// to be missing", and the runtime speaks.
+/// so. Asks the image's `sh` ([`probe_command_missing`]); without one (or on any failure to
+/// ask) the answer is "not known to be missing", and the runtime speaks.
 pub async fn command_missing(
     engine: &dyn ContainerEngine,
     env: &EnvironmentId,
     req: &ExecRequest,
 ) -> Option<RunnerError> {
-    let name = req.argv.first()?;
-    if name.contains('/') {
-        return None;
-    }
-    // Exit 3 means "not found", unlike 126/127 from an image without sh.
-    let script = "command -v -- \"$1\" >/dev/null 2>&1 && exit 0; exit 3";
-    let mut probe = req.clone();
-    probe.argv = ["sh", "-c", script, "sh", name].map(str::to_owned).to_vec();
-    probe.stdin = Stdin::Null;
-    probe.tty = None;
-    let out = engine.exec(env, probe).await.ok()?;
-    (out.status.code() == 3).then(|| RunnerError::CommandNotFound {
-        command: name.clone(),
+    let missing = probe_command_missing(engine, env, req).await?;
+    not_found_in(&missing, env)
+}
+
+/// [`RunnerError::CommandNotFound`] in `env` when `e` is the engine's
+/// [`command_not_found`](berth_engine_core::command_not_found).
+#[must_use]
+pub fn not_found_in(e: &berth_engine_core::Error, env: &EnvironmentId) -> Option<RunnerError> {
+    missing_command(e).map(|command| RunnerError::CommandNotFound {
+        command: command.to_owned(),
         env: env.clone(),
     })
+}
+
+/// Runs `req` once in a fresh environment `name` of the session
+/// ([`Session::run_once`]): the image made present first where the backend needs it (as
+/// `policy` says), each phase of the start reported to `progress`.
+///
+/// # Errors
+/// As [`start`]; [`RunnerError::CommandNotFound`] when the program is not there.
+pub async fn run_once(
+    session: &Session,
+    name: &str,
+    req: ExecRequest,
+    policy: PullPolicy,
+    progress: &StartProgress,
+) -> Result<(EnvironmentId, ExecProcess)> {
+    let engine = session.engine();
+    let image = &session.template().image;
+    // Like `docker run`, a present image is not asked about first: the create says when it
+    // is missing, and only then is it pulled (or said missing, as `policy` wants).
+    let lazy = image::needs_pre_pull(engine.backend())
+        && matches!(policy, PullPolicy::IfNotPresent | PullPolicy::Never);
+    if !lazy {
+        image::prepare(engine.as_ref(), image, policy, &progress.pulls(image)).await?;
+    }
+    progress.report(&StartPhase::Starting {
+        backend: engine.backend(),
+    });
+    let attempt = |req: ExecRequest| async move {
+        match &progress.0 {
+            // A backend that can say what it waits for (Kubernetes) says it here.
+            Some(f) => {
+                let f = f.clone();
+                let on_wait = move |what: &str| {
+                    f(&StartPhase::Waiting {
+                        what: what.to_owned(),
+                    });
+                };
+                berth_engine_k8s::progress::report_waits(on_wait, session.run_once(name, req)).await
+            }
+            None => session.run_once(name, req).await,
+        }
+    };
+    let ran = match attempt(req.clone()).await {
+        Err(RunnerError::Engine(e)) if lazy && e.kind() == ErrorKind::ImageNotFound => {
+            image::prepare(engine.as_ref(), image, policy, &progress.pulls(image)).await?;
+            attempt(req).await
+        }
+        other => other,
+    };
+    let (id, process) = ran.map_err(|e| match e {
+        RunnerError::Engine(engine) => {
+            // The one-shot environment is gone already: named without its random suffix.
+            let env = EnvironmentId::new(format!(
+                "{}-{}-{name}",
+                session.template().name_prefix,
+                session.id()
+            ));
+            match env.ok().and_then(|env| not_found_in(&engine, &env)) {
+                Some(missing) => missing,
+                None => RunnerError::Engine(engine),
+            }
+        }
+        other => other,
+    })?;
+    progress.report(&StartPhase::Ready { id: id.clone() });
+    Ok((id, process))
 }

@@ -212,6 +212,72 @@ impl Session {
         })
     }
 
+    /// Runs one command in a fresh environment `name` that nothing else will exec into
+    /// ([`ContainerEngine::run_once`]): the environment belongs to the session until it is
+    /// stopped (by [`Session::stop`] or [`Session::shutdown`], which the caller still calls once
+    /// the command ended: on some backends it ended with the command already).
+    ///
+    /// # Errors
+    /// As [`Session::start`]; the engine's [`command_not_found`](berth_engine_core::command_not_found)
+    /// when the program is not there.
+    pub async fn run_once(
+        &self,
+        name: &str,
+        req: ExecRequest,
+    ) -> Result<(EnvironmentId, berth_engine_core::ExecProcess)> {
+        let epoch = {
+            let mut envs = self.envs();
+            if envs.slots.contains_key(name) {
+                return Err(RunnerError::NameInUse {
+                    session: self.id().clone(),
+                    name: name.to_owned(),
+                });
+            }
+            let epoch = envs.epoch;
+            envs.slots.insert(name.to_owned(), Slot::Starting { epoch });
+            epoch
+        };
+        let mut reservation = Reservation {
+            session: self,
+            name,
+            epoch,
+            armed: true,
+        };
+        let spec = self.template.clone().with_name(name);
+        let (id, process) = match &self.pool {
+            // A pool member is already running: claimed, then the command exec'd into it.
+            Some(pool) => {
+                let id = pool
+                    .claim(self.id().clone(), name, self.template.labels.clone())
+                    .await?
+                    .id;
+                berth_engine_core::exec_in_started(self.engine.as_ref(), id, req).await?
+            }
+            None => self.engine.run_once(&spec, req).await?,
+        };
+        let bound = {
+            let mut envs = self.envs();
+            let still_ours =
+                envs.epoch == epoch && matches!(envs.slots.get(name), Some(Slot::Starting { .. }));
+            if still_ours {
+                envs.slots
+                    .insert(name.to_owned(), Slot::Running(id.clone()));
+            }
+            still_ours
+        };
+        reservation.armed = false;
+        if bound {
+            return Ok((id, process));
+        }
+        drop(process);
+        let stopped = self.engine.stop(&id).await;
+        Err(RunnerError::ShutDownWhileStarting {
+            session: self.id().clone(),
+            name: name.to_owned(),
+            stop_failed: stopped.err().map(Box::new),
+        })
+    }
+
     /// Starts several environments concurrently. Those that started stay in the session (and
     /// are stopped with it) even when another failed.
     ///

@@ -60,8 +60,18 @@ impl ContainerEngine for Memory {
         self.running.lock().expect("lock").push(id.clone());
         Ok(id)
     }
-    async fn exec_streaming(&self, _: &EnvironmentId, _: ExecRequest) -> EngineResult<ExecProcess> {
-        Err(unsupported("exec_streaming"))
+    /// Every command exits 0 at once, except `fail`, which cannot be started.
+    async fn exec_streaming(
+        &self,
+        _: &EnvironmentId,
+        req: ExecRequest,
+    ) -> EngineResult<ExecProcess> {
+        if req.argv[0] == "fail" {
+            return Err(unsupported("exec_streaming"));
+        }
+        Ok(berth_engine_core::backend::spawn(None, |_| async {
+            Ok(berth_engine_core::ExitStatus(0))
+        }))
     }
     async fn copy_in(&self, _: &EnvironmentId, _: &str, _: TarStream) -> EngineResult<()> {
         Err(unsupported("copy_in"))
@@ -170,4 +180,39 @@ async fn shutdown_reports_every_failure_and_attempts_every_stop() {
     );
     let left = engine.running.lock().expect("lock").clone();
     assert_eq!(left.len(), 2, "b was stopped: {left:?}");
+}
+
+/// The general one-shot path (start + probe + exec) binds its environment to the session
+/// like a start, so shutdown stops it.
+#[tokio::test]
+async fn run_once_binds_its_environment_so_shutdown_stops_it() {
+    let (engine, session) = session(Memory::default());
+    let (id, process) = session
+        .run_once("main", ExecRequest::new(["true"]))
+        .await
+        .expect("run_once");
+    assert_eq!(process.wait().await.expect("wait").code(), 0);
+    assert_eq!(session.get("main"), Some(id.clone()));
+    assert_eq!(*engine.running.lock().expect("lock"), vec![id]);
+    session.shutdown().await.expect("shutdown");
+    assert!(engine.running.lock().expect("lock").is_empty());
+}
+
+/// A one-shot run whose command cannot start stops what it started and frees its name.
+#[tokio::test]
+async fn a_run_once_that_fails_after_its_start_leaves_nothing() {
+    let (engine, session) = session(Memory::default());
+    let err = session
+        .run_once("main", ExecRequest::new(["fail"]))
+        .await
+        .expect_err("the command cannot start");
+    assert!(err.to_string().contains("exec_streaming"), "{err}");
+    assert!(engine.running.lock().expect("lock").is_empty());
+    assert_eq!(session.get("main"), None);
+    let (_, process) = session
+        .run_once("main", ExecRequest::new(["true"]))
+        .await
+        .expect("the name is free again");
+    assert!(process.wait().await.expect("wait").success());
+    session.shutdown().await.expect("shutdown");
 }

@@ -18,6 +18,7 @@ pub use super::cases_exec::*;
 pub use super::cases_foreign::*;
 pub use super::cases_kill::*;
 pub use super::cases_lifecycle::*;
+pub use super::cases_once::*;
 pub use super::cases_outcomes::*;
 pub use super::cases_pools::*;
 pub use super::cases_ports::*;

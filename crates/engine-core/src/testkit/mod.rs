@@ -28,6 +28,7 @@ pub mod cases_exec;
 pub mod cases_foreign;
 pub mod cases_kill;
 pub mod cases_lifecycle;
+pub mod cases_once;
 pub mod cases_outcomes;
 pub mod cases_pools;
 pub mod cases_ports;
@@ -397,6 +398,13 @@ macro_rules! conformance_suite {
             a_claimed_members_lifetime_counts_from_the_claim,
             no_member_is_claimed_twice_by_20_concurrent_claimers,
             a_claim_for_another_spec_leaves_the_member,
+            run_once_exit_code_and_streams_apart,
+            run_once_stdin_bytes_and_piped_close,
+            run_once_output_is_capped,
+            run_once_timeout_ends_everything,
+            run_once_missing_command_is_not_found,
+            run_once_is_listed_while_it_runs_and_stop_ends_it,
+            run_once_ends_at_the_environments_max_lifetime,
         }
     };
     (@names_of; $($case:ident),* $(,)?) => {
