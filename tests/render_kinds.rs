@@ -132,6 +132,41 @@ fn each_kind_runs_the_command_with_what_an_environment_carries() {
     }
 }
 
+/// What each kind renders, byte for byte, against the files in `tests/golden/render/`: a
+/// change to a rendered manifest shows up as a diff to review. `BERTH_BLESS=1` rewrites the
+/// files from the current output instead of comparing.
+#[test]
+fn each_kind_matches_its_golden_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/golden/render");
+    let bless = std::env::var_os("BERTH_BLESS").is_some();
+    for kind in ["job", "cronjob", "workflow", "cron-workflow"] {
+        let out = render_ok(dir.path(), "restricted", &kind_args(kind, false));
+        let file = golden.join(format!("{kind}.yaml"));
+        if bless {
+            std::fs::create_dir_all(&golden).expect("golden dir");
+            std::fs::write(&file, &out.stdout).expect("write golden");
+            continue;
+        }
+        let want = std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("{}: {e} (BERTH_BLESS=1 writes it)", file.display()));
+        let got = text(&out.stdout);
+        if got != want {
+            let first = got
+                .lines()
+                .zip(want.lines())
+                .position(|(g, w)| g != w)
+                .unwrap_or_else(|| got.lines().count().min(want.lines().count()));
+            panic!(
+                "{kind}: the rendered manifest differs from {} from line {} on \
+                 (review, then BERTH_BLESS=1 to accept):\n--- got\n{got}\n--- golden\n{want}",
+                file.display(),
+                first + 1
+            );
+        }
+    }
+}
+
 #[test]
 fn job_and_cronjob_pass_kubernetes_validate_strict_for_1_31_to_1_33() {
     let dir = tempfile::tempdir().expect("tempdir");
