@@ -495,6 +495,21 @@ async fn claimed_labels(
 
 impl DockerEngine {
     pub(crate) async fn remove_container(&self, name: &str) -> Result<StopOutcome> {
+        // On Podman the ephemeral workspace is a volume named after the container as it was
+        // created; a claimed pool member has been renamed since, so its first name is read
+        // from its label before it goes.
+        let created_as = match &self.podman {
+            Some(_) => crate::lenient::inspect_container(&self.docker, name)
+                .await
+                .ok()
+                .and_then(|c| {
+                    c.config?
+                        .labels?
+                        .remove(berth_engine_core::LABEL_POOL_MEMBER)
+                })
+                .unwrap_or_else(|| name.to_owned()),
+            None => name.to_owned(),
+        };
         let removed = self
             .docker
             .remove_container(
@@ -516,7 +531,7 @@ impl DockerEngine {
             },
         };
         if self.podman.is_some() {
-            self.remove_ephemeral_volume(name).await?;
+            self.remove_ephemeral_volume(&created_as).await?;
         }
         Ok(outcome)
     }

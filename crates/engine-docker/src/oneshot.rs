@@ -335,7 +335,7 @@ impl Once {
             _ => {}
         }
         let code = i32::try_from(code?).unwrap_or(i32::MAX);
-        if code == 127 && self.not_found.load(Ordering::SeqCst) {
+        if self.not_found.load(Ordering::SeqCst) {
             return Err(command_not_found(argv0));
         }
         Ok(ExitStatus(code))
@@ -499,7 +499,10 @@ fn hold_back_init_failure(
         loop {
             match s.inner.next().await {
                 Some(Ok(OutputChunk::Stderr(b)))
-                    if !s.seen && s.held.is_none() && b.starts_with(b"[FATAL tini (") =>
+                    if !s.seen
+                        && s.held.is_none()
+                        && (b.starts_with(b"[FATAL tini (")
+                            || b.starts_with(b"ERROR (catatonit:")) =>
                 {
                     s.held = Some(b);
                 }
@@ -514,9 +517,10 @@ fn hold_back_init_failure(
                 None => {
                     s.done = true;
                     let held = s.held.take()?;
-                    let missing = is_init_enoent(&held, &s.argv0)
+                    let expected = init_enoent_exit_code(&held, &s.argv0);
+                    let missing = expected.is_some()
                         && !s.argv0.contains('/')
-                        && matches!(s.once.exit_code().await, Ok(127))
+                        && s.once.exit_code().await.ok() == expected
                         && !s.once.program_present(&s.argv0).await;
                     if missing {
                         s.once.not_found.store(true, Ordering::SeqCst);
@@ -529,8 +533,23 @@ fn hold_back_init_failure(
     })
 }
 
-/// Whether `line` is tini's report that it could not find `argv0`:
-/// `[FATAL tini (7)] exec nosuch failed: No such file or directory`.
+/// The exit code init gives when `line` is its report that it could not find `argv0`, or
+/// `None` when `line` is not that report: Docker's tini (`[FATAL tini (7)] exec nosuch
+/// failed: No such file or directory`, exit 127) or Podman's catatonit (`ERROR
+/// (catatonit:6): failed to exec pid1: No such file or directory`, which names no program,
+/// exit 1).
+fn init_enoent_exit_code(line: &[u8], argv0: &str) -> Option<i64> {
+    let text = std::str::from_utf8(line).ok()?.trim_end();
+    if let Some(rest) = text.strip_prefix("ERROR (catatonit:") {
+        let (pid, rest) = rest.split_once("): ")?;
+        return (pid.bytes().all(|c| c.is_ascii_digit())
+            && rest == "failed to exec pid1: No such file or directory")
+            .then_some(1);
+    }
+    is_init_enoent(line, argv0).then_some(127)
+}
+
+/// Whether `line` is tini's report that it could not find `argv0`.
 fn is_init_enoent(line: &[u8], argv0: &str) -> bool {
     let Ok(text) = std::str::from_utf8(line) else {
         return false;
@@ -547,7 +566,23 @@ fn is_init_enoent(line: &[u8], argv0: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::is_init_enoent;
+    use super::{init_enoent_exit_code, is_init_enoent};
+
+    #[test]
+    fn catatonits_line_is_taken_with_its_exit_code() {
+        let line = b"ERROR (catatonit:6): failed to exec pid1: No such file or directory\n";
+        assert_eq!(init_enoent_exit_code(line, "nosuch"), Some(1));
+        assert_eq!(
+            init_enoent_exit_code(
+                b"ERROR (catatonit:6): failed to exec pid1: Permission denied\n",
+                "x"
+            ),
+            None
+        );
+        let tini = b"[FATAL tini (7)] exec nosuch failed: No such file or directory\n";
+        assert_eq!(init_enoent_exit_code(tini, "nosuch"), Some(127));
+        assert_eq!(init_enoent_exit_code(tini, "other"), None);
+    }
 
     #[test]
     fn only_inits_own_line_for_this_program_is_taken_for_a_missing_one() {

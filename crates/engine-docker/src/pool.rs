@@ -80,7 +80,23 @@ pub(crate) fn is_claimed(name: &str, labels: &BTreeMap<String, String>) -> bool 
         .is_some_and(|member| member != name)
 }
 
+/// Why a pool on Podman is refused: the claim is a rename that only Docker serialises.
+fn podman_unsupported(operation: &'static str) -> Error {
+    Error::Unsupported {
+        backend: crate::errors::BACKEND,
+        operation,
+        reason: "a claim is a rename of the member that Docker serialises, so exactly one of two \
+                 claimers wins; Podman's rename does not (two concurrent claimers both \
+                 succeeded in the conformance suite), so a pool there could hand one member \
+                 to two sessions"
+            .to_owned(),
+    }
+}
+
 pub(crate) async fn start_member(engine: &DockerEngine, pool: &PoolSpec) -> Result<EnvironmentId> {
+    if engine.podman.is_some() {
+        return Err(podman_unsupported("start pool member"));
+    }
     pool.validate()?;
     let spec = pool.member_spec();
     let name = backend::object_name(&spec, usize::MAX);
@@ -116,6 +132,9 @@ pub(crate) async fn claim(
     engine: &DockerEngine,
     claim: &PoolClaim,
 ) -> Result<Option<EnvironmentId>> {
+    if engine.podman.is_some() {
+        return Err(podman_unsupported("claim pool member"));
+    }
     claim.validate()?;
     let filters = HashMap::from([
         (
