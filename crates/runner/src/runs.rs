@@ -70,7 +70,7 @@ pub fn git(url: impl Into<String>, branch: Option<String>) -> RunSource {
 /// the run; returns its name at once.
 ///
 /// # Errors
-/// [`RunnerError::ImageMissing`](crate::RunnerError::ImageMissing), or the engine's error.
+/// [`RunnerError::ImageMissing`], or the engine's error.
 ///
 /// A [`RunSource::Git`] on Docker is checked out here, on the client (a shallow clone with
 /// [`crate::source::checkout`], with the token in `BERTH_GIT_TOKEN` when set), and the
@@ -78,7 +78,7 @@ pub fn git(url: impl Into<String>, branch: Option<String>) -> RunSource {
 /// the run's pod (an init container).
 ///
 /// # Errors
-/// [`RunnerError::Checkout`](crate::RunnerError::Checkout) when the repository cannot be
+/// [`RunnerError::Checkout`] when the repository cannot be
 /// checked out.
 pub async fn submit(
     engine: &dyn ContainerEngine,
