@@ -23,12 +23,14 @@
 
 mod argo;
 mod attach;
+mod cache;
 mod checks;
 mod claim;
 mod client;
 mod copy;
 mod errors;
 mod exec;
+mod flow;
 mod job;
 pub mod manifest;
 pub mod netpol;
@@ -103,6 +105,10 @@ pub struct KubernetesConfig {
     pub pod: manifest::PodExtras,
     /// How schedules (CronJobs) start and keep their runs.
     pub schedules: ScheduleSettings,
+    /// At most this many creates and deletes (POST and DELETE requests) of one engine are in
+    /// flight at once; the others queue. Bounds the write burst hundreds of environments
+    /// starting or stopping together send the API server.
+    pub max_concurrent_writes: usize,
 }
 
 impl Default for KubernetesConfig {
@@ -123,6 +129,7 @@ impl Default for KubernetesConfig {
             create_missing_claims: false,
             pod: manifest::PodExtras::default(),
             schedules: ScheduleSettings::default(),
+            max_concurrent_writes: 16,
         }
     }
 }
@@ -136,6 +143,8 @@ pub struct KubernetesEngine {
     pods: Mutex<HashMap<EnvironmentId, String>>,
     /// Pod → how this image switches users (probed once).
     user_tools: Mutex<HashMap<String, exec::UserTool>>,
+    /// The shared watch of berth's pods, read by exec and start.
+    view: cache::PodView,
 }
 
 impl std::fmt::Debug for KubernetesEngine {

@@ -21,7 +21,8 @@ impl KubernetesEngine {
     }
 
     /// The running pod of `env`, checked afresh on every call: a pod being deleted (stopped,
-    /// or past its deadline) must not take commands.
+    /// or past its deadline) must not take commands. The engine's shared view of its pods
+    /// answers when it is current ([`crate::cache`]), otherwise the API server does.
     pub(crate) async fn pod_of(&self, env: &EnvironmentId) -> Result<String> {
         let cached = self
             .pods
@@ -37,6 +38,32 @@ impl KubernetesEngine {
             what: "running environment",
             name: env.to_string(),
         };
+        if let Some(view) = self.pod_view().await {
+            let pod = match &cached {
+                Some(name) => view.pod(name, &self.config.namespace),
+                None => view
+                    .pods_matching(&format!(
+                        "job-name={env},{LABEL_MANAGED_BY}={MANAGED_BY_VALUE}"
+                    ))
+                    .into_iter()
+                    .find(|p| live(p)),
+            };
+            return match pod.filter(|p| live(p)).and_then(|p| p.metadata.name.clone()) {
+                Some(name) => {
+                    if cached.is_none() {
+                        self.pods
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .insert(env.clone(), name.clone());
+                    }
+                    Ok(name)
+                }
+                None => {
+                    self.forget_pod(env);
+                    Err(not_found())
+                }
+            };
+        }
         if let Some(name) = cached {
             return match self.pod_api().get_opt(&name).await {
                 Ok(Some(pod)) if live(&pod) => Ok(name),
