@@ -72,7 +72,9 @@ fn client(mut config: kube::Config, max_writes: usize) -> kube::Result<kube::Cli
         // Outermost: a request waits for the shared pause and a write permit once, however
         // often it is retried.
         .layer(crate::flow::FlowLayer::new(max_writes, pause.clone()))
-        .layer(tower::retry::RetryLayer::new(retry::ApiRetry::sharing(pause)))
+        .layer(tower::retry::RetryLayer::new(retry::ApiRetry::sharing(
+            pause,
+        )))
         // Retry needs a cloneable service; the buffer makes kube's boxed stack one.
         .layer(tower::buffer::BufferLayer::new(1024));
     Ok(kube::client::ClientBuilder::try_from(config)?

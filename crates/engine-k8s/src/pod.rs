@@ -48,7 +48,10 @@ impl KubernetesEngine {
                     .into_iter()
                     .find(|p| live(p)),
             };
-            return match pod.filter(|p| live(p)).and_then(|p| p.metadata.name.clone()) {
+            return match pod
+                .filter(|p| live(p))
+                .and_then(|p| p.metadata.name.clone())
+            {
                 Some(name) => {
                     if cached.is_none() {
                         self.pods
