@@ -98,7 +98,7 @@ async fn shared_view_a_pod_deleted_while_cached_running_takes_no_command() {
         .await
         .expect("exec before the delete");
 
-    // The view sees this delete: the exec is refused from the cache.
+    // The view sees this delete: the exec is refused (after the API server confirms it).
     delete_pod_of(&client, &seen).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let err = loop {
