@@ -126,15 +126,15 @@ where
 mod tests {
     use super::*;
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_pause_lasts_its_longest_hold() {
         let pause = Pause::default();
         assert!(pause.until().is_none());
-        pause.hold(Duration::from_secs(3));
-        pause.hold(Duration::from_secs(1));
+        pause.hold(Duration::from_millis(300));
+        pause.hold(Duration::from_millis(10));
         let until = pause.until().expect("held");
-        assert!(until >= Instant::now() + Duration::from_secs(2));
-        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert!(until >= Instant::now() + Duration::from_millis(200));
+        tokio::time::sleep(Duration::from_millis(350)).await;
         assert!(pause.until().is_none());
     }
 }

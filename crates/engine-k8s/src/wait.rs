@@ -111,7 +111,7 @@ impl Wait<'_> {
     async fn until_decided(&mut self) -> Result<String> {
         loop {
             if let Some(view) = self.engine.pod_view().await {
-                if let Some(outcome) = self.from_view(&view).await {
+                if let Some(outcome) = self.follow_view(&view).await {
                     return outcome;
                 }
                 // The view fell behind or went silent: one list (and watch) of our own.
@@ -159,7 +159,7 @@ impl Wait<'_> {
     /// Follows the target's pods in the engine's shared view until one runs or the policy
     /// fails the wait; `None` when the view stops being current, or stays silent longer than
     /// a watch of our own would have (its watch may have stalled: the caller lists).
-    async fn from_view(&mut self, view: &crate::cache::Shared) -> Option<Result<String>> {
+    async fn follow_view(&mut self, view: &crate::cache::Shared) -> Option<Result<String>> {
         let mut changed = view.subscribe();
         let mut quiet = Duration::ZERO;
         loop {

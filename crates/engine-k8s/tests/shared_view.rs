@@ -71,7 +71,7 @@ async fn shared_view_execs_read_no_pods() {
     proxy.take_requests();
     for i in 0..10 {
         let out = engine
-            .exec(&env, ExecRequest::shell(&format!("echo {i}")))
+            .exec(&env, ExecRequest::shell(format!("echo {i}")))
             .await
             .expect("exec");
         assert_eq!(out.stdout_lossy().trim(), i.to_string());
@@ -202,7 +202,7 @@ async fn shared_view_an_account_that_may_not_watch_asks_on_every_exec() {
     // A fresh engine: its view is started by this exec and refused its watch.
     for i in 0..5 {
         let out = engine
-            .exec(&env, ExecRequest::shell(&format!("echo {i}")))
+            .exec(&env, ExecRequest::shell(format!("echo {i}")))
             .await
             .expect("exec without a watch");
         assert_eq!(out.stdout_lossy().trim(), i.to_string());
