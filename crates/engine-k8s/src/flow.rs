@@ -137,4 +137,43 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(350)).await;
         assert!(pause.until().is_none());
     }
+
+    /// Sends `n` requests of `method` at once through a flow of `max` writes; the most that
+    /// were in flight together.
+    async fn most_in_flight(method: Method, max: usize, n: usize) -> usize {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let now = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let (a, b) = (now.clone(), most.clone());
+        let inner = tower::service_fn(move |_req: Request<Body>| {
+            let (now, most) = (a.clone(), b.clone());
+            async move {
+                let in_flight = now.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(in_flight, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                now.fetch_sub(1, Ordering::SeqCst);
+                Ok::<_, std::convert::Infallible>(())
+            }
+        });
+        let flow = FlowLayer::new(max, Arc::new(Pause::default())).layer(inner);
+        let calls = (0..n).map(|_| {
+            let req = Request::builder()
+                .method(method.clone())
+                .uri("/api/v1/namespaces/default/pods")
+                .body(Body::empty())
+                .expect("request");
+            flow.clone().oneshot(req)
+        });
+        for r in futures_util::future::join_all(calls).await {
+            r.expect("call");
+        }
+        most.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn writes_are_bounded_and_reads_are_not() {
+        assert_eq!(most_in_flight(Method::POST, 3, 12).await, 3);
+        assert_eq!(most_in_flight(Method::DELETE, 1, 5).await, 1);
+        assert_eq!(most_in_flight(Method::GET, 1, 8).await, 8);
+    }
 }
