@@ -58,6 +58,7 @@ impl KubernetesEngine {
             pods: Mutex::new(HashMap::new()),
             user_tools: Mutex::new(HashMap::new()),
             view: crate::cache::PodView::default(),
+            node_sizes: Mutex::new(None),
         })
     }
 }

@@ -145,6 +145,9 @@ pub struct KubernetesEngine {
     user_tools: Mutex<HashMap<String, exec::UserTool>>,
     /// The shared watch of berth's pods, read by exec and start.
     view: cache::PodView,
+    /// The nodes' allocatable sizes and when they were listed (`None` inside: unreadable).
+    #[allow(clippy::type_complexity)]
+    node_sizes: Mutex<Option<(std::time::Instant, Option<Vec<(f64, f64)>>)>>,
 }
 
 impl std::fmt::Debug for KubernetesEngine {

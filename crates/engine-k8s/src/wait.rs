@@ -17,7 +17,31 @@ use crate::{manifest, KubernetesEngine};
 
 /// Each node's allocatable (CPU cores, memory bytes), or `None` when nodes cannot be read
 /// (a namespaced Role does not grant it; the policy then waits its grace instead).
+/// Read at most once per [`NODES_FRESH`] per engine: hundreds of starts share one list.
 async fn node_sizes(engine: &KubernetesEngine) -> Option<Vec<(f64, f64)>> {
+    if let Some((at, sizes)) = engine
+        .node_sizes
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .as_ref()
+    {
+        if at.elapsed() < NODES_FRESH {
+            return sizes.clone();
+        }
+    }
+    let sizes = list_node_sizes(engine).await;
+    *engine
+        .node_sizes
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) =
+        Some((std::time::Instant::now(), sizes.clone()));
+    sizes
+}
+
+/// How long a list of the nodes' sizes serves starts.
+const NODES_FRESH: Duration = Duration::from_secs(10);
+
+async fn list_node_sizes(engine: &KubernetesEngine) -> Option<Vec<(f64, f64)>> {
     let nodes: Api<Node> = Api::all(engine.client.clone());
     match nodes.list(&ListParams::default()).await {
         Ok(list) => Some(

@@ -206,9 +206,14 @@ async fn shared_view_an_account_that_may_not_watch_asks_on_every_exec() {
             .await
             .expect("exec without a watch");
         assert_eq!(out.stdout_lossy().trim(), i.to_string());
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
     }
-    proxy.take_requests();
+    let watches = proxy
+        .take_requests()
+        .into_iter()
+        .filter(|l| l.contains("watch="))
+        .count();
+    assert_eq!(watches, 1, "a refused watch is not asked again");
     engine
         .exec(&env, ExecRequest::shell("true"))
         .await
@@ -242,4 +247,20 @@ async fn shared_view_a_zero_write_bound_is_refused_by_name() {
     .await
     .expect_err("0 writes at once");
     assert!(err.to_string().contains("max_concurrent_writes"), "{err}");
+}
+
+/// Not a check: what one start and one stop ask of the API server once the view runs, for the
+/// report (`--nocapture`). The budget is measured in the bench binary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_view_requests_per_start_and_stop() {
+    let (_direct, image, guard) = common::sim_engine(|_| {}).await;
+    let (engine, proxy, _dir) = common::proxy::engine_behind_proxy(&guard.sim, |_| {}).await;
+    let warm = engine.start(&spec(&image)).await.expect("start");
+    proxy.take_requests();
+    let env = engine.start(&spec(&image)).await.expect("start");
+    let start = proxy.take_requests();
+    engine.stop(&env).await.expect("stop");
+    let stop = proxy.take_requests();
+    println!("start: {start:#?}\nstop: {stop:#?}");
+    engine.stop(&warm).await.expect("stop");
 }
