@@ -38,6 +38,8 @@ const FIRST_LIST_PATIENCE: Duration = Duration::from_secs(10);
 #[derive(Default)]
 pub(crate) struct PodView {
     shared: OnceCell<Option<Arc<Shared>>>,
+    /// Pod lookups so far (see [`KubernetesEngine::pod_view_for_lookup`]).
+    lookups: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for PodView {
@@ -141,6 +143,18 @@ impl KubernetesEngine {
             .await
             .clone()?;
         shared.current().then_some(shared)
+    }
+
+    /// [`Self::pod_view`] for a pod lookup (exec, copy): the first lookup of an engine that
+    /// has not started its view yet asks the API server instead, so that a one-shot process
+    /// (a CLI command) does not list every pod of the namespace to run one command; from the
+    /// second on, the view is started and read.
+    pub(crate) async fn pod_view_for_lookup(&self) -> Option<Arc<Shared>> {
+        if self.view.lookups.fetch_add(1, Ordering::Relaxed) == 0 && !self.view.shared.initialized()
+        {
+            return None;
+        }
+        self.pod_view().await
     }
 
     async fn start_view(&self) -> Option<Arc<Shared>> {

@@ -42,7 +42,7 @@ impl KubernetesEngine {
         // A view that says the pod runs is trusted (an exec in a pod deleted since is refused
         // by the API server with 404, the same error); one that says otherwise may only be
         // behind (its watch stalled), so the API server is asked before refusing.
-        if let Some(view) = self.pod_view().await {
+        if let Some(view) = self.pod_view_for_lookup().await {
             let pod = match &cached {
                 Some(name) => view.pod(name, &self.config.namespace),
                 None => view
