@@ -49,7 +49,7 @@ impl KubernetesEngine {
             kube_config.cluster_url,
             config.context.as_deref().unwrap_or("current")
         );
-        let client = client(kube_config)
+        let client = client(kube_config, config.max_concurrent_writes)
             .map_err(|e| errors::unavailable(&address, "cannot build a client", e))?;
         Ok(Self {
             client,
@@ -57,16 +57,25 @@ impl KubernetesEngine {
             address,
             pods: Mutex::new(HashMap::new()),
             user_tools: Mutex::new(HashMap::new()),
+            view: crate::cache::PodView::default(),
+            node_sizes: Mutex::new(None),
         })
     }
 }
 
 /// A client for `config` whose requests are retried by [`retry::ApiRetry`] instead of kube's
-/// default policy.
-fn client(mut config: kube::Config) -> kube::Result<kube::Client> {
+/// default policy, under the flow control of [`crate::flow`] (`max_writes` creates and deletes
+/// at once, 429 pauses shared).
+fn client(mut config: kube::Config, max_writes: usize) -> kube::Result<kube::Client> {
     config.default_retry = false;
+    let pause = std::sync::Arc::new(crate::flow::Pause::default());
     let retry = tower::ServiceBuilder::new()
-        .layer(tower::retry::RetryLayer::new(retry::ApiRetry::default()))
+        // Outermost: a request waits for the shared pause and a write permit once, however
+        // often it is retried.
+        .layer(crate::flow::FlowLayer::new(max_writes, pause.clone()))
+        .layer(tower::retry::RetryLayer::new(retry::ApiRetry::sharing(
+            pause,
+        )))
         // Retry needs a cloneable service; the buffer makes kube's boxed stack one.
         .layer(tower::buffer::BufferLayer::new(1024));
     Ok(kube::client::ClientBuilder::try_from(config)?

@@ -19,7 +19,7 @@ pub(crate) fn unavailable(
     }
 }
 
-fn status(err: &kube::Error) -> Option<&kube::core::Status> {
+pub(crate) fn status(err: &kube::Error) -> Option<&kube::core::Status> {
     match err {
         kube::Error::Api(status) => Some(status.as_ref()),
         _ => None,

@@ -114,9 +114,10 @@ pub(crate) async fn start(
 }
 
 pub(crate) async fn stop(engine: &KubernetesEngine, env: &EnvironmentId) -> Result<StopOutcome> {
+    // Refuses a Job or pod berth did not create; a missing one is AlreadyGone below. One
+    // learned from berth's own Job is known to be berth's.
+    engine.check_berths(env).await?;
     engine.forget_pod(env);
-    // Refuses a Job or pod berth did not create; a missing one is AlreadyGone below.
-    engine.is_berths(env).await?;
     let outcome = engine.delete_job(env.as_str()).await?;
     // Named like the Job; a missing one is no error (most environments have none).
     engine.delete_network_policy(env.as_str()).await?;

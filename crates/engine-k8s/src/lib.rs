@@ -23,12 +23,14 @@
 
 mod argo;
 mod attach;
+mod cache;
 mod checks;
 mod claim;
 mod client;
 mod copy;
 mod errors;
 mod exec;
+mod flow;
 mod job;
 pub mod manifest;
 pub mod netpol;
@@ -110,6 +112,10 @@ pub struct KubernetesConfig {
     pub git_image: String,
     /// A Secret whose key `token` authenticates that clone; `None`: no credentials.
     pub git_secret: Option<String>,
+    /// At most this many creates and deletes (POST and DELETE requests) of one engine are in
+    /// flight at once; the others queue. Bounds the write burst hundreds of environments
+    /// starting or stopping together send the API server.
+    pub max_concurrent_writes: usize,
 }
 
 /// The default [`KubernetesConfig::git_image`].
@@ -135,6 +141,7 @@ impl Default for KubernetesConfig {
             schedules: ScheduleSettings::default(),
             git_image: DEFAULT_GIT_IMAGE.into(),
             git_secret: None,
+            max_concurrent_writes: 16,
         }
     }
 }
@@ -148,6 +155,11 @@ pub struct KubernetesEngine {
     pods: Mutex<HashMap<EnvironmentId, String>>,
     /// Pod → how this image switches users (probed once).
     user_tools: Mutex<HashMap<String, exec::UserTool>>,
+    /// The shared watch of berth's pods, read by exec and start.
+    view: cache::PodView,
+    /// The nodes' allocatable sizes and when they were listed (`None` inside: unreadable).
+    #[allow(clippy::type_complexity)]
+    node_sizes: Mutex<Option<(std::time::Instant, Option<Vec<(f64, f64)>>)>>,
 }
 
 impl std::fmt::Debug for KubernetesEngine {

@@ -827,6 +827,12 @@ pub(crate) fn validate_config(config: &KubernetesConfig) -> Result<()> {
     if config.namespace.is_empty() {
         return Err(Error::invalid_spec("namespace", "must not be empty"));
     }
+    if config.max_concurrent_writes == 0 {
+        return Err(Error::invalid_spec(
+            "max_concurrent_writes",
+            "must be at least 1 (0 would let no create or delete through)",
+        ));
+    }
     Ok(())
 }
 

@@ -21,7 +21,9 @@ impl KubernetesEngine {
     }
 
     /// The running pod of `env`, checked afresh on every call: a pod being deleted (stopped,
-    /// or past its deadline) must not take commands.
+    /// or past its deadline) must not take commands. The engine's shared view of its pods
+    /// answers when it is current and says the pod runs ([`crate::cache`]); otherwise the
+    /// API server does.
     pub(crate) async fn pod_of(&self, env: &EnvironmentId) -> Result<String> {
         let cached = self
             .pods
@@ -37,6 +39,32 @@ impl KubernetesEngine {
             what: "running environment",
             name: env.to_string(),
         };
+        // A view that says the pod runs is trusted (an exec in a pod deleted since is refused
+        // by the API server with 404, the same error); one that says otherwise may only be
+        // behind (its watch stalled), so the API server is asked before refusing.
+        if let Some(view) = self.pod_view_for_lookup().await {
+            let pod = match &cached {
+                Some(name) => view.pod(name, &self.config.namespace),
+                None => view
+                    .pods_matching(&format!(
+                        "job-name={env},{LABEL_MANAGED_BY}={MANAGED_BY_VALUE}"
+                    ))
+                    .into_iter()
+                    .find(|p| live(p)),
+            };
+            if let Some(name) = pod
+                .filter(|p| live(p))
+                .and_then(|p| p.metadata.name.clone())
+            {
+                if cached.is_none() {
+                    self.pods
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(env.clone(), name.clone());
+                }
+                return Ok(name);
+            }
+        }
         if let Some(name) = cached {
             return match self.pod_api().get_opt(&name).await {
                 Ok(Some(pod)) if live(&pod) => Ok(name),

@@ -31,9 +31,20 @@ pub(crate) const MAX_SERVER_DELAY: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ApiRetry {
     attempt: u32,
+    /// The engine's shared pause: a 429 holds it for its delay, so that the engine's other
+    /// requests wait too instead of adding to the load.
+    pause: Option<std::sync::Arc<crate::flow::Pause>>,
 }
 
 impl ApiRetry {
+    /// The policy, telling `pause` about every 429.
+    pub(crate) fn sharing(pause: std::sync::Arc<crate::flow::Pause>) -> Self {
+        Self {
+            attempt: 0,
+            pause: Some(pause),
+        }
+    }
+
     /// Whether a response with `status` to a `method` request may be repeated.
     pub(crate) fn retryable(method: &Method, status: StatusCode) -> bool {
         match status {
@@ -76,6 +87,11 @@ impl<B> Policy<Request<Body>, Response<B>, BoxError> for ApiRetry {
             .get(http::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok());
         let delay = Self::delay(self.attempt, retry_after);
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            if let Some(pause) = &self.pause {
+                pause.hold(delay);
+            }
+        }
         tracing::debug!(
             method = %req.method(),
             uri = %req.uri(),

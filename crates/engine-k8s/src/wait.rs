@@ -17,7 +17,31 @@ use crate::{manifest, KubernetesEngine};
 
 /// Each node's allocatable (CPU cores, memory bytes), or `None` when nodes cannot be read
 /// (a namespaced Role does not grant it; the policy then waits its grace instead).
+/// Read at most once per [`NODES_FRESH`] per engine: hundreds of starts share one list.
 async fn node_sizes(engine: &KubernetesEngine) -> Option<Vec<(f64, f64)>> {
+    if let Some((at, sizes)) = engine
+        .node_sizes
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .as_ref()
+    {
+        if at.elapsed() < NODES_FRESH {
+            return sizes.clone();
+        }
+    }
+    let sizes = list_node_sizes(engine).await;
+    *engine
+        .node_sizes
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) =
+        Some((std::time::Instant::now(), sizes.clone()));
+    sizes
+}
+
+/// How long a list of the nodes' sizes serves starts.
+const NODES_FRESH: Duration = Duration::from_secs(10);
+
+async fn list_node_sizes(engine: &KubernetesEngine) -> Option<Vec<(f64, f64)>> {
     let nodes: Api<Node> = Api::all(engine.client.clone());
     match nodes.list(&ListParams::default()).await {
         Ok(list) => Some(
@@ -110,6 +134,12 @@ impl Wait<'_> {
     /// again, until one runs or the policy fails the wait; unbounded (the caller bounds it).
     async fn until_decided(&mut self) -> Result<String> {
         loop {
+            if let Some(view) = self.engine.pod_view().await {
+                if let Some(outcome) = self.follow_view(&view).await {
+                    return outcome;
+                }
+                // The view fell behind or went silent: one list (and watch) of our own.
+            }
             let list = self
                 .engine
                 .pod_api()
@@ -146,6 +176,40 @@ impl Wait<'_> {
                     self.target.what,
                     WATCH_MARGIN.as_secs()
                 ),
+            }
+        }
+    }
+
+    /// Follows the target's pods in the engine's shared view until one runs or the policy
+    /// fails the wait; `None` when the view stops being current, or stays silent longer than
+    /// a watch of our own would have (its watch may have stalled: the caller lists).
+    async fn follow_view(&mut self, view: &crate::cache::Shared) -> Option<Result<String>> {
+        let mut changed = view.subscribe();
+        let mut quiet = Duration::ZERO;
+        loop {
+            if !view.current() {
+                return None;
+            }
+            let pods = view.pods_matching(&self.target.selector);
+            if pods.is_empty() {
+                if let Some(outcome) = self.judge(None).await {
+                    return Some(outcome);
+                }
+            }
+            for pod in &pods {
+                if let Some(outcome) = self.judge(Some(pod)).await {
+                    return Some(outcome);
+                }
+            }
+            let secs = Duration::from_secs(watch_seconds(self.last).into());
+            if quiet >= secs + WATCH_MARGIN {
+                return None;
+            }
+            match tokio::time::timeout(secs, changed.changed()).await {
+                Ok(Ok(())) => quiet = Duration::ZERO,
+                Ok(Err(_)) => return None,
+                // Nothing changed: the policy looks again (its graces are times).
+                Err(_) => quiet += secs,
             }
         }
     }

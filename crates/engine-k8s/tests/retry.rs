@@ -215,3 +215,31 @@ async fn an_unavailable_server_is_given_up_on_within_seconds() {
     assert!(took < Duration::from_secs(20), "gave up after {took:?}");
     assert!(format!("{err:?}").contains("shutting down"), "{err:?}");
 }
+
+#[tokio::test]
+async fn too_many_requests_pauses_the_engines_other_requests_too() {
+    let canned = Canned::start(|_, n| match n {
+        0 => (
+            "429 Too Many Requests",
+            "Retry-After: 2\r\n",
+            failure(429, "TooManyRequests", "slow down"),
+        ),
+        _ => ("200 OK", "", VERSION.to_owned()),
+    })
+    .await;
+    let started = Instant::now();
+    let first = canned.engine.init();
+    let second = async {
+        // Sent while the first one waits out its Retry-After.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        canned.engine.init().await.expect("second init");
+        started.elapsed()
+    };
+    let (first, second) = tokio::join!(first, second);
+    first.expect("first init after its 429");
+    assert!(
+        second >= Duration::from_millis(1800),
+        "another request of the engine went out during the server's Retry-After: {second:?}"
+    );
+    assert_eq!(canned.seen().len(), 3, "{:?}", canned.seen());
+}

@@ -201,6 +201,7 @@ mod authz;
 mod docker;
 mod errors;
 mod exec;
+mod expire;
 mod fields;
 mod jobs;
 mod kubelet;
@@ -286,6 +287,8 @@ pub(crate) struct Inner {
     pub(crate) reconciling: Mutex<()>,
     /// Whether Argo's CRDs are "installed" ([`Sim::install_argo_crds`]).
     pub(crate) argo_crds: AtomicBool,
+    /// Watch expiry on demand ([`Sim::expire_watches`]).
+    pub(crate) expiry: expire::Expiry,
 }
 
 impl Inner {
@@ -368,6 +371,7 @@ impl Sim {
                 deleted_unfinished: Mutex::default(),
                 reconciling: Mutex::default(),
                 argo_crds: AtomicBool::new(false),
+                expiry: expire::Expiry::default(),
             });
             for ns in ["default", "kube-system", "kube-public"] {
                 inner

@@ -40,6 +40,7 @@ pub fn kubernetes_config(config: &BerthConfig) -> KubernetesConfig {
     out.create_missing_claims = k.create_pvc;
     out.start_timeout = k.start_timeout.get();
     out.scale_up_grace = k.scale_up_grace.get();
+    out.max_concurrent_writes = usize::try_from(k.max_concurrent_writes).unwrap_or(usize::MAX);
     out.requests = k.resources.requests.resources();
     out.limits = k.resources.limits.resources();
     // Checked when the config loaded; a config built in code and never validated gets none.

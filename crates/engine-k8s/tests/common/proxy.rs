@@ -31,6 +31,8 @@ struct Rules {
     watches: AtomicBool,
     /// How many watch requests were held back.
     stalled_watches: AtomicUsize,
+    /// The request line of every request sent through the proxy.
+    requests: std::sync::Mutex<Vec<String>>,
 }
 
 impl Drop for FreezingProxy {
@@ -63,6 +65,20 @@ async fn pump(
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
+        if from_client {
+            let line = buf[..n].split(|b| *b == b'\n').next().unwrap_or_default();
+            let line = String::from_utf8_lossy(line).trim_end().to_owned();
+            if ["GET /", "POST /", "PUT /", "PATCH /", "DELETE /", "HEAD /"]
+                .iter()
+                .any(|m| line.starts_with(m))
+            {
+                rules
+                    .requests
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(line);
+            }
+        }
         if from_client && rules.watches.load(Ordering::SeqCst) && opens_watch(&buf[..n]) {
             rules.stalled_watches.fetch_add(1, Ordering::SeqCst);
             conn.store(true, Ordering::SeqCst);
@@ -111,6 +127,17 @@ impl FreezingProxy {
     /// request included; every other request passes.
     pub fn freeze_watches(&self) {
         self.rules.watches.store(true, Ordering::SeqCst);
+    }
+
+    /// The request lines (`GET /api/v1/... HTTP/1.1`) forwarded so far, and forgets them.
+    pub fn take_requests(&self) -> Vec<String> {
+        std::mem::take(
+            &mut *self
+                .rules
+                .requests
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 
     /// How many watch requests [`Self::freeze_watches`] held back so far.

@@ -54,7 +54,11 @@ pub(super) fn watch(
         .unwrap_or("PartialObjectMetadata")
         .to_owned();
     let (tx, resp) = streaming("application/json");
-    let start = inner.store.watch(res, ns, since);
+    let start = match inner.expiry.refuses(since) {
+        Some(oldest) => Err(oldest),
+        None => inner.store.watch(res, ns, since),
+    };
+    let mut cut = inner.expiry.subscribe();
     let ns = ns.map(str::to_owned);
     tokio::spawn(async move {
         let render = |obj: &Value| {
@@ -110,6 +114,11 @@ pub(super) fn watch(
             };
             tokio::select! {
                 () = tx.closed() => return,
+                _ = cut.changed() => {
+                    let status = ApiError::new(410, "Expired", "too old resource version (expired on demand)".to_owned()).status();
+                    let _ = tx.send(event_line("ERROR", &status)).await;
+                    return;
+                }
                 _ = bookmark_tick.tick(), if bookmarks => {
                     let bookmark = json!({
                         "kind": res.kind(), "apiVersion": res.api_version(),

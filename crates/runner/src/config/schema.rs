@@ -307,6 +307,9 @@ section! {
         pub start_timeout: HumanDuration,
         /// How long an unschedulable pod waits for an autoscaler's scale-up event, e.g. `20s`.
         pub scale_up_grace: HumanDuration,
+        /// Creates and deletes one berth process sends the API server at once; the others
+        /// queue.
+        pub max_concurrent_writes: u64,
         /// `hardened` or `restricted` (the Pod Security Standard; needs a non-root user).
         #[serde(deserialize_with = "security_profile::deserialize")]
         pub security: SecurityProfile,
@@ -355,6 +358,7 @@ impl Default for KubernetesSection {
             image_pull_policy: None,
             start_timeout: HumanDuration(Duration::from_secs(300)),
             scale_up_grace: HumanDuration(Duration::from_secs(20)),
+            max_concurrent_writes: 16,
             security: SecurityProfile::Hardened,
             run_as_user: None,
             env_from: Vec::new(),
@@ -592,6 +596,12 @@ impl BerthConfig {
                     "expected an address and port like 127.0.0.1:8080 or [::]:8080, got {:?}",
                     self.server.listen
                 ),
+            ));
+        }
+        if self.kubernetes.max_concurrent_writes == 0 {
+            return Err(invalid(
+                "kubernetes.max_concurrent_writes",
+                "expected at least 1".into(),
             ));
         }
         if self.server.max_concurrent_jobs == 0 {

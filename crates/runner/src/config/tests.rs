@@ -520,6 +520,11 @@ fn server_values_are_checked_by_name() {
             "127.0.0.1:8080",
         ),
         (
+            "kubernetes:\n  max_concurrent_writes: 0\n",
+            "kubernetes.max_concurrent_writes",
+            "at least 1",
+        ),
+        (
             "server:\n  max_concurrent_jobs: 0\n",
             "server.max_concurrent_jobs",
             "at least 1",
