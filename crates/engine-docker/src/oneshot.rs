@@ -213,11 +213,13 @@ impl Once {
     /// asked of the stopped container's filesystem: a command cannot forge init's "not
     /// found" line for a program that is there.
     async fn program_present(&self, program: &str) -> bool {
-        let Ok(inspect) = self
-            .engine
-            .docker
-            .inspect_container(self.name(), None)
-            .await
+        // Both calls are reads, retried on a dropped connection (a remote daemon's reused
+        // connection can be closed under it): a transient failure would keep the runtime's
+        // words for a program that is missing.
+        let Ok(inspect) = crate::retry::idempotent("inspect the one-shot container", || {
+            self.engine.docker.inspect_container(self.name(), None)
+        })
+        .await
         else {
             return true;
         };
@@ -229,16 +231,14 @@ impl Once {
             .find_map(|kv| kv.strip_prefix("PATH=").map(str::to_owned))
             .unwrap_or_else(|| DEFAULT_PATH.to_owned());
         for dir in path.split(':').filter(|d| d.starts_with('/')) {
-            let stat = self
-                .engine
-                .docker
-                .get_container_archive_info(
+            let path = format!("{}/{program}", dir.trim_end_matches('/'));
+            let stat = crate::retry::idempotent("stat a PATH entry", || {
+                self.engine.docker.get_container_archive_info(
                     self.name(),
-                    Some(ContainerArchiveInfoOptions {
-                        path: format!("{}/{program}", dir.trim_end_matches('/')),
-                    }),
+                    Some(ContainerArchiveInfoOptions { path: path.clone() }),
                 )
-                .await;
+            })
+            .await;
             match stat {
                 Ok(_) => return true,
                 Err(e) if matches!(errors::status(&e), Some((404, _))) => {}
