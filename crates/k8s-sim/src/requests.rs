@@ -53,6 +53,16 @@ impl Requests {
             .map(|((v, r), n)| (v.as_str(), r.as_str(), *n))
     }
 
+    /// The counts of `self` and `other` added.
+    #[must_use]
+    pub fn plus(&self, other: &Requests) -> Requests {
+        let mut sum = self.0.clone();
+        for (k, n) in &other.0 {
+            *sum.entry(k.clone()).or_insert(0) += n;
+        }
+        Requests(sum)
+    }
+
     /// What was served after `earlier` (a snapshot of the same simulator taken before this
     /// one): the difference of each count, zeros left out.
     #[must_use]

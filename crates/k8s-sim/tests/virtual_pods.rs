@@ -80,6 +80,7 @@ async fn two_hundred_virtual_pods_run_share_one_container_and_go_away() {
     for c in created {
         c.expect("create job");
     }
+    eprintln!("{n} Jobs created after {:?}", t.elapsed());
     let running = loop {
         let list = pods
             .list(&ListParams::default().labels("vp=yes"))
