@@ -291,7 +291,12 @@ fn sim_cpu() -> Duration {
         }
         let fields: Vec<&str> = tail.split_whitespace().collect();
         // After the comm: state is field 0, utime field 11, stime field 12.
-        let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+        let field = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
         ticks += field(11) + field(12);
     }
     // USER_HZ is 100 on every Linux this runs on.
@@ -372,7 +377,7 @@ fn per_op(delta: &berth_k8s_sim::Requests, per: u64) -> (f64, String) {
 /// time, and the process's memory per live environment.
 pub(crate) async fn budget(image: &ImageRef, smoke: bool) -> anyhow::Result<Vec<Scenario>> {
     let sim = Sim::start().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    sim.virtual_pods(&image.to_string())
+    sim.virtual_pods(image.as_ref())
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let dir = std::env::temp_dir().join(format!("berth-bench-{}", SessionId::generate()));

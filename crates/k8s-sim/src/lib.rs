@@ -62,6 +62,15 @@
 //! `shareProcessNamespace: true` gets Docker's init as a reaping PID 1 instead, standing in for
 //! the sandbox's pause process.
 //!
+//! # Virtual pods and the request counter
+//!
+//! [`Sim::virtual_pods`] switches to pods without containers of their own, as kwok runs them,
+//! so that a thousand environments fit on one machine: new pods are bound and Running at once,
+//! and exec and logs of any of them reach one shared real container. [`Sim::requests`] counts
+//! every request served by verb and resource (a watch once, when opened; see [`Requests`]);
+//! [`Sim::reset_requests`] zeroes it. The benchmark's API budget (`berth-bench budget`) reads
+//! both.
+//!
 //! # Speaking as kube-apiserver 1.33 does
 //!
 //! - `/version` and the node say v1.33.0; the field schema is Kubernetes 1.33's (k8s-openapi

@@ -123,7 +123,7 @@ async fn two_hundred_virtual_pods_run_share_one_container_and_go_away() {
     let js = j.status.expect("job status");
     assert_eq!((js.active, js.ready), (Some(1), Some(1)), "{js:?}");
     // One container for the instance: the shared one, no container per pod.
-    let containers = support::containers_labelled(&docker, &[label.clone()]).await;
+    let containers = support::containers_labelled(&docker, std::slice::from_ref(&label)).await;
     assert_eq!(containers.len(), 1, "{containers:?}");
 
     // Exec into any virtual pod runs in the shared container: a file one exec writes,
