@@ -567,16 +567,28 @@ async fn concurrent_starts(
             }
         }
     }
-    if let Some(e) = first_error {
-        bail!(
-            "{} of {concurrent} concurrent starts failed, first: {e}",
-            concurrent - lat.len()
-        );
-    }
     let started = req1.since(&req0);
+    let failed = concurrent - lat.len();
+    if failed == concurrent {
+        if let Some(e) = first_error {
+            bail!("all {concurrent} concurrent starts failed, first: {e}");
+        }
+    }
     Ok(vec![
         Row {
-            subject: format!("{concurrent} concurrent starts ({already} already live): start latency"),
+            subject: format!(
+                "{concurrent} concurrent starts: failed{}",
+                first_error.map_or_else(String::new, |e| format!(" (first: {e})"))
+            ),
+            stats: None,
+            value: Some(failed as f64),
+            unit: "errors".into(),
+            ratio_berth_over_this: None,
+        },
+        Row {
+            subject: format!(
+                "{concurrent} concurrent starts ({already} already live): latency of those that started"
+            ),
             stats: Some(stats(&lat)),
             value: None,
             unit: "ms".into(),
