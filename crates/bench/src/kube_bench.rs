@@ -270,3 +270,340 @@ async fn scenarios(ctx: &Ctx, smoke: bool) -> anyhow::Result<Vec<Scenario>> {
     }
     Ok(out)
 }
+
+/// CPU time (user + system) of this process's threads named `k8s-sim` (the simulator's
+/// runtime: its API server, controllers and pod workers), from `/proc/self/task/*/stat`.
+fn sim_cpu() -> Duration {
+    let mut ticks = 0u64;
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Duration::ZERO;
+    };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ... : comm may hold spaces, so split after its closing paren.
+        let Some((head, tail)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        if !head.ends_with("(k8s-sim") {
+            continue;
+        }
+        let fields: Vec<&str> = tail.split_whitespace().collect();
+        // After the comm: state is field 0, utime field 11, stime field 12.
+        let field = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        ticks += field(11) + field(12);
+    }
+    // USER_HZ is 100 on every Linux this runs on.
+    Duration::from_millis(ticks * 10)
+}
+
+/// This process's resident set, in KiB (`VmRSS`).
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Starts `n` environments, at most 50 at once.
+async fn start_many(
+    engine: &KubernetesEngine,
+    spec: &EnvironmentSpec,
+    n: usize,
+) -> anyhow::Result<Vec<EnvironmentId>> {
+    use futures_util::StreamExt;
+    let started: Vec<_> = futures_util::stream::iter(0..n)
+        .map(|_| engine.start(spec))
+        .buffer_unordered(50)
+        .collect()
+        .await;
+    let mut ids = Vec::with_capacity(n);
+    let mut first_error = None;
+    for r in started {
+        match r {
+            Ok(id) => ids.push(id),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        stop_many(engine, &ids).await;
+        bail!("{} of {n} starts failed, first: {e}", n - ids.len());
+    }
+    Ok(ids)
+}
+
+/// Stops every environment of `ids`, at most 50 at once, errors ignored.
+async fn stop_many(engine: &KubernetesEngine, ids: &[EnvironmentId]) {
+    use futures_util::StreamExt;
+    futures_util::stream::iter(ids)
+        .map(|id| engine.stop(id))
+        .buffer_unordered(50)
+        .collect::<Vec<_>>()
+        .await;
+}
+
+/// The requests of `delta`, divided by `per`, as `verb resource=count` pairs.
+fn per_op(delta: &berth_k8s_sim::Requests, per: u64) -> (f64, String) {
+    let total = delta.total() as f64 / per as f64;
+    let detail = delta
+        .iter()
+        .map(|(v, r, n)| {
+            let each = n as f64 / per as f64;
+            if each.fract() == 0.0 {
+                format!("{v} {r}={each}")
+            } else {
+                format!("{v} {r}={each:.2}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    (total, detail)
+}
+
+/// Issue 18's budget: API requests per start, exec and stop by verb at 1, 100 and 1,000 live
+/// environments (virtual pods), start latency of 200 concurrent starts, the simulator's CPU
+/// time, and the process's memory per live environment.
+pub(crate) async fn budget(image: &ImageRef, smoke: bool) -> anyhow::Result<Vec<Scenario>> {
+    let sim = Sim::start().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    sim.virtual_pods(image.as_ref())
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let dir = std::env::temp_dir().join(format!("berth-bench-{}", SessionId::generate()));
+    std::fs::create_dir_all(&dir)?;
+    let kubeconfig = dir.join("kubeconfig");
+    sim.write_kubeconfig(&kubeconfig)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut config = KubernetesConfig::default();
+    config.kubeconfig = Some(kubeconfig);
+    let engine = KubernetesEngine::connect(config).await?;
+    let session = SessionId::generate();
+    let spec = EnvironmentSpec::new(image.clone(), session.clone())
+        .with_max_lifetime(Duration::from_secs(3600));
+    let mut live: Vec<EnvironmentId> = Vec::new();
+    let result = budget_measured(&sim, &engine, &spec, smoke, &mut live).await;
+    // A thousand stops take the (debug) simulator minutes: past a hundred, the environments go
+    // with the simulator, which holds them in memory only (its one Docker object, the shared
+    // container, is removed by its shutdown).
+    if live.len() <= 100 {
+        stop_many(&engine, &live).await;
+        let leftovers = engine
+            .list(&berth_engine_core::LabelSelector::session(&session))
+            .await
+            .unwrap_or_default();
+        for env in leftovers {
+            let _ = engine.stop(&env.id).await;
+        }
+    }
+    sim.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn budget_measured(
+    sim: &Sim,
+    engine: &KubernetesEngine,
+    spec: &EnvironmentSpec,
+    smoke: bool,
+    live: &mut Vec<EnvironmentId>,
+) -> anyhow::Result<Vec<Scenario>> {
+    let levels: &[usize] = if smoke { &[1, 3] } else { &[1, 100, 1000] };
+    let reps: u64 = if smoke { 1 } else { 3 };
+    let execs: u64 = if smoke { 2 } else { 10 };
+    let mut rows = Vec::new();
+    let value_row = |subject: String, value: f64, unit: &str| Row {
+        subject,
+        stats: None,
+        value: Some(value),
+        unit: unit.into(),
+        ratio_berth_over_this: None,
+    };
+    let mut rss_at_one = None;
+    for &level in levels {
+        // `level - 1` environments stay up while one more is started, used and stopped.
+        let want = level - 1;
+        if live.len() < want {
+            let more = start_many(engine, spec, want - live.len()).await?;
+            live.extend(more);
+        }
+        if level == levels[0] {
+            rss_at_one = Some(rss_kib());
+        }
+        // Let the start-up settle before counting: what runs now is steady state.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (mut start_d, mut exec_d, mut stop_d) = (
+            berth_k8s_sim::Requests::default(),
+            berth_k8s_sim::Requests::default(),
+            berth_k8s_sim::Requests::default(),
+        );
+        let add = |acc: &mut berth_k8s_sim::Requests, d: &berth_k8s_sim::Requests| {
+            *acc = acc.plus(d);
+        };
+        for _ in 0..reps {
+            let before = sim.requests();
+            let env = engine.start(spec).await?;
+            let after_start = sim.requests();
+            add(&mut start_d, &after_start.since(&before));
+            for _ in 0..execs {
+                let out = engine.exec(&env, ExecRequest::new(["echo", "hi"])).await;
+                let out = match out {
+                    Ok(o) => o,
+                    Err(e) => {
+                        let _ = engine.stop(&env).await;
+                        return Err(e.into());
+                    }
+                };
+                anyhow::ensure!(out.stdout_lossy() == "hi\n", "exec output {out:?}");
+            }
+            let after_exec = sim.requests();
+            add(&mut exec_d, &after_exec.since(&after_start));
+            engine.stop(&env).await?;
+            add(&mut stop_d, &sim.requests().since(&after_exec));
+        }
+        for (what, delta, per) in [
+            ("start", &start_d, reps),
+            ("exec", &exec_d, reps * execs),
+            ("stop", &stop_d, reps),
+        ] {
+            let (total, detail) = per_op(delta, per);
+            let row = value_row(
+                format!("per {what}, {level} live: {detail}"),
+                total,
+                "requests",
+            );
+            eprintln!("budget: {} = {:?}", row.subject, row.value);
+            rows.push(row);
+        }
+        // After the second level: 200 starts at once (they stay live, toward the next level).
+        if levels.len() > 1 && level == levels[1] {
+            let concurrent = if smoke { 3 } else { 200 };
+            for row in concurrent_starts(sim, engine, spec, concurrent, live).await? {
+                eprintln!("budget: {} = {:?} {:?}", row.subject, row.value, row.stats);
+                rows.push(row);
+            }
+        }
+    }
+    // Memory and the simulator's idle cost at the top level, all environments live.
+    let top = *levels.last().unwrap_or(&1);
+    let rss_top = rss_kib();
+    if let Some(rss1) = rss_at_one {
+        if top > 1 {
+            let per_env = (rss_top.saturating_sub(rss1)) as f64 / (top - 1) as f64;
+            rows.push(value_row(
+                format!(
+                    "process RSS growth per live environment, 1 → {top} (berth AND the in-process simulator)"
+                ),
+                per_env,
+                "KiB",
+            ));
+        }
+    }
+    let idle = if smoke { 1 } else { 10 };
+    let (cpu0, req0) = (sim_cpu(), sim.requests());
+    tokio::time::sleep(Duration::from_secs(idle)).await;
+    let (cpu1, req1) = (sim_cpu(), sim.requests());
+    rows.push(value_row(
+        format!(
+            "simulator CPU while {} environments sit idle, per second ({} requests in {idle} s)",
+            live.len(),
+            req1.since(&req0).total()
+        ),
+        (cpu1 - cpu0).as_secs_f64() * 1000.0 / idle as f64,
+        "ms CPU/s",
+    ));
+    for r in rows.iter().rev().take(2) {
+        eprintln!("budget: {} = {:?}", r.subject, r.value);
+    }
+    Ok(vec![Scenario {
+        name: "14. Kubernetes API budget (simulator, virtual pods)".into(),
+        note: format!(
+            "Issue 18. API requests the simulator served per start, per exec (`echo hi`) and per stop, by verb and resource, at {levels:?} live environments in one process (KubernetesEngine against the simulator with virtual pods: one shared container); mean of {reps} starts/stops and {} execs per level. Goal: 0 requests per exec beyond the exec itself, ≤3 per start, ≤2 per stop, whatever the number of environments. Simulator CPU is the user+system time of its runtime threads (`k8s-sim`: API server, controllers, pod workers), from /proc/self/task.",
+            reps * execs
+        ),
+        rows,
+    }])
+}
+
+/// Starts `concurrent` environments at once (they stay live) and times each start; the rows
+/// say the latency and the simulator's CPU meanwhile.
+async fn concurrent_starts(
+    sim: &Sim,
+    engine: &KubernetesEngine,
+    spec: &EnvironmentSpec,
+    concurrent: usize,
+    live: &mut Vec<EnvironmentId>,
+) -> anyhow::Result<Vec<Row>> {
+    let already = live.len();
+    let (cpu0, req0) = (sim_cpu(), sim.requests());
+    let t = Instant::now();
+    let timed = futures_util::future::join_all((0..concurrent).map(|_| async {
+        let t = Instant::now();
+        engine.start(spec).await.map(|id| (id, t.elapsed()))
+    }))
+    .await;
+    let wall = t.elapsed();
+    let (cpu1, req1) = (sim_cpu(), sim.requests());
+    let mut lat = Vec::new();
+    let mut first_error = None;
+    for r in timed {
+        match r {
+            Ok((id, d)) => {
+                live.push(id);
+                lat.push(d);
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    let started = req1.since(&req0);
+    let failed = concurrent - lat.len();
+    if failed == concurrent {
+        if let Some(e) = first_error {
+            bail!("all {concurrent} concurrent starts failed, first: {e}");
+        }
+    }
+    Ok(vec![
+        Row {
+            subject: format!(
+                "{concurrent} concurrent starts: failed{}",
+                first_error.map_or_else(String::new, |e| format!(" (first: {e})"))
+            ),
+            stats: None,
+            value: Some(failed as f64),
+            unit: "errors".into(),
+            ratio_berth_over_this: None,
+        },
+        Row {
+            subject: format!(
+                "{concurrent} concurrent starts ({already} already live): latency of those that started"
+            ),
+            stats: Some(stats(&lat)),
+            value: None,
+            unit: "ms".into(),
+            ratio_berth_over_this: None,
+        },
+        Row {
+            subject: format!(
+                "{concurrent} concurrent starts: simulator CPU ({} requests: {started}; wall {:.1} s)",
+                started.total(),
+                wall.as_secs_f64()
+            ),
+            stats: None,
+            value: Some((cpu1 - cpu0).as_secs_f64() * 1000.0),
+            unit: "ms CPU".into(),
+            ratio_berth_over_this: None,
+        },
+    ])
+}

@@ -50,6 +50,9 @@ enum Suite {
     /// Exec over ssh:// (an sshd on 127.0.0.1 started by the bench; needs root and
     /// openssh-server) against the local socket.
     Remote,
+    /// Kubernetes API requests per start, exec and stop at 1, 100 and 1,000 live
+    /// environments, on the simulator's virtual pods (issue 18).
+    Budget,
     /// Exec latency and throughput on Podman's Docker API against Docker
     /// (`$BERTH_PODMAN_HOST`, default `unix:///tmp/berth-podman.sock`).
     Podman,
@@ -278,7 +281,16 @@ async fn main() -> anyhow::Result<()> {
     let kubernetes = async { kube_bench::run(&bench.image, args.smoke, shells_only).await };
     let scenarios = match args.suite {
         Suite::Docker => docker.await,
-        Suite::Kubernetes => kubernetes.await,
+        Suite::Kubernetes => match kubernetes.await {
+            Ok(mut k) => kube_bench::budget(&bench.image, bench.smoke)
+                .await
+                .map(|b| {
+                    k.extend(b);
+                    k
+                }),
+            Err(e) => Err(e),
+        },
+        Suite::Budget => kube_bench::budget(&bench.image, bench.smoke).await,
         Suite::Server => {
             server_bench::scenarios(
                 bench.engine.clone() as Arc<dyn ContainerEngine>,
@@ -308,10 +320,22 @@ async fn main() -> anyhow::Result<()> {
                 docker.await
             };
             let both = match first {
-                Ok(mut d) => kubernetes.await.map(|k| {
-                    d.extend(k);
-                    d
-                }),
+                Ok(mut d) => match kubernetes.await {
+                    Ok(k) => {
+                        d.extend(k);
+                        if shells_only {
+                            Ok(d)
+                        } else {
+                            kube_bench::budget(&bench.image, bench.smoke)
+                                .await
+                                .map(|b| {
+                                    d.extend(b);
+                                    d
+                                })
+                        }
+                    }
+                    Err(e) => Err(e),
+                },
                 Err(e) => Err(e),
             };
             match both {

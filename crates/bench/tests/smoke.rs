@@ -27,7 +27,7 @@ fn every_scenario_runs_and_reports_json() {
         .collect();
     for prefix in [
         "1.", "2.", "3a.", "3b.", "4. 10", "4. 20", "5.", "6.", "7.", "8.", "9.", "10.", "11.",
-        "12.", "13.",
+        "12.", "13.", "14.",
     ] {
         assert!(
             names.iter().any(|n| n.starts_with(prefix)),

@@ -260,10 +260,18 @@ pub(crate) fn reconcile(inner: &Arc<Inner>) {
     reconcile_cron_jobs(inner);
     let (jobs, _) = inner.store.list(Res::Job, None);
     let (pods, _) = inner.store.list(Res::Pod, None);
+    // Each job's pods, by the job's uid: one pass over the pods, not one per job.
+    let mut by_job: std::collections::HashMap<&str, Vec<&Value>> = std::collections::HashMap::new();
+    for pod in &pods {
+        if let Some(uid) = controller_uid(pod) {
+            by_job.entry(uid).or_default().push(pod);
+        }
+    }
     let mut live = HashSet::new();
     for job in &jobs {
-        live.insert(json_str(&job["metadata"]["uid"]).to_owned());
-        reconcile_job(inner, job, &pods);
+        let uid = json_str(&job["metadata"]["uid"]);
+        live.insert(uid.to_owned());
+        reconcile_job(inner, job, by_job.get(uid).map_or(&[], Vec::as_slice));
     }
     inner
         .deleted_unfinished
@@ -411,7 +419,7 @@ fn create_pod(inner: &Arc<Inner>, job: &Value) {
 }
 
 #[allow(clippy::too_many_lines)]
-fn reconcile_job(inner: &Arc<Inner>, job: &Value, pods: &[Value]) {
+fn reconcile_job(inner: &Arc<Inner>, job: &Value, pods: &[&Value]) {
     let md = &job["metadata"];
     let (ns, name, uid) = (
         json_str(&md["namespace"]),
@@ -420,6 +428,7 @@ fn reconcile_job(inner: &Arc<Inner>, job: &Value, pods: &[Value]) {
     );
     let owned: Vec<&Value> = pods
         .iter()
+        .copied()
         .filter(|p| controller_uid(p) == Some(uid))
         .collect();
     let now = meta::now_secs();
@@ -549,11 +558,16 @@ fn reconcile_job(inner: &Arc<Inner>, job: &Value, pods: &[Value]) {
     let active_count = if kill_active {
         0
     } else {
-        let (pods, _) = inner.store.list(Res::Pod, Some(ns));
-        pods.iter()
-            .filter(|p| controller_uid(p) == Some(uid) && !is_terminal(p))
-            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
-            .count()
+        let mut count = 0;
+        inner.store.scan(Res::Pod, Some(ns), |p| {
+            if controller_uid(p) == Some(uid)
+                && !is_terminal(p)
+                && p["metadata"]["deletionTimestamp"].is_null()
+            {
+                count += 1;
+            }
+        });
+        count
     };
     if complete {
         kubelet::record_event(

@@ -62,6 +62,15 @@
 //! `shareProcessNamespace: true` gets Docker's init as a reaping PID 1 instead, standing in for
 //! the sandbox's pause process.
 //!
+//! # Virtual pods and the request counter
+//!
+//! [`Sim::virtual_pods`] switches to pods without containers of their own, as kwok runs them,
+//! so that a thousand environments fit on one machine: new pods are bound and Running at once,
+//! and exec and logs of any of them reach one shared real container. [`Sim::requests`] counts
+//! every request served by verb and resource (a watch once, when opened; see [`Requests`]);
+//! [`Sim::reset_requests`] zeroes it. The benchmark's API budget (`berth-bench budget`) reads
+//! both.
+//!
 //! # Speaking as kube-apiserver 1.33 does
 //!
 //! - `/version` and the node say v1.33.0; the field schema is Kubernetes 1.33's (k8s-openapi
@@ -209,6 +218,7 @@ mod meta;
 mod node;
 mod openapi;
 mod quantity;
+mod requests;
 mod secrets;
 mod store;
 mod tables;
@@ -254,6 +264,7 @@ impl From<std::io::Error> for SimError {
 
 use node::Autoscaler;
 pub use node::{NodeSize, SCALED_NODE_NAME};
+pub use requests::Requests;
 
 /// State shared by the server, the controllers and the pod workers.
 pub(crate) struct Inner {
@@ -289,6 +300,10 @@ pub(crate) struct Inner {
     pub(crate) argo_crds: AtomicBool,
     /// Watch expiry on demand ([`Sim::expire_watches`]).
     pub(crate) expiry: expire::Expiry,
+    /// Every request served, by verb and resource ([`Sim::requests`]).
+    pub(crate) requests: requests::Counter,
+    /// The shared container of virtual pods, once [`Sim::virtual_pods`] has been called.
+    pub(crate) virtual_node: std::sync::OnceLock<kubelet::VirtualNode>,
 }
 
 impl Inner {
@@ -372,6 +387,8 @@ impl Sim {
                 reconciling: Mutex::default(),
                 argo_crds: AtomicBool::new(false),
                 expiry: expire::Expiry::default(),
+                requests: requests::Counter::default(),
+                virtual_node: std::sync::OnceLock::new(),
             });
             for ns in ["default", "kube-system", "kube-public"] {
                 inner
@@ -613,6 +630,78 @@ impl Sim {
         self.inner
             .argo_crds
             .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Switches to virtual pods, as kwok runs them, so that a thousand pods fit on one
+    /// machine: from now on a new pod (a Job's too) is bound to the node at once, whatever
+    /// its requests, and reported Running at once (its `PodScheduled`, `Initialized`,
+    /// `ContainersReady` and `Ready` conditions true, each container `running` and ready,
+    /// the Job's `active` and `ready` counted) without a Docker container of its own. Every
+    /// container of every virtual pod names ONE shared real container as its `containerID`:
+    /// `exec` and `log` on any virtual pod reach that container, started here once from
+    /// `image` (its command replaced by a long `sleep`), labelled with [`INSTANCE_LABEL`] and
+    /// removed with the simulator. Deleting a virtual pod completes as for a real one: the
+    /// deletion timestamp, then the object is gone.
+    ///
+    /// A virtual pod's own command, image, volumes, user and limits are not applied (the
+    /// shared container runs the same for all), its containers never exit (it stays Running
+    /// until deleted, as under kwok), and it records no kubelet events (only the
+    /// scheduler's); `activeDeadlineSeconds` still fails it. Pods created before the call
+    /// keep their containers. Calling it again changes nothing.
+    ///
+    /// # Errors
+    /// When the shared container cannot be created or started (`image` missing).
+    pub async fn virtual_pods(&self, image: &str) -> Result<(), SimError> {
+        if self.inner.virtual_node.get().is_some() {
+            return Ok(());
+        }
+        let Some(runtime) = self.runtime.as_ref() else {
+            return Err(SimError("the simulator is stopped".to_owned()));
+        };
+        let inner = self.inner.clone();
+        let image = image.to_owned();
+        let node = runtime
+            .spawn(async move { kubelet::start_shared_container(&inner, &image).await })
+            .await
+            .map_err(|e| SimError(format!("starting virtual pods: {e}")))?
+            .map_err(SimError)?;
+        if let Err(extra) = self.inner.virtual_node.set(node) {
+            // A concurrent call won: its container serves; this one's goes now.
+            let docker = self.inner.docker.clone();
+            let _ = runtime
+                .spawn(async move {
+                    let _ = docker
+                        .remove_container(
+                            &extra.container,
+                            Some(bollard::query_parameters::RemoveContainerOptions {
+                                force: true,
+                                ..Default::default()
+                            }),
+                        )
+                        .await;
+                })
+                .await;
+        }
+        Ok(())
+    }
+
+    /// The Docker id of the virtual pods' shared container, once [`Sim::virtual_pods`] has
+    /// started it.
+    #[must_use]
+    pub fn virtual_container(&self) -> Option<&str> {
+        self.inner.virtual_node.get().map(|n| n.container.as_str())
+    }
+
+    /// The requests served so far, by verb and resource (see [`Requests`]), since the start
+    /// or the last [`Sim::reset_requests`].
+    #[must_use]
+    pub fn requests(&self) -> Requests {
+        self.inner.requests.snapshot()
+    }
+
+    /// Sets every request count back to zero.
+    pub fn reset_requests(&self) {
+        self.inner.requests.reset();
     }
 
     /// Stops the simulator and removes every container and volume it created.

@@ -396,6 +396,37 @@ impl Store {
             .cloned()
     }
 
+    /// `f` of one object, without copying it: `None` when there is no such object.
+    pub(crate) fn peek<R>(
+        &self,
+        res: Res,
+        ns: &str,
+        name: &str,
+        f: impl FnOnce(&Value) -> R,
+    ) -> Option<R> {
+        let ns = if res.namespaced() { ns } else { "" };
+        self.lock()
+            .objects
+            .get(&(res, ns.to_owned(), name.to_owned()))
+            .map(f)
+    }
+
+    /// Runs `f` on every object of `res` in `ns` (or in all namespaces), without copying
+    /// them. The store is locked meanwhile: `f` must not call the store.
+    pub(crate) fn scan(&self, res: Res, ns: Option<&str>, mut f: impl FnMut(&Value)) {
+        let st = self.lock();
+        let from = (res, String::new(), String::new());
+        for ((_, n, _), v) in st
+            .objects
+            .range(from..)
+            .take_while(|((r, _, _), _)| *r == res)
+        {
+            if ns.is_none_or(|ns| !res.namespaced() || n == ns) {
+                f(v);
+            }
+        }
+    }
+
     /// Every object of `res`, in `ns` or in all namespaces, and the resourceVersion of the list.
     pub(crate) fn list(&self, res: Res, ns: Option<&str>) -> (Vec<Value>, u64) {
         let st = self.lock();

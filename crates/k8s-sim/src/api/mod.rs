@@ -210,7 +210,19 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
         .collect();
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
     if let Some(resp) = discovery::answer(&inner, &segs) {
+        inner.requests.discovery();
         return resp;
+    }
+    match segs.as_slice() {
+        ["api", "v1", rest @ ..] => inner.requests.resource("", rest, req.method(), &params),
+        ["apis", authz::GROUP, _, rest @ ..] => inner.requests.add(
+            crate::requests::method_verb(req.method()),
+            rest.last().copied().unwrap_or("unknown"),
+        ),
+        ["apis", group, _, rest @ ..] => {
+            inner.requests.resource(group, rest, req.method(), &params)
+        }
+        _ => inner.requests.unknown(req.method()),
     }
     let result = match segs.as_slice() {
         ["api", "v1", rest @ ..] => resource(&inner, "", rest, params, req).await,

@@ -17,6 +17,7 @@ mod image;
 mod logs;
 mod scheduler;
 mod status;
+mod virtual_node;
 mod volumes;
 mod worker;
 
@@ -26,6 +27,7 @@ use serde_json::{json, Value};
 
 pub(crate) use defaults::{default_pod, default_pod_spec};
 pub(crate) use logs::{container_id, logs};
+pub(crate) use virtual_node::{start_shared_container, VirtualNode};
 pub(crate) use volumes::{
     bind_later, create_claim_volume, default_pvc, remove_claim_volume, unbind,
 };
@@ -86,21 +88,35 @@ pub(crate) fn ensure_workers(inner: &Arc<Inner>) {
     if inner.stopping.load(std::sync::atomic::Ordering::SeqCst) {
         return;
     }
-    let (pods, _) = inner.store.list(Res::Pod, None);
     let mut running = inner
         .kubelets
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    for pod in pods {
-        let uid = json_str(&pod["metadata"]["uid"]).to_owned();
+    // Only the names of pods without a worker are copied out: with a thousand pods this runs
+    // on every store change.
+    let mut new = Vec::new();
+    inner.store.scan(Res::Pod, None, |pod| {
+        let uid = json_str(&pod["metadata"]["uid"]);
+        if !running.contains(uid) {
+            new.push((
+                uid.to_owned(),
+                json_str(&pod["metadata"]["namespace"]).to_owned(),
+                json_str(&pod["metadata"]["name"]).to_owned(),
+            ));
+        }
+    });
+    for (uid, ns, name) in new {
         if running.insert(uid.clone()) {
             let worker = Worker {
                 inner: inner.clone(),
-                ns: json_str(&pod["metadata"]["namespace"]).to_owned(),
-                name: json_str(&pod["metadata"]["name"]).to_owned(),
+                ns,
+                name,
                 uid,
             };
-            tokio::spawn(worker.run());
+            match inner.virtual_node.get() {
+                Some(node) => tokio::spawn(worker.run_virtual(node.clone())),
+                None => tokio::spawn(worker.run()),
+            };
         }
     }
 }

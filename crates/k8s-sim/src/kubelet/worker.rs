@@ -90,7 +90,7 @@ impl Worker {
     }
 
     /// Kills the pod's containers and fails it with reason DeadlineExceeded, as a kubelet does.
-    async fn fail_deadline(&self) {
+    pub(super) async fn fail_deadline(&self) {
         let filter = HashMap::from([(
             "label".to_owned(),
             vec![format!("{POD_UID_LABEL}={}", self.uid)],
