@@ -459,6 +459,13 @@ fn the_known_keys_are_the_schema_fields() {
         let mut pool = super::PoolConfig::default();
         pool.env.insert("*".into(), "x".into());
         pool.workspace = workspace;
+        // A pool's own network takes runner.network's forms, the allow list's keys too.
+        pool.network = Some(
+            BerthConfig::from_yaml_str("runner:\n  network: {allow: [10.0.0.0/8], dns: true}\n")
+                .expect("an allow list")
+                .runner
+                .network,
+        );
         pooled.pools.insert("*".into(), pool);
         serde_paths("", &serde_json::to_value(&pooled).unwrap(), &mut from_serde);
     }
