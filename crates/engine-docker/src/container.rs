@@ -37,19 +37,25 @@ pub(crate) async fn start(engine: &DockerEngine, spec: &EnvironmentSpec) -> Resu
         &engine.docker.client_version(),
     )?;
     let name = create_and_start(engine, spec, &labels, body, None, |msg| {
-        Error::invalid_spec(
-            "image",
-            format!(
-                "{} has no `sleep` on its PATH, which berth's keepalive needs ({msg})",
-                spec.image
-            ),
-        )
+        keepalive_missing(spec, msg)
     })
     .await?;
     enforce_network(engine, spec, &name).await?;
     let id = EnvironmentId::new(name)?;
     tracing::debug!(env = %id, image = %spec.image, "started environment");
     Ok(id)
+}
+
+/// The error of an environment whose keepalive could not start: the image lacks `sleep`
+/// (`msg` is the runtime's words).
+pub(crate) fn keepalive_missing(spec: &EnvironmentSpec, msg: &str) -> Error {
+    Error::invalid_spec(
+        "image",
+        format!(
+            "{} has no `sleep` on its PATH, which berth's keepalive needs ({msg})",
+            spec.image
+        ),
+    )
 }
 
 /// Loads the allow list of `spec`'s network into the started container `name` before anyone

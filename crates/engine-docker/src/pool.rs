@@ -113,13 +113,7 @@ pub(crate) async fn start_member(engine: &DockerEngine, pool: &PoolSpec) -> Resu
     )?;
     let started =
         crate::container::create_and_start_named(engine, &spec, &labels, body, name, None, |msg| {
-            Error::invalid_spec(
-                "image",
-                format!(
-                    "{} has no `sleep` on its PATH, which berth's keepalive needs ({msg})",
-                    spec.image
-                ),
-            )
+            crate::container::keepalive_missing(&spec, msg)
         })
         .await?;
     // A member is handed out by a claim, with no start in between: its rules go in now.

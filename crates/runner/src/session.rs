@@ -162,54 +162,20 @@ impl Session {
     /// shut down (or detached) while this start ran, after stopping what it started; the
     /// engine's error otherwise.
     pub async fn start(&self, name: &str) -> Result<EnvironmentId> {
-        let epoch = {
-            let mut envs = self.envs();
-            if envs.slots.contains_key(name) {
-                return Err(RunnerError::NameInUse {
-                    session: self.id().clone(),
-                    name: name.to_owned(),
-                });
-            }
-            let epoch = envs.epoch;
-            envs.slots.insert(name.to_owned(), Slot::Starting { epoch });
-            epoch
-        };
-        let mut reservation = Reservation {
-            session: self,
-            name,
-            epoch,
-            armed: true,
-        };
-        let spec = self.template.clone().with_name(name);
-        let id = match &self.pool {
-            Some(pool) => {
-                pool.claim(self.id().clone(), name, self.template.labels.clone())
-                    .await?
-                    .id
-            }
-            None => self.engine.start(&spec).await?,
-        };
-        let bound = {
-            let mut envs = self.envs();
-            let still_ours =
-                envs.epoch == epoch && matches!(envs.slots.get(name), Some(Slot::Starting { .. }));
-            if still_ours {
-                envs.slots
-                    .insert(name.to_owned(), Slot::Running(id.clone()));
-            }
-            still_ours
-        };
-        reservation.armed = false;
-        if bound {
-            return Ok(id);
-        }
-        // Shut down (or detached) while starting: what came up is stopped, not escaped.
-        let stopped = self.engine.stop(&id).await;
-        Err(RunnerError::ShutDownWhileStarting {
-            session: self.id().clone(),
-            name: name.to_owned(),
-            stop_failed: stopped.err().map(Box::new),
-        })
+        let (id, ()) = self
+            .bring_up(name, |spec| async move {
+                let id = match &self.pool {
+                    Some(pool) => {
+                        pool.claim(self.id().clone(), name, self.template.labels.clone())
+                            .await?
+                            .id
+                    }
+                    None => self.engine.start(&spec).await?,
+                };
+                Ok((id, ()))
+            })
+            .await?;
+        Ok(id)
     }
 
     /// Runs one command in a fresh environment `name` that nothing else will exec into
@@ -225,6 +191,31 @@ impl Session {
         name: &str,
         req: ExecRequest,
     ) -> Result<(EnvironmentId, berth_engine_core::ExecProcess)> {
+        self.bring_up(name, |spec| async move {
+            Ok(match &self.pool {
+                // A pool member is already running: claimed, then the command exec'd into it.
+                Some(pool) => {
+                    let id = pool
+                        .claim(self.id().clone(), name, self.template.labels.clone())
+                        .await?
+                        .id;
+                    berth_engine_core::exec_in_started(self.engine.as_ref(), id, req).await?
+                }
+                None => self.engine.run_once(&spec, req).await?,
+            })
+        })
+        .await
+    }
+
+    /// Reserves `name`, brings an environment up with `up` (given the session's spec named
+    /// `name`) and binds it to the name; what `up` returns beside the id comes back with it.
+    /// When the session shut down (or detached) meanwhile, that is dropped and the
+    /// environment stopped, not escaped.
+    async fn bring_up<T, F, Fut>(&self, name: &str, up: F) -> Result<(EnvironmentId, T)>
+    where
+        F: FnOnce(EnvironmentSpec) -> Fut,
+        Fut: std::future::Future<Output = Result<(EnvironmentId, T)>>,
+    {
         let epoch = {
             let mut envs = self.envs();
             if envs.slots.contains_key(name) {
@@ -243,18 +234,7 @@ impl Session {
             epoch,
             armed: true,
         };
-        let spec = self.template.clone().with_name(name);
-        let (id, process) = match &self.pool {
-            // A pool member is already running: claimed, then the command exec'd into it.
-            Some(pool) => {
-                let id = pool
-                    .claim(self.id().clone(), name, self.template.labels.clone())
-                    .await?
-                    .id;
-                berth_engine_core::exec_in_started(self.engine.as_ref(), id, req).await?
-            }
-            None => self.engine.run_once(&spec, req).await?,
-        };
+        let (id, value) = up(self.template.clone().with_name(name)).await?;
         let bound = {
             let mut envs = self.envs();
             let still_ours =
@@ -267,9 +247,9 @@ impl Session {
         };
         reservation.armed = false;
         if bound {
-            return Ok((id, process));
+            return Ok((id, value));
         }
-        drop(process);
+        drop(value);
         let stopped = self.engine.stop(&id).await;
         Err(RunnerError::ShutDownWhileStarting {
             session: self.id().clone(),
