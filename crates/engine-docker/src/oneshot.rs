@@ -498,13 +498,20 @@ fn hold_back_init_failure(
         }
         loop {
             match s.inner.next().await {
+                // Init's line may come in more than one chunk (a remote transport under load
+                // splits what the daemon relays): what follows it on stderr is held with it,
+                // up to a line's worth, and judged whole at the end.
                 Some(Ok(OutputChunk::Stderr(b)))
-                    if !s.seen
-                        && s.held.is_none()
-                        && (b.starts_with(b"[FATAL tini (")
-                            || b.starts_with(b"ERROR (catatonit:")) =>
+                    if !s.seen && holds_init_line(s.held.as_ref(), &b) =>
                 {
-                    s.held = Some(b);
+                    s.held = Some(match s.held.take() {
+                        None => b,
+                        Some(held) => {
+                            let mut joined = held.to_vec();
+                            joined.extend_from_slice(&b);
+                            Bytes::from(joined)
+                        }
+                    });
                 }
                 Some(item) => {
                     s.seen = true;
@@ -531,6 +538,21 @@ fn hold_back_init_failure(
             }
         }
     })
+}
+
+/// Whether the stderr chunk `next` is (the start of, or more of) init's own line: the first
+/// chunk must begin like tini's or catatonit's report (or be a start of one), later ones are
+/// taken while the whole stays within a line's length.
+fn holds_init_line(held: Option<&Bytes>, next: &[u8]) -> bool {
+    const PREFIXES: [&[u8]; 2] = [b"[FATAL tini (", b"ERROR (catatonit:"];
+    const MAX_LINE: usize = 512;
+    match held {
+        None => PREFIXES.iter().any(|p| {
+            let n = p.len().min(next.len());
+            !next.is_empty() && next[..n] == p[..n]
+        }),
+        Some(held) => held.len() + next.len() <= MAX_LINE,
+    }
 }
 
 /// The exit code init gives when `line` is its report that it could not find `argv0`, or
@@ -566,7 +588,22 @@ fn is_init_enoent(line: &[u8], argv0: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{init_enoent_exit_code, is_init_enoent};
+    use super::{holds_init_line, init_enoent_exit_code, is_init_enoent};
+
+    #[test]
+    fn init_lines_split_across_chunks_are_held_whole() {
+        assert!(holds_init_line(None, b"[FATAL tini (7)] exec"));
+        assert!(holds_init_line(None, b"[FAT"));
+        assert!(holds_init_line(None, b"ERROR (cata"));
+        assert!(!holds_init_line(None, b"hello"));
+        assert!(!holds_init_line(None, b""));
+        let held = bytes::Bytes::from_static(b"[FATAL tini (7)] exec nosuch");
+        assert!(holds_init_line(
+            Some(&held),
+            b" failed: No such file or directory\n"
+        ));
+        assert!(!holds_init_line(Some(&held), &[b'x'; 600]));
+    }
 
     #[test]
     fn catatonits_line_is_taken_with_its_exit_code() {
